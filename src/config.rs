@@ -1,0 +1,113 @@
+//! Cluster-wide settings shared by the balancer and replicas, and the quorum
+//! arithmetic that makes failover safe. Defaults are documented in README.md.
+
+use crate::types::{Micros, ReplicaId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// Every replica, sorted; the first is promoted at a fresh start.
+    pub replicas: Vec<ReplicaId>,
+    /// Followers that must confirm a row (durable on their disk) before the
+    /// leader acknowledges the write: 0 asynchronous, 1 semi-synchronous
+    /// (default), `replicas - 1` fully synchronous.
+    pub sync_acks: usize,
+    /// Promote even when safety cannot be proven (may lose acknowledged
+    /// writes). Off by default.
+    pub unsafe_failover: bool,
+    pub timing: Timing,
+}
+
+/// Timeouts, all in microseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timing {
+    /// Leader to followers, when there is nothing else to send.
+    pub heartbeat_us: Micros,
+    /// Balancer to replicas.
+    pub ping_us: Micros,
+    /// A replica that has not answered a ping for this long is presumed dead.
+    pub dead_after_us: Micros,
+    /// A promotion that has not gathered enough promises by then starts over
+    /// with a newer epoch.
+    pub promote_timeout_us: Micros,
+    /// The balancer re-forwards a request that got no answer after this long.
+    pub forward_retry_us: Micros,
+    /// The balancer answers `Timeout` (writes) or `Unavailable` after this long.
+    pub request_timeout_us: Micros,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            heartbeat_us: 30_000,
+            ping_us: 50_000,
+            dead_after_us: 200_000,
+            promote_timeout_us: 150_000,
+            forward_retry_us: 150_000,
+            request_timeout_us: 1_000_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn new(replica_count: u8, sync_acks: usize) -> ClusterConfig {
+        let replicas: Vec<ReplicaId> = (1..=replica_count).map(ReplicaId).collect();
+        ClusterConfig { replicas, sync_acks, unsafe_failover: false, timing: Timing::default() }
+    }
+
+    /// `sync_acks`, capped at the number of followers.
+    pub fn sync_acks(&self) -> usize {
+        self.sync_acks.min(self.replicas.len().saturating_sub(1))
+    }
+
+    /// How many promises a promotion needs before it may choose a leader.
+    ///
+    /// An acknowledged write is on `sync_acks + 1` replicas, so hearing from
+    /// `n - sync_acks` guarantees one of them holds it. The count is also at
+    /// least a majority, so two promotions (say, before and after a balancer
+    /// restart) always share a replica and can never hand out the same epoch
+    /// to two leaders.
+    pub fn promotion_quorum(&self) -> usize {
+        let n = self.replicas.len();
+        if self.unsafe_failover {
+            return 1;
+        }
+        (n - self.sync_acks()).max(n / 2 + 1)
+    }
+
+    /// Followers a leader must hear from, in its epoch, after a read arrives
+    /// before it may answer that read linearizably: enough that no promotion
+    /// quorum can have formed without one of them promising a newer epoch.
+    pub fn read_confirmations(&self) -> usize {
+        let n = self.replicas.len();
+        n.saturating_sub(self.promotion_quorum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn promotion_quorum_intersects_every_acknowledged_write() {
+        for n in 1..=7u8 {
+            for k in 0..n as usize {
+                let c = ClusterConfig::new(n, k);
+                let q = c.promotion_quorum();
+                // holders of an acked write + promisers > n  => they share a replica
+                assert!(c.sync_acks() + 1 + q > n as usize, "n={n} k={k} q={q}");
+                // two promotions share a replica
+                assert!(2 * q > n as usize, "n={n} k={k}");
+                // a read confirmation set (leader + confirmations) meets every quorum
+                assert!(1 + c.read_confirmations() + q > n as usize);
+            }
+        }
+    }
+
+    #[test]
+    fn unsafe_failover_needs_one_promise() {
+        let mut c = ClusterConfig::new(3, 1);
+        c.unsafe_failover = true;
+        assert_eq!(c.promotion_quorum(), 1);
+    }
+}

@@ -1,0 +1,190 @@
+//! Every message that crosses between machines. The simulator delivers these
+//! values directly; the real runtime encodes them into frames.
+
+use crate::types::{Epoch, Lsn, LogPos, Op, OpError, ReadMode, ReplicaId, RequestId, Row};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    // ---- client <-> balancer ----
+    /// A client operation. `min_lsn` is the highest LSN the client has seen,
+    /// used by `session` reads.
+    Request { id: RequestId, op: Op, read: ReadMode, min_lsn: Lsn },
+    Response { id: RequestId, result: Result<Reply, OpError> },
+
+    // ---- balancer <-> replicas ----
+    /// A write forwarded to the leader. `value: None` deletes.
+    Write { id: RequestId, key: String, value: Option<String> },
+    WriteResult { id: RequestId, result: Result<Lsn, Refusal> },
+    /// A read forwarded to one replica; `tag` is the balancer's own number.
+    Read { tag: u64, key: String, mode: ReadMode, min_lsn: Lsn },
+    ReadResult { tag: u64, result: Result<Reply, Refusal> },
+    /// Liveness probe; the answer carries what the balancer needs to rebuild
+    /// its view of the cluster.
+    Ping { nonce: u64 },
+    Pong { nonce: u64, status: Status },
+    /// Phase one of a promotion: promise to refuse anything older than `epoch`
+    /// (persisted before answering) and report the end of the log.
+    Prepare { epoch: Epoch },
+    Promise { epoch: Epoch, last: LogPos },
+    /// The replica has promised a newer epoch than the one asked for.
+    PrepareRefused { epoch: Epoch, promised: Epoch },
+    /// Phase two: become leader of `epoch`.
+    Promote { epoch: Epoch },
+
+    // ---- leader <-> followers ----
+    /// Rows after `prev`, plus the leader's commit LSN. Empty `rows` is a
+    /// heartbeat. `probe` numbers the leader's confirmation rounds for
+    /// linearizable reads.
+    Append { epoch: Epoch, prev: LogPos, rows: Vec<Row>, commit: Lsn, probe: u64 },
+    /// `ok`: the follower's log matches the leader's up to `last` and those rows
+    /// are durable. Not ok: it needs rows from `last + 1`, or (with a newer
+    /// `epoch`) the sender is no longer leader.
+    AppendAck { epoch: Epoch, ok: bool, last: Lsn, probe: u64 },
+}
+
+/// The answer to a completed operation: the value read (`None` is missing),
+/// and the LSN the answer reflects (the row written, or the state read).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub value: Option<String>,
+    pub lsn: Lsn,
+}
+
+/// Why a replica did not serve a forwarded request; the balancer reroutes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    NotLeader,
+    /// Not yet caught up to the client's session LSN.
+    Behind,
+    /// A write with the same client and a lower sequence number: the client
+    /// has already moved on, so it is never applied.
+    Superseded,
+    Invalid,
+}
+
+/// What a replica says about itself in a `Pong`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub promised: Epoch,
+    /// `Some(epoch)` while this replica leads `epoch`.
+    pub leading: Option<Epoch>,
+    pub last: LogPos,
+    pub commit: Lsn,
+    pub applied: Lsn,
+}
+
+impl Msg {
+    /// Periodic traffic that carries no new data: traces may leave it out.
+    pub fn is_chatter(&self) -> bool {
+        match self {
+            Msg::Ping { .. } | Msg::Pong { .. } => true,
+            Msg::Append { rows, .. } => rows.is_empty(),
+            Msg::AppendAck { ok, .. } => *ok,
+            _ => false,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Msg::Request { .. } => "Request",
+            Msg::Response { .. } => "Response",
+            Msg::Write { .. } => "Write",
+            Msg::WriteResult { .. } => "WriteResult",
+            Msg::Read { .. } => "Read",
+            Msg::ReadResult { .. } => "ReadResult",
+            Msg::Ping { .. } => "Ping",
+            Msg::Pong { .. } => "Pong",
+            Msg::Prepare { .. } => "Prepare",
+            Msg::Promise { .. } => "Promise",
+            Msg::PrepareRefused { .. } => "PrepareRefused",
+            Msg::Promote { .. } => "Promote",
+            Msg::Append { .. } => "Append",
+            Msg::AppendAck { .. } => "AppendAck",
+        }
+    }
+}
+
+/// One line per message, for traces: terse but complete enough to follow.
+impl fmt::Display for Msg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::types::Abbrev;
+        match self {
+            Msg::Request { id, op, read, min_lsn } => {
+                write!(f, "Request #{} {op} read={read} min_lsn={min_lsn}", id.seq)
+            }
+            Msg::Response { id, result } => match result {
+                Ok(r) => write!(f, "Response #{} ok {} lsn={}", id.seq, ShowValue(&r.value), r.lsn),
+                Err(e) => write!(f, "Response #{} error {e:?}", id.seq),
+            },
+            Msg::Write { id, key, value } => match value {
+                Some(v) => write!(f, "Write c{}#{} set {key}={}", id.client.0, id.seq, Abbrev(v)),
+                None => write!(f, "Write c{}#{} del {key}", id.client.0, id.seq),
+            },
+            Msg::WriteResult { id, result } => match result {
+                Ok(lsn) => write!(f, "WriteResult c{}#{} ok lsn={lsn}", id.client.0, id.seq),
+                Err(r) => write!(f, "WriteResult c{}#{} refused {r:?}", id.client.0, id.seq),
+            },
+            Msg::Read { tag, key, mode, min_lsn } => {
+                write!(f, "Read t{tag} get {key} read={mode} min_lsn={min_lsn}")
+            }
+            Msg::ReadResult { tag, result } => match result {
+                Ok(r) => write!(f, "ReadResult t{tag} {} lsn={}", ShowValue(&r.value), r.lsn),
+                Err(r) => write!(f, "ReadResult t{tag} refused {r:?}"),
+            },
+            Msg::Ping { nonce } => write!(f, "Ping {nonce}"),
+            Msg::Pong { nonce, status } => write!(
+                f,
+                "Pong {nonce} promised={} leading={:?} last={} commit={}",
+                status.promised, status.leading.map(|e| e.0), status.last, status.commit
+            ),
+            Msg::Prepare { epoch } => write!(f, "Prepare {epoch}"),
+            Msg::Promise { epoch, last } => write!(f, "Promise {epoch} last={last}"),
+            Msg::PrepareRefused { epoch, promised } => {
+                write!(f, "PrepareRefused {epoch} promised={promised}")
+            }
+            Msg::Promote { epoch } => write!(f, "Promote {epoch}"),
+            Msg::Append { epoch, prev, rows, commit, probe } => {
+                write!(f, "Append {epoch} prev={prev} commit={commit}")?;
+                if *probe > 0 {
+                    write!(f, " probe={probe}")?;
+                }
+                if !rows.is_empty() {
+                    let first = rows[0].lsn;
+                    let last = rows[rows.len() - 1].lsn;
+                    if first == last {
+                        write!(f, " rows=[{first}]")?;
+                    } else {
+                        write!(f, " rows=[{first}..{last}]")?;
+                    }
+                }
+                Ok(())
+            }
+            Msg::AppendAck { epoch, ok, last, probe } => {
+                write!(f, "AppendAck {epoch} {} last={last}", if *ok { "ok" } else { "need" })?;
+                if *probe > 0 {
+                    write!(f, " probe={probe}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `"value"` or `(nil)`.
+pub struct ShowValue<'a>(pub &'a Option<String>);
+
+impl fmt::Display for ShowValue<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(v) => write!(f, "{:?}", crate::types::Abbrev(v).to_string()),
+            None => f.write_str("(nil)"),
+        }
+    }
+}
+
+/// A helper for the few places that list replicas.
+pub fn show_replicas(ids: &[ReplicaId]) -> String {
+    ids.iter().map(|r| format!("r{}", r.0)).collect::<Vec<_>>().join(",")
+}

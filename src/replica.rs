@@ -1,0 +1,685 @@
+//! The replica state machine: log, applied key-value state, leadership.
+//!
+//! A replica is a follower until the balancer promotes it. As leader it gives
+//! every write the next LSN, sends the row to every follower, and answers the
+//! write once `sync_acks` followers have confirmed the row durable. Followers
+//! apply rows strictly in LSN order, hold rows that arrive early, and ask the
+//! leader for what they miss.
+//!
+//! This file knows nothing about sockets, threads, clocks, files or global
+//! randomness: time comes in as `now`, durability goes out as
+//! [`Effect::Persist`](crate::machine::Effect) and comes back as
+//! [`Replica::on_persisted`].
+
+use crate::config::ClusterConfig;
+use crate::machine::{Event, Outbox, PersistOp, Stored};
+use crate::msg::{Msg, Refusal, Reply, Status};
+use crate::types::{
+    validate_op, ClientId, Epoch, LogPos, Lsn, NodeId, Op, ReadMode, ReplicaId, RequestId, Row,
+    RowBody, Time,
+};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Rows per `Append` message at most.
+pub const MAX_ROWS_PER_APPEND: usize = 256;
+/// Early (out-of-order) appends a follower holds at most.
+pub const MAX_HELD_APPENDS: usize = 1024;
+/// Linearizable reads a leader keeps waiting at most.
+pub const MAX_PENDING_READS: usize = 65_536;
+
+/// Deliberate bugs, for showing that the simulator's checkers catch real
+/// violations. Never set outside tests and demonstration scenarios.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// The leader acknowledges writes before its own copy is durable.
+    pub ack_before_durable: bool,
+    /// Followers skip tombstones when applying rows.
+    pub follower_skips_deletes: bool,
+    /// Reads answer with the most recently written value of *any* key.
+    pub reads_wrong_key: bool,
+}
+
+pub struct Replica {
+    id: ReplicaId,
+    cfg: ClusterConfig,
+    bugs: Bugs,
+    /// The newest epoch this replica has promised (or seen); older epochs are
+    /// refused.
+    promised: Epoch,
+    log: Vec<Row>,
+    /// Rows up to here are on disk.
+    durable: Lsn,
+    commit: Lsn,
+    applied: Lsn,
+    kv: BTreeMap<String, String>,
+    /// The last write applied for each client: the at-most-once table. It is
+    /// derived from applied rows, so it is replicated with them.
+    sessions: BTreeMap<ClientId, (u64, Lsn)>,
+    role: Role,
+    next_persist: u64,
+    /// Persist ids not yet complete, with the log end each one makes durable.
+    persisting: VecDeque<(u64, Lsn)>,
+    /// Messages that may only leave once a persist id is complete.
+    after_persist: VecDeque<(u64, NodeId, Msg)>,
+    /// Appends that arrived before the rows they follow, by `prev.lsn`.
+    held: BTreeMap<Lsn, Msg>,
+}
+
+enum Role {
+    Follower { leader: Option<ReplicaId> },
+    Leader(Box<Leading>),
+}
+
+struct Leading {
+    epoch: Epoch,
+    peers: BTreeMap<ReplicaId, Peer>,
+    /// Writes waiting for their row to commit: lsn -> (who asked, which request).
+    writes: BTreeMap<Lsn, (NodeId, RequestId)>,
+    /// Linearizable reads waiting for confirmation.
+    reads: VecDeque<PendingRead>,
+    /// Confirmation round counter, carried in heartbeats.
+    probe: u64,
+    next_heartbeat: Time,
+}
+
+struct Peer {
+    /// Highest LSN known to match and be durable on the peer.
+    matched: Lsn,
+    /// Next LSN to send.
+    next: Lsn,
+    /// Highest confirmation round the peer has answered in this epoch.
+    probe_acked: u64,
+}
+
+struct PendingRead {
+    from: NodeId,
+    tag: u64,
+    key: String,
+    probe: u64,
+    read_index: Lsn,
+    arrived: Time,
+}
+
+impl Replica {
+    /// A replica with nothing on disk.
+    pub fn new(id: ReplicaId, cfg: ClusterConfig) -> Replica {
+        Replica::recover(id, cfg, Stored::default())
+    }
+
+    /// A replica restarted from what it persisted. Memory (applied state,
+    /// commit point, leadership) is gone and is learned again.
+    pub fn recover(id: ReplicaId, cfg: ClusterConfig, stored: Stored) -> Replica {
+        let last = stored.last();
+        let promised = stored.promised.max(last.epoch);
+        Replica {
+            id,
+            cfg,
+            bugs: Bugs::default(),
+            promised,
+            durable: last.lsn,
+            log: stored.rows,
+            commit: Lsn(0),
+            applied: Lsn(0),
+            kv: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            role: Role::Follower { leader: None },
+            next_persist: 1,
+            persisting: VecDeque::new(),
+            after_persist: VecDeque::new(),
+            held: BTreeMap::new(),
+        }
+    }
+
+    pub fn with_bugs(mut self, bugs: Bugs) -> Replica {
+        self.bugs = bugs;
+        self
+    }
+
+    // ---- getters ----
+
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, Role::Leader(_))
+    }
+    pub fn status(&self) -> Status {
+        Status {
+            promised: self.promised,
+            leading: match &self.role {
+                Role::Leader(l) => Some(l.epoch),
+                Role::Follower { .. } => None,
+            },
+            last: self.last_pos(),
+            commit: self.commit,
+            applied: self.applied,
+        }
+    }
+    pub fn applied(&self) -> Lsn {
+        self.applied
+    }
+    /// The applied key-value state, in key order.
+    pub fn data(&self) -> &BTreeMap<String, String> {
+        &self.kv
+    }
+    /// Rows up to the applied LSN.
+    pub fn applied_rows(&self) -> &[Row] {
+        &self.log[..self.applied.0 as usize]
+    }
+    pub fn last_pos(&self) -> LogPos {
+        self.log.last().map(Row::pos).unwrap_or_default()
+    }
+
+    /// When this replica next needs `on_tick`.
+    pub fn next_wakeup(&self) -> Option<Time> {
+        match &self.role {
+            Role::Leader(l) => Some(l.next_heartbeat),
+            Role::Follower { .. } => None,
+        }
+    }
+
+    // ---- inputs ----
+
+    pub fn on_tick(&mut self, now: Time, out: &mut Outbox) {
+        let Role::Leader(l) = &mut self.role else { return };
+        if now < l.next_heartbeat {
+            return;
+        }
+        l.next_heartbeat = now + self.cfg.timing.heartbeat_us;
+        // Reads that waited too long are dropped: the balancer has given up
+        // on them and will retry.
+        let timeout = self.cfg.timing.request_timeout_us;
+        while l.reads.front().is_some_and(|r| now.saturating_sub(r.arrived) > timeout) {
+            l.reads.pop_front();
+        }
+        // Go back to what each follower has confirmed: anything sent since and
+        // not confirmed may have been lost.
+        let peers: Vec<ReplicaId> = l.peers.keys().copied().collect();
+        for p in peers {
+            if let Role::Leader(l) = &mut self.role {
+                let peer = l.peers.get_mut(&p).expect("peer listed");
+                peer.next = peer.matched.next();
+            }
+            self.send_append(p, out);
+        }
+    }
+
+    /// Persist operations up to and including `id` are durable.
+    pub fn on_persisted(&mut self, now: Time, id: u64, out: &mut Outbox) {
+        while let Some(&(pid, lsn)) = self.persisting.front() {
+            if pid > id {
+                break;
+            }
+            self.persisting.pop_front();
+            self.durable = self.durable.max(lsn).min(self.last_pos().lsn);
+        }
+        while self.after_persist.front().is_some_and(|(pid, _, _)| *pid <= id) {
+            let (_, to, msg) = self.after_persist.pop_front().expect("checked");
+            out.send(to, msg);
+        }
+        if self.is_leader() {
+            self.advance_commit(now, out);
+        }
+    }
+
+    pub fn on_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Outbox) {
+        match msg {
+            Msg::Ping { nonce } => out.send(from, Msg::Pong { nonce, status: self.status() }),
+            Msg::Prepare { epoch } => self.on_prepare(from, epoch, out),
+            Msg::Promote { epoch } => self.on_promote(now, epoch, out),
+            Msg::Write { id, key, value } => self.on_write(now, from, id, key, value, out),
+            Msg::Read { tag, key, mode, min_lsn } => {
+                self.on_read(now, from, tag, key, mode, min_lsn, out)
+            }
+            Msg::Append { epoch, prev, rows, commit, probe } => {
+                let NodeId::Replica(leader) = from else { return };
+                self.on_append(leader, epoch, prev, rows, commit, probe, out);
+            }
+            Msg::AppendAck { epoch, ok, last, probe } => {
+                let NodeId::Replica(peer) = from else { return };
+                self.on_append_ack(now, peer, epoch, ok, last, probe, out);
+            }
+            // Messages meant for other machines are ignored.
+            Msg::Request { .. }
+            | Msg::Response { .. }
+            | Msg::WriteResult { .. }
+            | Msg::ReadResult { .. }
+            | Msg::Pong { .. }
+            | Msg::Promise { .. }
+            | Msg::PrepareRefused { .. } => {}
+        }
+    }
+
+    // ---- promotion ----
+
+    fn on_prepare(&mut self, from: NodeId, epoch: Epoch, out: &mut Outbox) {
+        let repeat = epoch == self.promised && matches!(self.role, Role::Follower { leader: None });
+        if epoch < self.promised || (epoch == self.promised && !repeat) {
+            out.send(from, Msg::PrepareRefused { epoch, promised: self.promised });
+            return;
+        }
+        self.adopt_epoch(epoch, out);
+        self.role = Role::Follower { leader: None };
+        // The promise must be durable before the balancer may count on it.
+        let id = self.persist(PersistOp::Promise(epoch), out);
+        self.send_after(id, from, Msg::Promise { epoch, last: self.last_pos() }, out);
+    }
+
+    fn on_promote(&mut self, now: Time, epoch: Epoch, out: &mut Outbox) {
+        if epoch != self.promised || self.is_leader() {
+            return;
+        }
+        let last = self.last_pos();
+        let next = last.lsn.next();
+        let peers = self
+            .cfg
+            .replicas
+            .iter()
+            .filter(|r| **r != self.id)
+            .map(|r| (*r, Peer { matched: Lsn(0), next, probe_acked: 0 }))
+            .collect();
+        self.role = Role::Leader(Box::new(Leading {
+            epoch,
+            peers,
+            writes: BTreeMap::new(),
+            reads: VecDeque::new(),
+            probe: 0,
+            next_heartbeat: now + self.cfg.timing.heartbeat_us,
+        }));
+        self.held.clear();
+        out.event(Event::BecameLeader { epoch, last });
+        // A row of our own epoch: once it commits, everything before it has.
+        let row = Row { epoch, lsn: next, body: RowBody::Noop };
+        self.append_local(row, out);
+        self.broadcast(out);
+        self.advance_commit(now, out);
+    }
+
+    /// Moves to a newer epoch, stepping down if leading.
+    fn adopt_epoch(&mut self, epoch: Epoch, out: &mut Outbox) {
+        if epoch <= self.promised && !matches!(&self.role, Role::Leader(l) if l.epoch < epoch) {
+            return;
+        }
+        if let Role::Leader(l) = &self.role {
+            out.event(Event::SteppedDown { epoch: l.epoch, newer: epoch });
+            // Waiting writes are not answered: their outcome is unknown until
+            // the new leader has them or not; the balancer retries them there.
+            self.role = Role::Follower { leader: None };
+        }
+        self.promised = self.promised.max(epoch);
+    }
+
+    // ---- client traffic ----
+
+    fn on_write(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        id: RequestId,
+        key: String,
+        value: Option<String>,
+        out: &mut Outbox,
+    ) {
+        let Role::Leader(l) = &self.role else {
+            out.send(from, Msg::WriteResult { id, result: Err(Refusal::NotLeader) });
+            return;
+        };
+        let epoch = l.epoch;
+        let op = match &value {
+            Some(v) => Op::Set { key: key.clone(), value: v.clone() },
+            None => Op::Del { key: key.clone() },
+        };
+        if validate_op(&op).is_err() {
+            out.send(from, Msg::WriteResult { id, result: Err(Refusal::Invalid) });
+            return;
+        }
+        // At most once: already applied, superseded, or already in the log.
+        if let Some(&(seq, lsn)) = self.sessions.get(&id.client) {
+            if seq == id.seq {
+                out.send(from, Msg::WriteResult { id, result: Ok(lsn) });
+                return;
+            }
+            if seq > id.seq {
+                out.send(from, Msg::WriteResult { id, result: Err(Refusal::Superseded) });
+                return;
+            }
+        }
+        let in_tail = self.log[self.applied.0 as usize..]
+            .iter()
+            .rev()
+            .find(|r| matches!(&r.body, RowBody::Put { req, .. } if *req == id))
+            .map(|r| r.lsn);
+        let lsn = in_tail.unwrap_or(self.last_pos().lsn.next());
+        let Role::Leader(l) = &mut self.role else { return };
+        l.writes.insert(lsn, (from, id));
+        if in_tail.is_some() {
+            return;
+        }
+        let row = Row { epoch, lsn, body: RowBody::Put { key, value, req: id } };
+        self.append_local(row, out);
+        self.broadcast(out);
+        if self.bugs.ack_before_durable {
+            self.advance_commit(now, out);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_read(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        tag: u64,
+        key: String,
+        mode: ReadMode,
+        min_lsn: Lsn,
+        out: &mut Outbox,
+    ) {
+        match mode {
+            ReadMode::Any => self.answer_read(from, tag, &key, out),
+            ReadMode::Session => {
+                if self.applied >= min_lsn {
+                    self.answer_read(from, tag, &key, out);
+                } else {
+                    out.send(from, Msg::ReadResult { tag, result: Err(Refusal::Behind) });
+                }
+            }
+            ReadMode::Leader => {
+                let need = self.cfg.read_confirmations();
+                let commit = self.commit;
+                let Role::Leader(l) = &mut self.role else {
+                    out.send(from, Msg::ReadResult { tag, result: Err(Refusal::NotLeader) });
+                    return;
+                };
+                if l.reads.len() >= MAX_PENDING_READS {
+                    return; // the balancer times it out
+                }
+                // Confirm leadership with a fresh round unless none is needed.
+                let probe = if need == 0 { 0 } else { l.probe + 1 };
+                l.reads.push_back(PendingRead { from, tag, key, probe, read_index: commit, arrived: now });
+                if need > 0 {
+                    l.probe = probe;
+                    self.broadcast_probe(out);
+                }
+                self.answer_confirmed_reads(out);
+            }
+        }
+    }
+
+    fn answer_read(&self, to: NodeId, tag: u64, key: &str, out: &mut Outbox) {
+        let value = if self.bugs.reads_wrong_key {
+            self.applied_rows().iter().rev().find_map(|r| match &r.body {
+                RowBody::Put { value: Some(v), .. } => Some(v.clone()),
+                _ => None,
+            })
+        } else {
+            self.kv.get(key).cloned()
+        };
+        out.send(to, Msg::ReadResult { tag, result: Ok(Reply { value, lsn: self.applied }) });
+    }
+
+    /// Answers leader reads whose confirmation round has been acknowledged by
+    /// enough followers and whose read index has been applied.
+    fn answer_confirmed_reads(&mut self, out: &mut Outbox) {
+        let need = self.cfg.read_confirmations();
+        let Role::Leader(l) = &self.role else { return };
+        // A leader that has not committed a row of its own epoch does not yet
+        // know the full commit point.
+        let own_commit = self.log.get((self.commit.0 as usize).wrapping_sub(1)).is_some_and(|r| r.epoch == l.epoch);
+        if !own_commit {
+            return;
+        }
+        let mut acks: Vec<u64> = l.peers.values().map(|p| p.probe_acked).collect();
+        acks.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed = if need == 0 { u64::MAX } else { acks.get(need - 1).copied().unwrap_or(0) };
+        let mut ready = Vec::new();
+        if let Role::Leader(l) = &mut self.role {
+            while let Some(r) = l.reads.front() {
+                if r.probe > confirmed || r.read_index > self.applied {
+                    break;
+                }
+                ready.push(l.reads.pop_front().expect("checked"));
+            }
+        }
+        for r in ready {
+            self.answer_read(r.from, r.tag, &r.key, out);
+        }
+    }
+
+    // ---- replication, follower side ----
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_append(
+        &mut self,
+        leader: ReplicaId,
+        epoch: Epoch,
+        prev: LogPos,
+        rows: Vec<Row>,
+        commit: Lsn,
+        probe: u64,
+        out: &mut Outbox,
+    ) {
+        let to = NodeId::Replica(leader);
+        if epoch < self.promised {
+            out.send(to, Msg::AppendAck { epoch: self.promised, ok: false, last: Lsn(0), probe });
+            return;
+        }
+        if epoch > self.promised || matches!(&self.role, Role::Leader(l) if l.epoch < epoch) {
+            self.adopt_epoch(epoch, out);
+            self.persist(PersistOp::Promise(epoch), out);
+        }
+        if let Role::Leader(l) = &self.role {
+            // Two leaders of one epoch cannot exist; refuse rather than mix logs.
+            let _ = l;
+            return;
+        }
+        if !matches!(self.role, Role::Follower { leader: Some(l) } if l == leader) {
+            self.role = Role::Follower { leader: Some(leader) };
+            self.held.clear();
+        }
+        let last = self.last_pos().lsn;
+        if prev.lsn > last {
+            // Early: hold it and ask for what is missing.
+            if !rows.is_empty() {
+                if self.held.len() >= MAX_HELD_APPENDS {
+                    self.held.pop_last();
+                }
+                self.held.insert(prev.lsn, Msg::Append { epoch, prev, rows, commit, probe });
+            }
+            out.send(to, Msg::AppendAck { epoch, ok: false, last, probe });
+            return;
+        }
+        if prev.lsn.0 > 0 && self.epoch_at(prev.lsn) != Some(prev.epoch) {
+            // Our row at `prev` came from a deposed leader: drop it and after.
+            let keep = prev.lsn.prev();
+            self.truncate_after(keep, out);
+            out.send(to, Msg::AppendAck { epoch, ok: false, last: keep, probe });
+            return;
+        }
+        let mut new_rows = Vec::new();
+        let covered = rows.len() as u64;
+        for row in rows {
+            match self.epoch_at(row.lsn) {
+                Some(e) if e == row.epoch => continue,
+                Some(_) => self.truncate_after(row.lsn.prev(), out),
+                None => {}
+            }
+            self.log.push(row.clone());
+            new_rows.push(row);
+        }
+        // Only what this append covered is known to match the leader; rows
+        // beyond it may be a deposed leader's and are fixed by later appends.
+        let matched = Lsn(prev.lsn.0 + covered);
+        if !new_rows.is_empty() {
+            self.persist(PersistOp::Append(new_rows), out);
+        }
+        self.set_commit(commit.min(matched));
+        let ack = Msg::AppendAck { epoch, ok: true, last: matched, probe };
+        match self.persisting.back() {
+            Some(&(id, _)) => self.after_persist.push_back((id, to, ack)),
+            None => out.send(to, ack),
+        }
+        // Held appends that now fit.
+        if let Some(Msg::Append { epoch, prev, rows, commit, probe }) = self.held.remove(&self.last_pos().lsn) {
+            self.on_append(leader, epoch, prev, rows, commit, probe, out);
+        }
+        self.held.retain(|k, _| *k > last);
+    }
+
+    // ---- replication, leader side ----
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_append_ack(
+        &mut self,
+        now: Time,
+        peer: ReplicaId,
+        epoch: Epoch,
+        ok: bool,
+        last: Lsn,
+        probe: u64,
+        out: &mut Outbox,
+    ) {
+        let Role::Leader(l) = &mut self.role else { return };
+        if epoch > l.epoch {
+            self.adopt_epoch(epoch, out);
+            return;
+        }
+        if epoch < l.epoch {
+            return;
+        }
+        let leader_last = self.log.len() as u64;
+        let Some(p) = l.peers.get_mut(&peer) else { return };
+        p.probe_acked = p.probe_acked.max(probe);
+        if ok {
+            p.matched = p.matched.max(last.min(Lsn(leader_last)));
+            p.next = p.next.max(p.matched.next());
+            self.advance_commit(now, out);
+            self.answer_confirmed_reads(out);
+        } else {
+            p.next = last.next().min(Lsn(leader_last + 1));
+            self.send_append(peer, out);
+        }
+    }
+
+    fn broadcast(&mut self, out: &mut Outbox) {
+        let Role::Leader(l) = &self.role else { return };
+        let peers: Vec<ReplicaId> = l.peers.keys().copied().collect();
+        for p in peers {
+            self.send_append(p, out);
+        }
+    }
+
+    fn broadcast_probe(&mut self, out: &mut Outbox) {
+        let Role::Leader(l) = &self.role else { return };
+        let peers: Vec<ReplicaId> = l.peers.keys().copied().collect();
+        for p in peers {
+            self.send_append(p, out);
+        }
+    }
+
+    /// Sends the rows a peer has not been sent yet (or a heartbeat).
+    fn send_append(&mut self, peer: ReplicaId, out: &mut Outbox) {
+        let commit = self.commit;
+        let Role::Leader(l) = &mut self.role else { return };
+        let Some(p) = l.peers.get_mut(&peer) else { return };
+        let last = self.log.len() as u64;
+        let from = p.next.0.clamp(1, last + 1);
+        let upto = (from + MAX_ROWS_PER_APPEND as u64 - 1).min(last);
+        let rows: Vec<Row> = if from <= upto { self.log[from as usize - 1..upto as usize].to_vec() } else { Vec::new() };
+        let prev_lsn = Lsn(from - 1);
+        let prev = LogPos { lsn: prev_lsn, epoch: if prev_lsn.0 == 0 { Epoch(0) } else { self.log[prev_lsn.0 as usize - 1].epoch } };
+        p.next = Lsn(upto.max(from - 1) + 1);
+        let msg = Msg::Append { epoch: l.epoch, prev, rows, commit, probe: l.probe };
+        out.send(NodeId::Replica(peer), msg);
+    }
+
+    /// Commits the highest row that `sync_acks` followers and the leader hold
+    /// durably, if it is of the leader's own epoch; answers the writes it covers.
+    fn advance_commit(&mut self, now: Time, out: &mut Outbox) {
+        let _ = now;
+        let k = self.cfg.sync_acks();
+        let own = if self.bugs.ack_before_durable { self.last_pos().lsn } else { self.durable };
+        let Role::Leader(l) = &self.role else { return };
+        let candidate = if k == 0 {
+            own
+        } else {
+            let mut m: Vec<Lsn> = l.peers.values().map(|p| p.matched).collect();
+            m.sort_unstable_by(|a, b| b.cmp(a));
+            m[k - 1].min(own)
+        };
+        if candidate <= self.commit || self.epoch_at(candidate) != Some(l.epoch) {
+            return;
+        }
+        self.set_commit(candidate);
+        let Role::Leader(l) = &mut self.role else { return };
+        let done: Vec<Lsn> = l.writes.range(..=candidate).map(|(k, _)| *k).collect();
+        for lsn in done {
+            let (to, id) = l.writes.remove(&lsn).expect("listed");
+            out.send(to, Msg::WriteResult { id, result: Ok(lsn) });
+        }
+        self.answer_confirmed_reads(out);
+    }
+
+    // ---- log and state ----
+
+    fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
+        if lsn.0 == 0 {
+            return Some(Epoch(0));
+        }
+        self.log.get(lsn.0 as usize - 1).map(|r| r.epoch)
+    }
+
+    fn append_local(&mut self, row: Row, out: &mut Outbox) {
+        debug_assert_eq!(row.lsn, self.last_pos().lsn.next());
+        self.log.push(row.clone());
+        self.persist(PersistOp::Append(vec![row]), out);
+    }
+
+    fn truncate_after(&mut self, keep: Lsn, out: &mut Outbox) {
+        let len = self.log.len() as u64;
+        if keep.0 >= len {
+            return;
+        }
+        debug_assert!(keep >= self.commit, "committed rows are never truncated");
+        let keep = keep.max(self.commit);
+        self.log.truncate(keep.0 as usize);
+        self.durable = self.durable.min(keep);
+        out.event(Event::Truncated { after: keep, dropped: len - keep.0 });
+        self.persist(PersistOp::TruncateAfter(keep), out);
+    }
+
+    fn persist(&mut self, op: PersistOp, out: &mut Outbox) -> u64 {
+        let id = self.next_persist;
+        self.next_persist += 1;
+        self.persisting.push_back((id, self.last_pos().lsn));
+        out.effects.push(crate::machine::Effect::Persist { id, op });
+        id
+    }
+
+    fn send_after(&mut self, id: u64, to: NodeId, msg: Msg, _out: &mut Outbox) {
+        self.after_persist.push_back((id, to, msg));
+    }
+
+    fn set_commit(&mut self, lsn: Lsn) {
+        let lsn = lsn.min(self.last_pos().lsn);
+        if lsn <= self.commit {
+            return;
+        }
+        self.commit = lsn;
+        while self.applied < self.commit {
+            let row = &self.log[self.applied.0 as usize];
+            if let RowBody::Put { key, value, req } = &row.body {
+                match value {
+                    Some(v) => {
+                        self.kv.insert(key.clone(), v.clone());
+                    }
+                    None if self.bugs.follower_skips_deletes && !self.is_leader() => {}
+                    None => {
+                        self.kv.remove(key);
+                    }
+                }
+                self.sessions.insert(req.client, (req.seq, row.lsn));
+            }
+            self.applied = row.lsn;
+        }
+    }
+}
