@@ -162,6 +162,10 @@ impl Replica {
     pub fn data(&self) -> &BTreeMap<String, String> {
         &self.kv
     }
+    /// The whole log held in memory, committed or not.
+    pub fn log(&self) -> &[Row] {
+        &self.log
+    }
     /// Rows up to the applied LSN.
     pub fn applied_rows(&self) -> &[Row] {
         &self.log[..self.applied.0 as usize]
@@ -610,6 +614,8 @@ impl Replica {
             return;
         }
         self.set_commit(candidate);
+        // Tell followers at once, so reads they serve are not needlessly stale.
+        self.broadcast(out);
         let Role::Leader(l) = &mut self.role else { return };
         let done: Vec<Lsn> = l.writes.range(..=candidate).map(|(k, _)| *k).collect();
         for lsn in done {

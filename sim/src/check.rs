@@ -1,0 +1,169 @@
+//! Invariant checkers run at the end of every simulation. Each one is shown
+//! catching a real violation in tests (see `tests/checkers.rs`).
+//!
+//! - No acknowledged write is lost.
+//! - After the quiet period every live replica holds identical data.
+//! - No read returns a value that was never written for that key.
+//! - Liveness: operations invoked after the last fault succeed in bounded time.
+
+use kvstore::replica::Replica;
+use kvstore::{Completion, Lsn, ReadMode, Row, RowBody, Stored, Time};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One finished client operation.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub client: u32,
+    pub read: ReadMode,
+    pub c: Completion,
+}
+
+pub struct Input<'a> {
+    pub history: &'a [Record],
+    /// Every value any client asked to write, per key, whatever the outcome.
+    pub written: &'a BTreeMap<String, BTreeSet<String>>,
+    pub replicas: &'a [&'a Replica],
+    pub disks: &'a [&'a Stored],
+    pub check_convergence: bool,
+    pub liveness_us: u64,
+    pub last_fault_at: Time,
+}
+
+#[derive(Default)]
+pub struct Report {
+    pub violations: Vec<String>,
+    pub acked_writes: u64,
+    pub lost_acked_writes: u64,
+}
+
+/// At most this many lines per kind of violation; the count says the rest.
+const SHOW: usize = 5;
+
+pub fn run_all(input: &Input<'_>) -> Report {
+    let mut report = Report::default();
+    acked_writes_survive(input, &mut report);
+    if input.check_convergence {
+        replicas_converge(input, &mut report);
+    }
+    reads_come_from_writes(input, &mut report);
+    liveness(input, &mut report);
+    report
+}
+
+/// Every write a client was told succeeded is in the log at the LSN it was
+/// given: in the live leader's log when there is one, otherwise on some disk.
+fn acked_writes_survive(input: &Input<'_>, report: &mut Report) {
+    let leader = input.replicas.iter().filter(|r| r.is_leader()).max_by_key(|r| r.status().leading);
+    let holds = |lsn: Lsn, client: u64, seq: u64| -> bool {
+        let at = |rows: &[Row]| {
+            rows.get((lsn.0 as usize).wrapping_sub(1)).is_some_and(|r| {
+                matches!(&r.body, RowBody::Put { req, .. } if req.client.0 == client && req.seq == seq)
+            })
+        };
+        match leader {
+            Some(l) => at(l.log()),
+            None => input.disks.iter().any(|d| at(&d.rows)) || input.replicas.iter().any(|r| at(r.log())),
+        }
+    };
+    let mut lost = Vec::new();
+    for r in input.history {
+        let (Ok(reply), true) = (&r.c.result, r.c.op.is_write()) else { continue };
+        report.acked_writes += 1;
+        if !holds(reply.lsn, r.client as u64, r.c.seq) {
+            lost.push(format!(
+                "acknowledged write lost: c{} #{} `{}` acked at {} with lsn {}",
+                r.client, r.c.seq, r.c.op, r.c.completed, reply.lsn
+            ));
+        }
+    }
+    report.lost_acked_writes = lost.len() as u64;
+    push_limited(report, lost);
+}
+
+/// After the quiet period, one leader, and every live replica has applied the
+/// same rows to the same data.
+fn replicas_converge(input: &Input<'_>, report: &mut Report) {
+    let Some(first) = input.replicas.first() else {
+        report.violations.push("no replica is up at the end".into());
+        return;
+    };
+    if !input.replicas.iter().any(|r| r.is_leader()) {
+        report.violations.push("no leader at the end of the quiet period".into());
+    }
+    for r in &input.replicas[1..] {
+        if r.applied() != first.applied() || r.data() != first.data() {
+            let diff = first
+                .data()
+                .iter()
+                .find(|(k, v)| r.data().get(*k) != Some(v))
+                .map(|(k, v)| format!("; key {k}: r{} has {v:?}, r{} has {:?}", first.id().0, r.id().0, r.data().get(k)))
+                .or_else(|| {
+                    r.data().keys().find(|k| !first.data().contains_key(*k)).map(|k| {
+                        format!("; key {k} only on r{}", r.id().0)
+                    })
+                })
+                .unwrap_or_default();
+            report.violations.push(format!(
+                "replicas differ after the quiet period: r{} applied {} ({} keys), r{} applied {} ({} keys){diff}",
+                first.id().0,
+                first.applied(),
+                first.data().len(),
+                r.id().0,
+                r.applied(),
+                r.data().len()
+            ));
+        }
+    }
+}
+
+fn reads_come_from_writes(input: &Input<'_>, report: &mut Report) {
+    let mut bad = Vec::new();
+    for r in input.history {
+        let (Ok(reply), kvstore::Op::Get { key }) = (&r.c.result, &r.c.op) else { continue };
+        let Some(v) = &reply.value else { continue };
+        if !input.written.get(key).is_some_and(|vals| vals.contains(v)) {
+            bad.push(format!(
+                "c{} #{} read `{}` = {v:?}, a value never written to that key",
+                r.client, r.c.seq, r.c.op
+            ));
+        }
+    }
+    push_limited(report, bad);
+}
+
+fn liveness(input: &Input<'_>, report: &mut Report) {
+    if input.liveness_us == 0 {
+        return;
+    }
+    let mut slow = Vec::new();
+    for r in input.history {
+        if r.c.invoked < input.last_fault_at {
+            continue;
+        }
+        let took = r.c.completed.saturating_sub(r.c.invoked);
+        if r.c.result.is_err() || took > input.liveness_us {
+            let what = match &r.c.result {
+                Ok(_) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            };
+            slow.push(format!(
+                "liveness: c{} #{} `{}` invoked at {} after the last fault took {}.{:03}ms ({what})",
+                r.client,
+                r.c.seq,
+                r.c.op,
+                r.c.invoked,
+                took / 1000,
+                took % 1000
+            ));
+        }
+    }
+    push_limited(report, slow);
+}
+
+fn push_limited(report: &mut Report, v: Vec<String>) {
+    let n = v.len();
+    report.violations.extend(v.into_iter().take(SHOW));
+    if n > SHOW {
+        report.violations.push(format!("... and {} more like the above", n - SHOW));
+    }
+}

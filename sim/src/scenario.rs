@@ -1,0 +1,653 @@
+//! Scenario files: TOML describing a cluster, its network and disks, a client
+//! workload, and faults at given times. Every optional field has a default
+//! (documented in README.md). Errors name the file, line and field.
+
+use kvstore::config::{ClusterConfig, Timing};
+use kvstore::{Op, ReadMode};
+use serde::Deserialize;
+use std::fmt;
+use std::path::Path;
+use toml::Spanned;
+
+/// A scenario after validation: everything the simulator needs.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: String,
+    pub cluster: ClusterConfig,
+    pub network: Network,
+    pub disk: Disk,
+    pub workload: Workload,
+    pub faults: Vec<Fault>,
+    pub run: Run,
+    pub bugs: kvstore::replica::Bugs,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Network {
+    pub delay_min_us: u64,
+    pub delay_mean_us: u64,
+    pub distribution: Distribution,
+    pub drop_probability: f64,
+    pub duplicate_probability: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    Constant,
+    Uniform,
+    Exponential,
+    /// Long-tailed: Pareto with shape 2 (finite mean, heavy tail).
+    Pareto,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Disk {
+    pub write_min_us: u64,
+    pub write_mean_us: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub duration_us: u64,
+    pub keys: u32,
+    pub zipf_exponent: Option<f64>,
+    pub value_bytes_min: usize,
+    pub value_bytes_max: usize,
+    pub mix: Mix,
+    pub groups: Vec<Group>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mix {
+    #[serde(default = "d50")]
+    pub set: u32,
+    #[serde(default = "d50")]
+    pub get: u32,
+    #[serde(default)]
+    pub del: u32,
+}
+
+fn d50() -> u32 {
+    50
+}
+
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub clients: u32,
+    pub read: ReadMode,
+    /// Open loop: operations per second per client (Poisson arrivals).
+    /// `None`: closed loop, next operation after the previous one finishes.
+    pub rate_per_s: Option<f64>,
+    pub think_us: u64,
+    pub start_us: u64,
+    pub script: Option<Vec<Op>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub at_us: u64,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Crash(Node),
+    Restart(Node),
+    /// Nodes in different groups cannot reach each other; nodes not named
+    /// stay connected to everyone.
+    Partition(Vec<Vec<Node>>),
+    /// Messages from `from` to `to` are lost; the other way works.
+    PartitionOneWay { from: Vec<Node>, to: Vec<Node> },
+    Heal,
+}
+
+/// A node named in a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Node {
+    Balancer,
+    Replica(u8),
+    Client(u32),
+    /// Every client.
+    Clients,
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Node::Balancer => write!(f, "lb"),
+            Node::Replica(r) => write!(f, "r{r}"),
+            Node::Client(c) => write!(f, "c{c}"),
+            Node::Clients => write!(f, "clients"),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |g: &[Node]| g.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+        match self {
+            Action::Crash(n) => write!(f, "crash {n}"),
+            Action::Restart(n) => write!(f, "restart {n}"),
+            Action::Partition(groups) => {
+                let gs: Vec<String> = groups.iter().map(|g| format!("[{}]", list(g))).collect();
+                write!(f, "partition {}", gs.join(" | "))
+            }
+            Action::PartitionOneWay { from, to } => {
+                write!(f, "partition one-way [{}] -> [{}]", list(from), list(to))
+            }
+            Action::Heal => write!(f, "heal all partitions"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Run {
+    /// After the workload stops: time for the cluster to settle before the
+    /// convergence check.
+    pub quiet_us: u64,
+    /// Every client operation invoked after the last fault heals must finish
+    /// within this long.
+    pub liveness_us: u64,
+    pub check_convergence: bool,
+}
+
+/// A scenario file that could not be used.
+#[derive(Debug)]
+pub struct ScenarioError {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub msg: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.msg)
+        } else {
+            write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.msg)
+        }
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+// ---- the file format, as written ----
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    name: Option<String>,
+    #[serde(default)]
+    cluster: ClusterFile,
+    #[serde(default)]
+    network: NetworkFile,
+    #[serde(default)]
+    disk: DiskFile,
+    #[serde(default)]
+    workload: WorkloadFile,
+    #[serde(default)]
+    faults: Vec<FaultFile>,
+    #[serde(default)]
+    run: RunFile,
+    #[serde(default)]
+    bugs: BugsFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    replicas: Option<Spanned<u8>>,
+    sync_acks: Option<Spanned<SyncAcks>>,
+    unsafe_failover: Option<bool>,
+    heartbeat_ms: Option<f64>,
+    ping_ms: Option<f64>,
+    dead_after_ms: Option<f64>,
+    promote_timeout_ms: Option<f64>,
+    forward_retry_ms: Option<f64>,
+    request_timeout_ms: Option<f64>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(untagged)]
+enum SyncAcks {
+    Count(u8),
+    Word(AllWord),
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum AllWord {
+    All,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NetworkFile {
+    delay_min_ms: Option<Spanned<f64>>,
+    delay_mean_ms: Option<Spanned<f64>>,
+    distribution: Option<Distribution>,
+    drop_probability: Option<Spanned<f64>>,
+    duplicate_probability: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DiskFile {
+    write_min_ms: Option<f64>,
+    write_mean_ms: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WorkloadFile {
+    duration_ms: Option<f64>,
+    keys: Option<Spanned<u32>>,
+    zipf_exponent: Option<f64>,
+    value_bytes_min: Option<usize>,
+    value_bytes_max: Option<usize>,
+    mix: Option<Spanned<Mix>>,
+    /// Shortcut for one closed-loop group of this many clients.
+    clients: Option<u32>,
+    read: Option<ReadModeFile>,
+    #[serde(default)]
+    groups: Vec<GroupFile>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum ReadModeFile {
+    Any,
+    Session,
+    Leader,
+}
+
+impl From<ReadModeFile> for ReadMode {
+    fn from(r: ReadModeFile) -> ReadMode {
+        match r {
+            ReadModeFile::Any => ReadMode::Any,
+            ReadModeFile::Session => ReadMode::Session,
+            ReadModeFile::Leader => ReadMode::Leader,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupFile {
+    clients: Option<u32>,
+    read: Option<ReadModeFile>,
+    rate_per_s: Option<f64>,
+    think_ms: Option<f64>,
+    start_ms: Option<f64>,
+    script: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultFile {
+    at_ms: f64,
+    action: Spanned<String>,
+    node: Option<Spanned<String>>,
+    groups: Option<Vec<Vec<Spanned<String>>>>,
+    from: Option<Vec<Spanned<String>>>,
+    to: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RunFile {
+    quiet_ms: Option<f64>,
+    liveness_ms: Option<f64>,
+    check_convergence: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BugsFile {
+    #[serde(default)]
+    ack_before_durable: bool,
+    #[serde(default)]
+    follower_skips_deletes: bool,
+    #[serde(default)]
+    reads_wrong_key: bool,
+}
+
+fn ms(v: f64) -> u64 {
+    (v * 1000.0).round().max(0.0) as u64
+}
+
+/// Reads and validates a scenario file.
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+        file: file.clone(),
+        line: 0,
+        col: 0,
+        msg: format!("cannot read: {e}"),
+    })?;
+    let default_name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    parse(&text, &file, &default_name)
+}
+
+/// Parses scenario text; `file` names it in errors.
+pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, ScenarioError> {
+    let at = |span: Option<std::ops::Range<usize>>, msg: String| {
+        let (line, col) = span.map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+        ScenarioError { file: file.to_string(), line, col, msg }
+    };
+    let raw: File = toml::from_str(text).map_err(|e| {
+        let mut msg = e.message().trim().to_string();
+        if let Some(field) = e.span().and_then(|s| field_at(text, s.start)) {
+            if !msg.contains(&format!("`{field}`")) {
+                msg = format!("field `{field}`: {msg}");
+            }
+        }
+        at(e.span(), msg)
+    })?;
+
+    // cluster
+    let c = raw.cluster;
+    let replicas = c.replicas.as_ref().map(|s| *s.get_ref()).unwrap_or(3);
+    if !(1..=9).contains(&replicas) {
+        return Err(at(c.replicas.map(|s| s.span()), "field `replicas`: must be 1 to 9".into()));
+    }
+    let sync_acks = match c.sync_acks.as_ref().map(|s| *s.get_ref()) {
+        None => 1,
+        Some(SyncAcks::Word(AllWord::All)) => replicas as usize - 1,
+        Some(SyncAcks::Count(k)) if (k as usize) < replicas as usize => k as usize,
+        Some(SyncAcks::Count(k)) => {
+            return Err(at(
+                c.sync_acks.map(|s| s.span()),
+                format!("field `sync_acks`: {k} but only {} follower(s); use 0 to {} or \"all\"", replicas - 1, replicas - 1),
+            ))
+        }
+    };
+    let d = Timing::default();
+    let t = |v: Option<f64>, dflt: u64| v.map(ms).unwrap_or(dflt);
+    let timing = Timing {
+        heartbeat_us: t(c.heartbeat_ms, d.heartbeat_us).max(1),
+        ping_us: t(c.ping_ms, d.ping_us).max(1),
+        dead_after_us: t(c.dead_after_ms, d.dead_after_us),
+        promote_timeout_us: t(c.promote_timeout_ms, d.promote_timeout_us),
+        forward_retry_us: t(c.forward_retry_ms, d.forward_retry_us),
+        request_timeout_us: t(c.request_timeout_ms, d.request_timeout_us),
+    };
+    let mut cluster = ClusterConfig::new(replicas, sync_acks);
+    cluster.unsafe_failover = c.unsafe_failover.unwrap_or(false);
+    cluster.timing = timing;
+
+    // network
+    let n = raw.network;
+    let prob = |v: Option<Spanned<f64>>, name: &str| -> Result<f64, ScenarioError> {
+        match v {
+            None => Ok(0.0),
+            Some(s) if (0.0..=1.0).contains(s.get_ref()) => Ok(*s.get_ref()),
+            Some(s) => Err(at(Some(s.span()), format!("field `{name}`: must be between 0 and 1"))),
+        }
+    };
+    let delay_min_ms = n.delay_min_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(0.1);
+    let delay_mean_ms = n.delay_mean_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(0.5);
+    if delay_min_ms < 0.0 {
+        return Err(at(n.delay_min_ms.map(|s| s.span()), "field `delay_min_ms`: must not be negative".into()));
+    }
+    if delay_mean_ms < delay_min_ms {
+        return Err(at(
+            n.delay_mean_ms.map(|s| s.span()),
+            format!("field `delay_mean_ms`: {delay_mean_ms} is below delay_min_ms ({delay_min_ms})"),
+        ));
+    }
+    let network = Network {
+        delay_min_us: ms(delay_min_ms),
+        delay_mean_us: ms(delay_mean_ms),
+        distribution: n.distribution.unwrap_or(Distribution::Exponential),
+        drop_probability: prob(n.drop_probability, "drop_probability")?,
+        duplicate_probability: prob(n.duplicate_probability, "duplicate_probability")?,
+    };
+    let disk = Disk {
+        write_min_us: raw.disk.write_min_ms.map(ms).unwrap_or(50),
+        write_mean_us: raw.disk.write_mean_ms.map(ms).unwrap_or(100),
+    };
+
+    // workload
+    let w = raw.workload;
+    let keys = w.keys.as_ref().map(|s| *s.get_ref()).unwrap_or(10);
+    if keys == 0 {
+        return Err(at(w.keys.map(|s| s.span()), "field `keys`: must be at least 1".into()));
+    }
+    let mix = match w.mix {
+        None => Mix { set: 50, get: 50, del: 0 },
+        Some(m) if m.get_ref().set + m.get_ref().get + m.get_ref().del == 0 => {
+            return Err(at(Some(m.span()), "field `mix`: all weights are zero".into()))
+        }
+        Some(m) => *m.get_ref(),
+    };
+    let value_bytes_min = w.value_bytes_min.unwrap_or(4).max(1);
+    let value_bytes_max = w.value_bytes_max.unwrap_or(16).max(value_bytes_min);
+    let read_default: ReadMode = w.read.map(Into::into).unwrap_or_default();
+    let mut groups = Vec::new();
+    for g in w.groups {
+        let script = match g.script {
+            None => None,
+            Some(lines) => {
+                let mut ops = Vec::new();
+                for l in lines {
+                    let op = parse_command(l.get_ref()).map_err(|e| at(Some(l.span()), format!("field `script`: {e}")))?;
+                    ops.push(op);
+                }
+                Some(ops)
+            }
+        };
+        groups.push(Group {
+            clients: g.clients.unwrap_or(1),
+            read: g.read.map(Into::into).unwrap_or(read_default),
+            rate_per_s: g.rate_per_s.filter(|r| *r > 0.0),
+            think_us: g.think_ms.map(ms).unwrap_or(0),
+            start_us: g.start_ms.map(ms).unwrap_or(0),
+            script,
+        });
+    }
+    if groups.is_empty() {
+        groups.push(Group {
+            clients: w.clients.unwrap_or(3),
+            read: read_default,
+            rate_per_s: None,
+            think_us: 0,
+            start_us: 0,
+            script: None,
+        });
+    }
+    let workload = Workload {
+        duration_us: w.duration_ms.map(ms).unwrap_or(2_000),
+        keys,
+        zipf_exponent: w.zipf_exponent,
+        value_bytes_min,
+        value_bytes_max,
+        mix,
+        groups,
+    };
+    let client_count: u32 = workload.groups.iter().map(|g| g.clients).sum();
+
+    // faults
+    let node = |s: &Spanned<String>| -> Result<Node, ScenarioError> {
+        parse_node(s.get_ref(), replicas, client_count).map_err(|e| at(Some(s.span()), e))
+    };
+    let nodes = |v: &[Spanned<String>]| v.iter().map(node).collect::<Result<Vec<_>, _>>();
+    let mut faults = Vec::new();
+    for f in raw.faults {
+        let a = f.action.get_ref().as_str();
+        let need_node = || -> Result<Node, ScenarioError> {
+            match &f.node {
+                Some(n) => node(n),
+                None => Err(at(Some(f.action.span()), format!("field `node`: action `{a}` needs a node"))),
+            }
+        };
+        let action = match a {
+            "crash" => Action::Crash(need_node()?),
+            "restart" => Action::Restart(need_node()?),
+            "partition" => {
+                let Some(gs) = &f.groups else {
+                    return Err(at(Some(f.action.span()), "field `groups`: a partition needs groups".into()));
+                };
+                Action::Partition(gs.iter().map(|g| nodes(g)).collect::<Result<_, _>>()?)
+            }
+            "partition_one_way" => match (&f.from, &f.to) {
+                (Some(from), Some(to)) => Action::PartitionOneWay { from: nodes(from)?, to: nodes(to)? },
+                _ => {
+                    return Err(at(Some(f.action.span()), "fields `from` and `to`: a one-way partition needs both".into()))
+                }
+            },
+            "heal" => Action::Heal,
+            other => {
+                return Err(at(
+                    Some(f.action.span()),
+                    format!("field `action`: unknown action `{other}` (expected crash, restart, partition, partition_one_way or heal)"),
+                ))
+            }
+        };
+        if let Action::Crash(Node::Clients | Node::Client(_)) | Action::Restart(Node::Clients | Node::Client(_)) = action {
+            return Err(at(Some(f.action.span()), "field `node`: only replicas and the balancer (lb) crash".into()));
+        }
+        faults.push(Fault { at_us: ms(f.at_ms), action });
+    }
+    faults.sort_by_key(|f| f.at_us);
+
+    let run = Run {
+        quiet_us: raw.run.quiet_ms.map(ms).unwrap_or(2_000),
+        liveness_us: raw.run.liveness_ms.map(ms).unwrap_or(5_000),
+        check_convergence: raw.run.check_convergence.unwrap_or(true),
+    };
+    let bugs = kvstore::replica::Bugs {
+        ack_before_durable: raw.bugs.ack_before_durable,
+        follower_skips_deletes: raw.bugs.follower_skips_deletes,
+        reads_wrong_key: raw.bugs.reads_wrong_key,
+    };
+    Ok(Scenario {
+        name: raw.name.unwrap_or_else(|| default_name.to_string()),
+        cluster,
+        network,
+        disk,
+        workload,
+        faults,
+        run,
+        bugs,
+    })
+}
+
+/// `r1`, `lb`, `c3` or `clients`.
+fn parse_node(s: &str, replicas: u8, clients: u32) -> Result<Node, String> {
+    let bad = || format!("unknown node `{s}` (expected lb, r1..r{replicas}, c1..c{clients} or clients)");
+    match s {
+        "lb" | "balancer" => return Ok(Node::Balancer),
+        "clients" => return Ok(Node::Clients),
+        _ => {}
+    }
+    if let Some(n) = s.strip_prefix('r') {
+        let n: u8 = n.parse().map_err(|_| bad())?;
+        if n >= 1 && n <= replicas {
+            return Ok(Node::Replica(n));
+        }
+    }
+    if let Some(n) = s.strip_prefix('c') {
+        let n: u32 = n.parse().map_err(|_| bad())?;
+        if n >= 1 && n <= clients {
+            return Ok(Node::Client(n));
+        }
+    }
+    Err(bad())
+}
+
+/// The original client's command language: `set key=value`, `get key`,
+/// `del key`. Values may contain spaces and `=`.
+pub fn parse_command(line: &str) -> Result<Op, String> {
+    let line = line.trim();
+    let (cmd, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let rest = rest.trim_start();
+    let op = match cmd.to_ascii_lowercase().as_str() {
+        "set" => {
+            let Some((k, v)) = rest.split_once('=') else {
+                return Err(format!("`{line}`: expected set key=value"));
+            };
+            Op::Set { key: k.trim().to_string(), value: v.to_string() }
+        }
+        "get" => Op::Get { key: rest.trim().to_string() },
+        "del" => Op::Del { key: rest.trim().to_string() },
+        "" => return Err("empty command".into()),
+        other => return Err(format!("unknown command `{other}` (expected set, get or del)")),
+    };
+    kvstore::validate_op(&op).map_err(|e| format!("`{line}`: {e}"))?;
+    Ok(op)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+/// The key on the line holding `offset`, if that line is `key = ...`.
+fn field_at(text: &str, offset: usize) -> Option<String> {
+    let start = text[..offset.min(text.len())].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text[start..].lines().next()?;
+    let (k, _) = line.split_once('=')?;
+    let k = k.trim();
+    (!k.is_empty() && k.chars().all(|c| c.is_alphanumeric() || c == '_')).then(|| k.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(text, "t.toml", "t").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let s = parse("", "t.toml", "t").unwrap();
+        assert_eq!(s.cluster.replicas.len(), 3);
+        assert_eq!(s.cluster.sync_acks, 1);
+        assert_eq!(s.workload.groups.len(), 1);
+        assert_eq!(s.workload.groups[0].read, ReadMode::Session);
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let e = err("[network]\ndelay_mean_ms = \"slow\"\n");
+        assert!(e.starts_with("t.toml:2:"), "{e}");
+        assert!(e.contains("delay_mean_ms"), "{e}");
+        let e = err("[cluster]\nreplicas = 3\nsyncacks = 1\n");
+        assert!(e.starts_with("t.toml:3:"), "{e}");
+        assert!(e.contains("syncacks"), "{e}");
+        let e = err("[[faults]]\nat_ms = 5\naction = \"crash\"\nnode = \"r7\"\n");
+        assert!(e.starts_with("t.toml:4:"), "{e}");
+        assert!(e.contains("r7"), "{e}");
+        let e = err("[cluster]\nsync_acks = 3\n");
+        assert!(e.contains("sync_acks"), "{e}");
+        let e = err("[network]\ndrop_probability = 1.5\n");
+        assert!(e.starts_with("t.toml:2:") && e.contains("drop_probability"), "{e}");
+        let e = err("[[workload.groups]]\nscript = [\"set a=1\", \"fly away\"]\n");
+        assert!(e.starts_with("t.toml:2:") && e.contains("fly"), "{e}");
+        let e = err("this is not toml at all");
+        assert!(e.starts_with("t.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn commands_parse_like_the_original() {
+        assert_eq!(
+            parse_command("set stephen=zerfas").unwrap(),
+            Op::Set { key: "stephen".into(), value: "zerfas".into() }
+        );
+        assert_eq!(
+            parse_command("set a=b = c d").unwrap(),
+            Op::Set { key: "a".into(), value: "b = c d".into() }
+        );
+        assert_eq!(parse_command("get stephen").unwrap(), Op::Get { key: "stephen".into() });
+        assert!(parse_command("").is_err());
+        assert!(parse_command("set novalue").is_err());
+        assert!(parse_command("get").is_err());
+    }
+}

@@ -1,0 +1,698 @@
+//! The discrete-event simulator: one seeded run of a scenario.
+//!
+//! Everything random comes from ChaCha generators derived from the run's root
+//! seed (one per subsystem, so adding randomness to one does not reshuffle
+//! the others). Events are ordered by (time, insertion sequence), so a seed
+//! always gives the same run, byte for byte.
+
+use crate::check::{self, Record};
+use crate::scenario::{Action, Distribution, Fault, Node, Scenario};
+use kvstore::balancer::Balancer;
+use kvstore::client::{Client, ClientConfig};
+use kvstore::replica::Replica;
+use kvstore::{
+    ClientId, Effect, Epoch, Event, Lsn, Msg, NodeId, Op, Outbox, PersistOp, ReplicaId, Stored, Time,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::fmt::Write as _;
+
+/// How much of a run the trace shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TraceLevel {
+    None,
+    /// Client operations, faults and state changes.
+    Ops,
+    /// Plus every message, except periodic chatter (pings, empty heartbeats
+    /// and their acknowledgements).
+    Messages,
+    /// Everything.
+    All,
+}
+
+/// The closing summary; `--json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub seed: u64,
+    pub sim_ms: f64,
+    pub events: u64,
+    pub wall_ms: f64,
+    pub ops_ok: u64,
+    pub ops_failed: u64,
+    pub ops_ambiguous: u64,
+    pub acked_writes: u64,
+    pub lost_acked_writes: u64,
+    pub failovers: u64,
+    pub failover_ms_max: Option<f64>,
+    pub stale_reads_max_lsn: u64,
+    pub messages_sent: u64,
+    pub messages_dropped: u64,
+    pub violations: Vec<String>,
+}
+
+pub struct Outcome {
+    pub summary: Summary,
+    pub trace: String,
+}
+
+enum Ev {
+    Deliver { from: NodeId, to: NodeId, msg: Msg },
+    Tick(NodeId),
+    DiskDone { replica: usize, incarnation: u64, id: u64, op: PersistOp },
+    Fault(usize),
+    /// A client's next workload operation is due.
+    ClientOp(usize),
+}
+
+struct Entry {
+    at: Time,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Entry {
+    /// Reversed: `BinaryHeap` pops the earliest (time, sequence) first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+struct Disk {
+    /// What survives a crash.
+    stored: Stored,
+    /// When the disk finishes what it has been given.
+    busy_until: Time,
+    incarnation: u64,
+}
+
+struct ClientSlot {
+    machine: Client,
+    group: usize,
+    /// Next script line, for scripted groups.
+    script_pos: usize,
+    /// Workload operations issued by this client.
+    issued: u64,
+    rng: ChaCha8Rng,
+}
+
+pub struct Sim<'a> {
+    sc: &'a Scenario,
+    now: Time,
+    queue: BinaryHeap<Entry>,
+    seq: u64,
+    events: u64,
+    rng_net: ChaCha8Rng,
+    rng_disk: ChaCha8Rng,
+    rng_work: ChaCha8Rng,
+    replicas: Vec<Option<Replica>>,
+    disks: Vec<Disk>,
+    balancer: Option<Balancer>,
+    clients: Vec<ClientSlot>,
+    /// Earliest tick already queued for each node.
+    ticks: BTreeMap<NodeId, Time>,
+    /// Directed links that lose everything.
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    history: Vec<Record>,
+    written: BTreeMap<String, BTreeSet<String>>,
+    trace: String,
+    level: TraceLevel,
+    // statistics and online checks
+    messages_sent: u64,
+    messages_dropped: u64,
+    violations: Vec<String>,
+    leaders: BTreeMap<Epoch, ReplicaId>,
+    promotions: u64,
+    leader_failed_at: Option<(Time, Epoch)>,
+    failover_us_max: Option<u64>,
+    last_fault_at: Time,
+    workload_end: Time,
+    stale_max: u64,
+    out: Outbox,
+}
+
+impl<'a> Sim<'a> {
+    pub fn new(sc: &'a Scenario, seed: u64, level: TraceLevel) -> Sim<'a> {
+        let mut root = ChaCha8Rng::seed_from_u64(seed);
+        let mut child = || ChaCha8Rng::seed_from_u64(root.random());
+        let rng_net = child();
+        let rng_disk = child();
+        let mut rng_work = child();
+        let n = sc.cluster.replicas.len();
+        let mut clients = Vec::new();
+        for (gi, g) in sc.workload.groups.iter().enumerate() {
+            for _ in 0..g.clients {
+                let id = ClientId(clients.len() as u64 + 1);
+                let cfg = ClientConfig::new(id, g.read);
+                clients.push(ClientSlot {
+                    machine: Client::new(cfg),
+                    group: gi,
+                    script_pos: 0,
+                    issued: 0,
+                    rng: ChaCha8Rng::seed_from_u64(rng_work.random()),
+                });
+            }
+        }
+        Sim {
+            sc,
+            now: Time::ZERO,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            events: 0,
+            rng_net,
+            rng_disk,
+            rng_work,
+            replicas: (0..n).map(|_| None).collect(),
+            disks: (0..n).map(|_| Disk { stored: Stored::default(), busy_until: Time::ZERO, incarnation: 0 }).collect(),
+            balancer: None,
+            clients,
+            ticks: BTreeMap::new(),
+            blocked: BTreeSet::new(),
+            history: Vec::new(),
+            written: BTreeMap::new(),
+            trace: String::new(),
+            level,
+            messages_sent: 0,
+            messages_dropped: 0,
+            violations: Vec::new(),
+            leaders: BTreeMap::new(),
+            promotions: 0,
+            leader_failed_at: None,
+            failover_us_max: None,
+            last_fault_at: Time::ZERO,
+            workload_end: Time(sc.workload.duration_us),
+            stale_max: 0,
+            out: Outbox::new(),
+        }
+    }
+
+    /// Runs the scenario to the end of its quiet period and checks it.
+    pub fn run(mut self, seed: u64) -> Outcome {
+        let wall = std::time::Instant::now();
+        let sc = self.sc;
+        for i in 0..self.replicas.len() {
+            self.start_replica(i);
+        }
+        self.balancer = Some(Balancer::new(sc.cluster.clone(), self.now));
+        self.reschedule(NodeId::Balancer);
+        for (i, f) in sc.faults.iter().enumerate() {
+            self.push(Time(f.at_us), Ev::Fault(i));
+        }
+        for i in 0..self.clients.len() {
+            let start = sc.workload.groups[self.clients[i].group].start_us;
+            let jitter = self.rng_work.random_range(0..1000);
+            self.push(Time(start + jitter), Ev::ClientOp(i));
+        }
+        let end = Time(sc.workload.duration_us + sc.run.quiet_us);
+        while let Some(e) = self.queue.pop() {
+            if e.at > end {
+                break;
+            }
+            debug_assert!(e.at >= self.now, "time never goes backwards");
+            self.now = e.at;
+            self.events += 1;
+            self.step(e.ev);
+            if self.violations.len() > 100 {
+                break;
+            }
+        }
+        self.now = self.now.max(end);
+        let mut summary = self.finish(seed);
+        summary.wall_ms = wall.elapsed().as_secs_f64() * 1000.0;
+        Outcome { summary, trace: self.trace }
+    }
+
+    fn push(&mut self, at: Time, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Entry { at, seq: self.seq, ev });
+    }
+
+    fn step(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver { from, to, msg } => self.deliver(from, to, msg),
+            Ev::Tick(node) => self.tick(node),
+            Ev::DiskDone { replica, incarnation, id, op } => {
+                if self.disks[replica].incarnation != incarnation {
+                    return; // lost in a crash
+                }
+                self.disks[replica].stored.apply(&op);
+                let now = self.now;
+                let mut out = std::mem::take(&mut self.out);
+                if let Some(r) = &mut self.replicas[replica] {
+                    r.on_persisted(now, id, &mut out);
+                }
+                self.handle(NodeId::Replica(ReplicaId(replica as u8 + 1)), out);
+            }
+            Ev::Fault(i) => {
+                let f = self.sc.faults[i].clone();
+                self.fault(&f);
+            }
+            Ev::ClientOp(i) => self.client_op(i),
+        }
+    }
+
+    // ---- nodes ----
+
+    fn start_replica(&mut self, i: usize) {
+        let id = ReplicaId(i as u8 + 1);
+        let stored = self.disks[i].stored.clone();
+        let r = Replica::recover(id, self.sc.cluster.clone(), stored).with_bugs(self.sc.bugs.clone());
+        self.replicas[i] = Some(r);
+        self.reschedule(NodeId::Replica(id));
+    }
+
+    fn is_up(&self, n: NodeId) -> bool {
+        match n {
+            NodeId::Balancer => self.balancer.is_some(),
+            NodeId::Replica(r) => self.replicas.get(r.0 as usize - 1).is_some_and(Option::is_some),
+            NodeId::Client(_) => true,
+        }
+    }
+
+    fn next_wakeup(&self, n: NodeId) -> Option<Time> {
+        match n {
+            NodeId::Balancer => self.balancer.as_ref().and_then(Balancer::next_wakeup),
+            NodeId::Replica(r) => self.replicas[r.0 as usize - 1].as_ref().and_then(Replica::next_wakeup),
+            NodeId::Client(c) => self.clients[c.0 as usize - 1].machine.next_wakeup(),
+        }
+    }
+
+    fn reschedule(&mut self, n: NodeId) {
+        let Some(w) = self.next_wakeup(n) else { return };
+        if self.ticks.get(&n).is_some_and(|t| *t <= w && *t >= self.now) {
+            return;
+        }
+        let at = w.max(self.now);
+        self.ticks.insert(n, at);
+        self.push(at, Ev::Tick(n));
+    }
+
+    fn tick(&mut self, n: NodeId) {
+        if self.ticks.get(&n) == Some(&self.now) {
+            self.ticks.remove(&n);
+        }
+        let now = self.now;
+        if !self.next_wakeup(n).is_some_and(|w| w <= now) {
+            self.reschedule(n);
+            return;
+        }
+        let mut out = std::mem::take(&mut self.out);
+        match n {
+            NodeId::Balancer => {
+                if let Some(b) = &mut self.balancer {
+                    b.on_tick(now, &mut out)
+                }
+            }
+            NodeId::Replica(r) => {
+                if let Some(m) = &mut self.replicas[r.0 as usize - 1] {
+                    m.on_tick(now, &mut out)
+                }
+            }
+            NodeId::Client(c) => self.clients[c.0 as usize - 1].machine.on_tick(now, &mut out),
+        }
+        if self.next_wakeup(n).is_some_and(|w| w <= now) {
+            self.violation(format!("{n} asked to be woken at or before now after a tick (busy loop)"));
+        }
+        self.handle(n, out);
+    }
+
+    fn deliver(&mut self, from: NodeId, to: NodeId, msg: Msg) {
+        if !self.is_up(to) {
+            if self.level >= TraceLevel::Messages && (self.level == TraceLevel::All || !msg.is_chatter()) {
+                self.line(to, format_args!("<- {from} {msg} (lost: {to} is down)"));
+            }
+            return;
+        }
+        if self.level == TraceLevel::All || (self.level == TraceLevel::Messages && !msg.is_chatter()) {
+            self.line(to, format_args!("<- {from} {msg}"));
+        }
+        let now = self.now;
+        let mut out = std::mem::take(&mut self.out);
+        match to {
+            NodeId::Balancer => self.balancer.as_mut().expect("up").on_message(now, from, msg, &mut out),
+            NodeId::Replica(r) => {
+                self.replicas[r.0 as usize - 1].as_mut().expect("up").on_message(now, from, msg, &mut out)
+            }
+            NodeId::Client(c) => self.clients[c.0 as usize - 1].machine.on_message(now, from, msg, &mut out),
+        }
+        self.handle(to, out);
+    }
+
+    /// Carries out a machine's effects.
+    fn handle(&mut self, n: NodeId, mut out: Outbox) {
+        for e in out.drain() {
+            match e {
+                Effect::Send { to, msg } => self.send(n, to, msg),
+                Effect::Persist { id, op } => {
+                    let NodeId::Replica(r) = n else { continue };
+                    let i = r.0 as usize - 1;
+                    let d = &self.sc.disk;
+                    let latency = d.write_min_us
+                        + sample_exp(&mut self.rng_disk, d.write_mean_us.saturating_sub(d.write_min_us));
+                    let disk = &mut self.disks[i];
+                    let done = disk.busy_until.max(self.now) + latency;
+                    disk.busy_until = done;
+                    let incarnation = disk.incarnation;
+                    self.push(done, Ev::DiskDone { replica: i, incarnation, id, op });
+                }
+                Effect::Done(c) => {
+                    let NodeId::Client(id) = n else { continue };
+                    self.completed(id.0 as usize - 1, c);
+                }
+                Effect::Event(ev) => self.event(n, ev),
+            }
+        }
+        self.out = out;
+        self.reschedule(n);
+    }
+
+    fn event(&mut self, n: NodeId, ev: Event) {
+        if self.level >= TraceLevel::Ops {
+            self.line(n, format_args!("{ev}"));
+        }
+        match ev {
+            Event::BecameLeader { epoch, .. } => {
+                let NodeId::Replica(r) = n else { return };
+                if let Some(prev) = self.leaders.insert(epoch, r) {
+                    if prev != r {
+                        self.violation(format!("two leaders in {epoch}: r{} and r{}", prev.0, r.0));
+                    }
+                }
+            }
+            Event::Promoted { .. } => self.promotions += 1,
+            _ => {}
+        }
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: Msg) {
+        self.messages_sent += 1;
+        let show = self.level == TraceLevel::All || (self.level == TraceLevel::Messages && !msg.is_chatter());
+        if self.blocked.contains(&(from, to)) {
+            self.messages_dropped += 1;
+            if show {
+                self.line(from, format_args!("-x {to} {msg} (partitioned)"));
+            }
+            return;
+        }
+        let net = &self.sc.network;
+        if net.drop_probability > 0.0 && self.rng_net.random_bool(net.drop_probability) {
+            self.messages_dropped += 1;
+            if show {
+                self.line(from, format_args!("-x {to} {msg} (dropped)"));
+            }
+            return;
+        }
+        if net.duplicate_probability > 0.0 && self.rng_net.random_bool(net.duplicate_probability) {
+            let delay = self.delay();
+            self.push(self.now + delay, Ev::Deliver { from, to, msg: msg.clone() });
+        }
+        let delay = self.delay();
+        self.push(self.now + delay, Ev::Deliver { from, to, msg });
+    }
+
+    /// One message's delay; reordering follows from independent delays.
+    fn delay(&mut self) -> u64 {
+        let net = &self.sc.network;
+        let extra = net.delay_mean_us.saturating_sub(net.delay_min_us);
+        let r = &mut self.rng_net;
+        net.delay_min_us
+            + match net.distribution {
+                Distribution::Constant => extra,
+                Distribution::Uniform => r.random_range(0..=2 * extra),
+                Distribution::Exponential => sample_exp(r, extra),
+                Distribution::Pareto => {
+                    // Shape 2: mean = scale * 2, so scale = extra / 2.
+                    let u: f64 = r.random_range(f64::EPSILON..1.0);
+                    ((extra as f64 / 2.0) * (1.0 / u.sqrt() - 1.0) * 2.0).min(1e9) as u64
+                }
+            }
+    }
+
+    // ---- faults ----
+
+    fn fault(&mut self, f: &Fault) {
+        self.last_fault_at = self.now;
+        let leader_before = self.current_leader();
+        self.line_raw("fault", format_args!("{}", f.action));
+        match &f.action {
+            Action::Crash(Node::Balancer) => self.balancer = None,
+            Action::Crash(Node::Replica(r)) => {
+                let i = *r as usize - 1;
+                self.replicas[i] = None;
+                let d = &mut self.disks[i];
+                d.incarnation += 1; // writes not yet durable are lost
+                d.busy_until = self.now;
+                self.ticks.remove(&NodeId::Replica(ReplicaId(*r)));
+            }
+            Action::Restart(Node::Balancer) => {
+                if self.balancer.is_none() {
+                    self.balancer = Some(Balancer::new(self.sc.cluster.clone(), self.now));
+                    self.ticks.remove(&NodeId::Balancer);
+                    self.reschedule(NodeId::Balancer);
+                }
+            }
+            Action::Restart(Node::Replica(r)) => {
+                let i = *r as usize - 1;
+                if self.replicas[i].is_none() {
+                    self.start_replica(i);
+                }
+            }
+            Action::Partition(groups) => {
+                let groups: Vec<Vec<NodeId>> = groups.iter().map(|g| self.expand(g)).collect();
+                for (gi, a) in groups.iter().enumerate() {
+                    for (gj, b) in groups.iter().enumerate() {
+                        if gi != gj {
+                            for x in a {
+                                for y in b {
+                                    self.blocked.insert((*x, *y));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Action::PartitionOneWay { from, to } => {
+                let (a, b) = (self.expand(from), self.expand(to));
+                for x in &a {
+                    for y in &b {
+                        self.blocked.insert((*x, *y));
+                    }
+                }
+            }
+            Action::Heal => self.blocked.clear(),
+            Action::Crash(_) | Action::Restart(_) => {}
+        }
+        // The leader failed if it is down or cut off from the balancer.
+        if let Some((leader, epoch)) = leader_before {
+            let n = NodeId::Replica(leader);
+            let cut = self.blocked.contains(&(n, NodeId::Balancer)) || self.blocked.contains(&(NodeId::Balancer, n));
+            if (!self.is_up(n) || cut) && self.leader_failed_at.is_none() {
+                self.leader_failed_at = Some((self.now, epoch));
+            }
+        }
+    }
+
+    fn expand(&self, nodes: &[Node]) -> Vec<NodeId> {
+        let mut v = Vec::new();
+        for n in nodes {
+            match n {
+                Node::Balancer => v.push(NodeId::Balancer),
+                Node::Replica(r) => v.push(NodeId::Replica(ReplicaId(*r))),
+                Node::Client(c) => v.push(NodeId::Client(ClientId(*c as u64))),
+                Node::Clients => v.extend((1..=self.clients.len()).map(|c| NodeId::Client(ClientId(c as u64)))),
+            }
+        }
+        v
+    }
+
+    fn current_leader(&self) -> Option<(ReplicaId, Epoch)> {
+        self.replicas.iter().flatten().filter_map(|r| r.status().leading.map(|e| (r.id(), e))).max_by_key(|x| x.1)
+    }
+
+    // ---- workload ----
+
+    fn client_op(&mut self, i: usize) {
+        if self.now >= self.workload_end {
+            return;
+        }
+        let g = &self.sc.workload.groups[self.clients[i].group];
+        let op = match &g.script {
+            Some(script) => {
+                let slot = &mut self.clients[i];
+                let Some(op) = script.get(slot.script_pos) else { return };
+                slot.script_pos += 1;
+                op.clone()
+            }
+            None => self.random_op(i),
+        };
+        let slot = &mut self.clients[i];
+        slot.issued += 1;
+        let id = NodeId::Client(slot.machine.id());
+        if self.level >= TraceLevel::Ops {
+            self.line(id, format_args!("invoke {op}"));
+        }
+        if let Op::Set { key, value } = &op {
+            self.written.entry(key.clone()).or_default().insert(value.clone());
+        }
+        let mut out = std::mem::take(&mut self.out);
+        self.clients[i].machine.submit(self.now, op, &mut out);
+        self.handle(id, out);
+        // Open loop: the next arrival does not wait for this one.
+        if let Some(rate) = g.rate_per_s {
+            let mean_us = 1e6 / rate;
+            let gap = sample_exp(&mut self.clients[i].rng, mean_us as u64).max(1);
+            self.push(self.now + gap, Ev::ClientOp(i));
+        }
+    }
+
+    fn random_op(&mut self, i: usize) -> Op {
+        let w = &self.sc.workload;
+        let slot = &mut self.clients[i];
+        let r = &mut slot.rng;
+        let total = w.mix.set + w.mix.get + w.mix.del;
+        let pick = r.random_range(0..total);
+        let k = match w.zipf_exponent {
+            Some(s) => sample_zipf(r, w.keys, s),
+            None => r.random_range(0..w.keys),
+        };
+        let key = format!("k{k}");
+        if pick < w.mix.set {
+            // Unique values, so a read can be traced to the write it saw.
+            let len = r.random_range(w.value_bytes_min..=w.value_bytes_max);
+            let mut value = format!("c{}.{}", i + 1, slot.issued + 1);
+            while value.len() < len {
+                value.push(char::from(b'a' + r.random_range(0..26u8)));
+            }
+            Op::Set { key, value }
+        } else if pick < w.mix.set + w.mix.get {
+            Op::Get { key }
+        } else {
+            Op::Del { key }
+        }
+    }
+
+    fn completed(&mut self, i: usize, c: kvstore::Completion) {
+        let slot = &self.clients[i];
+        let id = NodeId::Client(slot.machine.id());
+        let mode = slot.machine.read_mode();
+        if self.level >= TraceLevel::Ops {
+            let took = c.completed.saturating_sub(c.invoked);
+            let what = match &c.result {
+                Ok(r) if c.op.is_write() => format!("ok lsn={}", r.lsn),
+                Ok(r) => format!("{} lsn={}", kvstore::msg::ShowValue(&r.value), r.lsn),
+                Err(e) if c.is_ambiguous() => format!("ambiguous: {e}"),
+                Err(e) => format!("error: {e}"),
+            };
+            self.line(id, format_args!("done {} -> {what} ({}.{:03}ms)", c.op, took / 1000, took % 1000));
+        }
+        if let (Ok(reply), false) = (&c.result, c.op.is_write()) {
+            let newest = self.replicas.iter().flatten().map(|r| r.applied()).max().unwrap_or(Lsn(0));
+            if mode == kvstore::ReadMode::Any {
+                self.stale_max = self.stale_max.max(newest.0.saturating_sub(reply.lsn.0));
+            }
+        }
+        if let (Ok(_), true, Some((at, epoch))) = (&c.result, c.op.is_write(), self.leader_failed_at) {
+            if self.current_leader().is_some_and(|(_, e)| e > epoch) {
+                let took = self.now.saturating_sub(at);
+                self.failover_us_max = Some(self.failover_us_max.unwrap_or(0).max(took));
+                self.leader_failed_at = None;
+            }
+        }
+        self.history.push(Record { client: i as u32 + 1, read: mode, c });
+        // Closed loop: the next operation follows this one.
+        let g = &self.sc.workload.groups[self.clients[i].group];
+        if g.rate_per_s.is_none() {
+            self.push(self.now + g.think_us.max(1), Ev::ClientOp(i));
+        }
+    }
+
+    // ---- output ----
+
+    fn line(&mut self, n: NodeId, what: std::fmt::Arguments<'_>) {
+        let _ = writeln!(self.trace, "{:>12} {:<4} {}", self.now, n, what);
+    }
+
+    fn line_raw(&mut self, who: &str, what: std::fmt::Arguments<'_>) {
+        if self.level >= TraceLevel::Ops {
+            let _ = writeln!(self.trace, "{:>12} {:<4} {}", self.now, who, what);
+        }
+    }
+
+    fn violation(&mut self, v: String) {
+        if self.level >= TraceLevel::Ops {
+            let _ = writeln!(self.trace, "{:>12} !!!  {}", self.now, v);
+        }
+        self.violations.push(format!("at {}: {v}", self.now));
+    }
+
+    fn finish(&mut self, seed: u64) -> Summary {
+        let replicas: Vec<&Replica> = self.replicas.iter().flatten().collect();
+        let disks: Vec<&Stored> = self.disks.iter().map(|d| &d.stored).collect();
+        let report = check::run_all(&check::Input {
+            history: &self.history,
+            written: &self.written,
+            replicas: &replicas,
+            disks: &disks,
+            check_convergence: self.sc.run.check_convergence,
+            liveness_us: self.sc.run.liveness_us,
+            last_fault_at: self.last_fault_at,
+        });
+        self.violations.extend(report.violations);
+        let ops_ok = self.history.iter().filter(|r| r.c.result.is_ok()).count() as u64;
+        let ops_ambiguous = self.history.iter().filter(|r| r.c.is_ambiguous()).count() as u64;
+        Summary {
+            scenario: self.sc.name.clone(),
+            seed,
+            sim_ms: self.now.0 as f64 / 1000.0,
+            events: self.events,
+            wall_ms: 0.0,
+            ops_ok,
+            ops_failed: self.history.len() as u64 - ops_ok - ops_ambiguous,
+            ops_ambiguous,
+            acked_writes: report.acked_writes,
+            lost_acked_writes: report.lost_acked_writes,
+            failovers: self.promotions.saturating_sub(1),
+            failover_ms_max: self.failover_us_max.map(|u| u as f64 / 1000.0),
+            stale_reads_max_lsn: self.stale_max,
+            messages_sent: self.messages_sent,
+            messages_dropped: self.messages_dropped,
+            violations: self.violations.clone(),
+        }
+    }
+}
+
+fn sample_exp(r: &mut ChaCha8Rng, mean: u64) -> u64 {
+    if mean == 0 {
+        return 0;
+    }
+    let u: f64 = r.random_range(f64::EPSILON..1.0);
+    ((-u.ln()) * mean as f64).min(mean as f64 * 50.0) as u64
+}
+
+/// Zipf over `0..n` by inverse transform on the harmonic weights.
+fn sample_zipf(r: &mut ChaCha8Rng, n: u32, s: f64) -> u32 {
+    // Small key counts in scenarios: a linear scan is fine and exact.
+    let total: f64 = (1..=n).map(|k| 1.0 / (k as f64).powf(s)).sum();
+    let mut u = r.random_range(0.0..total);
+    for k in 1..=n {
+        u -= 1.0 / (k as f64).powf(s);
+        if u <= 0.0 {
+            return k - 1;
+        }
+    }
+    n - 1
+}
