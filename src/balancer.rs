@@ -43,9 +43,18 @@ struct View {
 
 enum State {
     /// Just started: pinging to learn who leads.
-    Discovering { until: Time },
-    Preparing { epoch: Epoch, promises: BTreeMap<ReplicaId, LogPos>, deadline: Time },
-    Leading { leader: ReplicaId, epoch: Epoch },
+    Discovering {
+        until: Time,
+    },
+    Preparing {
+        epoch: Epoch,
+        promises: BTreeMap<ReplicaId, LogPos>,
+        deadline: Time,
+    },
+    Leading {
+        leader: ReplicaId,
+        epoch: Epoch,
+    },
 }
 
 struct Pending {
@@ -136,9 +145,7 @@ impl Balancer {
                 self.on_request(now, from, id, op, read, min_lsn, out)
             }
             (NodeId::Replica(r), Msg::Pong { status, .. }) => self.on_pong(now, r, status, out),
-            (NodeId::Replica(r), Msg::Promise { epoch, last }) => {
-                self.on_promise(now, r, epoch, last, out)
-            }
+            (NodeId::Replica(r), Msg::Promise { epoch, last }) => self.on_promise(now, r, epoch, last, out),
             (NodeId::Replica(_), Msg::PrepareRefused { promised, .. }) => {
                 self.highest_epoch = self.highest_epoch.max(promised);
             }
@@ -149,11 +156,9 @@ impl Balancer {
                     Err(Refusal::Invalid) => {
                         self.respond(tag, Err(OpError::Invalid("refused by leader".into())), out)
                     }
-                    Err(Refusal::Superseded) => self.respond(
-                        tag,
-                        Err(OpError::Invalid("superseded by a newer request".into())),
-                        out,
-                    ),
+                    Err(Refusal::Superseded) => {
+                        self.respond(tag, Err(OpError::Invalid("superseded by a newer request".into())), out)
+                    }
                     Err(Refusal::NotLeader | Refusal::Behind) => self.retry_later(tag, r, now),
                 }
             }
@@ -384,8 +389,12 @@ impl Balancer {
     }
 
     fn flush_waiting(&mut self, now: Time, out: &mut Outbox) {
-        let waiting: Vec<u64> =
-            self.pending.iter().filter(|(_, p)| p.sent_to.is_none() || p.op.is_write()).map(|(t, _)| *t).collect();
+        let waiting: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.sent_to.is_none() || p.op.is_write())
+            .map(|(t, _)| *t)
+            .collect();
         for tag in waiting {
             self.dispatch(now, tag, out);
         }

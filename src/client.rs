@@ -149,9 +149,22 @@ impl Client {
         out.send(NodeId::Balancer, msg);
     }
 
-    fn complete_now(&mut self, now: Time, op: Op, result: Result<crate::msg::Reply, OpError>, out: &mut Outbox) {
+    fn complete_now(
+        &mut self,
+        now: Time,
+        op: Op,
+        result: Result<crate::msg::Reply, OpError>,
+        out: &mut Outbox,
+    ) {
         let seq = 0;
-        out.effects.push(Effect::Done(Completion { seq, op, invoked: now, completed: now, result, attempts: 0 }));
+        out.effects.push(Effect::Done(Completion {
+            seq,
+            op,
+            invoked: now,
+            completed: now,
+            result,
+            attempts: 0,
+        }));
     }
 }
 

@@ -14,10 +14,16 @@ use serde::{Deserialize, Serialize};
 /// What a machine wants done.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
-    Send { to: NodeId, msg: Msg },
+    Send {
+        to: NodeId,
+        msg: Msg,
+    },
     /// Make `op` durable. Persist operations complete in the order issued;
     /// the driver reports completion with `Replica::on_persisted(id)`.
-    Persist { id: u64, op: PersistOp },
+    Persist {
+        id: u64,
+        op: PersistOp,
+    },
     /// A client operation finished: handed to the application.
     Done(Completion),
     /// A notable state change, for traces and checkers.
@@ -120,19 +126,45 @@ impl Completion {
 /// Notable state changes, emitted for traces (and, later, the space-time view).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    BecameLeader { epoch: Epoch, last: LogPos },
-    SteppedDown { epoch: Epoch, newer: Epoch },
-    Truncated { after: Lsn, dropped: u64 },
+    BecameLeader {
+        epoch: Epoch,
+        last: LogPos,
+    },
+    SteppedDown {
+        epoch: Epoch,
+        newer: Epoch,
+    },
+    Truncated {
+        after: Lsn,
+        dropped: u64,
+    },
     /// Balancer: started a promotion for `epoch`.
-    Promoting { epoch: Epoch },
+    Promoting {
+        epoch: Epoch,
+    },
     /// Balancer: promoted `leader` for `epoch` from these promises.
-    Promoted { leader: crate::types::ReplicaId, epoch: Epoch, last: LogPos, heard: usize },
+    Promoted {
+        leader: crate::types::ReplicaId,
+        epoch: Epoch,
+        last: LogPos,
+        heard: usize,
+    },
     /// Balancer: adopted an existing leader found by pinging.
-    Adopted { leader: crate::types::ReplicaId, epoch: Epoch },
+    Adopted {
+        leader: crate::types::ReplicaId,
+        epoch: Epoch,
+    },
     /// Balancer: the leader stopped answering.
-    LeaderLost { leader: crate::types::ReplicaId, epoch: Epoch },
+    LeaderLost {
+        leader: crate::types::ReplicaId,
+        epoch: Epoch,
+    },
     /// Balancer: could not hear from enough replicas to promote safely.
-    PromotionStalled { epoch: Epoch, heard: usize, needed: usize },
+    PromotionStalled {
+        epoch: Epoch,
+        heard: usize,
+        needed: usize,
+    },
 }
 
 impl std::fmt::Display for Event {
@@ -146,19 +178,16 @@ impl std::fmt::Display for Event {
                 write!(f, "** drops {dropped} uncommitted row(s) after lsn {after}")
             }
             Event::Promoting { epoch } => write!(f, "** promotion for {epoch} starts"),
-            Event::Promoted { leader, epoch, last, heard } => write!(
-                f,
-                "** promotes r{} for {epoch} (log ends {last}, heard from {heard})",
-                leader.0
-            ),
+            Event::Promoted { leader, epoch, last, heard } => {
+                write!(f, "** promotes r{} for {epoch} (log ends {last}, heard from {heard})", leader.0)
+            }
             Event::Adopted { leader, epoch } => write!(f, "** found r{} leading {epoch}", leader.0),
             Event::LeaderLost { leader, epoch } => {
                 write!(f, "** lost r{} (leader of {epoch})", leader.0)
             }
-            Event::PromotionStalled { epoch, heard, needed } => write!(
-                f,
-                "** cannot promote for {epoch} safely: heard from {heard} of {needed} needed"
-            ),
+            Event::PromotionStalled { epoch, heard, needed } => {
+                write!(f, "** cannot promote for {epoch} safely: heard from {heard} of {needed} needed")
+            }
         }
     }
 }

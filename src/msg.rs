@@ -1,7 +1,7 @@
 //! Every message that crosses between machines. The simulator delivers these
 //! values directly; the real runtime encodes them into frames.
 
-use crate::types::{Epoch, Lsn, LogPos, Op, OpError, ReadMode, ReplicaId, RequestId, Row};
+use crate::types::{Epoch, LogPos, Lsn, Op, OpError, ReadMode, ReplicaId, RequestId, Row};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -10,38 +10,87 @@ pub enum Msg {
     // ---- client <-> balancer ----
     /// A client operation. `min_lsn` is the highest LSN the client has seen,
     /// used by `session` reads.
-    Request { id: RequestId, op: Op, read: ReadMode, min_lsn: Lsn },
-    Response { id: RequestId, result: Result<Reply, OpError> },
+    Request {
+        id: RequestId,
+        op: Op,
+        read: ReadMode,
+        min_lsn: Lsn,
+    },
+    Response {
+        id: RequestId,
+        result: Result<Reply, OpError>,
+    },
 
     // ---- balancer <-> replicas ----
     /// A write forwarded to the leader. `value: None` deletes.
-    Write { id: RequestId, key: String, value: Option<String> },
-    WriteResult { id: RequestId, result: Result<Lsn, Refusal> },
+    Write {
+        id: RequestId,
+        key: String,
+        value: Option<String>,
+    },
+    WriteResult {
+        id: RequestId,
+        result: Result<Lsn, Refusal>,
+    },
     /// A read forwarded to one replica; `tag` is the balancer's own number.
-    Read { tag: u64, key: String, mode: ReadMode, min_lsn: Lsn },
-    ReadResult { tag: u64, result: Result<Reply, Refusal> },
+    Read {
+        tag: u64,
+        key: String,
+        mode: ReadMode,
+        min_lsn: Lsn,
+    },
+    ReadResult {
+        tag: u64,
+        result: Result<Reply, Refusal>,
+    },
     /// Liveness probe; the answer carries what the balancer needs to rebuild
     /// its view of the cluster.
-    Ping { nonce: u64 },
-    Pong { nonce: u64, status: Status },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+        status: Status,
+    },
     /// Phase one of a promotion: promise to refuse anything older than `epoch`
     /// (persisted before answering) and report the end of the log.
-    Prepare { epoch: Epoch },
-    Promise { epoch: Epoch, last: LogPos },
+    Prepare {
+        epoch: Epoch,
+    },
+    Promise {
+        epoch: Epoch,
+        last: LogPos,
+    },
     /// The replica has promised a newer epoch than the one asked for.
-    PrepareRefused { epoch: Epoch, promised: Epoch },
+    PrepareRefused {
+        epoch: Epoch,
+        promised: Epoch,
+    },
     /// Phase two: become leader of `epoch`.
-    Promote { epoch: Epoch },
+    Promote {
+        epoch: Epoch,
+    },
 
     // ---- leader <-> followers ----
     /// Rows after `prev`, plus the leader's commit LSN. Empty `rows` is a
     /// heartbeat. `probe` numbers the leader's confirmation rounds for
     /// linearizable reads.
-    Append { epoch: Epoch, prev: LogPos, rows: Vec<Row>, commit: Lsn, probe: u64 },
+    Append {
+        epoch: Epoch,
+        prev: LogPos,
+        rows: Vec<Row>,
+        commit: Lsn,
+        probe: u64,
+    },
     /// `ok`: the follower's log matches the leader's up to `last` and those rows
     /// are durable. Not ok: it needs rows from `last + 1`, or (with a newer
     /// `epoch`) the sender is no longer leader.
-    AppendAck { epoch: Epoch, ok: bool, last: Lsn, probe: u64 },
+    AppendAck {
+        epoch: Epoch,
+        ok: bool,
+        last: Lsn,
+        probe: u64,
+    },
 }
 
 /// The answer to a completed operation: the value read (`None` is missing),
@@ -137,7 +186,10 @@ impl fmt::Display for Msg {
             Msg::Pong { nonce, status } => write!(
                 f,
                 "Pong {nonce} promised={} leading={:?} last={} commit={}",
-                status.promised, status.leading.map(|e| e.0), status.last, status.commit
+                status.promised,
+                status.leading.map(|e| e.0),
+                status.last,
+                status.commit
             ),
             Msg::Prepare { epoch } => write!(f, "Prepare {epoch}"),
             Msg::Promise { epoch, last } => write!(f, "Promise {epoch} last={last}"),

@@ -15,8 +15,7 @@ use crate::config::ClusterConfig;
 use crate::machine::{Event, Outbox, PersistOp, Stored};
 use crate::msg::{Msg, Refusal, Reply, Status};
 use crate::types::{
-    validate_op, ClientId, Epoch, LogPos, Lsn, NodeId, Op, ReadMode, ReplicaId, RequestId, Row,
-    RowBody, Time,
+    validate_op, ClientId, Epoch, LogPos, Lsn, NodeId, Op, ReadMode, ReplicaId, RequestId, Row, RowBody, Time,
 };
 use std::collections::{BTreeMap, VecDeque};
 
@@ -232,9 +231,7 @@ impl Replica {
             Msg::Prepare { epoch } => self.on_prepare(from, epoch, out),
             Msg::Promote { epoch } => self.on_promote(now, epoch, out),
             Msg::Write { id, key, value } => self.on_write(now, from, id, key, value, out),
-            Msg::Read { tag, key, mode, min_lsn } => {
-                self.on_read(now, from, tag, key, mode, min_lsn, out)
-            }
+            Msg::Read { tag, key, mode, min_lsn } => self.on_read(now, from, tag, key, mode, min_lsn, out),
             Msg::Append { epoch, prev, rows, commit, probe } => {
                 let NodeId::Replica(leader) = from else { return };
                 self.on_append(leader, epoch, prev, rows, commit, probe, out);
@@ -428,7 +425,8 @@ impl Replica {
         let Role::Leader(l) = &self.role else { return };
         // A leader that has not committed a row of its own epoch does not yet
         // know the full commit point.
-        let own_commit = self.log.get((self.commit.0 as usize).wrapping_sub(1)).is_some_and(|r| r.epoch == l.epoch);
+        let own_commit =
+            self.log.get((self.commit.0 as usize).wrapping_sub(1)).is_some_and(|r| r.epoch == l.epoch);
         if !own_commit {
             return;
         }
@@ -523,7 +521,8 @@ impl Replica {
             None => out.send(to, ack),
         }
         // Held appends that now fit.
-        if let Some(Msg::Append { epoch, prev, rows, commit, probe }) = self.held.remove(&self.last_pos().lsn) {
+        if let Some(Msg::Append { epoch, prev, rows, commit, probe }) = self.held.remove(&self.last_pos().lsn)
+        {
             self.on_append(leader, epoch, prev, rows, commit, probe, out);
         }
         self.held.retain(|k, _| *k > last);
@@ -588,9 +587,13 @@ impl Replica {
         let last = self.log.len() as u64;
         let from = p.next.0.clamp(1, last + 1);
         let upto = (from + MAX_ROWS_PER_APPEND as u64 - 1).min(last);
-        let rows: Vec<Row> = if from <= upto { self.log[from as usize - 1..upto as usize].to_vec() } else { Vec::new() };
+        let rows: Vec<Row> =
+            if from <= upto { self.log[from as usize - 1..upto as usize].to_vec() } else { Vec::new() };
         let prev_lsn = Lsn(from - 1);
-        let prev = LogPos { lsn: prev_lsn, epoch: if prev_lsn.0 == 0 { Epoch(0) } else { self.log[prev_lsn.0 as usize - 1].epoch } };
+        let prev = LogPos {
+            lsn: prev_lsn,
+            epoch: if prev_lsn.0 == 0 { Epoch(0) } else { self.log[prev_lsn.0 as usize - 1].epoch },
+        };
         p.next = Lsn(upto.max(from - 1) + 1);
         let msg = Msg::Append { epoch: l.epoch, prev, rows, commit, probe: l.probe };
         out.send(NodeId::Replica(peer), msg);

@@ -281,10 +281,7 @@ pub fn validate_op(op: &Op) -> Result<(), OpError> {
     }
     if let Op::Set { value, .. } = op {
         if value.len() > MAX_VALUE_BYTES {
-            return Err(OpError::Invalid(format!(
-                "value is {} bytes, limit {MAX_VALUE_BYTES}",
-                value.len()
-            )));
+            return Err(OpError::Invalid(format!("value is {} bytes, limit {MAX_VALUE_BYTES}", value.len())));
         }
     }
     Ok(())

@@ -66,7 +66,9 @@ pub fn run_all() -> BenchReport {
 }
 
 pub fn text(r: &BenchReport) -> String {
-    let mut t = String::from("scenario                 sim s   wall s      events     events/s   speed-up      ops\n");
+    let mut t = String::from(
+        "scenario                 sim s   wall s      events     events/s   speed-up      ops\n",
+    );
     for b in &r.runs {
         t += &format!(
             "{:<22} {:>7.1} {:>8.3} {:>11} {:>12.0} {:>9.0}x {:>8}\n",

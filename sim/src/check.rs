@@ -56,9 +56,9 @@ fn acked_writes_survive(input: &Input<'_>, report: &mut Report) {
     let leader = input.replicas.iter().filter(|r| r.is_leader()).max_by_key(|r| r.status().leading);
     let holds = |lsn: Lsn, client: u64, seq: u64| -> bool {
         let at = |rows: &[Row]| {
-            rows.get((lsn.0 as usize).wrapping_sub(1)).is_some_and(|r| {
-                matches!(&r.body, RowBody::Put { req, .. } if req.client.0 == client && req.seq == seq)
-            })
+            rows.get((lsn.0 as usize).wrapping_sub(1)).is_some_and(
+                |r| matches!(&r.body, RowBody::Put { req, .. } if req.client.0 == client && req.seq == seq),
+            )
         };
         match leader {
             Some(l) => at(l.log()),
@@ -96,11 +96,14 @@ fn replicas_converge(input: &Input<'_>, report: &mut Report) {
                 .data()
                 .iter()
                 .find(|(k, v)| r.data().get(*k) != Some(v))
-                .map(|(k, v)| format!("; key {k}: r{} has {v:?}, r{} has {:?}", first.id().0, r.id().0, r.data().get(k)))
+                .map(|(k, v)| {
+                    format!("; key {k}: r{} has {v:?}, r{} has {:?}", first.id().0, r.id().0, r.data().get(k))
+                })
                 .or_else(|| {
-                    r.data().keys().find(|k| !first.data().contains_key(*k)).map(|k| {
-                        format!("; key {k} only on r{}", r.id().0)
-                    })
+                    r.data()
+                        .keys()
+                        .find(|k| !first.data().contains_key(*k))
+                        .map(|k| format!("; key {k} only on r{}", r.id().0))
                 })
                 .unwrap_or_default();
             report.violations.push(format!(

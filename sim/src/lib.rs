@@ -31,7 +31,11 @@ pub fn summary_text(s: &Summary, path: &str) -> String {
         s.ops_ok, s.ops_failed, s.ops_ambiguous, s.acked_writes, s.lost_acked_writes
     );
     let fo = s.failover_ms_max.map(|m| format!("{m:.3}ms")).unwrap_or_else(|| "-".into());
-    let _ = writeln!(t, "failovers: {}, slowest {fo}; stalest `any` read {} lsn behind", s.failovers, s.stale_reads_max_lsn);
+    let _ = writeln!(
+        t,
+        "failovers: {}, slowest {fo}; stalest `any` read {} lsn behind",
+        s.failovers, s.stale_reads_max_lsn
+    );
     if s.violations.is_empty() {
         let _ = writeln!(t, "invariants: all hold");
     } else {

@@ -105,7 +105,10 @@ fn main() -> ExitCode {
                     let out = run(sc, seed, TraceLevel::None);
                     done += 1;
                     if !out.summary.violations.is_empty() {
-                        failed.push(format!("kvsim run {path} --seed {seed}   # {}", out.summary.violations[0]));
+                        failed.push(format!(
+                            "kvsim run {path} --seed {seed}   # {}",
+                            out.summary.violations[0]
+                        ));
                     }
                     eprint!("\r[{:<30}] {done}/{total} runs, {} failed", bar(done, total, 30), failed.len());
                 }

@@ -99,7 +99,10 @@ pub enum Action {
     /// stay connected to everyone.
     Partition(Vec<Vec<Node>>),
     /// Messages from `from` to `to` are lost; the other way works.
-    PartitionOneWay { from: Vec<Node>, to: Vec<Node> },
+    PartitionOneWay {
+        from: Vec<Node>,
+        to: Vec<Node>,
+    },
     Heal,
 }
 
@@ -361,7 +364,11 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
         Some(SyncAcks::Count(k)) => {
             return Err(at(
                 c.sync_acks.map(|s| s.span()),
-                format!("field `sync_acks`: {k} but only {} follower(s); use 0 to {} or \"all\"", replicas - 1, replicas - 1),
+                format!(
+                    "field `sync_acks`: {k} but only {} follower(s); use 0 to {} or \"all\"",
+                    replicas - 1,
+                    replicas - 1
+                ),
             ))
         }
     };
@@ -391,7 +398,10 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
     let delay_min_ms = n.delay_min_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(0.1);
     let delay_mean_ms = n.delay_mean_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(0.5);
     if delay_min_ms < 0.0 {
-        return Err(at(n.delay_min_ms.map(|s| s.span()), "field `delay_min_ms`: must not be negative".into()));
+        return Err(at(
+            n.delay_min_ms.map(|s| s.span()),
+            "field `delay_min_ms`: must not be negative".into(),
+        ));
     }
     if delay_mean_ms < delay_min_ms {
         return Err(at(
@@ -434,7 +444,8 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
             Some(lines) => {
                 let mut ops = Vec::new();
                 for l in lines {
-                    let op = parse_command(l.get_ref()).map_err(|e| at(Some(l.span()), format!("field `script`: {e}")))?;
+                    let op = parse_command(l.get_ref())
+                        .map_err(|e| at(Some(l.span()), format!("field `script`: {e}")))?;
                     ops.push(op);
                 }
                 Some(ops)
@@ -460,7 +471,7 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
         });
     }
     let workload = Workload {
-        duration_us: w.duration_ms.map(ms).unwrap_or(2_000),
+        duration_us: w.duration_ms.map(ms).unwrap_or(2_000_000),
         keys,
         zipf_exponent: w.zipf_exponent,
         value_bytes_min,
@@ -507,16 +518,21 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
                 ))
             }
         };
-        if let Action::Crash(Node::Clients | Node::Client(_)) | Action::Restart(Node::Clients | Node::Client(_)) = action {
-            return Err(at(Some(f.action.span()), "field `node`: only replicas and the balancer (lb) crash".into()));
+        if let Action::Crash(Node::Clients | Node::Client(_))
+        | Action::Restart(Node::Clients | Node::Client(_)) = action
+        {
+            return Err(at(
+                Some(f.action.span()),
+                "field `node`: only replicas and the balancer (lb) crash".into(),
+            ));
         }
         faults.push(Fault { at_us: ms(f.at_ms), action });
     }
     faults.sort_by_key(|f| f.at_us);
 
     let run = Run {
-        quiet_us: raw.run.quiet_ms.map(ms).unwrap_or(2_000),
-        liveness_us: raw.run.liveness_ms.map(ms).unwrap_or(5_000),
+        quiet_us: raw.run.quiet_ms.map(ms).unwrap_or(2_000_000),
+        liveness_us: raw.run.liveness_ms.map(ms).unwrap_or(5_000_000),
         check_convergence: raw.run.check_convergence.unwrap_or(true),
     };
     let bugs = kvstore::replica::Bugs {
