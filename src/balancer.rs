@@ -33,6 +33,9 @@ pub struct Balancer {
     nonce: u64,
     next_ping: Time,
     next_tick: Time,
+    /// Promotions in a row that could not gather a quorum: each waits
+    /// longer, so a long outage does not burn through epochs.
+    stalls: u32,
 }
 
 #[derive(Default)]
@@ -87,6 +90,7 @@ impl Balancer {
             nonce: 0,
             next_ping: now,
             next_tick: now,
+            stalls: 0,
         }
     }
 
@@ -128,6 +132,7 @@ impl Balancer {
                     heard: promises.len(),
                     needed: self.cfg.promotion_quorum(),
                 });
+                self.stalls += 1;
                 self.start_promotion(now, out);
             }
             State::Leading { leader, epoch } if !self.alive(*leader, now) => {
@@ -248,7 +253,7 @@ impl Balancer {
         self.state = State::Preparing {
             epoch,
             promises: BTreeMap::new(),
-            deadline: now + self.cfg.timing.promote_timeout_us,
+            deadline: now + (self.cfg.timing.promote_timeout_us << self.stalls.min(3)),
         };
         out.event(Event::Promoting { epoch });
         for r in self.cfg.replicas.clone() {
@@ -278,6 +283,7 @@ impl Balancer {
         out.event(Event::Promoted { leader: winner, epoch, last, heard });
         out.send(NodeId::Replica(winner), Msg::Promote { epoch });
         self.state = State::Leading { leader: winner, epoch };
+        self.stalls = 0;
         // The new leader has not answered a ping yet; count from now.
         if let Some(v) = self.views.get_mut(&winner) {
             v.last_pong = Some(now);

@@ -44,6 +44,21 @@ struct Inflight {
     deadline: Time,
     retry_at: Time,
     attempts: u32,
+    /// Answers saying "not forwarded anywhere": if every attempt got one,
+    /// the request certainly was not applied.
+    unavailable_answers: u32,
+}
+
+impl Inflight {
+    /// The error to report when the deadline passes: `Unavailable` only when
+    /// every attempt was answered so; otherwise the outcome is unknown.
+    fn give_up_error(&self) -> OpError {
+        if self.unavailable_answers >= self.attempts {
+            OpError::Unavailable
+        } else {
+            OpError::Timeout
+        }
+    }
 }
 
 impl Client {
@@ -59,6 +74,14 @@ impl Client {
     }
     pub fn last_lsn(&self) -> Lsn {
         self.last_lsn
+    }
+    /// When the oldest unfinished operation was submitted.
+    pub fn oldest_unfinished(&self) -> Option<Time> {
+        self.inflight.as_ref().map(|f| f.invoked).or(self.queue.front().map(|q| q.1))
+    }
+    /// Operations submitted and not yet finished.
+    pub fn unfinished(&self) -> usize {
+        self.queue.len() + usize::from(self.inflight.is_some())
     }
     /// Nothing in flight and nothing queued.
     pub fn is_idle(&self) -> bool {
@@ -88,11 +111,23 @@ impl Client {
         if id.seq != f.seq || id.client != self.cfg.id {
             return; // an answer to an earlier attempt we gave up on
         }
+        let retryable = matches!(result, Err(OpError::Unavailable | OpError::Timeout));
+        if retryable {
+            // The balancer gave up on this attempt; the request id makes a
+            // retry safe, so try again while our own deadline allows.
+            let f = self.inflight.as_mut().expect("checked");
+            if matches!(result, Err(OpError::Unavailable)) {
+                f.unavailable_answers += 1;
+            }
+            let again = now + self.cfg.retry_us / 4;
+            if again < f.deadline {
+                f.retry_at = again;
+                return;
+            }
+        }
         let f = self.inflight.take().expect("checked");
         let result = match result {
-            // Unavailable means "never forwarded" for this attempt; an earlier
-            // attempt may have been, so a retried write stays ambiguous.
-            Err(OpError::Unavailable) if f.attempts > 1 && f.op.is_write() => Err(OpError::Timeout),
+            Err(OpError::Unavailable | OpError::Timeout) => Err(f.give_up_error()),
             r => r,
         };
         if let Ok(reply) = &result {
@@ -113,12 +148,13 @@ impl Client {
         let Some(f) = &mut self.inflight else { return };
         if now >= f.deadline {
             let f = self.inflight.take().expect("checked");
+            let err = f.give_up_error();
             out.effects.push(Effect::Done(Completion {
                 seq: f.seq,
                 op: f.op,
                 invoked: f.invoked,
                 completed: now,
-                result: Err(OpError::Timeout),
+                result: Err(err),
                 attempts: f.attempts,
             }));
             self.start_next(now, out);
@@ -145,6 +181,7 @@ impl Client {
             deadline: now + self.cfg.timeout_us,
             retry_at: now + self.cfg.retry_us,
             attempts: 1,
+            unavailable_answers: 0,
         });
         out.send(NodeId::Balancer, msg);
     }

@@ -134,6 +134,12 @@ pub enum Event {
         epoch: Epoch,
         newer: Epoch,
     },
+    /// A replica follows `leader` in `epoch` (at start, or rejoining).
+    Following {
+        leader: crate::types::ReplicaId,
+        epoch: Epoch,
+        last: LogPos,
+    },
     Truncated {
         after: Lsn,
         dropped: u64,
@@ -173,6 +179,9 @@ impl std::fmt::Display for Event {
             Event::BecameLeader { epoch, last } => write!(f, "** leader of {epoch} (log ends {last})"),
             Event::SteppedDown { epoch, newer } => {
                 write!(f, "** steps down as leader of {epoch}: saw {newer}")
+            }
+            Event::Following { leader, epoch, last } => {
+                write!(f, "** follows r{} in {epoch} (log ends {last})", leader.0)
             }
             Event::Truncated { after, dropped } => {
                 write!(f, "** drops {dropped} uncommitted row(s) after lsn {after}")

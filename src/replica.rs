@@ -477,6 +477,7 @@ impl Replica {
         if !matches!(self.role, Role::Follower { leader: Some(l) } if l == leader) {
             self.role = Role::Follower { leader: Some(leader) };
             self.held.clear();
+            out.event(Event::Following { leader, epoch, last: self.last_pos() });
         }
         let last = self.last_pos().lsn;
         if prev.lsn > last {

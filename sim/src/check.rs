@@ -27,6 +27,9 @@ pub struct Input<'a> {
     pub check_convergence: bool,
     pub liveness_us: u64,
     pub last_fault_at: Time,
+    /// Per client with unfinished operations: when the oldest was submitted.
+    pub unfinished: &'a [(u32, Time)],
+    pub end: Time,
 }
 
 #[derive(Default)]
@@ -158,6 +161,11 @@ fn liveness(input: &Input<'_>, report: &mut Report) {
                 took / 1000,
                 took % 1000
             ));
+        }
+    }
+    for (client, since) in input.unfinished {
+        if *since >= input.last_fault_at && input.end.saturating_sub(*since) > input.liveness_us {
+            slow.push(format!("liveness: c{client} has an operation unfinished since {since}"));
         }
     }
     push_limited(report, slow);

@@ -27,8 +27,8 @@ pub fn summary_text(s: &Summary, path: &str) -> String {
     );
     let _ = writeln!(
         t,
-        "ops: {} ok, {} failed, {} ambiguous; acknowledged writes {}, lost {}",
-        s.ops_ok, s.ops_failed, s.ops_ambiguous, s.acked_writes, s.lost_acked_writes
+        "ops: {} ok, {} failed, {} ambiguous, {} unfinished; acknowledged writes {}, lost {}",
+        s.ops_ok, s.ops_failed, s.ops_ambiguous, s.ops_unfinished, s.acked_writes, s.lost_acked_writes
     );
     let fo = s.failover_ms_max.map(|m| format!("{m:.3}ms")).unwrap_or_else(|| "-".into());
     let _ = writeln!(

@@ -44,6 +44,8 @@ pub struct Summary {
     pub ops_ok: u64,
     pub ops_failed: u64,
     pub ops_ambiguous: u64,
+    /// Submitted but not finished when the run ended.
+    pub ops_unfinished: u64,
     pub acked_writes: u64,
     pub lost_acked_writes: u64,
     pub failovers: u64,
@@ -151,6 +153,8 @@ pub struct Sim<'a> {
     last_fault_at: Time,
     workload_end: Time,
     stale_max: u64,
+    /// When a client operation last finished.
+    last_done: Time,
     out: Outbox,
 }
 
@@ -207,6 +211,7 @@ impl<'a> Sim<'a> {
             last_fault_at: Time::ZERO,
             workload_end: Time(sc.workload.duration_us),
             stale_max: 0,
+            last_done: Time::ZERO,
             out: Outbox::new(),
         }
     }
@@ -230,10 +235,24 @@ impl<'a> Sim<'a> {
             let jitter = self.rng_work.random_range(0..1000);
             self.push(Time(start + jitter), Ev::ClientOp(i));
         }
-        let end = Time(sc.workload.duration_us + sc.run.quiet_us);
+        // The run ends after the quiet period, once every client is idle and
+        // the last answer is a few heartbeats old (so followers have heard the
+        // final commit point), but never later than `cap`.
+        let mut end = Time(sc.workload.duration_us + sc.run.quiet_us);
+        let cap = end + 10_000_000;
+        let settle = 10 * sc.cluster.timing.heartbeat_us;
         while let Some(e) = self.queue.pop() {
             if e.at > end {
-                break;
+                let idle = self.clients.iter().all(|c| c.machine.is_idle());
+                let settled = idle && self.last_done + settle <= end;
+                if settled || end >= cap {
+                    break;
+                }
+                end = if idle { self.last_done + settle } else { end + settle }.min(cap);
+                if e.at > end {
+                    self.queue.push(e);
+                    continue;
+                }
             }
             debug_assert!(e.at >= self.now, "time never goes backwards");
             self.now = e.at;
@@ -606,6 +625,7 @@ impl<'a> Sim<'a> {
     }
 
     fn completed(&mut self, i: usize, c: kvstore::Completion) {
+        self.last_done = self.now;
         let slot = &self.clients[i];
         let id = NodeId::Client(slot.machine.id());
         let mode = slot.machine.read_mode();
@@ -662,6 +682,13 @@ impl<'a> Sim<'a> {
     fn finish(&mut self, seed: u64) -> Summary {
         let replicas: Vec<&Replica> = self.replicas.iter().flatten().collect();
         let disks: Vec<&Stored> = self.disks.iter().map(|d| &d.stored).collect();
+        let unfinished: Vec<(u32, Time)> = self
+            .clients
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.machine.oldest_unfinished().map(|t| (i as u32 + 1, t)))
+            .collect();
+        let ops_unfinished = self.clients.iter().map(|c| c.machine.unfinished() as u64).sum();
         let report = check::run_all(&check::Input {
             history: &self.history,
             written: &self.written,
@@ -670,6 +697,8 @@ impl<'a> Sim<'a> {
             check_convergence: self.sc.run.check_convergence,
             liveness_us: self.sc.run.liveness_us,
             last_fault_at: self.last_fault_at,
+            unfinished: &unfinished,
+            end: self.now,
         });
         self.violations.extend(report.violations);
         let ops_ok = self.history.iter().filter(|r| r.c.result.is_ok()).count() as u64;
@@ -683,6 +712,7 @@ impl<'a> Sim<'a> {
             ops_ok,
             ops_failed: self.history.len() as u64 - ops_ok - ops_ambiguous,
             ops_ambiguous,
+            ops_unfinished,
             acked_writes: report.acked_writes,
             lost_acked_writes: report.lost_acked_writes,
             failovers: self.promotions.saturating_sub(1),
