@@ -1,0 +1,331 @@
+//! Unit tests of each machine through a tiny synchronous driver: messages
+//! are delivered in FIFO order, persists complete when the driver says so.
+
+use kvstore::balancer::Balancer;
+use kvstore::client::{Client, ClientConfig};
+use kvstore::replica::Replica;
+use kvstore::*;
+use std::collections::VecDeque;
+
+fn cfg() -> ClusterConfig {
+    ClusterConfig::new(3, 1)
+}
+
+/// Runs one replica's outbox: returns sends, and persist ids.
+fn split(out: &mut Outbox) -> (Vec<(NodeId, Msg)>, Vec<(u64, PersistOp)>) {
+    let mut sends = Vec::new();
+    let mut persists = Vec::new();
+    for e in out.drain() {
+        match e {
+            Effect::Send { to, msg } => sends.push((to, msg)),
+            Effect::Persist { id, op } => persists.push((id, op)),
+            _ => {}
+        }
+    }
+    (sends, persists)
+}
+
+fn put(epoch: u64, lsn: u64, key: &str, value: &str, client: u64, seq: u64) -> Row {
+    Row {
+        epoch: Epoch(epoch),
+        lsn: Lsn(lsn),
+        body: RowBody::Put {
+            key: key.into(),
+            value: Some(value.into()),
+            req: RequestId { client: ClientId(client), seq },
+        },
+    }
+}
+
+fn append(epoch: u64, prev: (u64, u64), rows: Vec<Row>, commit: u64) -> Msg {
+    Msg::Append {
+        epoch: Epoch(epoch),
+        prev: LogPos { lsn: Lsn(prev.0), epoch: Epoch(prev.1) },
+        rows,
+        commit: Lsn(commit),
+        probe: 0,
+    }
+}
+
+const R1: NodeId = NodeId::Replica(ReplicaId(1));
+const T: Time = Time(1000);
+
+#[test]
+fn prepare_is_answered_only_after_the_promise_is_durable() {
+    let mut r = Replica::new(ReplicaId(2), cfg());
+    let mut out = Outbox::new();
+    r.on_message(T, NodeId::Balancer, Msg::Prepare { epoch: Epoch(1) }, &mut out);
+    let (sends, persists) = split(&mut out);
+    assert!(sends.is_empty(), "answered before the promise was durable: {sends:?}");
+    assert_eq!(persists, vec![(1, PersistOp::Promise(Epoch(1)))]);
+    r.on_persisted(T, 1, &mut out);
+    let (sends, _) = split(&mut out);
+    assert!(matches!(&sends[..], [(NodeId::Balancer, Msg::Promise { epoch: Epoch(1), .. })]));
+    // An older or equal epoch from elsewhere is refused once promised.
+    r.on_message(T, NodeId::Balancer, Msg::Prepare { epoch: Epoch(0) }, &mut out);
+    let (sends, _) = split(&mut out);
+    assert!(matches!(&sends[..], [(_, Msg::PrepareRefused { promised: Epoch(1), .. })]));
+}
+
+#[test]
+fn follower_acknowledges_only_durable_rows_and_holds_early_ones() {
+    let mut r = Replica::new(ReplicaId(2), cfg());
+    let mut out = Outbox::new();
+    // Row 2 arrives before row 1: held, and the follower asks from lsn 1.
+    r.on_message(T, R1, append(1, (1, 1), vec![put(1, 2, "b", "2", 9, 2)], 0), &mut out);
+    let (sends, persists) = split(&mut out);
+    assert!(persists.iter().all(|(_, op)| !matches!(op, PersistOp::Append(_))));
+    assert!(
+        sends.iter().any(|(to, m)| *to == R1 && matches!(m, Msg::AppendAck { ok: false, last: Lsn(0), .. })),
+        "{sends:?}"
+    );
+    // Row 1 arrives: both rows are written, and acknowledged only once durable.
+    r.on_message(T, R1, append(1, (0, 0), vec![put(1, 1, "a", "1", 9, 1)], 0), &mut out);
+    let (sends, persists) = split(&mut out);
+    assert!(sends.iter().all(|(_, m)| !matches!(m, Msg::AppendAck { ok: true, .. })), "{sends:?}");
+    let last_id = persists.iter().map(|(id, _)| *id).max().unwrap();
+    assert_eq!(r.last_pos().lsn, Lsn(2));
+    r.on_persisted(T, last_id, &mut out);
+    let (sends, _) = split(&mut out);
+    assert!(
+        sends.iter().any(|(_, m)| matches!(m, Msg::AppendAck { ok: true, last: Lsn(2), .. })),
+        "{sends:?}"
+    );
+    // Nothing is applied until the leader says it is committed.
+    assert!(r.data().is_empty());
+    r.on_message(T, R1, append(1, (2, 1), vec![], 2), &mut out);
+    assert_eq!(r.data().get("a").map(String::as_str), Some("1"));
+    assert_eq!(r.data().get("b").map(String::as_str), Some("2"));
+}
+
+#[test]
+fn rows_from_an_older_epoch_are_refused() {
+    let mut r = Replica::new(ReplicaId(2), cfg());
+    let mut out = Outbox::new();
+    r.on_message(T, NodeId::Balancer, Msg::Prepare { epoch: Epoch(3) }, &mut out);
+    out.drain();
+    r.on_message(T, R1, append(2, (0, 0), vec![put(2, 1, "a", "x", 9, 1)], 0), &mut out);
+    let (sends, _) = split(&mut out);
+    assert!(matches!(&sends[..], [(_, Msg::AppendAck { epoch: Epoch(3), ok: false, .. })]), "{sends:?}");
+    assert_eq!(r.last_pos().lsn, Lsn(0));
+}
+
+#[test]
+fn a_deposed_leaders_uncommitted_suffix_is_dropped() {
+    let stored =
+        Stored { promised: Epoch(1), rows: vec![put(1, 1, "a", "1", 9, 1), put(1, 2, "a", "lost", 9, 2)] };
+    let mut r = Replica::recover(ReplicaId(1), cfg(), stored);
+    let mut out = Outbox::new();
+    // The new leader of epoch 2 has row 1 and its own row 2.
+    let new_row = Row { epoch: Epoch(2), lsn: Lsn(2), body: RowBody::Noop };
+    r.on_message(T, NodeId::Replica(ReplicaId(2)), append(2, (1, 1), vec![new_row.clone()], 2), &mut out);
+    let (_, persists) = split(&mut out);
+    assert!(persists.contains(&(persists[1].0, PersistOp::TruncateAfter(Lsn(1)))), "{persists:?}");
+    assert_eq!(r.log()[1], new_row);
+    assert_eq!(r.data().get("a").map(String::as_str), Some("1"));
+}
+
+/// Drives one leader and its two followers with instant, reliable delivery.
+struct Trio {
+    r: Vec<Replica>,
+    to_lb: Vec<Msg>,
+}
+
+impl Trio {
+    fn new() -> Trio {
+        let mut t = Trio { r: (1..=3).map(|i| Replica::new(ReplicaId(i), cfg())).collect(), to_lb: vec![] };
+        for i in 0..3 {
+            t.input(i, NodeId::Balancer, Msg::Prepare { epoch: Epoch(1) });
+        }
+        t.to_lb.clear();
+        t.input(0, NodeId::Balancer, Msg::Promote { epoch: Epoch(1) });
+        t
+    }
+
+    fn input(&mut self, i: usize, from: NodeId, msg: Msg) {
+        let mut q = VecDeque::from([(i, from, msg)]);
+        while let Some((i, from, msg)) = q.pop_front() {
+            let mut out = Outbox::new();
+            self.r[i].on_message(T, from, msg, &mut out);
+            let mut pending = out.effects;
+            while !pending.is_empty() {
+                let mut next = Vec::new();
+                for e in pending {
+                    match e {
+                        Effect::Send { to: NodeId::Replica(r), msg } => {
+                            q.push_back((r.0 as usize - 1, NodeId::Replica(ReplicaId(i as u8 + 1)), msg))
+                        }
+                        Effect::Send { msg, .. } => self.to_lb.push(msg),
+                        Effect::Persist { id, .. } => {
+                            let mut o = Outbox::new();
+                            self.r[i].on_persisted(T, id, &mut o);
+                            next.extend(o.effects);
+                        }
+                        _ => {}
+                    }
+                }
+                pending = next;
+            }
+        }
+    }
+
+    fn write(&mut self, client: u64, seq: u64, key: &str, value: &str) {
+        let id = RequestId { client: ClientId(client), seq };
+        self.input(0, NodeId::Balancer, Msg::Write { id, key: key.into(), value: Some(value.into()) });
+    }
+}
+
+#[test]
+fn a_retried_write_is_applied_once() {
+    let mut t = Trio::new();
+    t.write(7, 1, "k", "v1");
+    t.write(7, 1, "k", "v1"); // the same request again
+    let results: Vec<_> = t.to_lb.iter().filter(|m| matches!(m, Msg::WriteResult { .. })).cloned().collect();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0], results[1], "both answers name the same row");
+    let puts = t.r[0].log().iter().filter(|r| matches!(r.body, RowBody::Put { .. })).count();
+    assert_eq!(puts, 1);
+    // An older sequence number after a newer one is never applied.
+    t.write(7, 2, "k", "v2");
+    t.to_lb.clear();
+    t.write(7, 1, "k", "v1");
+    assert!(matches!(
+        &t.to_lb[..],
+        [Msg::WriteResult { result: Err(kvstore::msg::Refusal::Superseded), .. }]
+    ));
+    assert_eq!(t.r[0].data().get("k").map(String::as_str), Some("v2"));
+}
+
+#[test]
+fn writes_replicate_and_followers_converge() {
+    let mut t = Trio::new();
+    for i in 0..20 {
+        t.write(1, i + 1, &format!("k{}", i % 5), &format!("v{i}"));
+    }
+    // A heartbeat carries the final commit point.
+    let mut out = Outbox::new();
+    t.r[0].on_tick(Time(1_000_000), &mut out);
+    for e in out.effects {
+        if let Effect::Send { to: NodeId::Replica(r), msg } = e {
+            t.input(r.0 as usize - 1, R1, msg);
+        }
+    }
+    assert_eq!(t.r[0].applied(), Lsn(21)); // the no-op plus 20 writes
+    for r in &t.r[1..] {
+        assert_eq!(r.applied(), t.r[0].applied());
+        assert_eq!(r.data(), t.r[0].data());
+    }
+}
+
+#[test]
+fn leader_reads_wait_for_confirmation_from_a_follower() {
+    let mut t = Trio::new();
+    t.write(1, 1, "k", "v");
+    let mut out = Outbox::new();
+    let read = Msg::Read { tag: 5, key: "k".into(), mode: ReadMode::Leader, min_lsn: Lsn(0) };
+    t.r[0].on_message(T, NodeId::Balancer, read, &mut out);
+    let (sends, _) = split(&mut out);
+    assert!(sends.iter().all(|(_, m)| !matches!(m, Msg::ReadResult { .. })), "answered without confirmation");
+    let probe = sends
+        .iter()
+        .find_map(|(to, m)| matches!(m, Msg::Append { .. }).then(|| (*to, m.clone())))
+        .expect("a confirmation round goes out");
+    t.to_lb.clear();
+    t.input(probe.0.replica_index(), R1, probe.1);
+    assert!(
+        t.to_lb.iter().any(
+            |m| matches!(m, Msg::ReadResult { tag: 5, result: Ok(r) } if r.value.as_deref() == Some("v"))
+        ),
+        "{:?}",
+        t.to_lb
+    );
+}
+
+trait ReplicaIndex {
+    fn replica_index(&self) -> usize;
+}
+impl ReplicaIndex for NodeId {
+    fn replica_index(&self) -> usize {
+        match self {
+            NodeId::Replica(r) => r.0 as usize - 1,
+            _ => panic!("not a replica"),
+        }
+    }
+}
+
+#[test]
+fn client_reports_an_unanswered_write_as_ambiguous() {
+    let mut c = Client::new(ClientConfig::new(ClientId(1), ReadMode::Session));
+    let mut out = Outbox::new();
+    c.submit(Time(0), Op::Set { key: "k".into(), value: "v".into() }, &mut out);
+    assert!(matches!(&out.effects[..], [Effect::Send { to: NodeId::Balancer, msg: Msg::Request { .. } }]));
+    out.drain();
+    let mut now = Time(0);
+    let mut sends = 0;
+    for _ in 0..100 {
+        let Some(w) = c.next_wakeup() else { break };
+        assert!(w > now, "client asked to be woken in the past");
+        now = w;
+        c.on_tick(now, &mut out);
+        sends += out.effects.iter().filter(|e| matches!(e, Effect::Send { .. })).count();
+        if let Some(Effect::Done(d)) = out.effects.iter().find(|e| matches!(e, Effect::Done(_))) {
+            assert!(d.is_ambiguous(), "{d:?}");
+            assert!(sends >= 2, "it retried before giving up");
+            return;
+        }
+        out.drain();
+    }
+    panic!("client never gave up");
+}
+
+#[test]
+fn client_rejects_bad_input_without_sending() {
+    let mut c = Client::new(ClientConfig::new(ClientId(1), ReadMode::Session));
+    let mut out = Outbox::new();
+    c.submit(Time(0), Op::Get { key: String::new() }, &mut out);
+    c.submit(Time(0), Op::Set { key: "k".into(), value: "x".repeat(MAX_VALUE_BYTES + 1) }, &mut out);
+    let done: Vec<_> = out
+        .effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Done(d) if matches!(d.result, Err(OpError::Invalid(_)))))
+        .collect();
+    assert_eq!(done.len(), 2);
+    assert!(out.effects.iter().all(|e| !matches!(e, Effect::Send { .. })));
+}
+
+#[test]
+fn balancer_refuses_to_promote_without_a_safe_quorum() {
+    let mut b = Balancer::new(cfg(), Time(0));
+    let mut out = Outbox::new();
+    let mut now = Time(0);
+    let mut promoted = false;
+    // Only r3 ever answers.
+    for _ in 0..200 {
+        now = b.next_wakeup().unwrap().max(now);
+        b.on_tick(now, &mut out);
+        for e in out.drain().collect::<Vec<_>>() {
+            let Effect::Send { to: NodeId::Replica(ReplicaId(3)), msg } = e else { continue };
+            let reply = match msg {
+                Msg::Ping { nonce } => Msg::Pong { nonce, status: Default::default() },
+                Msg::Prepare { epoch } => Msg::Promise { epoch, last: LogPos::default() },
+                Msg::Promote { .. } => {
+                    promoted = true;
+                    continue;
+                }
+                _ => continue,
+            };
+            b.on_message(now, NodeId::Replica(ReplicaId(3)), reply, &mut out);
+        }
+        assert!(out.effects.iter().all(|e| !matches!(e, Effect::Send { msg: Msg::Promote { .. }, .. })));
+    }
+    assert!(!promoted && b.leader().is_none(), "promoted with one promise of three");
+}
+
+#[test]
+fn quorum_sizes() {
+    assert_eq!(ClusterConfig::new(3, 1).promotion_quorum(), 2);
+    assert_eq!(ClusterConfig::new(3, 0).promotion_quorum(), 3);
+    assert_eq!(ClusterConfig::new(5, 1).promotion_quorum(), 4);
+    assert_eq!(ClusterConfig::new(5, 2).promotion_quorum(), 3);
+    assert_eq!(ClusterConfig::new(3, 2).promotion_quorum(), 2);
+}
