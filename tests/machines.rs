@@ -11,8 +11,11 @@ fn cfg() -> ClusterConfig {
     ClusterConfig::new(3, 1)
 }
 
-/// Runs one replica's outbox: returns sends, and persist ids.
-fn split(out: &mut Outbox) -> (Vec<(NodeId, Msg)>, Vec<(u64, PersistOp)>) {
+type Sends = Vec<(NodeId, Msg)>;
+type Persists = Vec<(u64, PersistOp)>;
+
+/// Splits one machine's outbox into its sends and its persist operations.
+fn split(out: &mut Outbox) -> (Sends, Persists) {
     let mut sends = Vec::new();
     let mut persists = Vec::new();
     for e in out.drain() {
