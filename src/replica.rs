@@ -62,6 +62,8 @@ pub struct Replica {
     after_persist: VecDeque<(u64, NodeId, Msg)>,
     /// Appends that arrived before the rows they follow, by `prev.lsn`.
     held: BTreeMap<Lsn, Msg>,
+    /// The newest (epoch, matched, probe) this follower has acknowledged.
+    last_ack: (Epoch, Lsn, u64),
 }
 
 enum Role {
@@ -88,6 +90,8 @@ struct Peer {
     next: Lsn,
     /// Highest confirmation round the peer has answered in this epoch.
     probe_acked: u64,
+    /// The peer has answered in this epoch.
+    heard: bool,
 }
 
 struct PendingRead {
@@ -126,6 +130,7 @@ impl Replica {
             persisting: VecDeque::new(),
             after_persist: VecDeque::new(),
             held: BTreeMap::new(),
+            last_ack: (Epoch(0), Lsn(0), 0),
         }
     }
 
@@ -197,14 +202,13 @@ impl Replica {
         }
         // Go back to what each follower has confirmed: anything sent since and
         // not confirmed may have been lost.
-        let peers: Vec<ReplicaId> = l.peers.keys().copied().collect();
-        for p in peers {
-            if let Role::Leader(l) = &mut self.role {
-                let peer = l.peers.get_mut(&p).expect("peer listed");
-                peer.next = peer.matched.next();
-            }
-            self.send_append(p, out);
+        // A follower not heard from in this epoch is probed at the end of
+        // the log instead: its answer says where it really is.
+        let end = Lsn(self.log.len() as u64 + 1);
+        for peer in l.peers.values_mut() {
+            peer.next = if peer.heard { peer.matched.next() } else { end };
         }
+        self.broadcast(out);
     }
 
     /// Persist operations up to and including `id` are durable.
@@ -277,7 +281,7 @@ impl Replica {
             .replicas
             .iter()
             .filter(|r| **r != self.id)
-            .map(|r| (*r, Peer { matched: Lsn(0), next, probe_acked: 0 }))
+            .map(|r| (*r, Peer { matched: Lsn(0), next, probe_acked: 0, heard: false }))
             .collect();
         self.role = Role::Leader(Box::new(Leading {
             epoch,
@@ -399,7 +403,7 @@ impl Replica {
                 l.reads.push_back(PendingRead { from, tag, key, probe, read_index: commit, arrived: now });
                 if need > 0 {
                     l.probe = probe;
-                    self.broadcast_probe(out);
+                    self.broadcast(out);
                 }
                 self.answer_confirmed_reads(out);
             }
@@ -516,10 +520,19 @@ impl Replica {
             self.persist(PersistOp::Append(new_rows), out);
         }
         self.set_commit(commit.min(matched));
-        let ack = Msg::AppendAck { epoch, ok: true, last: matched, probe };
-        match self.persisting.back() {
-            Some(&(id, _)) => self.after_persist.push_back((id, to, ack)),
-            None => out.send(to, ack),
+        // A heartbeat that tells the leader nothing new goes unanswered: the
+        // leader only learns from acks that move `matched` or confirm a probe.
+        // (A lost ack is repaired by the leader resending rows, which are
+        // always answered.)
+        let (e, m, p) = self.last_ack;
+        if covered > 0 || epoch != e || matched > m || probe > p {
+            self.last_ack =
+                if epoch == e { (epoch, matched.max(m), probe.max(p)) } else { (epoch, matched, probe) };
+            let ack = Msg::AppendAck { epoch, ok: true, last: matched, probe };
+            match self.persisting.back() {
+                Some(&(id, _)) => self.after_persist.push_back((id, to, ack)),
+                None => out.send(to, ack),
+            }
         }
         // Held appends that now fit.
         if let Some(Msg::Append { epoch, prev, rows, commit, probe }) = self.held.remove(&self.last_pos().lsn)
@@ -553,6 +566,7 @@ impl Replica {
         let leader_last = self.log.len() as u64;
         let Some(p) = l.peers.get_mut(&peer) else { return };
         p.probe_acked = p.probe_acked.max(probe);
+        p.heard = true;
         if ok {
             p.matched = p.matched.max(last.min(Lsn(leader_last)));
             p.next = p.next.max(p.matched.next());
@@ -564,19 +578,13 @@ impl Replica {
         }
     }
 
+    /// Sends every follower what it has not been sent (or a heartbeat).
     fn broadcast(&mut self, out: &mut Outbox) {
-        let Role::Leader(l) = &self.role else { return };
-        let peers: Vec<ReplicaId> = l.peers.keys().copied().collect();
-        for p in peers {
-            self.send_append(p, out);
-        }
-    }
-
-    fn broadcast_probe(&mut self, out: &mut Outbox) {
-        let Role::Leader(l) = &self.role else { return };
-        let peers: Vec<ReplicaId> = l.peers.keys().copied().collect();
-        for p in peers {
-            self.send_append(p, out);
+        for i in 0..self.cfg.replicas.len() {
+            let p = self.cfg.replicas[i];
+            if p != self.id {
+                self.send_append(p, out);
+            }
         }
     }
 
@@ -621,9 +629,11 @@ impl Replica {
         // Tell followers at once, so reads they serve are not needlessly stale.
         self.broadcast(out);
         let Role::Leader(l) = &mut self.role else { return };
-        let done: Vec<Lsn> = l.writes.range(..=candidate).map(|(k, _)| *k).collect();
-        for lsn in done {
-            let (to, id) = l.writes.remove(&lsn).expect("listed");
+        while let Some(entry) = l.writes.first_entry() {
+            if *entry.key() > candidate {
+                break;
+            }
+            let (lsn, (to, id)) = entry.remove_entry();
             out.send(to, Msg::WriteResult { id, result: Ok(lsn) });
         }
         self.answer_confirmed_reads(out);

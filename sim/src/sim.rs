@@ -79,10 +79,12 @@ enum Ev {
     ClientOp(usize),
 }
 
+/// A queued event: the heap orders these small keys; the event itself waits
+/// in a slab, so heap moves stay cheap.
 struct Entry {
     at: Time,
     seq: u64,
-    ev: Ev,
+    slot: u32,
 }
 
 impl PartialEq for Entry {
@@ -125,6 +127,8 @@ pub struct Sim<'a> {
     sc: &'a Scenario,
     now: Time,
     queue: BinaryHeap<Entry>,
+    slab: Vec<Option<Ev>>,
+    free: Vec<u32>,
     seq: u64,
     events: u64,
     rng_net: ChaCha8Rng,
@@ -184,6 +188,8 @@ impl<'a> Sim<'a> {
             sc,
             now: Time::ZERO,
             queue: BinaryHeap::new(),
+            slab: Vec::new(),
+            free: Vec::new(),
             seq: 0,
             events: 0,
             rng_net,
@@ -257,7 +263,9 @@ impl<'a> Sim<'a> {
             debug_assert!(e.at >= self.now, "time never goes backwards");
             self.now = e.at;
             self.events += 1;
-            self.step(e.ev);
+            let ev = self.slab[e.slot as usize].take().expect("queued event is in the slab");
+            self.free.push(e.slot);
+            self.step(ev);
             if self.violations.len() > 100 {
                 break;
             }
@@ -270,7 +278,17 @@ impl<'a> Sim<'a> {
 
     fn push(&mut self, at: Time, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Entry { at, seq: self.seq, ev });
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slab[s as usize] = Some(ev);
+                s
+            }
+            None => {
+                self.slab.push(Some(ev));
+                self.slab.len() as u32 - 1
+            }
+        };
+        self.queue.push(Entry { at, seq: self.seq, slot });
     }
 
     fn step(&mut self, ev: Ev) {
