@@ -49,10 +49,15 @@ enum State {
     Discovering {
         until: Time,
     },
+    /// Gathering promises for `epoch`. `patient`: the first promotion after
+    /// start waits (until the deadline) for every replica, so a fresh cluster
+    /// promotes the first one listed, as the original did; failovers decide as
+    /// soon as a quorum has answered.
     Preparing {
         epoch: Epoch,
         promises: BTreeMap<ReplicaId, LogPos>,
         deadline: Time,
+        patient: bool,
     },
     Leading {
         leader: ReplicaId,
@@ -126,7 +131,12 @@ impl Balancer {
         self.next_tick = now + TICK_US;
         match &self.state {
             State::Discovering { until } if now >= *until => self.decide(now, out),
-            State::Preparing { epoch, promises, deadline } if now >= *deadline => {
+            State::Preparing { promises, deadline, .. }
+                if now >= *deadline && promises.len() >= self.cfg.promotion_quorum() =>
+            {
+                self.conclude(now, out)
+            }
+            State::Preparing { epoch, promises, deadline, .. } if now >= *deadline => {
                 out.event(Event::PromotionStalled {
                     epoch: *epoch,
                     heard: promises.len(),
@@ -250,8 +260,10 @@ impl Balancer {
     fn start_promotion(&mut self, now: Time, out: &mut Outbox) {
         let epoch = Epoch(self.highest_epoch.0 + 1);
         self.highest_epoch = epoch;
+        let patient = matches!(self.state, State::Discovering { .. });
         self.state = State::Preparing {
             epoch,
+            patient,
             promises: BTreeMap::new(),
             deadline: now + (self.cfg.timing.promote_timeout_us << self.stalls.min(3)),
         };
@@ -263,14 +275,21 @@ impl Balancer {
 
     fn on_promise(&mut self, now: Time, r: ReplicaId, e: Epoch, last: LogPos, out: &mut Outbox) {
         let quorum = self.cfg.promotion_quorum();
-        let State::Preparing { epoch, promises, .. } = &mut self.state else { return };
+        let all = self.cfg.replicas.len();
+        let State::Preparing { epoch, promises, patient, .. } = &mut self.state else { return };
         if e != *epoch {
             return;
         }
         promises.insert(r, last);
-        if promises.len() < quorum {
+        if promises.len() < quorum || (*patient && promises.len() < all) {
             return;
         }
+        self.conclude(now, out);
+    }
+
+    /// Promotes the most up-to-date replica among those that promised.
+    fn conclude(&mut self, now: Time, out: &mut Outbox) {
+        let State::Preparing { epoch, promises, .. } = &self.state else { return };
         // The most up-to-date log wins; ties go to the lowest id (the first
         // replica listed, as in the original).
         let (winner, last) = promises

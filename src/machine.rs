@@ -140,9 +140,12 @@ pub enum Event {
         epoch: Epoch,
         last: LogPos,
     },
+    /// Dropped rows after `after`; `committed` of them had been committed
+    /// (only possible with `unsafe_failover`).
     Truncated {
         after: Lsn,
         dropped: u64,
+        committed: u64,
     },
     /// Balancer: started a promotion for `epoch`.
     Promoting {
@@ -183,9 +186,13 @@ impl std::fmt::Display for Event {
             Event::Following { leader, epoch, last } => {
                 write!(f, "** follows r{} in {epoch} (log ends {last})", leader.0)
             }
-            Event::Truncated { after, dropped } => {
+            Event::Truncated { after, dropped, committed: 0 } => {
                 write!(f, "** drops {dropped} uncommitted row(s) after lsn {after}")
             }
+            Event::Truncated { after, dropped, committed } => write!(
+                f,
+                "** drops {dropped} row(s) after lsn {after}, {committed} of them COMMITTED (unsafe failover)"
+            ),
             Event::Promoting { epoch } => write!(f, "** promotion for {epoch} starts"),
             Event::Promoted { leader, epoch, last, heard } => {
                 write!(f, "** promotes r{} for {epoch} (log ends {last}, heard from {heard})", leader.0)

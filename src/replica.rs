@@ -659,11 +659,21 @@ impl Replica {
         if keep.0 >= len {
             return;
         }
-        debug_assert!(keep >= self.commit, "committed rows are never truncated");
-        let keep = keep.max(self.commit);
+        let committed_lost = self.commit.0.saturating_sub(keep.0);
+        // Only an unsafe failover can ask a replica to drop committed rows;
+        // safe promotion guarantees the new leader holds them all.
+        debug_assert!(committed_lost == 0 || self.cfg.unsafe_failover, "committed rows are never truncated");
         self.log.truncate(keep.0 as usize);
         self.durable = self.durable.min(keep);
-        out.event(Event::Truncated { after: keep, dropped: len - keep.0 });
+        out.event(Event::Truncated { after: keep, dropped: len - keep.0, committed: committed_lost });
+        if committed_lost > 0 {
+            // Follow the new leader's history: rebuild the state from the rows kept.
+            self.kv.clear();
+            self.sessions.clear();
+            self.applied = Lsn(0);
+            self.commit = Lsn(0);
+            self.set_commit(keep);
+        }
         self.persist(PersistOp::TruncateAfter(keep), out);
     }
 

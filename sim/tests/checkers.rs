@@ -108,3 +108,44 @@ quiet_ms = 3000
     // back to asynchronous replication.
     assert!(runs.iter().all(|s| s.lost_acked_writes == 0));
 }
+
+/// r3 stops receiving rows, then the balancer can reach only r3. Safe
+/// failover refuses to promote it (it cannot prove r3 holds every
+/// acknowledged write); `unsafe_failover` promotes it anyway and the writes
+/// r1 and r2 acknowledged in the meantime are truncated when they rejoin.
+const SPLIT: &str = r#"
+[cluster]
+sync_acks = 1
+[workload]
+duration_ms = 2000
+clients = 2
+mix = { set = 100, get = 0 }
+[[faults]]
+at_ms = 200
+action = "partition_one_way"
+from = ["r1"]
+to = ["r3"]
+[[faults]]
+at_ms = 700
+action = "partition"
+groups = [["r1", "r2"], ["r3", "lb", "clients"]]
+[[faults]]
+at_ms = 1400
+action = "heal"
+[run]
+quiet_ms = 2000
+"#;
+
+#[test]
+fn unsafe_failover_loses_acknowledged_writes_and_the_checker_says_so() {
+    let unsafe_runs = sweep(&SPLIT.replace("sync_acks = 1", "sync_acks = 1\nunsafe_failover = true"), 1..=3);
+    for s in &unsafe_runs {
+        assert!(s.lost_acked_writes > 0, "unsafe failover lost nothing: {s:?}");
+        assert!(s.violations.iter().any(|v| v.contains("acknowledged write lost")));
+    }
+    for s in sweep(SPLIT, 1..=3) {
+        assert_eq!(s.lost_acked_writes, 0, "{:?}", s.violations);
+        assert!(s.violations.is_empty(), "{:?}", s.violations);
+        assert!(s.acked_writes > 0);
+    }
+}
