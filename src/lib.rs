@@ -12,6 +12,7 @@ pub mod machine;
 pub mod msg;
 pub mod replica;
 pub mod types;
+pub mod wal;
 
 pub use config::ClusterConfig;
 pub use machine::{Completion, Effect, Event, Outbox, PersistOp, Stored};
