@@ -9,6 +9,9 @@
 //! temporary directory under $TMPDIR; it must be on the disk you care about.
 //! Numbers are printed, never asserted: they depend on the disk.
 
+// A benchmark measures wall time: that is its job.
+#![allow(clippy::disallowed_methods)]
+
 use kvstore::wal::{GroupCommitter, SnapshotRef, Wal};
 use kvstore::{ClientId, Epoch, Lsn, PersistOp, RequestId, Row, RowBody};
 use std::collections::BTreeMap;
@@ -79,10 +82,7 @@ fn row(lsn: u64, key_index: u64) -> Row {
         body: RowBody::Put {
             key: key(key_index),
             value: Some(value(lsn)),
-            req: RequestId {
-                client: ClientId(lsn % CLIENTS),
-                seq: lsn,
-            },
+            req: RequestId { client: ClientId(lsn % CLIENTS), seq: lsn },
         },
     }
 }
@@ -95,8 +95,7 @@ fn fsync_per_row(dir: &Path) -> f64 {
     let (mut wal, _, _) = Wal::open(dir).expect("open");
     let start = Instant::now();
     for lsn in 1..=FSYNC_PER_ROW_ROWS {
-        wal.append(&[PersistOp::Append(vec![row(lsn, lsn)])])
-            .expect("append");
+        wal.append(&[PersistOp::Append(vec![row(lsn, lsn)])]).expect("append");
         wal.sync().expect("sync");
     }
     let took = start.elapsed();
@@ -153,8 +152,7 @@ fn recovery(dir: &Path) {
     for lsn in 1..=KEYS {
         batch.push(row(lsn, lsn - 1));
         if batch.len() == kvstore::replica::MAX_ROWS_PER_APPEND {
-            wal.append(&[PersistOp::Append(std::mem::take(&mut batch))])
-                .expect("append");
+            wal.append(&[PersistOp::Append(std::mem::take(&mut batch))]).expect("append");
         }
     }
     if !batch.is_empty() {
@@ -194,12 +192,7 @@ fn recovery(dir: &Path) {
     let mut kv = BTreeMap::new();
     let mut sessions = BTreeMap::new();
     for r in &rec.rows {
-        if let RowBody::Put {
-            key,
-            value: Some(v),
-            req,
-        } = &r.body
-        {
+        if let RowBody::Put { key, value: Some(v), req } = &r.body {
             kv.insert(key.clone(), v.clone());
             sessions.insert(req.client, (req.seq, r.lsn));
         }
@@ -208,12 +201,7 @@ fn recovery(dir: &Path) {
     drop(rec);
     let start = Instant::now();
     let snap = wal
-        .snapshot(SnapshotRef {
-            promised: Epoch(1),
-            last,
-            kv: &kv,
-            sessions: &sessions,
-        })
+        .snapshot(SnapshotRef { promised: Epoch(1), last, kv: &kv, sessions: &sessions })
         .expect("snapshot");
     let took = start.elapsed();
     println!(

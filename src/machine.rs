@@ -83,15 +83,17 @@ impl Stored {
             PersistOp::Append(rows) => {
                 for row in rows {
                     let expect = self.rows.len() as u64 + 1;
-                    if row.lsn.0 == expect {
+                    let at = row.lsn.0;
+                    if at == expect {
                         self.rows.push(row.clone());
-                    } else if row.lsn.0 < expect {
-                        // An overwrite is always preceded by a truncate; a
-                        // repeat of the same row is harmless.
-                        self.rows.truncate(row.lsn.0 as usize - 1);
+                    } else if at >= 1 && at < expect && self.rows[at as usize - 1] != *row {
+                        // An overwrite is always preceded by a truncate; be
+                        // safe anyway: a different row replaces the suffix.
+                        self.rows.truncate(at as usize - 1);
                         self.rows.push(row.clone());
                     }
-                    // A gap cannot be produced by a replica: ignored.
+                    // A repeat of a row already there changes nothing; a gap
+                    // (or LSN 0) cannot come from a replica and is ignored.
                 }
             }
             PersistOp::TruncateAfter(lsn) => self.rows.truncate(lsn.0 as usize),

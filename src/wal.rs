@@ -93,11 +93,10 @@
 mod codec;
 
 pub use codec::{
-    check_magic_and_version, decode_records, decode_segment_header, decode_snapshot_header,
-    encode_record, encode_segment_header, encode_snapshot_header, DecodeResult, EncodeError,
-    HeaderFault, RecordFault, SnapshotHeader, Tail, FORMAT_VERSION, MAX_RECORD_BYTES,
-    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC, SNAPSHOT_HEADER_BYTES,
-    SNAPSHOT_MAGIC, TAIL_SCAN_CRC_BYTES_MAX,
+    check_magic_and_version, decode_records, decode_segment_header, decode_snapshot_header, encode_record,
+    encode_segment_header, encode_snapshot_header, DecodeResult, EncodeError, HeaderFault, RecordFault,
+    SnapshotHeader, Tail, FORMAT_VERSION, MAX_RECORD_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    SEGMENT_MAGIC, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC, TAIL_SCAN_CRC_BYTES_MAX,
 };
 
 use crate::machine::{PersistOp, Stored};
@@ -117,8 +116,7 @@ pub const SEGMENT_BYTES_MIN: u64 = 4 * 1024;
 pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 /// Largest segment file recovery will read: a segment may pass its size by
 /// one record.
-const SEGMENT_FILE_BYTES_MAX: u64 =
-    SEGMENT_BYTES_MAX + (RECORD_HEADER_BYTES + MAX_RECORD_BYTES) as u64;
+const SEGMENT_FILE_BYTES_MAX: u64 = SEGMENT_BYTES_MAX + (RECORD_HEADER_BYTES + MAX_RECORD_BYTES) as u64;
 /// Largest snapshot file recovery will read into memory.
 pub const SNAPSHOT_FILE_BYTES_MAX: u64 = 8 * 1024 * 1024 * 1024;
 /// Directory entries [`Wal::open`] will look at before giving up.
@@ -136,9 +134,7 @@ pub struct WalConfig {
 
 impl Default for WalConfig {
     fn default() -> WalConfig {
-        WalConfig {
-            segment_bytes_max: SEGMENT_BYTES_DEFAULT,
-        }
+        WalConfig { segment_bytes_max: SEGMENT_BYTES_DEFAULT }
     }
 }
 
@@ -197,12 +193,7 @@ pub struct SnapshotRef<'a> {
 
 impl Snapshot {
     pub fn as_ref(&self) -> SnapshotRef<'_> {
-        SnapshotRef {
-            promised: self.promised,
-            last: self.last,
-            kv: &self.kv,
-            sessions: &self.sessions,
-        }
+        SnapshotRef { promised: self.promised, last: self.last, kv: &self.kv, sessions: &self.sessions }
     }
 }
 
@@ -240,10 +231,7 @@ impl Recovered {
         if self.snapshot.is_some() {
             return Err(self);
         }
-        Ok(Stored {
-            promised: self.promised,
-            rows: self.rows,
-        })
+        Ok(Stored { promised: self.promised, rows: self.rows })
     }
 }
 
@@ -316,22 +304,12 @@ impl fmt::Display for WalError {
         match self {
             WalError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             WalError::Locked { dir } => {
-                write!(
-                    f,
-                    "{}: already opened by another process or Wal",
-                    dir.display()
-                )
+                write!(f, "{}: already opened by another process or Wal", dir.display())
             }
-            WalError::Foreign { path, why } => write!(
-                f,
-                "{}: {why}; refusing to use this directory (nothing was changed)",
-                path.display()
-            ),
-            WalError::NewerVersion {
-                file,
-                found,
-                supported,
-            } => write!(
+            WalError::Foreign { path, why } => {
+                write!(f, "{}: {why}; refusing to use this directory (nothing was changed)", path.display())
+            }
+            WalError::NewerVersion { file, found, supported } => write!(
                 f,
                 "{}: format version {found} is newer than this build supports ({supported}); \
                  nothing was changed",
@@ -359,10 +337,7 @@ impl std::error::Error for WalError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
-    move |source| WalError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| WalError::Io { path: path.to_path_buf(), source }
 }
 
 fn poisoned_io() -> io::Error {
@@ -524,10 +499,7 @@ impl Wal {
         self.current.file.sync_data()?;
         let next = create_segment(&self.dir, &self.dir_file, self.next_seq)?;
         let old = std::mem::replace(&mut self.current, next);
-        self.sealed.push_back(SealedSegment {
-            path: old.path,
-            first_seq: old.first_seq,
-        });
+        self.sealed.push_back(SealedSegment { path: old.path, first_seq: old.first_seq });
         Ok(())
     }
 
@@ -574,17 +546,12 @@ impl Wal {
         self.sync().map_err(io_err(&self.current.path))?;
         let mut index = self.index.clone();
         index.rebase(snap.last.lsn);
-        if index.first_needed_segment().is_none()
-            && self.current.size_bytes > SEGMENT_HEADER_BYTES as u64
-        {
+        if index.first_needed_segment().is_none() && self.current.size_bytes > SEGMENT_HEADER_BYTES as u64 {
             // The snapshot covers every record: start a fresh segment so the
             // current one can go too, instead of lingering until it fills.
             if let Err(e) = self.roll() {
                 self.poisoned = true;
-                return Err(WalError::Io {
-                    path: self.current.path.clone(),
-                    source: e,
-                });
+                return Err(WalError::Io { path: self.current.path.clone(), source: e });
             }
         }
         let replay_from_seq = index.first_needed_segment().unwrap_or(self.next_seq);
@@ -593,9 +560,7 @@ impl Wal {
         let to_write = SnapshotRef { promised, ..snap };
 
         let file = self.dir.join(snapshot_name(replay_from_seq));
-        let tmp = self
-            .dir
-            .join(format!("{}.tmp", snapshot_name(replay_from_seq)));
+        let tmp = self.dir.join(format!("{}.tmp", snapshot_name(replay_from_seq)));
         let written = write_snapshot_file(&tmp, replay_from_seq, &to_write);
         let file_bytes = match written {
             Ok(b) => b,
@@ -612,11 +577,7 @@ impl Wal {
         self.snapshot_last = snap.last;
         self.promised = promised;
         let mut removed = Vec::new();
-        let old: Vec<PathBuf> = self
-            .snapshot_files
-            .drain(..)
-            .filter(|p| *p != file)
-            .collect();
+        let old: Vec<PathBuf> = self.snapshot_files.drain(..).filter(|p| *p != file).collect();
         self.snapshot_files.push(file.clone());
         for path in old {
             fs::remove_file(&path).map_err(io_err(&path))?;
@@ -625,10 +586,7 @@ impl Wal {
         // A sealed segment is covered when the next one starts at or before
         // the replay point.
         while let Some(oldest) = self.sealed.front() {
-            let next_first_seq = self
-                .sealed
-                .get(1)
-                .map_or(self.current.first_seq, |s| s.first_seq);
+            let next_first_seq = self.sealed.get(1).map_or(self.current.first_seq, |s| s.first_seq);
             if next_first_seq > replay_from_seq {
                 break;
             }
@@ -640,12 +598,7 @@ impl Wal {
         if !removed.is_empty() {
             self.dir_file.sync_all().map_err(io_err(&self.dir))?;
         }
-        Ok(SnapshotReport {
-            file,
-            file_bytes,
-            replay_from_seq,
-            removed,
-        })
+        Ok(SnapshotReport { file, file_bytes, replay_from_seq, removed })
     }
 }
 
@@ -654,59 +607,28 @@ impl Wal {
 /// a bad header can only be one that never held a record.
 fn create_segment(dir: &Path, dir_file: &File, first_seq: u64) -> io::Result<Segment> {
     let path = dir.join(segment_name(first_seq));
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
+    let mut file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
     file.write_all(&encode_segment_header(first_seq))?;
     file.sync_all()?;
     dir_file.sync_all()?;
-    Ok(Segment {
-        file,
-        path,
-        first_seq,
-        size_bytes: SEGMENT_HEADER_BYTES as u64,
-    })
+    Ok(Segment { file, path, first_seq, size_bytes: SEGMENT_HEADER_BYTES as u64 })
 }
 
 /// Streams the snapshot into `tmp` (header placeholder, payload, then the
 /// real header) and fsyncs it. Returns the file size.
-fn write_snapshot_file(
-    tmp: &Path,
-    replay_from_seq: u64,
-    snap: &SnapshotRef<'_>,
-) -> Result<u64, WalError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp)
-        .map_err(io_err(tmp))?;
-    let mut w = CrcWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        crc: 0,
-        bytes: 0,
-    };
-    w.inner
-        .write_all(&[0; SNAPSHOT_HEADER_BYTES])
-        .map_err(io_err(tmp))?;
+fn write_snapshot_file(tmp: &Path, replay_from_seq: u64, snap: &SnapshotRef<'_>) -> Result<u64, WalError> {
+    let file = OpenOptions::new().write(true).create(true).truncate(true).open(tmp).map_err(io_err(tmp))?;
+    let mut w = CrcWriter { inner: BufWriter::with_capacity(1 << 20, file), crc: 0, bytes: 0 };
+    w.inner.write_all(&[0; SNAPSHOT_HEADER_BYTES]).map_err(io_err(tmp))?;
     let w = postcard::to_io(snap, w).map_err(|e| WalError::Io {
         path: tmp.to_path_buf(),
         source: io::Error::other(format!("cannot encode snapshot: {e}")),
     })?;
-    let header = SnapshotHeader {
-        replay_from_seq,
-        payload_bytes: w.bytes,
-        payload_crc32c: w.crc,
-    };
-    let mut file = w.inner.into_inner().map_err(|e| WalError::Io {
-        path: tmp.to_path_buf(),
-        source: e.into_error(),
-    })?;
+    let header = SnapshotHeader { replay_from_seq, payload_bytes: w.bytes, payload_crc32c: w.crc };
+    let mut file =
+        w.inner.into_inner().map_err(|e| WalError::Io { path: tmp.to_path_buf(), source: e.into_error() })?;
     file.seek(SeekFrom::Start(0)).map_err(io_err(tmp))?;
-    file.write_all(&encode_snapshot_header(&header))
-        .map_err(io_err(tmp))?;
+    file.write_all(&encode_snapshot_header(&header)).map_err(io_err(tmp))?;
     file.sync_all().map_err(io_err(tmp))?;
     Ok(SNAPSHOT_HEADER_BYTES as u64 + header.payload_bytes)
 }
@@ -755,18 +677,13 @@ fn parse_name(name: &str) -> Option<FileKind> {
         }
     }
     if let Some(rest) = name.strip_prefix("wal-") {
-        return rest
-            .strip_suffix(".kvlog")
-            .and_then(seq)
-            .map(FileKind::Segment);
+        return rest.strip_suffix(".kvlog").and_then(seq).map(FileKind::Segment);
     }
     let rest = name.strip_prefix("snap-")?;
     if let Some(digits) = rest.strip_suffix(".kvsnap.tmp") {
         return seq(digits).map(FileKind::SnapshotTmp);
     }
-    rest.strip_suffix(".kvsnap")
-        .and_then(seq)
-        .map(FileKind::Snapshot)
+    rest.strip_suffix(".kvsnap").and_then(seq).map(FileKind::Snapshot)
 }
 
 /// Which segment wrote each current row after the snapshot: enough to know
@@ -831,10 +748,7 @@ impl RowIndex {
             return;
         }
         // Keep the run holding lsn + 1, starting it there.
-        let keep_from = self
-            .runs
-            .partition_point(|r| r.0 <= lsn.next())
-            .saturating_sub(1);
+        let keep_from = self.runs.partition_point(|r| r.0 <= lsn.next()).saturating_sub(1);
         self.runs.drain(..keep_from);
         if let Some(first) = self.runs.first_mut() {
             first.0 = lsn.next();
@@ -874,9 +788,9 @@ impl Replay {
                     self.rows.push(row.clone());
                 }
             }
-            PersistOp::TruncateAfter(lsn) => self
-                .rows
-                .truncate(lsn.0.saturating_sub(base).min(usize::MAX as u64) as usize),
+            PersistOp::TruncateAfter(lsn) => {
+                self.rows.truncate(lsn.0.saturating_sub(base).min(usize::MAX as u64) as usize)
+            }
         }
     }
 
@@ -919,19 +833,12 @@ impl GroupCommitter {
 
     pub fn new(ops_max: usize) -> GroupCommitter {
         assert!(ops_max > 0, "a group commit batch holds at least one op");
-        GroupCommitter {
-            ops: Vec::with_capacity(ops_max.min(4096)),
-            last_id: None,
-            ops_max,
-        }
+        GroupCommitter { ops: Vec::with_capacity(ops_max.min(4096)), last_id: None, ops_max }
     }
 
     /// Queues one persist effect. Ids must increase.
     pub fn push(&mut self, id: u64, op: PersistOp) {
-        assert!(
-            self.last_id.is_none_or(|last| id > last),
-            "persist ids must increase"
-        );
+        assert!(self.last_id.is_none_or(|last| id > last), "persist ids must increase");
         self.last_id = Some(id);
         self.ops.push(op);
     }

@@ -32,8 +32,7 @@ pub const MAX_RECORD_BYTES: usize = 32 * 1024 * 1024;
 /// two string lengths.
 const ROW_OVERHEAD_BYTES_MAX: usize = 64;
 const _: () = assert!(
-    MAX_ROWS_PER_APPEND * (MAX_KEY_BYTES + MAX_VALUE_BYTES + ROW_OVERHEAD_BYTES_MAX) + 16
-        <= MAX_RECORD_BYTES,
+    MAX_ROWS_PER_APPEND * (MAX_KEY_BYTES + MAX_VALUE_BYTES + ROW_OVERHEAD_BYTES_MAX) + 16 <= MAX_RECORD_BYTES,
     "the largest Append a replica emits must fit one record"
 );
 
@@ -55,10 +54,9 @@ pub enum EncodeError {
 impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EncodeError::TooLarge { payload_bytes } => write!(
-                f,
-                "record payload is {payload_bytes} bytes, limit {MAX_RECORD_BYTES}"
-            ),
+            EncodeError::TooLarge { payload_bytes } => {
+                write!(f, "record payload is {payload_bytes} bytes, limit {MAX_RECORD_BYTES}")
+            }
             EncodeError::Serialize(why) => write!(f, "cannot encode record: {why}"),
         }
     }
@@ -112,10 +110,7 @@ pub enum Tail {
     /// Damage that a crash cannot explain: a bad record followed by a valid
     /// one (at `next_valid`), a payload that passes its checksum but does not
     /// decode, or a tail too large to classify (`next_valid: None`).
-    Corrupt {
-        fault: RecordFault,
-        next_valid: Option<usize>,
-    },
+    Corrupt { fault: RecordFault, next_valid: Option<usize> },
 }
 
 /// What is wrong with the record at `valid_bytes`.
@@ -126,10 +121,7 @@ pub enum RecordFault {
     /// Length 0 or over [`MAX_RECORD_BYTES`].
     BadLength { payload_bytes: u32 },
     /// The length runs past the end of the bytes.
-    ShortPayload {
-        payload_bytes: u32,
-        available_bytes: usize,
-    },
+    ShortPayload { payload_bytes: u32, available_bytes: usize },
     /// The payload does not match its crc32c.
     Checksum,
     /// The checksum matches but the payload is not a `PersistOp`.
@@ -140,24 +132,14 @@ impl fmt::Display for RecordFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RecordFault::ShortHeader { available_bytes } => {
-                write!(
-                    f,
-                    "record header cut short ({available_bytes} of {RECORD_HEADER_BYTES} bytes)"
-                )
+                write!(f, "record header cut short ({available_bytes} of {RECORD_HEADER_BYTES} bytes)")
             }
             RecordFault::BadLength { payload_bytes } => {
-                write!(
-                    f,
-                    "record length {payload_bytes} outside 1..={MAX_RECORD_BYTES}"
-                )
+                write!(f, "record length {payload_bytes} outside 1..={MAX_RECORD_BYTES}")
             }
-            RecordFault::ShortPayload {
-                payload_bytes,
-                available_bytes,
-            } => write!(
-                f,
-                "record payload cut short ({available_bytes} of {payload_bytes} bytes)"
-            ),
+            RecordFault::ShortPayload { payload_bytes, available_bytes } => {
+                write!(f, "record payload cut short ({available_bytes} of {payload_bytes} bytes)")
+            }
             RecordFault::Checksum => f.write_str("record checksum mismatch"),
             RecordFault::Undecodable => {
                 f.write_str("record checksum matches but the payload is not a PersistOp")
@@ -173,11 +155,7 @@ pub fn decode_records(bytes: &[u8]) -> DecodeResult {
     let mut offset = 0;
     loop {
         if offset == bytes.len() {
-            return DecodeResult {
-                ops,
-                valid_bytes: offset,
-                tail: Tail::Clean,
-            };
+            return DecodeResult { ops, valid_bytes: offset, tail: Tail::Clean };
         }
         match record_at(bytes, offset) {
             Ok((op, next)) => {
@@ -187,11 +165,7 @@ pub fn decode_records(bytes: &[u8]) -> DecodeResult {
             }
             Err(fault) => {
                 let tail = classify_tail(bytes, offset, fault);
-                return DecodeResult {
-                    ops,
-                    valid_bytes: offset,
-                    tail,
-                };
+                return DecodeResult { ops, valid_bytes: offset, tail };
             }
         }
     }
@@ -202,9 +176,7 @@ pub fn decode_records(bytes: &[u8]) -> DecodeResult {
 fn record_at(bytes: &[u8], offset: usize) -> Result<(PersistOp, usize), RecordFault> {
     let rest = &bytes[offset..];
     if rest.len() < RECORD_HEADER_BYTES {
-        return Err(RecordFault::ShortHeader {
-            available_bytes: rest.len(),
-        });
+        return Err(RecordFault::ShortHeader { available_bytes: rest.len() });
     }
     let payload_bytes = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes"));
     let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
@@ -214,10 +186,7 @@ fn record_at(bytes: &[u8], offset: usize) -> Result<(PersistOp, usize), RecordFa
     }
     let available_bytes = rest.len() - RECORD_HEADER_BYTES;
     if len > available_bytes {
-        return Err(RecordFault::ShortPayload {
-            payload_bytes,
-            available_bytes,
-        });
+        return Err(RecordFault::ShortPayload { payload_bytes, available_bytes });
     }
     let payload = &rest[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len];
     if crc32c::crc32c(payload) != crc {
@@ -237,10 +206,7 @@ fn record_at(bytes: &[u8], offset: usize) -> Result<(PersistOp, usize), RecordFa
 /// written whole was damaged.
 fn classify_tail(bytes: &[u8], offset: usize, fault: RecordFault) -> Tail {
     if fault == RecordFault::Undecodable {
-        return Tail::Corrupt {
-            fault,
-            next_valid: None,
-        };
+        return Tail::Corrupt { fault, next_valid: None };
     }
     let mut crc_bytes_budget = TAIL_SCAN_CRC_BYTES_MAX;
     // The smallest record is a header and one payload byte.
@@ -253,17 +219,11 @@ fn classify_tail(bytes: &[u8], offset: usize, fault: RecordFault) -> Tail {
             continue;
         }
         if crc_bytes_budget < len as u64 {
-            return Tail::Corrupt {
-                fault,
-                next_valid: None,
-            };
+            return Tail::Corrupt { fault, next_valid: None };
         }
         crc_bytes_budget -= len as u64;
         if record_at(bytes, candidate).is_ok() {
-            return Tail::Corrupt {
-                fault,
-                next_valid: Some(candidate),
-            };
+            return Tail::Corrupt { fault, next_valid: Some(candidate) };
         }
     }
     Tail::Torn { fault }
@@ -315,9 +275,7 @@ impl fmt::Display for HeaderFault {
 /// anything else is looked at.
 pub fn check_magic_and_version(bytes: &[u8], magic: &[u8; 8]) -> Result<(), HeaderFault> {
     if bytes.len() < 12 {
-        return Err(HeaderFault::Short {
-            available_bytes: bytes.len(),
-        });
+        return Err(HeaderFault::Short { available_bytes: bytes.len() });
     }
     if &bytes[0..8] != magic {
         return Err(HeaderFault::Magic);
@@ -348,9 +306,7 @@ pub fn encode_segment_header(first_seq: u64) -> [u8; SEGMENT_HEADER_BYTES] {
 pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, HeaderFault> {
     check_magic_and_version(bytes, &SEGMENT_MAGIC)?;
     if bytes.len() < SEGMENT_HEADER_BYTES {
-        return Err(HeaderFault::Short {
-            available_bytes: bytes.len(),
-        });
+        return Err(HeaderFault::Short { available_bytes: bytes.len() });
     }
     let h = &bytes[..SEGMENT_HEADER_BYTES];
     let crc = u32::from_le_bytes(h[24..28].try_into().expect("4 bytes"));
@@ -389,9 +345,7 @@ pub fn encode_snapshot_header(s: &SnapshotHeader) -> [u8; SNAPSHOT_HEADER_BYTES]
 pub fn decode_snapshot_header(bytes: &[u8]) -> Result<SnapshotHeader, HeaderFault> {
     check_magic_and_version(bytes, &SNAPSHOT_MAGIC)?;
     if bytes.len() < SNAPSHOT_HEADER_BYTES {
-        return Err(HeaderFault::Short {
-            available_bytes: bytes.len(),
-        });
+        return Err(HeaderFault::Short { available_bytes: bytes.len() });
     }
     let h = &bytes[..SNAPSHOT_HEADER_BYTES];
     let crc = u32::from_le_bytes(h[36..40].try_into().expect("4 bytes"));

@@ -22,26 +22,16 @@ enum Fix {
     Remove(PathBuf),
 }
 
-pub(super) fn open(
-    dir: &Path,
-    config: WalConfig,
-) -> Result<(Wal, Recovered, RecoveryReport), WalError> {
+pub(super) fn open(dir: &Path, config: WalConfig) -> Result<(Wal, Recovered, RecoveryReport), WalError> {
     let mut report = RecoveryReport::default();
     ensure_dir(dir)?;
     let dir_file = File::open(dir).map_err(io_err(dir))?;
     match flock(&dir_file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-            return Err(WalError::Locked {
-                dir: dir.to_path_buf(),
-            })
+            return Err(WalError::Locked { dir: dir.to_path_buf() })
         }
-        Err(e) => {
-            return Err(WalError::Io {
-                path: dir.to_path_buf(),
-                source: e.into(),
-            })
-        }
+        Err(e) => return Err(WalError::Io { path: dir.to_path_buf(), source: e.into() }),
     }
 
     let listing = list(dir)?;
@@ -52,11 +42,7 @@ pub(super) fn open(
     for (path, magic) in segments.chain(snapshots) {
         let head = read_head(path, 12)?;
         if let Err(HeaderFault::NewerVersion { found }) = check_magic_and_version(&head, magic) {
-            return Err(WalError::NewerVersion {
-                file: path.clone(),
-                found,
-                supported: FORMAT_VERSION,
-            });
+            return Err(WalError::NewerVersion { file: path.clone(), found, supported: FORMAT_VERSION });
         }
     }
     report.fresh = listing.segments.is_empty() && listing.snapshots.is_empty();
@@ -75,9 +61,7 @@ pub(super) fn open(
         match load_snapshot(path, *seq)? {
             Ok(snap) => chosen = Some((snap, *seq, path.clone())),
             Err((offset, why)) => {
-                report
-                    .snapshots_skipped
-                    .push((path.clone(), format!("byte {offset}: {why}")));
+                report.snapshots_skipped.push((path.clone(), format!("byte {offset}: {why}")));
                 // Kept as evidence until a newer snapshot replaces it.
                 snapshot_files.push(path.clone());
             }
@@ -89,11 +73,7 @@ pub(super) fn open(
         let whole = listing.segments.first().is_some_and(|s| s.0 == 0);
         if !whole {
             let (file, why) = report.snapshots_skipped[0].clone();
-            return Err(WalError::Corrupt {
-                file,
-                offset: 0,
-                why,
-            });
+            return Err(WalError::Corrupt { file, offset: 0, why });
         }
     }
 
@@ -102,11 +82,7 @@ pub(super) fn open(
     // Segment i is covered when the next one starts at or before the replay
     // point; the last segment is never covered.
     let first_live = (0..segments.len())
-        .find(|&i| {
-            segments
-                .get(i + 1)
-                .is_none_or(|next| next.0 > replay_from_seq)
-        })
+        .find(|&i| segments.get(i + 1).is_none_or(|next| next.0 > replay_from_seq))
         .unwrap_or(segments.len());
     for (_, path) in &segments[..first_live] {
         fixes.push(Fix::Remove(path.clone()));
@@ -117,49 +93,29 @@ pub(super) fn open(
             return Err(WalError::Corrupt {
                 file: path.clone(),
                 offset: 0,
-                why: format!(
-                    "records {replay_from_seq}..{seq} are missing (a segment file is gone)"
-                ),
+                why: format!("records {replay_from_seq}..{seq} are missing (a segment file is gone)"),
             });
         }
     }
 
     let base = chosen.as_ref().map(|c| c.0.last).unwrap_or_default();
     let promised = chosen.as_ref().map(|c| c.0.promised).unwrap_or_default();
-    let mut replay = Replay {
-        base,
-        promised,
-        rows: Vec::new(),
-    };
-    let mut index = RowIndex {
-        base: base.lsn,
-        end: base.lsn,
-        runs: Vec::new(),
-    };
+    let mut replay = Replay { base, promised, rows: Vec::new() };
+    let mut index = RowIndex { base: base.lsn, end: base.lsn, runs: Vec::new() };
     let mut expected_seq = live.first().map_or(replay_from_seq, |s| s.0);
     let mut last_len_bytes = SEGMENT_HEADER_BYTES as u64;
     for (i, (seq, path)) in live.iter().enumerate() {
         let is_last = i + 1 == live.len();
         let bytes = read_limited(path, SEGMENT_FILE_BYTES_MAX)?;
-        let corrupt = |offset: u64, why: String| WalError::Corrupt {
-            file: path.clone(),
-            offset,
-            why,
-        };
+        let corrupt = |offset: u64, why: String| WalError::Corrupt { file: path.clone(), offset, why };
         if *seq != expected_seq {
-            return Err(corrupt(
-                0,
-                format!("expected a segment starting at record {expected_seq}"),
-            ));
+            return Err(corrupt(0, format!("expected a segment starting at record {expected_seq}")));
         }
         let first_seq = match decode_segment_header(&bytes) {
             Ok(first) => first,
             Err(_) if is_last && is_torn_header(&bytes, *seq) => {
                 // Created but never synced, so it never held a record.
-                fixes.push(Fix::RewriteHeader {
-                    path: path.clone(),
-                    first_seq: *seq,
-                });
+                fixes.push(Fix::RewriteHeader { path: path.clone(), first_seq: *seq });
                 report.torn_tail = Some(TornTail {
                     file: path.clone(),
                     offset: 0,
@@ -171,29 +127,19 @@ pub(super) fn open(
                 continue;
             }
             Err(HeaderFault::NewerVersion { found }) => {
-                return Err(WalError::NewerVersion {
-                    file: path.clone(),
-                    found,
-                    supported: FORMAT_VERSION,
-                })
+                return Err(WalError::NewerVersion { file: path.clone(), found, supported: FORMAT_VERSION })
             }
             Err(fault) => return Err(corrupt(0, format!("segment header: {fault}"))),
         };
         if first_seq != *seq {
-            return Err(corrupt(
-                16,
-                format!("header says first record {first_seq}, file name says {seq}"),
-            ));
+            return Err(corrupt(16, format!("header says first record {first_seq}, file name says {seq}")));
         }
         let decoded = decode_records(&bytes[SEGMENT_HEADER_BYTES..]);
         let tail_offset = (SEGMENT_HEADER_BYTES + decoded.valid_bytes) as u64;
         match decoded.tail {
             Tail::Clean => {}
             Tail::Torn { fault } if is_last => {
-                fixes.push(Fix::Truncate {
-                    path: path.clone(),
-                    len_bytes: tail_offset,
-                });
+                fixes.push(Fix::Truncate { path: path.clone(), len_bytes: tail_offset });
                 report.torn_tail = Some(TornTail {
                     file: path.clone(),
                     offset: tail_offset,
@@ -209,10 +155,9 @@ pub(super) fn open(
             }
             Tail::Corrupt { fault, next_valid } => {
                 let why = match next_valid {
-                    Some(at) => format!(
-                        "{fault}; a valid record follows at byte {}",
-                        SEGMENT_HEADER_BYTES + at
-                    ),
+                    Some(at) => {
+                        format!("{fault}; a valid record follows at byte {}", SEGMENT_HEADER_BYTES + at)
+                    }
                     None => fault.to_string(),
                 };
                 return Err(corrupt(tail_offset, why));
@@ -231,10 +176,7 @@ pub(super) fn open(
         report.segments_replayed += 1;
     }
     if expected_seq < replay_from_seq {
-        let file = live
-            .last()
-            .map(|s| s.1.clone())
-            .unwrap_or_else(|| dir.to_path_buf());
+        let file = live.last().map(|s| s.1.clone()).unwrap_or_else(|| dir.to_path_buf());
         return Err(WalError::Corrupt {
             file,
             offset: last_len_bytes,
@@ -249,20 +191,13 @@ pub(super) fn open(
     for fix in fixes {
         match fix {
             Fix::RewriteHeader { path, first_seq } => {
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io_err(&path))?;
+                let mut f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
                 f.set_len(0).map_err(io_err(&path))?;
-                f.write_all(&encode_segment_header(first_seq))
-                    .map_err(io_err(&path))?;
+                f.write_all(&encode_segment_header(first_seq)).map_err(io_err(&path))?;
                 f.sync_all().map_err(io_err(&path))?;
             }
             Fix::Truncate { path, len_bytes } => {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io_err(&path))?;
+                let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
                 f.set_len(len_bytes).map_err(io_err(&path))?;
                 f.sync_all().map_err(io_err(&path))?;
             }
@@ -277,28 +212,15 @@ pub(super) fn open(
         dir_file.sync_all().map_err(io_err(dir))?;
     }
 
-    let mut sealed: VecDeque<SealedSegment> = live
-        .iter()
-        .map(|(seq, path)| SealedSegment {
-            path: path.clone(),
-            first_seq: *seq,
-        })
-        .collect();
+    let mut sealed: VecDeque<SealedSegment> =
+        live.iter().map(|(seq, path)| SealedSegment { path: path.clone(), first_seq: *seq }).collect();
     let current = match sealed.pop_back() {
         Some(last) => {
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&last.path)
-                .map_err(io_err(&last.path))?;
+            let mut file =
+                OpenOptions::new().read(true).write(true).open(&last.path).map_err(io_err(&last.path))?;
             let size_bytes = file.seek(SeekFrom::End(0)).map_err(io_err(&last.path))?;
             debug_assert_eq!(size_bytes, last_len_bytes);
-            Segment {
-                file,
-                path: last.path,
-                first_seq: last.first_seq,
-                size_bytes,
-            }
+            Segment { file, path: last.path, first_seq: last.first_seq, size_bytes }
         }
         None => create_segment(dir, &dir_file, expected_seq).map_err(io_err(dir))?,
     };
@@ -328,11 +250,7 @@ pub(super) fn open(
         scratch_ends: Vec::new(),
         poisoned: false,
     };
-    let recovered = Recovered {
-        snapshot,
-        promised: replay.promised,
-        rows: replay.rows,
-    };
+    let recovered = Recovered { snapshot, promised: replay.promised, rows: replay.rows };
     Ok((wal, recovered, report))
 }
 
@@ -341,24 +259,16 @@ pub(super) fn open(
 fn ensure_dir(dir: &Path) -> Result<(), WalError> {
     match fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(WalError::Foreign {
-            path: dir.to_path_buf(),
-            why: "not a directory".into(),
-        }),
+        Ok(_) => Err(WalError::Foreign { path: dir.to_path_buf(), why: "not a directory".into() }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             fs::create_dir_all(dir).map_err(io_err(dir))?;
             let parent = match dir.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p,
                 _ => Path::new("."),
             };
-            File::open(parent)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err(parent))
+            File::open(parent).and_then(|f| f.sync_all()).map_err(io_err(parent))
         }
-        Err(e) => Err(WalError::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        }),
+        Err(e) => Err(WalError::Io { path: dir.to_path_buf(), source: e }),
     }
 }
 
@@ -371,11 +281,7 @@ struct Listing {
 }
 
 fn list(dir: &Path) -> Result<Listing, WalError> {
-    let mut listing = Listing {
-        segments: Vec::new(),
-        snapshots: Vec::new(),
-        tmps: Vec::new(),
-    };
+    let mut listing = Listing { segments: Vec::new(), snapshots: Vec::new(), tmps: Vec::new() };
     for (count, entry) in fs::read_dir(dir).map_err(io_err(dir))?.enumerate() {
         if count >= DIR_ENTRIES_MAX {
             return Err(WalError::Foreign {
@@ -387,16 +293,10 @@ fn list(dir: &Path) -> Result<Listing, WalError> {
         let path = entry.path();
         let kind = entry.file_name().to_str().and_then(parse_name);
         let Some(kind) = kind else {
-            return Err(WalError::Foreign {
-                path,
-                why: "not a kvstore WAL file".into(),
-            });
+            return Err(WalError::Foreign { path, why: "not a kvstore WAL file".into() });
         };
         if !entry.file_type().map_err(io_err(&path))?.is_file() {
-            return Err(WalError::Foreign {
-                path,
-                why: "not a regular file".into(),
-            });
+            return Err(WalError::Foreign { path, why: "not a regular file".into() });
         }
         match kind {
             FileKind::Segment(seq) => listing.segments.push((seq, path)),
@@ -412,9 +312,7 @@ fn list(dir: &Path) -> Result<Listing, WalError> {
 /// Up to `bytes` from the start of a file.
 fn read_head(path: &Path, bytes: u64) -> Result<Vec<u8>, WalError> {
     let mut head = Vec::new();
-    File::open(path)
-        .and_then(|f| f.take(bytes).read_to_end(&mut head))
-        .map_err(io_err(path))?;
+    File::open(path).and_then(|f| f.take(bytes).read_to_end(&mut head)).map_err(io_err(path))?;
     Ok(head)
 }
 
@@ -436,11 +334,7 @@ fn read_limited(path: &Path, limit_bytes: u64) -> Result<Vec<u8>, WalError> {
 /// or zero (blocks not yet written read as zeros).
 fn is_torn_header(bytes: &[u8], first_seq: u64) -> bool {
     let expected = encode_segment_header(first_seq);
-    bytes.len() <= SEGMENT_HEADER_BYTES
-        && bytes
-            .iter()
-            .zip(expected.iter())
-            .all(|(b, e)| b == e || *b == 0)
+    bytes.len() <= SEGMENT_HEADER_BYTES && bytes.iter().zip(expected.iter()).all(|(b, e)| b == e || *b == 0)
 }
 
 /// Loads and checks a snapshot file. The inner error is (offset, why): a
@@ -449,10 +343,7 @@ fn is_torn_header(bytes: &[u8], first_seq: u64) -> bool {
 fn load_snapshot(path: &Path, name_seq: u64) -> Result<Result<Snapshot, (u64, String)>, WalError> {
     let len = fs::metadata(path).map_err(io_err(path))?.len();
     if len > SNAPSHOT_FILE_BYTES_MAX {
-        return Ok(Err((
-            0,
-            format!("file is {len} bytes, limit {SNAPSHOT_FILE_BYTES_MAX}"),
-        )));
+        return Ok(Err((0, format!("file is {len} bytes, limit {SNAPSHOT_FILE_BYTES_MAX}"))));
     }
     let bytes = fs::read(path).map_err(io_err(path))?;
     let header = match decode_snapshot_header(&bytes) {
@@ -462,10 +353,7 @@ fn load_snapshot(path: &Path, name_seq: u64) -> Result<Result<Snapshot, (u64, St
     if header.replay_from_seq != name_seq {
         return Ok(Err((
             16,
-            format!(
-                "header says replay from {}, file name says {name_seq}",
-                header.replay_from_seq
-            ),
+            format!("header says replay from {}, file name says {name_seq}", header.replay_from_seq),
         )));
     }
     let payload = &bytes[SNAPSHOT_HEADER_BYTES..];
@@ -473,11 +361,7 @@ fn load_snapshot(path: &Path, name_seq: u64) -> Result<Result<Snapshot, (u64, St
     if payload.len() as u64 != header.payload_bytes {
         return Ok(Err((
             at,
-            format!(
-                "payload is {} bytes, header says {}",
-                payload.len(),
-                header.payload_bytes
-            ),
+            format!("payload is {} bytes, header says {}", payload.len(), header.payload_bytes),
         )));
     }
     if crc32c::crc32c(payload) != header.payload_crc32c {

@@ -28,10 +28,7 @@ fn put(epoch: u64, lsn: u64, key: &str, value: Option<&str>, client: u64, seq: u
         body: RowBody::Put {
             key: key.into(),
             value: value.map(Into::into),
-            req: RequestId {
-                client: ClientId(client),
-                seq,
-            },
+            req: RequestId { client: ClientId(client), seq },
         },
     }
 }
@@ -80,16 +77,8 @@ impl Workload {
                         *seq += 1;
                         let seq = *seq;
                         let key = format!("k{}", self.rng.below(40));
-                        let value =
-                            (self.rng.below(5) != 0).then(|| format!("v{}", self.rng.next()));
-                        put(
-                            self.epoch,
-                            self.end() + 1 + i,
-                            &key,
-                            value.as_deref(),
-                            client,
-                            seq,
-                        )
+                        let value = (self.rng.below(5) != 0).then(|| format!("v{}", self.rng.next()));
+                        put(self.epoch, self.end() + 1 + i, &key, value.as_deref(), client, seq)
                     })
                     .collect();
                 PersistOp::Append(rows)
@@ -110,10 +99,7 @@ impl Workload {
     /// The applied state at a committed LSN.
     fn snapshot_at(&self, lsn: u64) -> Snapshot {
         assert!(lsn <= self.commit);
-        let mut snap = Snapshot {
-            promised: Epoch(self.epoch),
-            ..Snapshot::default()
-        };
+        let mut snap = Snapshot { promised: Epoch(self.epoch), ..Snapshot::default() };
         for row in &self.model.rows[..lsn as usize] {
             if let RowBody::Put { key, value, req } = &row.body {
                 match value {
@@ -129,9 +115,7 @@ impl Workload {
 }
 
 fn small_segments() -> WalConfig {
-    WalConfig {
-        segment_bytes_max: SEGMENT_BYTES_MIN,
-    }
+    WalConfig { segment_bytes_max: SEGMENT_BYTES_MIN }
 }
 
 fn open_small(dir: &Path) -> (Wal, Recovered, RecoveryReport) {
@@ -144,10 +128,7 @@ fn dir_contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .expect("read dir")
         .map(|e| {
             let e = e.expect("entry");
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                fs::read(e.path()).expect("read"),
-            )
+            (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).expect("read"))
         })
         .collect()
 }
@@ -165,15 +146,8 @@ fn segment_paths(dir: &Path) -> Vec<PathBuf> {
 fn sample_ops() -> Vec<PersistOp> {
     vec![
         PersistOp::Promise(Epoch(1)),
-        PersistOp::Append(vec![Row {
-            epoch: Epoch(1),
-            lsn: Lsn(1),
-            body: RowBody::Noop,
-        }]),
-        PersistOp::Append(vec![
-            put(1, 2, "a", Some("1"), 7, 1),
-            put(1, 3, "b", None, 7, 2),
-        ]),
+        PersistOp::Append(vec![Row { epoch: Epoch(1), lsn: Lsn(1), body: RowBody::Noop }]),
+        PersistOp::Append(vec![put(1, 2, "a", Some("1"), 7, 1), put(1, 3, "b", None, 7, 2)]),
         PersistOp::TruncateAfter(Lsn(2)),
         PersistOp::Append(vec![put(2, 3, "c", Some("ü"), 8, 1)]),
     ]
@@ -217,11 +191,7 @@ fn codec_every_cut_is_a_torn_tail_keeping_the_prefix() {
         if ends.contains(&cut) || cut == 0 {
             assert_eq!(d.tail, Tail::Clean, "cut at {cut}");
         } else {
-            assert!(
-                matches!(d.tail, Tail::Torn { .. }),
-                "cut at {cut}: {:?}",
-                d.tail
-            );
+            assert!(matches!(d.tail, Tail::Torn { .. }), "cut at {cut}: {:?}", d.tail);
         }
     }
     // A zero-filled tail (size extended, data never written) is torn too.
@@ -229,12 +199,7 @@ fn codec_every_cut_is_a_torn_tail_keeping_the_prefix() {
     zeros.extend_from_slice(&[0; 100]);
     let d = decode_records(&zeros);
     assert_eq!(d.ops, ops);
-    assert!(matches!(
-        d.tail,
-        Tail::Torn {
-            fault: RecordFault::BadLength { payload_bytes: 0 }
-        }
-    ));
+    assert!(matches!(d.tail, Tail::Torn { fault: RecordFault::BadLength { payload_bytes: 0 } }));
 }
 
 #[test]
@@ -248,17 +213,7 @@ fn codec_damage_before_a_good_record_is_corruption() {
         let d = decode_records(&bad);
         assert_eq!(d.valid_bytes, 0);
         assert!(d.ops.is_empty());
-        assert!(
-            matches!(
-                d.tail,
-                Tail::Corrupt {
-                    next_valid: Some(_),
-                    ..
-                }
-            ),
-            "flip at {at}: {:?}",
-            d.tail
-        );
+        assert!(matches!(d.tail, Tail::Corrupt { next_valid: Some(_), .. }), "flip at {at}: {:?}", d.tail);
     }
     // A bad last record is indistinguishable from a torn write.
     let mut bad = bytes.clone();
@@ -266,12 +221,7 @@ fn codec_damage_before_a_good_record_is_corruption() {
     bad[last] ^= 1;
     let d = decode_records(&bad);
     assert_eq!(d.ops, ops[..ops.len() - 1]);
-    assert_eq!(
-        d.tail,
-        Tail::Torn {
-            fault: RecordFault::Checksum
-        }
-    );
+    assert_eq!(d.tail, Tail::Torn { fault: RecordFault::Checksum });
 }
 
 #[test]
@@ -281,13 +231,7 @@ fn codec_checksummed_garbage_is_corrupt_not_torn() {
     bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
     bytes.extend_from_slice(&payload);
     let d = decode_records(&bytes);
-    assert_eq!(
-        d.tail,
-        Tail::Corrupt {
-            fault: RecordFault::Undecodable,
-            next_valid: None
-        }
-    );
+    assert_eq!(d.tail, Tail::Corrupt { fault: RecordFault::Undecodable, next_valid: None });
 }
 
 #[test]
@@ -319,23 +263,13 @@ fn codec_headers_round_trip_and_refuse_newer_versions() {
     assert_eq!(decode_segment_header(&h), Ok(12345));
     let mut newer = h;
     newer[8..12].copy_from_slice(&2u32.to_le_bytes());
-    assert_eq!(
-        decode_segment_header(&newer),
-        Err(HeaderFault::NewerVersion { found: 2 })
-    );
+    assert_eq!(decode_segment_header(&newer), Err(HeaderFault::NewerVersion { found: 2 }));
     let mut bad = h;
     bad[20] ^= 1;
     assert_eq!(decode_segment_header(&bad), Err(HeaderFault::Checksum));
-    assert_eq!(
-        decode_segment_header(b"PK\x03\x04 zip file.."),
-        Err(HeaderFault::Magic)
-    );
+    assert_eq!(decode_segment_header(b"PK\x03\x04 zip file.."), Err(HeaderFault::Magic));
 
-    let s = SnapshotHeader {
-        replay_from_seq: 9,
-        payload_bytes: 1 << 40,
-        payload_crc32c: 77,
-    };
+    let s = SnapshotHeader { replay_from_seq: 9, payload_bytes: 1 << 40, payload_crc32c: 77 };
     assert_eq!(decode_snapshot_header(&encode_snapshot_header(&s)), Ok(s));
 }
 
@@ -344,10 +278,7 @@ fn codec_refuses_oversized_records_and_leaves_the_buffer() {
     let big = "x".repeat(MAX_RECORD_BYTES);
     let op = PersistOp::Append(vec![put(1, 1, "k", Some(&big), 1, 1)]);
     let mut buf = vec![1, 2, 3];
-    assert!(matches!(
-        encode_record(&op, &mut buf),
-        Err(EncodeError::TooLarge { .. })
-    ));
+    assert!(matches!(encode_record(&op, &mut buf), Err(EncodeError::TooLarge { .. })));
     assert_eq!(buf, [1, 2, 3]);
 }
 
@@ -393,11 +324,7 @@ fn replay_matches_stored_apply_across_rollovers_and_reopens() {
     let mut w = Workload::new(7);
     for round in 0..5 {
         let (mut wal, rec, _) = open_small(tmp.path());
-        assert_eq!(
-            rec.into_stored().expect("no snapshot"),
-            w.model,
-            "round {round}"
-        );
+        assert_eq!(rec.into_stored().expect("no snapshot"), w.model, "round {round}");
         for _ in 0..60 {
             let batch: Vec<PersistOp> = (0..1 + w.rng.below(5)).map(|_| w.next_op()).collect();
             wal.append(&batch).expect("append");
@@ -406,11 +333,7 @@ fn replay_matches_stored_apply_across_rollovers_and_reopens() {
         assert_eq!(wal.log_end(), w.model.last().lsn);
     }
     let (wal, rec, report) = open_small(tmp.path());
-    assert!(
-        wal.segment_count() > 3,
-        "expected rollovers, got {}",
-        wal.segment_count()
-    );
+    assert!(wal.segment_count() > 3, "expected rollovers, got {}", wal.segment_count());
     assert_eq!(report.segments_replayed, wal.segment_count());
     assert_eq!(rec.into_stored().expect("no snapshot"), w.model);
 }
@@ -420,9 +343,8 @@ fn segment_rollover_respects_the_size_limit() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (mut wal, _, _) = open_small(tmp.path());
     let value = "v".repeat(500);
-    let ops: Vec<PersistOp> = (1..=40)
-        .map(|i| PersistOp::Append(vec![put(1, i, "k", Some(&value), 1, i)]))
-        .collect();
+    let ops: Vec<PersistOp> =
+        (1..=40).map(|i| PersistOp::Append(vec![put(1, i, "k", Some(&value), 1, i)])).collect();
     wal.append(&ops).expect("append");
     wal.sync().expect("sync");
     assert_eq!(wal.next_seq(), 40);
@@ -443,9 +365,8 @@ fn segment_rollover_respects_the_size_limit() {
 fn torn_tail_is_dropped_and_the_file_truncated() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (mut wal, _, _) = Wal::open(tmp.path()).expect("open");
-    let ops: Vec<PersistOp> = (1..=10)
-        .map(|i| PersistOp::Append(vec![put(1, i, "k", Some("value"), 1, i)]))
-        .collect();
+    let ops: Vec<PersistOp> =
+        (1..=10).map(|i| PersistOp::Append(vec![put(1, i, "k", Some("value"), 1, i)])).collect();
     wal.append(&ops).expect("append");
     wal.sync().expect("sync");
     drop(wal);
@@ -454,12 +375,7 @@ fn torn_tail_is_dropped_and_the_file_truncated() {
     let full_bytes = fs::metadata(seg).expect("meta").len();
     let last_record_bytes = encode_all(&ops[9..]).len() as u64;
     let cut_bytes = full_bytes - 3; // mid-way through the last record
-    OpenOptions::new()
-        .write(true)
-        .open(seg)
-        .expect("open")
-        .set_len(cut_bytes)
-        .expect("cut");
+    OpenOptions::new().write(true).open(seg).expect("open").set_len(cut_bytes).expect("cut");
 
     let (mut wal, rec, report) = Wal::open(tmp.path()).expect("reopen");
     let rows = rec.rows.clone();
@@ -468,22 +384,10 @@ fn torn_tail_is_dropped_and_the_file_truncated() {
     let torn = report.torn_tail.expect("torn tail reported");
     assert_eq!(torn.offset, full_bytes - last_record_bytes);
     assert_eq!(torn.bytes_discarded, last_record_bytes - 3);
-    assert_eq!(
-        fs::metadata(seg).expect("meta").len(),
-        torn.offset,
-        "file truncated"
-    );
+    assert_eq!(fs::metadata(seg).expect("meta").len(), torn.offset, "file truncated");
 
     // The log goes on from there.
-    wal.append(&[PersistOp::Append(vec![put(
-        1,
-        10,
-        "k",
-        Some("again"),
-        1,
-        10,
-    )])])
-    .expect("append");
+    wal.append(&[PersistOp::Append(vec![put(1, 10, "k", Some("again"), 1, 10)])]).expect("append");
     wal.sync().expect("sync");
     drop(wal);
     let (_, rec, report) = Wal::open(tmp.path()).expect("reopen");
@@ -547,20 +451,14 @@ fn torn_sealed_segment_is_corruption() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (mut wal, _, _) = open_small(tmp.path());
     let value = "v".repeat(500);
-    let ops: Vec<PersistOp> = (1..=20)
-        .map(|i| PersistOp::Append(vec![put(1, i, "k", Some(&value), 1, i)]))
-        .collect();
+    let ops: Vec<PersistOp> =
+        (1..=20).map(|i| PersistOp::Append(vec![put(1, i, "k", Some(&value), 1, i)])).collect();
     wal.append(&ops).expect("append");
     wal.sync().expect("sync");
     drop(wal);
     let first = segment_paths(tmp.path())[0].clone();
     let len = fs::metadata(&first).expect("meta").len();
-    OpenOptions::new()
-        .write(true)
-        .open(&first)
-        .expect("open")
-        .set_len(len - 1)
-        .expect("cut");
+    OpenOptions::new().write(true).open(&first).expect("open").set_len(len - 1).expect("cut");
     assert!(
         matches!(Wal::open_with(tmp.path(), small_segments()), Err(WalError::Corrupt { file, .. }) if file == first)
     );
@@ -571,9 +469,8 @@ fn missing_segment_is_corruption() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (mut wal, _, _) = open_small(tmp.path());
     let value = "v".repeat(500);
-    let ops: Vec<PersistOp> = (1..=30)
-        .map(|i| PersistOp::Append(vec![put(1, i, "k", Some(&value), 1, i)]))
-        .collect();
+    let ops: Vec<PersistOp> =
+        (1..=30).map(|i| PersistOp::Append(vec![put(1, i, "k", Some(&value), 1, i)])).collect();
     wal.append(&ops).expect("append");
     wal.sync().expect("sync");
     drop(wal);
@@ -599,11 +496,7 @@ fn newer_version_is_refused_untouched() {
     let before = dir_contents(tmp.path());
 
     match Wal::open(tmp.path()) {
-        Err(WalError::NewerVersion {
-            file,
-            found,
-            supported,
-        }) => {
+        Err(WalError::NewerVersion { file, found, supported }) => {
             assert_eq!(file, seg);
             assert_eq!(found, FORMAT_VERSION + 1);
             assert_eq!(supported, FORMAT_VERSION);
@@ -651,10 +544,7 @@ fn dir_contents_shallow(dir: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
 fn second_open_is_refused_while_locked() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (wal, _, _) = Wal::open(tmp.path()).expect("open");
-    assert!(matches!(
-        Wal::open(tmp.path()),
-        Err(WalError::Locked { .. })
-    ));
+    assert!(matches!(Wal::open(tmp.path()), Err(WalError::Locked { .. })));
     drop(wal);
     Wal::open(tmp.path()).expect("reopen after close");
 }
@@ -664,10 +554,7 @@ fn oversized_op_writes_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (mut wal, _, _) = Wal::open(tmp.path()).expect("open");
     let big = "x".repeat(MAX_RECORD_BYTES);
-    let ops = [
-        PersistOp::Promise(Epoch(1)),
-        PersistOp::Append(vec![put(1, 1, "k", Some(&big), 1, 1)]),
-    ];
+    let ops = [PersistOp::Promise(Epoch(1)), PersistOp::Append(vec![put(1, 1, "k", Some(&big), 1, 1)])];
     let err = wal.append(&ops).expect_err("too large");
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     assert_eq!(wal.next_seq(), 0);
@@ -684,10 +571,7 @@ fn group_committer_reports_the_highest_durable_id() {
     assert_eq!(gc.commit(&mut wal).expect("empty commit"), None);
     for i in 1..=50 {
         assert!(!gc.is_full());
-        gc.push(
-            100 + i,
-            PersistOp::Append(vec![put(1, i, "k", Some("v"), 1, i)]),
-        );
+        gc.push(100 + i, PersistOp::Append(vec![put(1, i, "k", Some("v"), 1, i)]));
     }
     assert!(gc.is_full());
     assert_eq!(gc.commit(&mut wal).expect("commit"), Some(150));
@@ -714,20 +598,16 @@ fn snapshot_and_compaction_recover_the_same_state() {
         wal.sync().expect("sync");
         let segments_before = wal.segment_count();
         // Lagging behind the commit point leaves a tail of several segments.
-        let at = w.commit.saturating_sub(150).max(
-            last_snapshot
-                .as_ref()
-                .map_or(0, |s: &(Snapshot, SnapshotReport)| s.0.last.lsn.0),
-        );
+        let at = w
+            .commit
+            .saturating_sub(150)
+            .max(last_snapshot.as_ref().map_or(0, |s: &(Snapshot, SnapshotReport)| s.0.last.lsn.0));
         let snap = w.snapshot_at(at);
         let report = wal.snapshot(snap.as_ref()).expect("snapshot");
         assert!(report.file.exists());
         assert!(wal.segment_count() <= segments_before, "round {round}");
-        segments_removed += report
-            .removed
-            .iter()
-            .filter(|p| p.extension().is_some_and(|x| x == "kvlog"))
-            .count();
+        segments_removed +=
+            report.removed.iter().filter(|p| p.extension().is_some_and(|x| x == "kvlog")).count();
         last_snapshot = Some((snap, report));
     }
     let (snap, _) = last_snapshot.expect("took snapshots");
@@ -737,16 +617,9 @@ fn snapshot_and_compaction_recover_the_same_state() {
 
     // Exactly one snapshot file, and only live segments, remain.
     let names: Vec<String> = dir_contents(tmp.path()).into_keys().collect();
-    assert_eq!(
-        names.iter().filter(|n| n.ends_with(".kvsnap")).count(),
-        1,
-        "{names:?}"
-    );
+    assert_eq!(names.iter().filter(|n| n.ends_with(".kvsnap")).count(), 1, "{names:?}");
     assert_eq!(segment_paths(tmp.path()).len(), live_segments);
-    assert!(
-        segment_paths(tmp.path())[0] > tmp.path().join(segment_name(0)),
-        "old segments deleted"
-    );
+    assert!(segment_paths(tmp.path())[0] > tmp.path().join(segment_name(0)), "old segments deleted");
 
     for _ in 0..2 {
         let (_, rec, rep) = open_small(tmp.path());
@@ -756,10 +629,7 @@ fn snapshot_and_compaction_recover_the_same_state() {
         assert_eq!(rec.rows, w.model.rows[snap.last.lsn.0 as usize..]);
         assert_eq!(rec.promised, w.model.promised.max(Epoch(w.epoch)));
         assert_eq!(rec.last(), w.model.last());
-        assert!(
-            rec.into_stored().is_err(),
-            "a snapshot cannot become a Stored"
-        );
+        assert!(rec.into_stored().is_err(), "a snapshot cannot become a Stored");
     }
 }
 
@@ -767,32 +637,16 @@ fn snapshot_and_compaction_recover_the_same_state() {
 fn log_after_snapshot_replays_truncation_of_its_tail() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (mut wal, _, _) = Wal::open(tmp.path()).expect("open");
-    let rows: Vec<Row> = (1..=10)
-        .map(|i| put(1, i, &format!("k{i}"), Some("old"), 1, i))
-        .collect();
-    wal.append(&[PersistOp::Append(rows.clone())])
-        .expect("append");
+    let rows: Vec<Row> = (1..=10).map(|i| put(1, i, &format!("k{i}"), Some("old"), 1, i)).collect();
+    wal.append(&[PersistOp::Append(rows.clone())]).expect("append");
     // Rows 1..=7 committed and applied.
-    let kv: BTreeMap<String, String> = (1..=7)
-        .map(|i| (format!("k{i}"), "old".to_string()))
-        .collect();
+    let kv: BTreeMap<String, String> = (1..=7).map(|i| (format!("k{i}"), "old".to_string())).collect();
     let sessions = BTreeMap::from([(ClientId(1), (7, Lsn(7)))]);
-    let snap = SnapshotRef {
-        promised: Epoch(1),
-        last: rows[6].pos(),
-        kv: &kv,
-        sessions: &sessions,
-    };
+    let snap = SnapshotRef { promised: Epoch(1), last: rows[6].pos(), kv: &kv, sessions: &sessions };
     let report = wal.snapshot(snap).expect("snapshot");
-    assert_eq!(
-        report.replay_from_seq, 0,
-        "rows 8.. live in the first segment"
-    );
+    assert_eq!(report.replay_from_seq, 0, "rows 8.. live in the first segment");
     // A new leader drops 9 and 10 and writes its own.
-    let new = vec![
-        put(2, 9, "x", Some("new"), 2, 1),
-        put(2, 10, "y", None, 2, 2),
-    ];
+    let new = vec![put(2, 9, "x", Some("new"), 2, 1), put(2, 10, "y", None, 2, 2)];
     wal.append(&[
         PersistOp::Promise(Epoch(2)),
         PersistOp::TruncateAfter(Lsn(8)),
@@ -804,10 +658,7 @@ fn log_after_snapshot_replays_truncation_of_its_tail() {
 
     let (_, rec, _) = Wal::open(tmp.path()).expect("reopen");
     assert_eq!(rec.snapshot.as_ref().map(|s| s.last), Some(rows[6].pos()));
-    assert_eq!(
-        rec.rows,
-        vec![rows[7].clone(), new[0].clone(), new[1].clone()]
-    );
+    assert_eq!(rec.rows, vec![rows[7].clone(), new[0].clone(), new[1].clone()]);
     assert_eq!(rec.promised, Epoch(2));
 }
 
@@ -817,23 +668,13 @@ fn snapshot_ahead_of_the_log_skips_rows_it_holds() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (mut wal, _, _) = Wal::open(tmp.path()).expect("open");
     let rows: Vec<Row> = (1..=15).map(|i| put(1, i, "k", Some("v"), 1, i)).collect();
-    wal.append(&[PersistOp::Append(rows[..10].to_vec())])
-        .expect("append");
+    wal.append(&[PersistOp::Append(rows[..10].to_vec())]).expect("append");
     let kv = BTreeMap::from([("k".to_string(), "v".to_string())]);
     let sessions = BTreeMap::new();
-    let snap = SnapshotRef {
-        promised: Epoch(1),
-        last: rows[11].pos(),
-        kv: &kv,
-        sessions: &sessions,
-    };
+    let snap = SnapshotRef { promised: Epoch(1), last: rows[11].pos(), kv: &kv, sessions: &sessions };
     let report = wal.snapshot(snap).expect("snapshot");
-    assert_eq!(
-        report.replay_from_seq, 1,
-        "nothing before the snapshot is needed"
-    );
-    wal.append(&[PersistOp::Append(rows[10..].to_vec())])
-        .expect("append");
+    assert_eq!(report.replay_from_seq, 1, "nothing before the snapshot is needed");
+    wal.append(&[PersistOp::Append(rows[10..].to_vec())]).expect("append");
     wal.sync().expect("sync");
     drop(wal);
     let (_, rec, _) = Wal::open(tmp.path()).expect("reopen");
@@ -849,18 +690,12 @@ fn snapshot_cannot_go_backwards() {
     let sessions = BTreeMap::new();
     let at = |lsn| SnapshotRef {
         promised: Epoch(1),
-        last: LogPos {
-            epoch: Epoch(1),
-            lsn: Lsn(lsn),
-        },
+        last: LogPos { epoch: Epoch(1), lsn: Lsn(lsn) },
         kv: &kv,
         sessions: &sessions,
     };
     wal.snapshot(at(5)).expect("snapshot");
-    assert!(matches!(
-        wal.snapshot(at(4)),
-        Err(WalError::InvalidSnapshot(_))
-    ));
+    assert!(matches!(wal.snapshot(at(4)), Err(WalError::InvalidSnapshot(_))));
     wal.snapshot(at(5)).expect("same position again is fine");
 }
 
@@ -873,12 +708,7 @@ fn corrupt_snapshot_falls_back_to_a_whole_log_or_refuses() {
     // Nothing committed: the snapshot covers no row, so no segment goes.
     let kv = BTreeMap::new();
     let sessions = BTreeMap::new();
-    let snap = SnapshotRef {
-        promised: Epoch(1),
-        last: LogPos::default(),
-        kv: &kv,
-        sessions: &sessions,
-    };
+    let snap = SnapshotRef { promised: Epoch(1), last: LogPos::default(), kv: &kv, sessions: &sessions };
     let report = wal.snapshot(snap).expect("snapshot");
     drop(wal);
     let mut bytes = fs::read(&report.file).expect("read");
@@ -898,20 +728,12 @@ fn corrupt_snapshot_falls_back_to_a_whole_log_or_refuses() {
     let tmp2 = tempfile::tempdir().expect("tempdir");
     let (mut wal, _, _) = open_small(tmp2.path());
     let value = "v".repeat(500);
-    let rows: Vec<Row> = (1..=30)
-        .map(|i| put(1, i, "k", Some(&value), 1, i))
-        .collect();
+    let rows: Vec<Row> = (1..=30).map(|i| put(1, i, "k", Some(&value), 1, i)).collect();
     for r in &rows {
-        wal.append(&[PersistOp::Append(vec![r.clone()])])
-            .expect("append");
+        wal.append(&[PersistOp::Append(vec![r.clone()])]).expect("append");
     }
     let kv = BTreeMap::from([("k".to_string(), value.clone())]);
-    let snap = SnapshotRef {
-        promised: Epoch(1),
-        last: rows[29].pos(),
-        kv: &kv,
-        sessions: &sessions,
-    };
+    let snap = SnapshotRef { promised: Epoch(1), last: rows[29].pos(), kv: &kv, sessions: &sessions };
     let report = wal.snapshot(snap).expect("snapshot");
     assert!(!report.removed.is_empty());
     drop(wal);
@@ -939,9 +761,8 @@ fn leftover_snapshot_temp_file_is_removed() {
 #[test]
 fn row_index_tracks_the_segment_of_the_first_row_after_the_base() {
     let mut ix = RowIndex::default();
-    let app = |from: u64, to: u64| {
-        PersistOp::Append((from..=to).map(|i| put(1, i, "k", None, 1, i)).collect())
-    };
+    let app =
+        |from: u64, to: u64| PersistOp::Append((from..=to).map(|i| put(1, i, "k", None, 1, i)).collect());
     ix.apply(&app(1, 5), 0);
     ix.apply(&app(6, 9), 10);
     ix.apply(&app(10, 12), 20);
@@ -995,10 +816,7 @@ fn crash_between_snapshot_and_cleanup_is_finished_on_open() {
     assert_eq!(removed, expected);
     assert_eq!(
         rec.snapshot,
-        Some(Snapshot {
-            promised: snap.promised.max(w.model.promised),
-            ..snap.clone()
-        })
+        Some(Snapshot { promised: snap.promised.max(w.model.promised), ..snap.clone() })
     );
     assert_eq!(rec.rows, w.model.rows[snap.last.lsn.0 as usize..]);
 }
