@@ -136,6 +136,10 @@ pub enum Event {
         epoch: Epoch,
         newer: Epoch,
     },
+    /// A replica that discarded a corrupt disk has caught up with a leader.
+    Resynced {
+        applied: Lsn,
+    },
     /// A replica follows `leader` in `epoch` (at start, or rejoining).
     Following {
         leader: crate::types::ReplicaId,
@@ -184,6 +188,9 @@ impl std::fmt::Display for Event {
             Event::BecameLeader { epoch, last } => write!(f, "** leader of {epoch} (log ends {last})"),
             Event::SteppedDown { epoch, newer } => {
                 write!(f, "** steps down as leader of {epoch}: saw {newer}")
+            }
+            Event::Resynced { applied } => {
+                write!(f, "** re-synced from the leader up to lsn {applied}; takes part in promotions again")
             }
             Event::Following { leader, epoch, last } => {
                 write!(f, "** follows r{} in {epoch} (log ends {last})", leader.0)

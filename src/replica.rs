@@ -64,6 +64,11 @@ pub struct Replica {
     held: BTreeMap<Lsn, Msg>,
     /// The newest (epoch, matched, probe) this follower has acknowledged.
     last_ack: (Epoch, Lsn, u64),
+    /// Set when this replica's disk was found corrupt and discarded: it
+    /// lost rows it may have confirmed, so it takes no part in promotions
+    /// until it has caught up with a leader. `Some(target)` once a leader's
+    /// commit point is known.
+    resync: Option<Option<Lsn>>,
 }
 
 enum Role {
@@ -131,7 +136,22 @@ impl Replica {
             after_persist: VecDeque::new(),
             held: BTreeMap::new(),
             last_ack: (Epoch(0), Lsn(0), 0),
+            resync: None,
         }
+    }
+
+    /// A replica whose stored log was found corrupt and discarded. It starts
+    /// empty and re-syncs from the leader; until then it makes no promises,
+    /// since rows it confirmed before may be gone.
+    pub fn resync(id: ReplicaId, cfg: ClusterConfig) -> Replica {
+        let mut r = Replica::new(id, cfg);
+        r.resync = Some(None);
+        r
+    }
+
+    /// Still re-syncing after discarding a corrupt disk.
+    pub fn is_resyncing(&self) -> bool {
+        self.resync.is_some()
     }
 
     pub fn with_bugs(mut self, bugs: Bugs) -> Replica {
@@ -258,6 +278,9 @@ impl Replica {
     // ---- promotion ----
 
     fn on_prepare(&mut self, from: NodeId, epoch: Epoch, out: &mut Outbox) {
+        if self.resync.is_some() {
+            return; // not a trustworthy witness until caught up
+        }
         let repeat = epoch == self.promised && matches!(self.role, Role::Follower { leader: None });
         if epoch < self.promised || (epoch == self.promised && !repeat) {
             out.send(from, Msg::PrepareRefused { epoch, promised: self.promised });
@@ -520,6 +543,14 @@ impl Replica {
             self.persist(PersistOp::Append(new_rows), out);
         }
         self.set_commit(commit.min(matched));
+        if let Some(target) = self.resync {
+            let target = target.unwrap_or(commit);
+            self.resync = Some(Some(target));
+            if self.applied >= target {
+                self.resync = None;
+                out.event(Event::Resynced { applied: self.applied });
+            }
+        }
         // A heartbeat that tells the leader nothing new goes unanswered: the
         // leader only learns from acks that move `matched` or confirm a probe.
         // (A lost ack is repaired by the leader resending rows, which are

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod disk;
 pub mod scenario;
 pub mod sim;
 

@@ -45,6 +45,8 @@ pub enum Distribution {
 pub struct Disk {
     pub write_min_us: u64,
     pub write_mean_us: u64,
+    /// Chance that a crash leaves part of the write in progress on disk.
+    pub torn_write_probability: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -104,6 +106,9 @@ pub enum Action {
         to: Vec<Node>,
     },
     Heal,
+    /// Flip a byte in the middle of a replica's stored log; noticed at its
+    /// next restart.
+    Corrupt(u8),
 }
 
 /// A node named in a scenario.
@@ -141,6 +146,7 @@ impl fmt::Display for Action {
                 write!(f, "partition one-way [{}] -> [{}]", list(from), list(to))
             }
             Action::Heal => write!(f, "heal all partitions"),
+            Action::Corrupt(r) => write!(f, "corrupt the disk of r{r}"),
         }
     }
 }
@@ -241,6 +247,7 @@ struct NetworkFile {
 struct DiskFile {
     write_min_ms: Option<f64>,
     write_mean_ms: Option<f64>,
+    torn_write_probability: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -419,6 +426,7 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
     let disk = Disk {
         write_min_us: raw.disk.write_min_ms.map(ms).unwrap_or(50),
         write_mean_us: raw.disk.write_mean_ms.map(ms).unwrap_or(100),
+        torn_write_probability: prob(raw.disk.torn_write_probability, "torn_write_probability")?,
     };
 
     // workload
@@ -511,10 +519,14 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
                 }
             },
             "heal" => Action::Heal,
+            "corrupt" => match need_node()? {
+                Node::Replica(r) => Action::Corrupt(r),
+                _ => return Err(at(f.node.as_ref().map(|n| n.span()), "field `node`: only a replica's disk can be corrupted".into())),
+            },
             other => {
                 return Err(at(
                     Some(f.action.span()),
-                    format!("field `action`: unknown action `{other}` (expected crash, restart, partition, partition_one_way or heal)"),
+                    format!("field `action`: unknown action `{other}` (expected crash, restart, partition, partition_one_way, heal or corrupt)"),
                 ))
             }
         };

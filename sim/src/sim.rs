@@ -6,13 +6,12 @@
 //! always gives the same run, byte for byte.
 
 use crate::check::{self, Record};
+use crate::disk::{Recovery, SimDisk};
 use crate::scenario::{Action, Distribution, Fault, Node, Scenario};
 use kvstore::balancer::Balancer;
 use kvstore::client::{Client, ClientConfig};
 use kvstore::replica::Replica;
-use kvstore::{
-    ClientId, Effect, Epoch, Event, Lsn, Msg, NodeId, Op, Outbox, PersistOp, ReplicaId, Stored, Time,
-};
+use kvstore::{ClientId, Effect, Epoch, Event, Lsn, Msg, NodeId, Op, Outbox, ReplicaId, Stored, Time};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -72,7 +71,6 @@ enum Ev {
         replica: usize,
         incarnation: u64,
         id: u64,
-        op: PersistOp,
     },
     Fault(usize),
     /// A client's next workload operation is due.
@@ -105,14 +103,6 @@ impl Ord for Entry {
     }
 }
 
-struct Disk {
-    /// What survives a crash.
-    stored: Stored,
-    /// When the disk finishes what it has been given.
-    busy_until: Time,
-    incarnation: u64,
-}
-
 struct ClientSlot {
     machine: Client,
     group: usize,
@@ -135,7 +125,7 @@ pub struct Sim<'a> {
     rng_disk: ChaCha8Rng,
     rng_work: ChaCha8Rng,
     replicas: Vec<Option<Replica>>,
-    disks: Vec<Disk>,
+    disks: Vec<SimDisk>,
     balancer: Option<Balancer>,
     clients: Vec<ClientSlot>,
     /// Earliest tick already queued for each node.
@@ -196,9 +186,7 @@ impl<'a> Sim<'a> {
             rng_disk,
             rng_work,
             replicas: (0..n).map(|_| None).collect(),
-            disks: (0..n)
-                .map(|_| Disk { stored: Stored::default(), busy_until: Time::ZERO, incarnation: 0 })
-                .collect(),
+            disks: (0..n).map(|_| SimDisk::default()).collect(),
             balancer: None,
             clients,
             ticks: BTreeMap::new(),
@@ -295,11 +283,10 @@ impl<'a> Sim<'a> {
         match ev {
             Ev::Deliver { from, to, msg } => self.deliver(from, to, msg),
             Ev::Tick(node) => self.tick(node),
-            Ev::DiskDone { replica, incarnation, id, op } => {
-                if self.disks[replica].incarnation != incarnation {
+            Ev::DiskDone { replica, incarnation, id } => {
+                if !self.disks[replica].complete(incarnation, id) {
                     return; // lost in a crash
                 }
-                self.disks[replica].stored.apply(&op);
                 let now = self.now;
                 let mut out = std::mem::take(&mut self.out);
                 if let Some(r) = &mut self.replicas[replica] {
@@ -319,9 +306,26 @@ impl<'a> Sim<'a> {
 
     fn start_replica(&mut self, i: usize) {
         let id = ReplicaId(i as u8 + 1);
-        let stored = self.disks[i].stored.clone();
-        let r = Replica::recover(id, self.sc.cluster.clone(), stored).with_bugs(self.sc.bugs.clone());
-        self.replicas[i] = Some(r);
+        let cfg = self.sc.cluster.clone();
+        let r = match self.disks[i].recover() {
+            Recovery::Clean(stored) => Replica::recover(id, cfg, stored),
+            Recovery::TornTail(stored, dropped) => {
+                self.line_raw(
+                    &format!("r{}", id.0),
+                    format_args!("** recovery: cut a torn write ({dropped} bytes) off the log tail"),
+                );
+                Replica::recover(id, cfg, stored)
+            }
+            Recovery::Corrupt { offset, why } => {
+                self.line_raw(
+                    &format!("r{}", id.0),
+                    format_args!("** recovery: log corrupt at byte {offset} ({why}); discarding it and re-syncing from the leader"),
+                );
+                self.disks[i].wipe();
+                Replica::resync(id, cfg)
+            }
+        };
+        self.replicas[i] = Some(r.with_bugs(self.sc.bugs.clone()));
         self.reschedule(NodeId::Replica(id));
     }
 
@@ -414,10 +418,9 @@ impl<'a> Sim<'a> {
                     let latency = d.write_min_us
                         + sample_exp(&mut self.rng_disk, d.write_mean_us.saturating_sub(d.write_min_us));
                     let disk = &mut self.disks[i];
-                    let done = disk.busy_until.max(self.now) + latency;
-                    disk.busy_until = done;
+                    let done = disk.submit(id, &op, self.now, latency);
                     let incarnation = disk.incarnation;
-                    self.push(done, Ev::DiskDone { replica: i, incarnation, id, op });
+                    self.push(done, Ev::DiskDone { replica: i, incarnation, id });
                 }
                 Effect::Done(c) => {
                     let NodeId::Client(id) = n else { continue };
@@ -503,9 +506,16 @@ impl<'a> Sim<'a> {
             Action::Crash(Node::Replica(r)) => {
                 let i = *r as usize - 1;
                 self.replicas[i] = None;
-                let d = &mut self.disks[i];
-                d.incarnation += 1; // writes not yet durable are lost
-                d.busy_until = self.now;
+                // Writes not yet durable are lost; one in progress may tear.
+                let p = self.sc.disk.torn_write_probability;
+                let torn =
+                    (p > 0.0 && self.rng_disk.random_bool(p)).then(|| self.rng_disk.random_range(0.05..0.95));
+                if let Some(kept) = self.disks[i].crash(self.now, torn) {
+                    self.line_raw(
+                        &format!("r{r}"),
+                        format_args!("** power lost mid-write: {kept} bytes of it reached the disk"),
+                    );
+                }
                 self.ticks.remove(&NodeId::Replica(ReplicaId(*r)));
             }
             Action::Restart(Node::Balancer) => {
@@ -544,6 +554,13 @@ impl<'a> Sim<'a> {
                 }
             }
             Action::Heal => self.blocked.clear(),
+            Action::Corrupt(r) => {
+                let pick = self.rng_disk.random_range(0.0..1.0);
+                match self.disks[*r as usize - 1].corrupt(pick) {
+                    Some(at) => self.line_raw(&format!("r{r}"), format_args!("** disk byte {at} flipped")),
+                    None => self.line_raw(&format!("r{r}"), format_args!("** disk too small to corrupt")),
+                }
+            }
             Action::Crash(_) | Action::Restart(_) => {}
         }
         // The leader failed if it is down or cut off from the balancer.
@@ -685,6 +702,7 @@ impl<'a> Sim<'a> {
     }
 
     fn line_raw(&mut self, who: &str, what: std::fmt::Arguments<'_>) {
+        // Faults and recovery notes: shown at every trace level but None.
         if self.level >= TraceLevel::Ops {
             let _ = writeln!(self.trace, "{:>12} {:<4} {}", self.now, who, what);
         }
@@ -699,7 +717,8 @@ impl<'a> Sim<'a> {
 
     fn finish(&mut self, seed: u64) -> Summary {
         let replicas: Vec<&Replica> = self.replicas.iter().flatten().collect();
-        let disks: Vec<&Stored> = self.disks.iter().map(|d| &d.stored).collect();
+        let stored: Vec<Stored> = self.disks.iter().map(SimDisk::stored).collect();
+        let disks: Vec<&Stored> = stored.iter().collect();
         let unfinished: Vec<(u32, Time)> = self
             .clients
             .iter()
