@@ -15,6 +15,9 @@ pub struct ClusterConfig {
     /// Promote even when safety cannot be proven (may lose acknowledged
     /// writes). Off by default.
     pub unsafe_failover: bool,
+    /// Rows a replica keeps in memory before compacting the older half into
+    /// its applied state; a follower further behind gets a snapshot.
+    pub log_rows_max: usize,
     pub timing: Timing,
 }
 
@@ -52,7 +55,13 @@ impl Default for Timing {
 impl ClusterConfig {
     pub fn new(replica_count: u8, sync_acks: usize) -> ClusterConfig {
         let replicas: Vec<ReplicaId> = (1..=replica_count).map(ReplicaId).collect();
-        ClusterConfig { replicas, sync_acks, unsafe_failover: false, timing: Timing::default() }
+        ClusterConfig {
+            replicas,
+            sync_acks,
+            unsafe_failover: false,
+            log_rows_max: 100_000,
+            timing: Timing::default(),
+        }
     }
 
     /// `sync_acks`, capped at the number of followers.

@@ -8,6 +8,7 @@
 pub mod balancer;
 pub mod client;
 pub mod config;
+pub mod log;
 pub mod machine;
 pub mod msg;
 pub mod replica;

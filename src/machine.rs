@@ -8,8 +8,9 @@
 //! that keeps asking to be woken "now" would spin its driver.
 
 use crate::msg::Msg;
-use crate::types::{Epoch, LogPos, Lsn, NodeId, Op, OpError, Row, Time};
+use crate::types::{ClientId, Epoch, LogPos, Lsn, NodeId, Op, OpError, Row, Time};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// What a machine wants done.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +65,10 @@ pub enum PersistOp {
     /// Drop every row after this LSN (an uncommitted suffix the new leader
     /// does not have).
     TruncateAfter(Lsn),
+    /// Replace the whole log with the leader's state (a follower too far
+    /// behind for the leader's log). The real runtime writes this as a
+    /// snapshot file, not a log record.
+    InstallSnapshot(Box<Snapshot>),
 }
 
 /// Everything a replica has persisted: what survives a crash. The simulator's
@@ -72,37 +77,88 @@ pub enum PersistOp {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stored {
     pub promised: Epoch,
+    /// The applied state up to some position, if the log was compacted or
+    /// a snapshot was installed from the leader.
+    pub snapshot: Option<Snapshot>,
+    /// Rows after the snapshot (from LSN 1 without one), contiguous.
     pub rows: Vec<Row>,
 }
 
 impl Stored {
-    /// Applies one persisted operation, as a recovery replay does.
+    /// The position the rows follow.
+    pub fn base(&self) -> LogPos {
+        self.snapshot.as_ref().map(|s| s.last).unwrap_or_default()
+    }
+
+    /// Applies one persisted operation, as a recovery replay does. Rows at
+    /// or before the snapshot are already in it: such an append empties the
+    /// tail (it would have truncated everything after itself).
     pub fn apply(&mut self, op: &PersistOp) {
+        let base = self.base().lsn.0;
         match op {
             PersistOp::Promise(e) => self.promised = self.promised.max(*e),
             PersistOp::Append(rows) => {
                 for row in rows {
-                    let expect = self.rows.len() as u64 + 1;
-                    let at = row.lsn.0;
-                    if at == expect {
+                    if row.lsn.0 <= base {
+                        self.rows.clear();
+                        continue;
+                    }
+                    let at = (row.lsn.0 - base - 1) as usize;
+                    if at == self.rows.len() {
                         self.rows.push(row.clone());
-                    } else if at >= 1 && at < expect && self.rows[at as usize - 1] != *row {
+                    } else if at < self.rows.len() && self.rows[at] != *row {
                         // An overwrite is always preceded by a truncate; be
                         // safe anyway: a different row replaces the suffix.
-                        self.rows.truncate(at as usize - 1);
+                        self.rows.truncate(at);
                         self.rows.push(row.clone());
                     }
                     // A repeat of a row already there changes nothing; a gap
-                    // (or LSN 0) cannot come from a replica and is ignored.
+                    // cannot come from a replica and is ignored.
                 }
             }
-            PersistOp::TruncateAfter(lsn) => self.rows.truncate(lsn.0 as usize),
+            PersistOp::TruncateAfter(lsn) => self.rows.truncate(lsn.0.saturating_sub(base) as usize),
+            PersistOp::InstallSnapshot(snap) => {
+                self.promised = self.promised.max(snap.promised);
+                self.rows.clear();
+                self.snapshot = Some((**snap).clone());
+            }
         }
     }
 
     pub fn last(&self) -> LogPos {
-        self.rows.last().map(Row::pos).unwrap_or_default()
+        self.rows.last().map(Row::pos).unwrap_or(self.base())
     }
+}
+
+/// The applied state at a log position, as written to a snapshot file and
+/// read back by recovery.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The newest epoch promised when the snapshot was taken.
+    pub promised: Epoch,
+    /// The last row included: every row up to here is applied in `kv`.
+    pub last: LogPos,
+    #[serde(deserialize_with = "deserialize_map_bulk")]
+    pub kv: BTreeMap<String, String>,
+    /// The at-most-once table: each client's last applied (seq, lsn).
+    #[serde(deserialize_with = "deserialize_map_bulk")]
+    pub sessions: BTreeMap<ClientId, (u64, Lsn)>,
+}
+
+/// Reads a map as a list of pairs and builds the `BTreeMap` in one go.
+/// postcard encodes a map and a list of pairs identically (a length, then
+/// the pairs), so the bytes are the same; but inserting 1,000,000 keys one
+/// by one, as serde's map visitor does, took 1.1 s here against 0.3 s for
+/// decoding pairs and bulk-building from sorted input. Duplicate keys (never
+/// written) keep the last value.
+pub(crate) fn deserialize_map_bulk<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    K: Ord + Deserialize<'de>,
+    V: Deserialize<'de>,
+{
+    let pairs: Vec<(K, V)> = Vec::deserialize(d)?;
+    Ok(pairs.into_iter().collect())
 }
 
 /// A finished client operation, as the application (REPL, workload, checker)
@@ -135,6 +191,17 @@ pub enum Event {
     SteppedDown {
         epoch: Epoch,
         newer: Epoch,
+    },
+    /// A leader sent its state to a follower too far behind for its log.
+    SnapshotSent {
+        to: crate::types::ReplicaId,
+        last: LogPos,
+        keys: u64,
+    },
+    /// A follower replaced its log with the leader's state.
+    SnapshotInstalled {
+        last: LogPos,
+        keys: u64,
     },
     /// A replica that discarded a corrupt disk has caught up with a leader.
     Resynced {
@@ -188,6 +255,12 @@ impl std::fmt::Display for Event {
             Event::BecameLeader { epoch, last } => write!(f, "** leader of {epoch} (log ends {last})"),
             Event::SteppedDown { epoch, newer } => {
                 write!(f, "** steps down as leader of {epoch}: saw {newer}")
+            }
+            Event::SnapshotSent { to, last, keys } => {
+                write!(f, "** sends r{} a snapshot up to {last} ({keys} keys): its log was compacted", to.0)
+            }
+            Event::SnapshotInstalled { last, keys } => {
+                write!(f, "** installs the leader's snapshot up to {last} ({keys} keys)")
             }
             Event::Resynced { applied } => {
                 write!(f, "** re-synced from the leader up to lsn {applied}; takes part in promotions again")

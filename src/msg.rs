@@ -1,6 +1,7 @@
 //! Every message that crosses between machines. The simulator delivers these
 //! values directly; the real runtime encodes them into frames.
 
+use crate::machine::Snapshot;
 use crate::types::{Epoch, LogPos, Lsn, Op, OpError, ReadMode, ReplicaId, RequestId, Row};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -91,6 +92,13 @@ pub enum Msg {
         last: Lsn,
         probe: u64,
     },
+    /// The leader's applied state, for a follower that needs rows the
+    /// leader has compacted away. Answered with an `AppendAck`.
+    InstallSnapshot {
+        epoch: Epoch,
+        snapshot: Box<Snapshot>,
+        commit: Lsn,
+    },
 }
 
 /// The answer to a completed operation: the value read (`None` is missing),
@@ -151,6 +159,7 @@ impl Msg {
             Msg::Promote { .. } => "Promote",
             Msg::Append { .. } => "Append",
             Msg::AppendAck { .. } => "AppendAck",
+            Msg::InstallSnapshot { .. } => "InstallSnapshot",
         }
     }
 }
@@ -213,6 +222,12 @@ impl fmt::Display for Msg {
                 }
                 Ok(())
             }
+            Msg::InstallSnapshot { epoch, snapshot, commit } => write!(
+                f,
+                "InstallSnapshot {epoch} last={} keys={} commit={commit}",
+                snapshot.last,
+                snapshot.kv.len()
+            ),
             Msg::AppendAck { epoch, ok, last, probe } => {
                 write!(f, "AppendAck {epoch} {} last={last}", if *ok { "ok" } else { "need" })?;
                 if *probe > 0 {

@@ -12,7 +12,8 @@
 //! [`Replica::on_persisted`].
 
 use crate::config::ClusterConfig;
-use crate::machine::{Event, Outbox, PersistOp, Stored};
+use crate::log::{At, Log};
+use crate::machine::{Event, Outbox, PersistOp, Snapshot, Stored};
 use crate::msg::{Msg, Refusal, Reply, Status};
 use crate::types::{
     validate_op, ClientId, Epoch, LogPos, Lsn, NodeId, Op, ReadMode, ReplicaId, RequestId, Row, RowBody, Time,
@@ -45,7 +46,7 @@ pub struct Replica {
     /// The newest epoch this replica has promised (or seen); older epochs are
     /// refused.
     promised: Epoch,
-    log: Vec<Row>,
+    log: Log,
     /// Rows up to here are on disk.
     durable: Lsn,
     commit: Lsn,
@@ -85,6 +86,8 @@ struct Leading {
     reads: VecDeque<PendingRead>,
     /// Confirmation round counter, carried in heartbeats.
     probe: u64,
+    /// The latest time this leader was told (inputs carry `now`).
+    now: Time,
     next_heartbeat: Time,
 }
 
@@ -97,7 +100,15 @@ struct Peer {
     probe_acked: u64,
     /// The peer has answered in this epoch.
     heard: bool,
+    /// `matched` at the previous heartbeat: no progress since means resend.
+    matched_at_tick: Lsn,
+    /// When a snapshot was last sent and not yet acknowledged: they are big,
+    /// so one goes out per `SNAPSHOT_RESEND_HEARTBEATS` heartbeats at most.
+    snapshot_sent: Option<Time>,
 }
+
+/// Heartbeats to wait for a snapshot's acknowledgement before sending again.
+pub const SNAPSHOT_RESEND_HEARTBEATS: u64 = 10;
 
 struct PendingRead {
     from: NodeId,
@@ -118,18 +129,27 @@ impl Replica {
     /// commit point, leadership) is gone and is learned again.
     pub fn recover(id: ReplicaId, cfg: ClusterConfig, stored: Stored) -> Replica {
         let last = stored.last();
-        let promised = stored.promised.max(last.epoch);
+        let base = stored.base();
+        let mut promised = stored.promised.max(last.epoch);
+        let (kv, sessions) = match stored.snapshot {
+            Some(s) => {
+                promised = promised.max(s.promised);
+                (s.kv, s.sessions)
+            }
+            None => (BTreeMap::new(), BTreeMap::new()),
+        };
         Replica {
             id,
             cfg,
             bugs: Bugs::default(),
             promised,
             durable: last.lsn,
-            log: stored.rows,
-            commit: Lsn(0),
-            applied: Lsn(0),
-            kv: BTreeMap::new(),
-            sessions: BTreeMap::new(),
+            log: Log::new(base, stored.rows),
+            // A snapshot holds only committed rows.
+            commit: base.lsn,
+            applied: base.lsn,
+            kv,
+            sessions,
             role: Role::Follower { leader: None },
             next_persist: 1,
             persisting: VecDeque::new(),
@@ -186,16 +206,21 @@ impl Replica {
     pub fn data(&self) -> &BTreeMap<String, String> {
         &self.kv
     }
-    /// The whole log held in memory, committed or not.
-    pub fn log(&self) -> &[Row] {
+    /// The log held in memory (rows after the compaction point).
+    pub fn log(&self) -> &Log {
         &self.log
     }
-    /// Rows up to the applied LSN.
-    pub fn applied_rows(&self) -> &[Row] {
-        &self.log[..self.applied.0 as usize]
+    /// The at-most-once table: each client's last applied (seq, lsn).
+    pub fn sessions(&self) -> &BTreeMap<ClientId, (u64, Lsn)> {
+        &self.sessions
+    }
+    /// The applied state as a snapshot, for a driver to write to disk.
+    pub fn snapshot_ref(&self) -> crate::wal::SnapshotRef<'_> {
+        let last = LogPos { lsn: self.applied, epoch: self.log.epoch_of(self.applied).unwrap_or_default() };
+        crate::wal::SnapshotRef { promised: self.promised, last, kv: &self.kv, sessions: &self.sessions }
     }
     pub fn last_pos(&self) -> LogPos {
-        self.log.last().map(Row::pos).unwrap_or_default()
+        self.log.last()
     }
 
     /// When this replica next needs `on_tick`.
@@ -214,6 +239,7 @@ impl Replica {
             return;
         }
         l.next_heartbeat = now + self.cfg.timing.heartbeat_us;
+        l.now = now;
         // Reads that waited too long are dropped: the balancer has given up
         // on them and will retry.
         let timeout = self.cfg.timing.request_timeout_us;
@@ -224,9 +250,16 @@ impl Replica {
         // not confirmed may have been lost.
         // A follower not heard from in this epoch is probed at the end of
         // the log instead: its answer says where it really is.
-        let end = Lsn(self.log.len() as u64 + 1);
+        // Rows sent but unconfirmed since the last heartbeat are presumed
+        // lost and sent again; if acks are merely in flight, matched has moved.
+        let end = self.log.last().lsn.next();
         for peer in l.peers.values_mut() {
-            peer.next = if peer.heard { peer.matched.next() } else { end };
+            if !peer.heard {
+                peer.next = end;
+            } else if peer.matched == peer.matched_at_tick {
+                peer.next = peer.matched.next();
+            }
+            peer.matched_at_tick = peer.matched;
         }
         self.broadcast(out);
     }
@@ -259,6 +292,10 @@ impl Replica {
             Msg::Append { epoch, prev, rows, commit, probe } => {
                 let NodeId::Replica(leader) = from else { return };
                 self.on_append(leader, epoch, prev, rows, commit, probe, out);
+            }
+            Msg::InstallSnapshot { epoch, snapshot, commit } => {
+                let NodeId::Replica(leader) = from else { return };
+                self.on_install_snapshot(leader, epoch, snapshot, commit, out);
             }
             Msg::AppendAck { epoch, ok, last, probe } => {
                 let NodeId::Replica(peer) = from else { return };
@@ -304,7 +341,19 @@ impl Replica {
             .replicas
             .iter()
             .filter(|r| **r != self.id)
-            .map(|r| (*r, Peer { matched: Lsn(0), next, probe_acked: 0, heard: false }))
+            .map(|r| {
+                (
+                    *r,
+                    Peer {
+                        matched: Lsn(0),
+                        next,
+                        probe_acked: 0,
+                        heard: false,
+                        matched_at_tick: Lsn(0),
+                        snapshot_sent: None,
+                    },
+                )
+            })
             .collect();
         self.role = Role::Leader(Box::new(Leading {
             epoch,
@@ -312,6 +361,7 @@ impl Replica {
             writes: BTreeMap::new(),
             reads: VecDeque::new(),
             probe: 0,
+            now,
             next_heartbeat: now + self.cfg.timing.heartbeat_us,
         }));
         self.held.clear();
@@ -372,7 +422,9 @@ impl Replica {
                 return;
             }
         }
-        let in_tail = self.log[self.applied.0 as usize..]
+        let in_tail = self
+            .log
+            .range(self.applied.next(), self.log.last().lsn)
             .iter()
             .rev()
             .find(|r| matches!(&r.body, RowBody::Put { req, .. } if *req == id))
@@ -435,9 +487,11 @@ impl Replica {
 
     fn answer_read(&self, to: NodeId, tag: u64, key: &str, out: &mut Outbox) {
         let value = if self.bugs.reads_wrong_key {
-            self.applied_rows().iter().rev().find_map(|r| match &r.body {
-                RowBody::Put { value: Some(v), .. } => Some(v.clone()),
-                _ => None,
+            self.log.range(self.log.base().lsn.next(), self.applied).iter().rev().find_map(|r| {
+                match &r.body {
+                    RowBody::Put { value: Some(v), .. } => Some(v.clone()),
+                    _ => None,
+                }
             })
         } else {
             self.kv.get(key).cloned()
@@ -452,8 +506,7 @@ impl Replica {
         let Role::Leader(l) = &self.role else { return };
         // A leader that has not committed a row of its own epoch does not yet
         // know the full commit point.
-        let own_commit =
-            self.log.get((self.commit.0 as usize).wrapping_sub(1)).is_some_and(|r| r.epoch == l.epoch);
+        let own_commit = self.log.epoch_of(self.commit) == Some(l.epoch);
         if !own_commit {
             return;
         }
@@ -488,23 +541,8 @@ impl Replica {
         out: &mut Outbox,
     ) {
         let to = NodeId::Replica(leader);
-        if epoch < self.promised {
-            out.send(to, Msg::AppendAck { epoch: self.promised, ok: false, last: Lsn(0), probe });
+        if !self.accept_leader(leader, epoch, probe, out) {
             return;
-        }
-        if epoch > self.promised || matches!(&self.role, Role::Leader(l) if l.epoch < epoch) {
-            self.adopt_epoch(epoch, out);
-            self.persist(PersistOp::Promise(epoch), out);
-        }
-        if let Role::Leader(l) = &self.role {
-            // Two leaders of one epoch cannot exist; refuse rather than mix logs.
-            let _ = l;
-            return;
-        }
-        if !matches!(self.role, Role::Follower { leader: Some(l) } if l == leader) {
-            self.role = Role::Follower { leader: Some(leader) };
-            self.held.clear();
-            out.event(Event::Following { leader, epoch, last: self.last_pos() });
         }
         let last = self.last_pos().lsn;
         if prev.lsn > last {
@@ -518,7 +556,7 @@ impl Replica {
             out.send(to, Msg::AppendAck { epoch, ok: false, last, probe });
             return;
         }
-        if prev.lsn.0 > 0 && self.epoch_at(prev.lsn) != Some(prev.epoch) {
+        if !self.log.matches(prev) {
             // Our row at `prev` came from a deposed leader: drop it and after.
             let keep = prev.lsn.prev();
             self.truncate_after(keep, out);
@@ -528,10 +566,11 @@ impl Replica {
         let mut new_rows = Vec::new();
         let covered = rows.len() as u64;
         for row in rows {
-            match self.epoch_at(row.lsn) {
-                Some(e) if e == row.epoch => continue,
-                Some(_) => self.truncate_after(row.lsn.prev(), out),
-                None => {}
+            match self.log.epoch_at(row.lsn) {
+                At::Compacted => continue,
+                At::Epoch(e) if e == row.epoch => continue,
+                At::Epoch(_) => self.truncate_after(row.lsn.prev(), out),
+                At::Missing => {}
             }
             self.log.push(row.clone());
             new_rows.push(row);
@@ -543,14 +582,8 @@ impl Replica {
             self.persist(PersistOp::Append(new_rows), out);
         }
         self.set_commit(commit.min(matched));
-        if let Some(target) = self.resync {
-            let target = target.unwrap_or(commit);
-            self.resync = Some(Some(target));
-            if self.applied >= target {
-                self.resync = None;
-                out.event(Event::Resynced { applied: self.applied });
-            }
-        }
+        self.check_resynced(commit, out);
+        self.maybe_compact();
         // A heartbeat that tells the leader nothing new goes unanswered: the
         // leader only learns from acks that move `matched` or confirm a probe.
         // (A lost ack is repaired by the leader resending rows, which are
@@ -571,6 +604,89 @@ impl Replica {
             self.on_append(leader, epoch, prev, rows, commit, probe, out);
         }
         self.held.retain(|k, _| *k > last);
+    }
+
+    /// Checks the sender may lead us in `epoch`, adopting the epoch and the
+    /// leader if so. Refuses (with our newer epoch) if not.
+    fn accept_leader(&mut self, leader: ReplicaId, epoch: Epoch, probe: u64, out: &mut Outbox) -> bool {
+        let to = NodeId::Replica(leader);
+        if epoch < self.promised {
+            out.send(to, Msg::AppendAck { epoch: self.promised, ok: false, last: Lsn(0), probe });
+            return false;
+        }
+        if epoch > self.promised || matches!(&self.role, Role::Leader(l) if l.epoch < epoch) {
+            self.adopt_epoch(epoch, out);
+            self.persist(PersistOp::Promise(epoch), out);
+        }
+        if self.is_leader() {
+            // Two leaders of one epoch cannot exist; refuse rather than mix logs.
+            return false;
+        }
+        if !matches!(self.role, Role::Follower { leader: Some(l) } if l == leader) {
+            self.role = Role::Follower { leader: Some(leader) };
+            self.held.clear();
+            out.event(Event::Following { leader, epoch, last: self.last_pos() });
+        }
+        true
+    }
+
+    /// The leader's log no longer has the rows we need: take its state.
+    fn on_install_snapshot(
+        &mut self,
+        leader: ReplicaId,
+        epoch: Epoch,
+        snapshot: Box<Snapshot>,
+        commit: Lsn,
+        out: &mut Outbox,
+    ) {
+        if !self.accept_leader(leader, epoch, 0, out) {
+            return;
+        }
+        let last = snapshot.last;
+        if last.lsn > self.commit {
+            self.log.reset(last);
+            self.kv = snapshot.kv.clone();
+            self.sessions = snapshot.sessions.clone();
+            self.commit = last.lsn;
+            self.applied = last.lsn;
+            self.durable = self.durable.min(last.lsn);
+            self.held.clear();
+            out.event(Event::SnapshotInstalled { last, keys: self.kv.len() as u64 });
+            self.persist(PersistOp::InstallSnapshot(snapshot), out);
+        }
+        self.set_commit(commit.min(last.lsn));
+        self.check_resynced(commit, out);
+        let ack = Msg::AppendAck { epoch, ok: true, last: last.lsn, probe: 0 };
+        let to = NodeId::Replica(leader);
+        match self.persisting.back() {
+            Some(&(id, _)) => self.after_persist.push_back((id, to, ack)),
+            None => out.send(to, ack),
+        }
+    }
+
+    fn check_resynced(&mut self, commit: Lsn, out: &mut Outbox) {
+        if let Some(target) = self.resync {
+            let target = target.unwrap_or(commit);
+            self.resync = Some(Some(target));
+            if self.applied >= target {
+                self.resync = None;
+                out.event(Event::Resynced { applied: self.applied });
+            }
+        }
+    }
+
+    /// Keeps the in-memory log bounded: rows well behind the applied point
+    /// are dropped (they are in the applied state; a follower that still
+    /// needs them gets a snapshot).
+    fn maybe_compact(&mut self) {
+        let max = self.cfg.log_rows_max as u64;
+        if (self.log.rows().len() as u64) <= max {
+            return;
+        }
+        let upto = Lsn(self.log.last().lsn.0.saturating_sub(max / 2)).min(self.applied);
+        if upto > self.log.base().lsn {
+            self.log.compact(upto);
+        }
     }
 
     // ---- replication, leader side ----
@@ -594,15 +710,21 @@ impl Replica {
         if epoch < l.epoch {
             return;
         }
-        let leader_last = self.log.len() as u64;
+        let leader_last = self.log.last().lsn.0;
         let Some(p) = l.peers.get_mut(&peer) else { return };
         p.probe_acked = p.probe_acked.max(probe);
         p.heard = true;
         if ok {
+            p.snapshot_sent = None;
             p.matched = p.matched.max(last.min(Lsn(leader_last)));
             p.next = p.next.max(p.matched.next());
+            let behind = p.next.0 <= leader_last;
             self.advance_commit(now, out);
             self.answer_confirmed_reads(out);
+            if behind {
+                // Catching up: the next batch follows the ack at once.
+                self.send_append(peer, out);
+            }
         } else {
             p.next = last.next().min(Lsn(leader_last + 1));
             self.send_append(peer, out);
@@ -624,16 +746,35 @@ impl Replica {
         let commit = self.commit;
         let Role::Leader(l) = &mut self.role else { return };
         let Some(p) = l.peers.get_mut(&peer) else { return };
-        let last = self.log.len() as u64;
+        let last = self.log.last().lsn.0;
+        let base = self.log.base();
         let from = p.next.0.clamp(1, last + 1);
+        if from - 1 < base.lsn.0 {
+            // The rows it needs were compacted away: send the applied state.
+            let wait = SNAPSHOT_RESEND_HEARTBEATS * self.cfg.timing.heartbeat_us;
+            if p.snapshot_sent.is_some_and(|t| l.now.saturating_sub(t) < wait) {
+                return;
+            }
+            p.snapshot_sent = Some(l.now);
+            let snapshot = Snapshot {
+                promised: l.epoch,
+                last: LogPos {
+                    lsn: self.applied,
+                    epoch: self.log.epoch_of(self.applied).unwrap_or(base.epoch),
+                },
+                kv: self.kv.clone(),
+                sessions: self.sessions.clone(),
+            };
+            p.next = self.applied.next();
+            out.event(Event::SnapshotSent { to: peer, last: snapshot.last, keys: snapshot.kv.len() as u64 });
+            let msg = Msg::InstallSnapshot { epoch: l.epoch, snapshot: Box::new(snapshot), commit };
+            out.send(NodeId::Replica(peer), msg);
+            return;
+        }
         let upto = (from + MAX_ROWS_PER_APPEND as u64 - 1).min(last);
-        let rows: Vec<Row> =
-            if from <= upto { self.log[from as usize - 1..upto as usize].to_vec() } else { Vec::new() };
+        let rows: Vec<Row> = self.log.range(Lsn(from), Lsn(upto)).to_vec();
         let prev_lsn = Lsn(from - 1);
-        let prev = LogPos {
-            lsn: prev_lsn,
-            epoch: if prev_lsn.0 == 0 { Epoch(0) } else { self.log[prev_lsn.0 as usize - 1].epoch },
-        };
+        let prev = LogPos { lsn: prev_lsn, epoch: self.log.epoch_of(prev_lsn).unwrap_or_default() };
         p.next = Lsn(upto.max(from - 1) + 1);
         let msg = Msg::Append { epoch: l.epoch, prev, rows, commit, probe: l.probe };
         out.send(NodeId::Replica(peer), msg);
@@ -673,20 +814,18 @@ impl Replica {
     // ---- log and state ----
 
     fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
-        if lsn.0 == 0 {
-            return Some(Epoch(0));
-        }
-        self.log.get(lsn.0 as usize - 1).map(|r| r.epoch)
+        self.log.epoch_of(lsn)
     }
 
     fn append_local(&mut self, row: Row, out: &mut Outbox) {
         debug_assert_eq!(row.lsn, self.last_pos().lsn.next());
         self.log.push(row.clone());
         self.persist(PersistOp::Append(vec![row]), out);
+        self.maybe_compact();
     }
 
     fn truncate_after(&mut self, keep: Lsn, out: &mut Outbox) {
-        let len = self.log.len() as u64;
+        let len = self.log.last().lsn.0;
         if keep.0 >= len {
             return;
         }
@@ -694,7 +833,7 @@ impl Replica {
         // Only an unsafe failover can ask a replica to drop committed rows;
         // safe promotion guarantees the new leader holds them all.
         debug_assert!(committed_lost == 0 || self.cfg.unsafe_failover, "committed rows are never truncated");
-        self.log.truncate(keep.0 as usize);
+        self.log.truncate_after(keep);
         self.durable = self.durable.min(keep);
         out.event(Event::Truncated { after: keep, dropped: len - keep.0, committed: committed_lost });
         if committed_lost > 0 {
@@ -727,7 +866,7 @@ impl Replica {
         }
         self.commit = lsn;
         while self.applied < self.commit {
-            let row = &self.log[self.applied.0 as usize];
+            let row = self.log.get(self.applied.next()).expect("committed rows after the base are held");
             if let RowBody::Put { key, value, req } = &row.body {
                 match value {
                     Some(v) => {

@@ -101,7 +101,7 @@ pub use codec::{
 
 use crate::machine::{PersistOp, Stored};
 use crate::types::{ClientId, Epoch, LogPos, Lsn, Row};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -150,36 +150,7 @@ impl WalConfig {
     }
 }
 
-/// The applied state at a log position, as written to a snapshot file and
-/// read back by recovery.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// The newest epoch promised when the snapshot was taken.
-    pub promised: Epoch,
-    /// The last row included: every row up to here is applied in `kv`.
-    pub last: LogPos,
-    #[serde(deserialize_with = "deserialize_map_bulk")]
-    pub kv: BTreeMap<String, String>,
-    /// The at-most-once table: each client's last applied (seq, lsn).
-    #[serde(deserialize_with = "deserialize_map_bulk")]
-    pub sessions: BTreeMap<ClientId, (u64, Lsn)>,
-}
-
-/// Reads a map as a list of pairs and builds the `BTreeMap` in one go.
-/// postcard encodes a map and a list of pairs identically (a length, then
-/// the pairs), so the bytes are the same; but inserting 1,000,000 keys one
-/// by one, as serde's map visitor does, took 1.1 s here against 0.3 s for
-/// decoding pairs and bulk-building from sorted input. Duplicate keys (never
-/// written) keep the last value.
-fn deserialize_map_bulk<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    K: Ord + Deserialize<'de>,
-    V: Deserialize<'de>,
-{
-    let pairs: Vec<(K, V)> = Vec::deserialize(d)?;
-    Ok(pairs.into_iter().collect())
-}
+pub use crate::machine::Snapshot;
 
 /// A borrowed [`Snapshot`] for writing, so taking one needs no copy of the
 /// map. Field order matches `Snapshot`: postcard encodes both the same way.
@@ -224,14 +195,9 @@ impl Recovered {
         }
     }
 
-    /// The [`Stored`] that `Replica::recover` takes today. Only possible
-    /// without a snapshot, since `Stored` rows begin at LSN 1; with one, the
-    /// replica needs a way to start from a snapshot (not built yet).
-    pub fn into_stored(self) -> Result<Stored, Recovered> {
-        if self.snapshot.is_some() {
-            return Err(self);
-        }
-        Ok(Stored { promised: self.promised, rows: self.rows })
+    /// The [`Stored`] that `Replica::recover` takes.
+    pub fn into_stored(self) -> Stored {
+        Stored { promised: self.promised, snapshot: self.snapshot, rows: self.rows }
     }
 }
 
@@ -722,6 +688,11 @@ impl RowIndex {
                 }
             }
             PersistOp::TruncateAfter(lsn) => self.truncate_after(*lsn),
+            PersistOp::InstallSnapshot(snap) => {
+                self.base = snap.last.lsn;
+                self.end = snap.last.lsn;
+                self.runs.clear();
+            }
         }
         debug_assert!(self.end >= self.base);
         debug_assert!(self.runs.first().is_none_or(|r| r.0 == self.base.next()));
@@ -767,6 +738,9 @@ struct Replay {
     base: LogPos,
     promised: Epoch,
     rows: Vec<Row>,
+    /// A snapshot installed from the leader by a log record: it replaces
+    /// the snapshot file's and everything before it.
+    installed: Option<Snapshot>,
 }
 
 impl Replay {
@@ -790,6 +764,12 @@ impl Replay {
             }
             PersistOp::TruncateAfter(lsn) => {
                 self.rows.truncate(lsn.0.saturating_sub(base).min(usize::MAX as u64) as usize)
+            }
+            PersistOp::InstallSnapshot(snap) => {
+                self.base = snap.last;
+                self.promised = self.promised.max(snap.promised);
+                self.rows.clear();
+                self.installed = Some((**snap).clone());
             }
         }
     }

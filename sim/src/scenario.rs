@@ -211,6 +211,7 @@ struct ClusterFile {
     replicas: Option<Spanned<u8>>,
     sync_acks: Option<Spanned<SyncAcks>>,
     unsafe_failover: Option<bool>,
+    log_rows_max: Option<Spanned<usize>>,
     heartbeat_ms: Option<f64>,
     ping_ms: Option<f64>,
     dead_after_ms: Option<f64>,
@@ -391,6 +392,12 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
     };
     let mut cluster = ClusterConfig::new(replicas, sync_acks);
     cluster.unsafe_failover = c.unsafe_failover.unwrap_or(false);
+    if let Some(m) = c.log_rows_max {
+        if *m.get_ref() < 16 {
+            return Err(at(Some(m.span()), "field `log_rows_max`: must be at least 16".into()));
+        }
+        cluster.log_rows_max = *m.get_ref();
+    }
     cluster.timing = timing;
 
     // network

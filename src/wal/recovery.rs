@@ -100,7 +100,7 @@ pub(super) fn open(dir: &Path, config: WalConfig) -> Result<(Wal, Recovered, Rec
 
     let base = chosen.as_ref().map(|c| c.0.last).unwrap_or_default();
     let promised = chosen.as_ref().map(|c| c.0.promised).unwrap_or_default();
-    let mut replay = Replay { base, promised, rows: Vec::new() };
+    let mut replay = Replay { base, promised, rows: Vec::new(), installed: None };
     let mut index = RowIndex { base: base.lsn, end: base.lsn, runs: Vec::new() };
     let mut expected_seq = live.first().map_or(replay_from_seq, |s| s.0);
     let mut last_len_bytes = SEGMENT_HEADER_BYTES as u64;
@@ -250,6 +250,7 @@ pub(super) fn open(dir: &Path, config: WalConfig) -> Result<(Wal, Recovered, Rec
         scratch_ends: Vec::new(),
         poisoned: false,
     };
+    let snapshot = replay.installed.or(snapshot);
     let recovered = Recovered { snapshot, promised: replay.promised, rows: replay.rows };
     Ok((wal, recovered, report))
 }

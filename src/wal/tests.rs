@@ -315,7 +315,7 @@ fn round_trip() {
     let mut expected = Stored::default();
     ops.iter().for_each(|op| expected.apply(op));
     assert_eq!(rec.last(), expected.last());
-    assert_eq!(rec.into_stored().expect("no snapshot"), expected);
+    assert_eq!(rec.into_stored(), expected);
 }
 
 #[test]
@@ -324,7 +324,7 @@ fn replay_matches_stored_apply_across_rollovers_and_reopens() {
     let mut w = Workload::new(7);
     for round in 0..5 {
         let (mut wal, rec, _) = open_small(tmp.path());
-        assert_eq!(rec.into_stored().expect("no snapshot"), w.model, "round {round}");
+        assert_eq!(rec.into_stored(), w.model, "round {round}");
         for _ in 0..60 {
             let batch: Vec<PersistOp> = (0..1 + w.rng.below(5)).map(|_| w.next_op()).collect();
             wal.append(&batch).expect("append");
@@ -335,7 +335,7 @@ fn replay_matches_stored_apply_across_rollovers_and_reopens() {
     let (wal, rec, report) = open_small(tmp.path());
     assert!(wal.segment_count() > 3, "expected rollovers, got {}", wal.segment_count());
     assert_eq!(report.segments_replayed, wal.segment_count());
-    assert_eq!(rec.into_stored().expect("no snapshot"), w.model);
+    assert_eq!(rec.into_stored(), w.model);
 }
 
 #[test]
@@ -629,7 +629,9 @@ fn snapshot_and_compaction_recover_the_same_state() {
         assert_eq!(rec.rows, w.model.rows[snap.last.lsn.0 as usize..]);
         assert_eq!(rec.promised, w.model.promised.max(Epoch(w.epoch)));
         assert_eq!(rec.last(), w.model.last());
-        assert!(rec.into_stored().is_err(), "a snapshot cannot become a Stored");
+        let stored = rec.into_stored();
+        assert_eq!(stored.snapshot.as_ref(), Some(&snap), "the snapshot is carried into Stored");
+        assert_eq!(stored.last(), w.model.last());
     }
 }
 
@@ -721,7 +723,7 @@ fn corrupt_snapshot_falls_back_to_a_whole_log_or_refuses() {
     assert!(rec.snapshot.is_none());
     let mut expected = Stored::default();
     ops.iter().for_each(|op| expected.apply(op));
-    assert_eq!(rec.into_stored().expect("no snapshot"), expected);
+    assert_eq!(rec.into_stored(), expected);
     assert!(report.file.exists(), "the bad snapshot is kept as evidence");
 
     // Once the log before a snapshot is gone, a bad snapshot is fatal.
