@@ -11,7 +11,9 @@ pub mod config;
 pub mod machine;
 pub mod msg;
 pub mod replica;
+pub mod runtime;
 pub mod types;
+pub mod wire;
 
 pub use config::ClusterConfig;
 pub use machine::{Completion, Effect, Event, Outbox, PersistOp, Stored};
