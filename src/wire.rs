@@ -123,7 +123,10 @@ impl fmt::Display for WireError {
             }
             WireError::Empty => f.write_str("empty frame"),
             WireError::Truncated { have, need } => {
-                write!(f, "connection closed inside a frame ({have} of {need} bytes)")
+                write!(
+                    f,
+                    "connection closed inside a frame ({have} of {need} bytes)"
+                )
             }
             WireError::BadMagic(m) => write!(f, "not a kvnode peer (hello starts {m:02x?})"),
             WireError::Version { theirs } => write!(
@@ -200,7 +203,12 @@ impl FrameDecoder {
     }
 
     pub fn with_limit(max_body: usize) -> FrameDecoder {
-        FrameDecoder { buf: Vec::new(), start: 0, end: 0, max_body }
+        FrameDecoder {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            max_body,
+        }
     }
 
     /// Changes the frame limit (after the hello, once the peer is known).
@@ -220,7 +228,9 @@ impl FrameDecoder {
             self.end = 0;
         }
         let want = self.pending_len().map_or(0, |len| LEN_BYTES + len);
-        if self.start > 0 && (self.buf.len() - self.end < MIN_READ_BYTES || self.start + want > self.buf.len()) {
+        if self.start > 0
+            && (self.buf.len() - self.end < MIN_READ_BYTES || self.start + want > self.buf.len())
+        {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
@@ -228,7 +238,10 @@ impl FrameDecoder {
         if self.buf.len() - self.end < MIN_READ_BYTES || want > self.buf.len() {
             // Never more than one whole frame plus one read's worth.
             let cap = LEN_BYTES + self.max_body + MIN_READ_BYTES;
-            let grown = (self.buf.len() * 2).max(INITIAL_BUFFER_BYTES).max(want).min(cap);
+            let grown = (self.buf.len() * 2)
+                .max(INITIAL_BUFFER_BYTES)
+                .max(want)
+                .min(cap);
             let len = grown.max(self.end + MIN_READ_BYTES);
             self.buf.resize(len, 0);
         }
@@ -257,13 +270,17 @@ impl FrameDecoder {
 
     /// The next complete hello, if buffered.
     pub fn next_hello(&mut self) -> Result<Option<Hello>, WireError> {
-        let Some(body) = self.next_body()? else { return Ok(None) };
+        let Some(body) = self.next_body()? else {
+            return Ok(None);
+        };
         decode_hello(&self.buf[body]).map(Some)
     }
 
     /// The next complete frame, if buffered.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
-        let Some(body) = self.next_body()? else { return Ok(None) };
+        let Some(body) = self.next_body()? else {
+            return Ok(None);
+        };
         decode_frame(&self.buf[body]).map(Some)
     }
 
@@ -275,12 +292,17 @@ impl FrameDecoder {
     }
 
     fn next_body(&mut self) -> Result<Option<std::ops::Range<usize>>, WireError> {
-        let Some(len) = self.pending_len() else { return Ok(None) };
+        let Some(len) = self.pending_len() else {
+            return Ok(None);
+        };
         if len == 0 {
             return Err(WireError::Empty);
         }
         if len > self.max_body {
-            return Err(WireError::TooLarge { len, max: self.max_body });
+            return Err(WireError::TooLarge {
+                len,
+                max: self.max_body,
+            });
         }
         if self.buffered() < LEN_BYTES + len {
             return Ok(None);
@@ -300,7 +322,10 @@ impl Default for FrameDecoder {
 /// Parses a hello body.
 pub fn decode_hello(body: &[u8]) -> Result<Hello, WireError> {
     if body.len() < 6 {
-        return Err(WireError::Truncated { have: body.len(), need: 7 });
+        return Err(WireError::Truncated {
+            have: body.len(),
+            need: 7,
+        });
     }
     let magic: [u8; 4] = body[..4].try_into().expect("4 bytes");
     if magic != MAGIC {
@@ -322,7 +347,8 @@ pub fn decode_frame(body: &[u8]) -> Result<Frame, WireError> {
 }
 
 fn decode_exact<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, WireError> {
-    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| WireError::Decode(e.to_string()))?;
+    let (value, rest) =
+        postcard::take_from_bytes(body).map_err(|e| WireError::Decode(e.to_string()))?;
     if !rest.is_empty() {
         return Err(WireError::Decode(format!("{} trailing bytes", rest.len())));
     }
@@ -338,10 +364,17 @@ pub fn check_limits(frame: &Frame) -> Result<(), WireError> {
         Frame::Cluster(info) => {
             let n = info.config.replicas.len();
             if n == 0 || info.addrs.len() > n {
-                return Err(WireError::Invalid(format!("cluster of {n} replicas, {} addresses", info.addrs.len())));
+                return Err(WireError::Invalid(format!(
+                    "cluster of {n} replicas, {} addresses",
+                    info.addrs.len()
+                )));
             }
             if let Some((r, a)) = info.addrs.iter().find(|(_, a)| a.len() > MAX_ADDR_BYTES) {
-                return Err(WireError::Invalid(format!("address of r{} is {} bytes", r.0, a.len())));
+                return Err(WireError::Invalid(format!(
+                    "address of r{} is {} bytes",
+                    r.0,
+                    a.len()
+                )));
             }
             Ok(())
         }
@@ -351,9 +384,12 @@ pub fn check_limits(frame: &Frame) -> Result<(), WireError> {
 fn check_msg(msg: &Msg) -> Result<(), WireError> {
     match msg {
         Msg::Request { op, .. } => check_op(op),
-        Msg::Response { result: Ok(reply), .. } | Msg::ReadResult { result: Ok(reply), .. } => {
-            check_value(reply.value.as_deref())
+        Msg::Response {
+            result: Ok(reply), ..
         }
+        | Msg::ReadResult {
+            result: Ok(reply), ..
+        } => check_value(reply.value.as_deref()),
         Msg::Write { key, value, .. } => {
             check_key(key)?;
             check_value(value.as_deref())
@@ -388,7 +424,10 @@ fn check_op(op: &Op) -> Result<(), WireError> {
 
 fn check_key(key: &str) -> Result<(), WireError> {
     if key.len() > MAX_KEY_BYTES {
-        return Err(WireError::Invalid(format!("key of {} bytes, limit {MAX_KEY_BYTES}", key.len())));
+        return Err(WireError::Invalid(format!(
+            "key of {} bytes, limit {MAX_KEY_BYTES}",
+            key.len()
+        )));
     }
     Ok(())
 }
@@ -432,7 +471,11 @@ pub fn accepts(local: NodeId, from: NodeId, frame: &Frame) -> bool {
         ),
         (Replica(_), Balancer) => matches!(
             msg,
-            Msg::Ping { .. } | Msg::Prepare { .. } | Msg::Promote { .. } | Msg::Write { .. } | Msg::Read { .. }
+            Msg::Ping { .. }
+                | Msg::Prepare { .. }
+                | Msg::Promote { .. }
+                | Msg::Write { .. }
+                | Msg::Read { .. }
         ),
         (Replica(_), Replica(_)) => matches!(msg, Msg::Append { .. } | Msg::AppendAck { .. }),
         (Client(_), Balancer) => matches!(msg, Msg::Response { .. }),
@@ -448,8 +491,14 @@ mod tests {
 
     fn request(key: &str, value: &str) -> Frame {
         Frame::Msg(Msg::Request {
-            id: RequestId { client: ClientId(u64::MAX), seq: 7 },
-            op: Op::Set { key: key.into(), value: value.into() },
+            id: RequestId {
+                client: ClientId(u64::MAX),
+                seq: 7,
+            },
+            op: Op::Set {
+                key: key.into(),
+                value: value.into(),
+            },
             read: ReadMode::Session,
             min_lsn: Lsn(3),
         })
@@ -462,18 +511,30 @@ mod tests {
             body: RowBody::Put {
                 key: "k".into(),
                 value: Some("v = with spaces".into()),
-                req: RequestId { client: ClientId(1), seq: lsn },
+                req: RequestId {
+                    client: ClientId(1),
+                    seq: lsn,
+                },
             },
         };
         vec![
             request("stephen", "zerfas"),
             Frame::Msg(Msg::Response {
-                id: RequestId { client: ClientId(9), seq: 1 },
-                result: Ok(Reply { value: None, lsn: Lsn(4) }),
+                id: RequestId {
+                    client: ClientId(9),
+                    seq: 1,
+                },
+                result: Ok(Reply {
+                    value: None,
+                    lsn: Lsn(4),
+                }),
             }),
             Frame::Msg(Msg::Append {
                 epoch: Epoch(2),
-                prev: LogPos { epoch: Epoch(1), lsn: Lsn(4) },
+                prev: LogPos {
+                    epoch: Epoch(1),
+                    lsn: Lsn(4),
+                },
                 rows: vec![row(5), row(6)],
                 commit: Lsn(4),
                 probe: 3,
@@ -510,7 +571,13 @@ mod tests {
                     got.push(f);
                 }
             }
-            assert_eq!(hello, Some(Hello { version: PROTOCOL_VERSION, from: NodeId::Client(ClientId(42)) }));
+            assert_eq!(
+                hello,
+                Some(Hello {
+                    version: PROTOCOL_VERSION,
+                    from: NodeId::Client(ClientId(42))
+                })
+            );
             assert_eq!(got, samples(), "chunk size {chunk}");
             assert_eq!(dec.finish(), Ok(()));
         }
@@ -523,7 +590,12 @@ mod tests {
         // len=8: "KVST", version 1, NodeId::Replica tag 1, id 3
         assert_eq!(bytes, [0, 0, 0, 8, b'K', b'V', b'S', b'T', 0, 1, 1, 3]);
         let mut bytes = Vec::new();
-        encode_frame(&Frame::Msg(Msg::Ping { nonce: 5 }), MAX_FRAME_BYTES, &mut bytes).unwrap();
+        encode_frame(
+            &Frame::Msg(Msg::Ping { nonce: 5 }),
+            MAX_FRAME_BYTES,
+            &mut bytes,
+        )
+        .unwrap();
         // Frame::Msg tag 0, Msg::Ping tag 6, nonce 5
         assert_eq!(bytes, [0, 0, 0, 3, 0, 6, 5]);
     }
@@ -532,11 +604,20 @@ mod tests {
     fn oversized_frames_are_refused_before_reading_them() {
         let mut dec = FrameDecoder::with_limit(MAX_CLIENT_FRAME_BYTES);
         dec.feed(&u32::MAX.to_be_bytes());
-        assert_eq!(dec.next_frame(), Err(WireError::TooLarge { len: u32::MAX as usize, max: MAX_CLIENT_FRAME_BYTES }));
+        assert_eq!(
+            dec.next_frame(),
+            Err(WireError::TooLarge {
+                len: u32::MAX as usize,
+                max: MAX_CLIENT_FRAME_BYTES
+            })
+        );
         // The sender refuses too, and leaves its buffer as it was.
         let big = request("k", &"x".repeat(MAX_VALUE_BYTES));
         let mut out = vec![1, 2];
-        assert!(matches!(encode_frame(&big, 1000, &mut out), Err(WireError::TooLarge { .. })));
+        assert!(matches!(
+            encode_frame(&big, 1000, &mut out),
+            Err(WireError::TooLarge { .. })
+        ));
         assert_eq!(out, [1, 2]);
         // A value just within the limit fits a client frame.
         encode_frame(&big, MAX_CLIENT_FRAME_BYTES, &mut out).unwrap();
@@ -544,7 +625,10 @@ mod tests {
 
     #[test]
     fn over_limit_keys_and_values_are_invalid_even_in_a_large_frame() {
-        for f in [request(&"k".repeat(MAX_KEY_BYTES + 1), "v"), request("k", &"v".repeat(MAX_VALUE_BYTES + 1))] {
+        for f in [
+            request(&"k".repeat(MAX_KEY_BYTES + 1), "v"),
+            request("k", &"v".repeat(MAX_VALUE_BYTES + 1)),
+        ] {
             let mut bytes = Vec::new();
             encode_frame(&f, MAX_FRAME_BYTES, &mut bytes).unwrap();
             let mut dec = FrameDecoder::with_limit(MAX_FRAME_BYTES);
@@ -609,7 +693,10 @@ mod tests {
             hello.feed(&bytes);
             let _ = hello.next_hello();
         }
-        assert!(errors > 500, "garbage should mostly be rejected, got {errors} errors");
+        assert!(
+            errors > 500,
+            "garbage should mostly be rejected, got {errors} errors"
+        );
         // HTTP is not a kvnode peer.
         let mut dec = FrameDecoder::new();
         dec.feed(b"GET / HTTP/1.1\r\n\r\n");
@@ -639,7 +726,10 @@ mod tests {
         let b = NodeId::Balancer;
         let req = request("k", "v");
         assert!(accepts(b, c, &req));
-        assert!(!accepts(b, NodeId::Client(ClientId(1)), &req), "request names another client");
+        assert!(
+            !accepts(b, NodeId::Client(ClientId(1)), &req),
+            "request names another client"
+        );
         assert!(!accepts(r, c, &req));
         let promote = Frame::Msg(Msg::Promote { epoch: Epoch(1) });
         assert!(accepts(r, b, &promote));

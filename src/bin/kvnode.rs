@@ -104,7 +104,11 @@ struct ClientArgs {
     #[arg(long, default_value = "session", value_name = "MODE")]
     read: ReadMode,
     /// One command to run instead of the REPL, e.g. `get KEY` or `set KEY=VALUE`.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
     command: Vec<String>,
 }
 
@@ -210,31 +214,65 @@ fn serve(nodes: Vec<NodeHandle>) -> io::Result<()> {
 }
 
 fn replica(a: ReplicaArgs) -> io::Result<()> {
-    let listen = a.listen.unwrap_or_else(|| format!("127.0.0.1:{}", 8080 + a.n as u16));
+    let listen = a
+        .listen
+        .unwrap_or_else(|| format!("127.0.0.1:{}", 8080 + a.n as u16));
     let store = open_store(&a.storage, a.n)?;
-    let node = runtime::start_replica(ReplicaOptions { id: ReplicaId(a.n), listen, store }, Clock::new())?;
+    let node = runtime::start_replica(
+        ReplicaOptions {
+            id: ReplicaId(a.n),
+            listen,
+            store,
+        },
+        Clock::new(),
+    )?;
     println!("kvnode replica {} listening at {}", a.n, node.addr);
     serve(vec![node])
 }
 
-fn balancer_options(listen: String, replicas: Vec<String>, c: &ClusterConfigArgs) -> BalancerOptions {
-    BalancerOptions { listen, replicas, sync_acks: c.sync_acks, unsafe_failover: c.unsafe_failover }
+fn balancer_options(
+    listen: String,
+    replicas: Vec<String>,
+    c: &ClusterConfigArgs,
+) -> BalancerOptions {
+    BalancerOptions {
+        listen,
+        replicas,
+        sync_acks: c.sync_acks,
+        unsafe_failover: c.unsafe_failover,
+    }
 }
 
 fn balancer(a: BalancerArgs) -> io::Result<()> {
-    let node = runtime::start_balancer(balancer_options(a.listen, a.replicas, &a.cluster), Clock::new())?;
+    let node = runtime::start_balancer(
+        balancer_options(a.listen, a.replicas, &a.cluster),
+        Clock::new(),
+    )?;
     println!("kvnode balancer listening at {}", node.addr);
     serve(vec![node])
 }
 
 fn cluster(a: ClusterArgs) -> io::Result<()> {
     let clock = Clock::new();
-    let port = |i: u16| if a.base_port == 0 { 0 } else { a.base_port.saturating_add(i) };
+    let port = |i: u16| {
+        if a.base_port == 0 {
+            0
+        } else {
+            a.base_port.saturating_add(i)
+        }
+    };
     let mut replicas = Vec::new();
     for n in 1..=a.replicas {
         let listen = format!("{}:{}", a.host, port(n as u16));
         let store = open_store(&a.storage, n)?;
-        let node = runtime::start_replica(ReplicaOptions { id: ReplicaId(n), listen, store }, clock)?;
+        let node = runtime::start_replica(
+            ReplicaOptions {
+                id: ReplicaId(n),
+                listen,
+                store,
+            },
+            clock,
+        )?;
         println!("kvnode replica {n} listening at {}", node.addr);
         replicas.push(node);
     }
@@ -290,7 +328,10 @@ fn client(a: ClientArgs) -> ExitCode {
 
 fn bench(a: BenchArgs) -> io::Result<()> {
     if !a.duration.is_finite() || a.duration <= 0.0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "--duration must be positive"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--duration must be positive",
+        ));
     }
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();

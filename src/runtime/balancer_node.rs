@@ -34,12 +34,25 @@ impl Role for BalancerNode {
         NodeId::Balancer
     }
 
-    fn on_frame(&mut self, now: Time, from: NodeId, frame: Frame, out: &mut Outbox, _net: &mut Net) {
+    fn on_frame(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        frame: Frame,
+        out: &mut Outbox,
+        _net: &mut Net,
+    ) {
         let Frame::Msg(msg) = frame else { return };
         if self.stopping {
             if let Msg::Request { id, .. } = msg {
                 // Nothing was forwarded, so nothing was applied.
-                out.send(from, Msg::Response { id, result: Err(OpError::Unavailable) });
+                out.send(
+                    from,
+                    Msg::Response {
+                        id,
+                        result: Err(OpError::Unavailable),
+                    },
+                );
                 return;
             }
         }
@@ -81,11 +94,19 @@ impl BalancerOptions {
     pub fn cluster(&self) -> io::Result<ClusterInfo> {
         let n = self.replicas.len();
         if n == 0 || n > u8::MAX as usize {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("need 1 to 255 replicas, got {n}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("need 1 to 255 replicas, got {n}"),
+            ));
         }
         let mut config = ClusterConfig::new(n as u8, self.sync_acks);
         config.unsafe_failover = self.unsafe_failover;
-        let addrs = self.replicas.iter().enumerate().map(|(i, a)| (ReplicaId(i as u8 + 1), a.clone())).collect();
+        let addrs = self
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (ReplicaId(i as u8 + 1), a.clone()))
+            .collect();
         Ok(ClusterInfo { config, addrs })
     }
 }
@@ -99,7 +120,12 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
     let stopping = Arc::new(AtomicBool::new(false));
     net::spawn_acceptor(
         listener,
-        Accepting { me, tx: tx.clone(), stopping: stopping.clone(), allowed: |p| matches!(p, NodeId::Client(_)) },
+        Accepting {
+            me,
+            tx: tx.clone(),
+            stopping: stopping.clone(),
+            allowed: |p| matches!(p, NodeId::Client(_)),
+        },
     )?;
     let mut dialers = Vec::new();
     for (r, a) in &info.addrs {
@@ -114,12 +140,19 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
     let timing = &info.config.timing;
     // Long enough for the machine to answer or time out every request.
     let drain = Duration::from_micros(timing.request_timeout_us + 2 * crate::balancer::TICK_US);
-    let role = BalancerNode { machine: Balancer::new(info.config.clone(), clock.now()), stopping: false, drain, _dialers: dialers };
-    let thread = std::thread::Builder::new().name(me.to_string()).spawn(move || {
-        node::run(role, rx, clock, move || {
-            stopping.store(true, Ordering::SeqCst);
-            net::wake_acceptor(addr);
-        })
-    })?;
+    let role = BalancerNode {
+        machine: Balancer::new(info.config.clone(), clock.now()),
+        stopping: false,
+        drain,
+        _dialers: dialers,
+    };
+    let thread = std::thread::Builder::new()
+        .name(me.to_string())
+        .spawn(move || {
+            node::run(role, rx, clock, move || {
+                stopping.store(true, Ordering::SeqCst);
+                net::wake_acceptor(addr);
+            })
+        })?;
     Ok(NodeHandle::new(me, addr, tx, thread))
 }

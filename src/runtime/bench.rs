@@ -44,15 +44,28 @@ pub struct Mix {
 impl FromStr for Mix {
     type Err = String;
     fn from_str(s: &str) -> Result<Mix, String> {
-        let mut mix = Mix { set: 0, get: 0, del: 0 };
+        let mut mix = Mix {
+            set: 0,
+            get: 0,
+            del: 0,
+        };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (kind, weight) = part.split_once(':').ok_or_else(|| format!("'{part}' is not KIND:WEIGHT"))?;
-            let weight: u32 = weight.trim().parse().map_err(|_| format!("bad weight in '{part}'"))?;
+            let (kind, weight) = part
+                .split_once(':')
+                .ok_or_else(|| format!("'{part}' is not KIND:WEIGHT"))?;
+            let weight: u32 = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad weight in '{part}'"))?;
             match kind.trim() {
                 "set" => mix.set += weight,
                 "get" => mix.get += weight,
                 "del" => mix.del += weight,
-                k => return Err(format!("unknown operation '{k}' (expected set, get or del)")),
+                k => {
+                    return Err(format!(
+                        "unknown operation '{k}' (expected set, get or del)"
+                    ))
+                }
             }
         }
         if mix.total() == 0 {
@@ -134,17 +147,26 @@ pub struct Report {
 /// in flight finish.
 pub fn run(opts: BenchOptions, stop: Arc<AtomicBool>) -> io::Result<Report> {
     if opts.clients == 0 || opts.keys == 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "need at least one client and one key"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "need at least one client and one key",
+        ));
     }
     let value: Arc<str> = "x".repeat(opts.value_size).into();
     let mut clients = Vec::with_capacity(opts.clients);
     for _ in 0..opts.clients {
         let mut c = SyncClient::new(&opts.connect, ClientId(random_u64()), opts.read);
-        c.connect().map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {}: {e}", opts.connect)))?;
+        c.connect().map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot connect to {}: {e}", opts.connect))
+        })?;
         clients.push(c);
     }
 
-    let prefill = if opts.mix.get > 0 { opts.keys.min(MAX_PREFILL_KEYS) } else { 0 };
+    let prefill = if opts.mix.get > 0 {
+        opts.keys.min(MAX_PREFILL_KEYS)
+    } else {
+        0
+    };
     let barrier = Arc::new(Barrier::new(opts.clients + 1));
     let budget = Arc::new(AtomicI64::new(opts.ops.map_or(i64::MAX, |n| n as i64)));
     let done = Arc::new(AtomicU64::new(0));
@@ -165,53 +187,68 @@ pub fn run(opts: BenchOptions, stop: Arc<AtomicBool>) -> io::Result<Report> {
             stop.clone(),
             running.clone(),
         );
-        threads.push(std::thread::Builder::new().name(format!("bench-{i}")).spawn(move || {
-            // Reads of keys nobody wrote would measure nothing: write them first.
-            let mut k = i as u64;
-            while k < prefill && !stop.load(Ordering::Relaxed) {
-                client.call(Op::Set { key: format!("key{k}"), value: value.to_string() });
-                k += n;
-            }
-            barrier.wait();
-            let end = Instant::now() + opts.duration;
-            let mut rng = Rng(random_u64());
-            let mut t = Tally { hist: [new_hist(), new_hist(), new_hist()], errors: 0, first_error: None };
-            loop {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                if opts.ops.is_some() {
-                    if budget.fetch_sub(1, Ordering::Relaxed) <= 0 {
-                        break;
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("bench-{i}"))
+                .spawn(move || {
+                    // Reads of keys nobody wrote would measure nothing: write them first.
+                    let mut k = i as u64;
+                    while k < prefill && !stop.load(Ordering::Relaxed) {
+                        client.call(Op::Set {
+                            key: format!("key{k}"),
+                            value: value.to_string(),
+                        });
+                        k += n;
                     }
-                } else if Instant::now() >= end {
-                    break;
-                }
-                let kind = opts.mix.pick(rng.next());
-                let key = format!("key{}", rng.next() % opts.keys);
-                let op = match kind {
-                    Kind::Set => Op::Set { key, value: value.to_string() },
-                    Kind::Get => Op::Get { key },
-                    Kind::Del => Op::Del { key },
-                };
-                let began = Instant::now();
-                let c = client.call(op);
-                let us = began.elapsed().as_micros() as u64;
-                match &c.result {
-                    Ok(_) => {
-                        t.hist[kind as usize].saturating_record(us.max(1));
-                        done.fetch_add(1, Ordering::Relaxed);
+                    barrier.wait();
+                    let end = Instant::now() + opts.duration;
+                    let mut rng = Rng(random_u64());
+                    let mut t = Tally {
+                        hist: [new_hist(), new_hist(), new_hist()],
+                        errors: 0,
+                        first_error: None,
+                    };
+                    loop {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        if opts.ops.is_some() {
+                            if budget.fetch_sub(1, Ordering::Relaxed) <= 0 {
+                                break;
+                            }
+                        } else if Instant::now() >= end {
+                            break;
+                        }
+                        let kind = opts.mix.pick(rng.next());
+                        let key = format!("key{}", rng.next() % opts.keys);
+                        let op = match kind {
+                            Kind::Set => Op::Set {
+                                key,
+                                value: value.to_string(),
+                            },
+                            Kind::Get => Op::Get { key },
+                            Kind::Del => Op::Del { key },
+                        };
+                        let began = Instant::now();
+                        let c = client.call(op);
+                        let us = began.elapsed().as_micros() as u64;
+                        match &c.result {
+                            Ok(_) => {
+                                t.hist[kind as usize].saturating_record(us.max(1));
+                                done.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                t.errors += 1;
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                t.first_error
+                                    .get_or_insert_with(|| format!("{} -> {e}", c.op));
+                            }
+                        }
                     }
-                    Err(e) => {
-                        t.errors += 1;
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        t.first_error.get_or_insert_with(|| format!("{} -> {e}", c.op));
-                    }
-                }
-            }
-            drop(running);
-            t
-        })?);
+                    drop(running);
+                    t
+                })?,
+        );
     }
 
     if prefill > 0 && opts.progress {
@@ -241,12 +278,16 @@ pub fn run(opts: BenchOptions, stop: Arc<AtomicBool>) -> io::Result<Report> {
     }
     let mut tallies = Vec::new();
     for t in threads {
-        tallies.push(t.join().map_err(|_| io::Error::other("a bench thread panicked"))?);
+        tallies.push(
+            t.join()
+                .map_err(|_| io::Error::other("a bench thread panicked"))?,
+        );
     }
     let elapsed = started.elapsed();
 
     let mut all = new_hist();
-    let mut by_kind: Vec<(&'static str, Histogram<u64>)> = KINDS.iter().map(|(name, _)| (*name, new_hist())).collect();
+    let mut by_kind: Vec<(&'static str, Histogram<u64>)> =
+        KINDS.iter().map(|(name, _)| (*name, new_hist())).collect();
     let (mut errors, mut first_error) = (0, None);
     for t in tallies {
         for (i, h) in t.hist.iter().enumerate() {
@@ -257,10 +298,19 @@ pub fn run(opts: BenchOptions, stop: Arc<AtomicBool>) -> io::Result<Report> {
         first_error = first_error.or(t.first_error);
     }
     by_kind.retain(|(_, h)| !h.is_empty());
-    Ok(Report { ok: all.len(), errors, first_error, elapsed, all, by_kind, opts })
+    Ok(Report {
+        ok: all.len(),
+        errors,
+        first_error,
+        elapsed,
+        all,
+        by_kind,
+        opts,
+    })
 }
 
-const PERCENTILES: [(&str, f64); 4] = [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)];
+const PERCENTILES: [(&str, f64); 4] =
+    [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)];
 
 fn show_us(us: u64) -> String {
     if us < 1000 {
@@ -311,7 +361,12 @@ impl Report {
         let _ = writeln!(s, "latency     {}", Self::latency_line(&self.all));
         if self.by_kind.len() > 1 {
             for (name, h) in &self.by_kind {
-                let _ = writeln!(s, "  {name:<9} {}  ({} ops)", Self::latency_line(h), h.len());
+                let _ = writeln!(
+                    s,
+                    "  {name:<9} {}  ({} ops)",
+                    Self::latency_line(h),
+                    h.len()
+                );
             }
         }
         s
@@ -324,12 +379,23 @@ impl Report {
             for (name, p) in PERCENTILES {
                 let _ = write!(s, "\"{name}\":{},", h.value_at_quantile(p / 100.0));
             }
-            let _ = write!(s, "\"max\":{},\"mean\":{:.1},\"count\":{}}}", h.max(), h.mean(), h.len());
+            let _ = write!(
+                s,
+                "\"max\":{},\"mean\":{:.1},\"count\":{}}}",
+                h.max(),
+                h.mean(),
+                h.len()
+            );
             s
         };
         let mut kinds = String::new();
         for (i, (name, h)) in self.by_kind.iter().enumerate() {
-            let _ = write!(kinds, "{}\"{name}\":{}", if i > 0 { "," } else { "" }, lat(h));
+            let _ = write!(
+                kinds,
+                "{}\"{name}\":{}",
+                if i > 0 { "," } else { "" },
+                lat(h)
+            );
         }
         format!(
             "{{\"clients\":{},\"mix\":\"{}\",\"read\":\"{}\",\"value_size\":{},\"keys\":{},\"elapsed_s\":{:.3},\"ok\":{},\"errors\":{},\"throughput_ops_s\":{:.1},\"latency_us\":{},\"by_op\":{{{kinds}}}}}",
@@ -353,11 +419,22 @@ mod tests {
 
     #[test]
     fn parses_mixes() {
-        assert_eq!("set:50,get:50".parse::<Mix>(), Ok(Mix { set: 50, get: 50, del: 0 }));
+        assert_eq!(
+            "set:50,get:50".parse::<Mix>(),
+            Ok(Mix {
+                set: 50,
+                get: 50,
+                del: 0
+            })
+        );
         assert_eq!("get:1".parse::<Mix>().unwrap().to_string(), "get:1");
         assert!("put:1".parse::<Mix>().is_err());
         assert!("set:0".parse::<Mix>().is_err());
-        let m = Mix { set: 1, get: 3, del: 0 };
+        let m = Mix {
+            set: 1,
+            get: 3,
+            del: 0,
+        };
         let picks: Vec<Kind> = (0..4).map(|r| m.pick(r)).collect();
         assert_eq!(picks, [Kind::Set, Kind::Get, Kind::Get, Kind::Get]);
     }

@@ -76,14 +76,27 @@ impl SyncClient {
     fn dial(&self) -> Result<Conn, ConnEnd> {
         let stream = net::connect(&self.addr, net::CONNECT_TIMEOUT)?;
         let mut dec = FrameDecoder::new();
-        let hello = net::handshake(&stream, NodeId::Client(self.id()), &mut dec, net::HELLO_TIMEOUT)?;
+        let hello = net::handshake(
+            &stream,
+            NodeId::Client(self.id()),
+            &mut dec,
+            net::HELLO_TIMEOUT,
+        )?;
         if hello.from != NodeId::Balancer {
-            return Err(ConnEnd::Refused(format!("expected the balancer at {} but {} answered", self.addr, hello.from)));
+            return Err(ConnEnd::Refused(format!(
+                "expected the balancer at {} but {} answered",
+                self.addr, hello.from
+            )));
         }
         dec.set_limit(wire::MAX_CLIENT_FRAME_BYTES);
         stream.set_write_timeout(Some(net::WRITE_TIMEOUT))?;
         debug!("client {} connected to {}", self.id().0, self.addr);
-        Ok(Conn { stream, dec, wbuf: Vec::new(), read_timeout: None })
+        Ok(Conn {
+            stream,
+            dec,
+            wbuf: Vec::new(),
+            read_timeout: None,
+        })
     }
 
     /// Runs one operation to its outcome: the reply, or an error (a `Timeout`
@@ -116,14 +129,19 @@ impl SyncClient {
             match self.recv_until(deadline) {
                 Ok(Some(msg)) => {
                     let now = self.clock.now();
-                    self.machine.on_message(now, NodeId::Balancer, msg, &mut self.out);
+                    self.machine
+                        .on_message(now, NodeId::Balancer, msg, &mut self.out);
                 }
                 Ok(None) => {
                     let now = self.clock.now();
                     self.machine.on_tick(now, &mut self.out);
                 }
                 Err(e) => {
-                    info!("client {}: connection to {} lost: {e}", self.id().0, self.addr);
+                    info!(
+                        "client {}: connection to {} lost: {e}",
+                        self.id().0,
+                        self.addr
+                    );
                     self.conn = None;
                 }
             }
@@ -156,7 +174,9 @@ impl SyncClient {
         }
         let c = self.conn.as_mut().expect("just connected");
         c.wbuf.clear();
-        if let Err(e) = wire::encode_frame(&Frame::Msg(msg), wire::MAX_CLIENT_FRAME_BYTES, &mut c.wbuf) {
+        if let Err(e) =
+            wire::encode_frame(&Frame::Msg(msg), wire::MAX_CLIENT_FRAME_BYTES, &mut c.wbuf)
+        {
             info!("client {}: not sending: {e}", self.id().0);
             return;
         }
@@ -174,7 +194,9 @@ impl SyncClient {
         loop {
             match c.dec.next_frame()? {
                 Some(Frame::Msg(msg)) => return Ok(Some(msg)),
-                Some(Frame::Cluster(_)) => return Err(ConnEnd::Refused("unexpected Cluster frame".into())),
+                Some(Frame::Cluster(_)) => {
+                    return Err(ConnEnd::Refused("unexpected Cluster frame".into()))
+                }
                 None => {}
             }
             let left = deadline.saturating_duration_since(Instant::now());

@@ -47,7 +47,9 @@ pub struct Clock {
 
 impl Clock {
     pub fn new() -> Clock {
-        Clock { start: Instant::now() }
+        Clock {
+            start: Instant::now(),
+        }
     }
     pub fn now(&self) -> Time {
         Time(self.start.elapsed().as_micros() as u64)
@@ -84,7 +86,12 @@ pub struct NodeHandle {
 
 impl NodeHandle {
     fn new(id: NodeId, addr: SocketAddr, tx: Sender<Input>, thread: JoinHandle<()>) -> NodeHandle {
-        NodeHandle { id, addr, tx, thread: Some(thread) }
+        NodeHandle {
+            id,
+            addr,
+            tx,
+            thread: Some(thread),
+        }
     }
 
     /// Asks the node to stop: it stops accepting, drains, flushes.
@@ -100,7 +107,7 @@ impl NodeHandle {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().map_or(true, JoinHandle::is_finished)
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 }
 
@@ -108,12 +115,14 @@ impl NodeHandle {
 pub fn on_stop_signals(on_signal: impl Fn(usize) + Send + 'static) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
-        for (n, sig) in signals.forever().enumerate() {
-            tracing::info!("signal {sig} received");
-            on_signal(n + 1);
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for (n, sig) in signals.forever().enumerate() {
+                tracing::info!("signal {sig} received");
+                on_signal(n + 1);
+            }
+        })?;
     Ok(())
 }
 
@@ -127,7 +136,11 @@ pub fn init_logging(level: &str) -> Result<(), String> {
         "info" => tracing_subscriber::filter::LevelFilter::INFO,
         "debug" => tracing_subscriber::filter::LevelFilter::DEBUG,
         "trace" => tracing_subscriber::filter::LevelFilter::TRACE,
-        other => return Err(format!("unknown log level '{other}' (expected off, error, warn, info, debug or trace)")),
+        other => {
+            return Err(format!(
+                "unknown log level '{other}' (expected off, error, warn, info, debug or trace)"
+            ))
+        }
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()

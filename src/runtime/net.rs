@@ -44,9 +44,18 @@ fn next_conn() -> ConnId {
 /// What the network threads (and the signal handler) tell a node thread.
 pub enum Input {
     /// A connection finished its handshake; `stream` is the node's write half.
-    Connected { conn: ConnId, peer: NodeId, stream: TcpStream, dialed: bool },
+    Connected {
+        conn: ConnId,
+        peer: NodeId,
+        stream: TcpStream,
+        dialed: bool,
+    },
     /// A frame that passed [`wire::accepts`].
-    Frame { conn: ConnId, from: NodeId, frame: Frame },
+    Frame {
+        conn: ConnId,
+        from: NodeId,
+        frame: Frame,
+    },
     /// The reader of `conn` stopped; the node drops it.
     Closed { conn: ConnId },
     /// Stop accepting, finish or fail what is in flight, flush, and return.
@@ -98,7 +107,10 @@ impl From<WireError> for ConnEnd {
 pub fn bind(addr: &str) -> io::Result<TcpListener> {
     let mut addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
     addrs.sort_by_key(|a| !a.is_ipv4());
-    let mut last = io::Error::new(io::ErrorKind::InvalidInput, format!("{addr} resolves to nothing"));
+    let mut last = io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{addr} resolves to nothing"),
+    );
     for a in addrs {
         match TcpListener::bind(a) {
             Ok(l) => return Ok(l),
@@ -110,7 +122,10 @@ pub fn bind(addr: &str) -> io::Result<TcpListener> {
 
 /// Connects to the first address of `addr` that answers.
 pub fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
-    let mut last = io::Error::new(io::ErrorKind::InvalidInput, format!("{addr} resolves to nothing"));
+    let mut last = io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{addr} resolves to nothing"),
+    );
     for a in addr.to_socket_addrs()? {
         match TcpStream::connect_timeout(&a, timeout) {
             Ok(s) => {
@@ -124,7 +139,12 @@ pub fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
 }
 
 /// Sends our hello and waits (at most `timeout`) for the peer's.
-pub fn handshake(stream: &TcpStream, me: NodeId, dec: &mut FrameDecoder, timeout: Duration) -> Result<Hello, ConnEnd> {
+pub fn handshake(
+    stream: &TcpStream,
+    me: NodeId,
+    dec: &mut FrameDecoder,
+    timeout: Duration,
+) -> Result<Hello, ConnEnd> {
     let mut hello = Vec::new();
     wire::encode_hello(me, &mut hello);
     (&*stream).write_all(&hello)?;
@@ -153,7 +173,10 @@ pub fn handshake(stream: &TcpStream, me: NodeId, dec: &mut FrameDecoder, timeout
 }
 
 pub fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// Reads frames until the connection ends, handing each to the node.
@@ -174,7 +197,9 @@ fn read_frames(
                             Frame::Msg(m) => m.kind(),
                             Frame::Cluster(_) => "Cluster",
                         };
-                        return ConnEnd::Wire(WireError::Invalid(format!("{from} may not send {what} to {me}")));
+                        return ConnEnd::Wire(WireError::Invalid(format!(
+                            "{from} may not send {what} to {me}"
+                        )));
                     }
                     if tx.send(Input::Frame { conn, from, frame }).is_err() {
                         return ConnEnd::NodeGone;
@@ -271,12 +296,23 @@ fn serve_accepted(stream: TcpStream, peer_addr: &str, a: &Accepting) {
         }
         peer = Some(hello.from);
         dec.set_limit(wire::limit_for(hello.from));
-        let writer = match stream.try_clone().and_then(|w| w.set_write_timeout(Some(WRITE_TIMEOUT)).map(|_| w)) {
+        let writer = match stream
+            .try_clone()
+            .and_then(|w| w.set_write_timeout(Some(WRITE_TIMEOUT)).map(|_| w))
+        {
             Ok(w) => w,
             Err(e) => return e.into(),
         };
         debug!(node = %a.me, "connection {conn} from {} at {peer_addr}", hello.from);
-        if a.tx.send(Input::Connected { conn, peer: hello.from, stream: writer, dialed: false }).is_err() {
+        if a.tx
+            .send(Input::Connected {
+                conn,
+                peer: hello.from,
+                stream: writer,
+                dialed: false,
+            })
+            .is_err()
+        {
             return ConnEnd::NodeGone;
         }
         read_frames(&stream, &mut dec, a.me, hello.from, conn, &a.tx)
@@ -375,7 +411,10 @@ fn dial_once(spec: &DialSpec) -> Result<(TcpStream, FrameDecoder, ConnId), ConnE
     let mut dec = FrameDecoder::new();
     let hello = handshake(&stream, spec.me, &mut dec, HELLO_TIMEOUT)?;
     if hello.from != spec.peer {
-        return Err(ConnEnd::Refused(format!("expected {} but {} answered", spec.peer, hello.from)));
+        return Err(ConnEnd::Refused(format!(
+            "expected {} but {} answered",
+            spec.peer, hello.from
+        )));
     }
     dec.set_limit(wire::limit_for(spec.peer));
     if let Some(first) = &spec.first {
@@ -387,7 +426,12 @@ fn dial_once(spec: &DialSpec) -> Result<(TcpStream, FrameDecoder, ConnId), ConnE
     writer.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let conn = next_conn();
     spec.tx
-        .send(Input::Connected { conn, peer: spec.peer, stream: writer, dialed: true })
+        .send(Input::Connected {
+            conn,
+            peer: spec.peer,
+            stream: writer,
+            dialed: true,
+        })
         .map_err(|_| ConnEnd::NodeGone)?;
     Ok((stream, dec, conn))
 }

@@ -14,7 +14,7 @@ use super::Clock;
 use crate::machine::{Effect, Outbox, PersistOp};
 use crate::types::{NodeId, Time};
 use crate::wire::{self, Frame};
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpStream;
@@ -74,7 +74,12 @@ struct Conn {
 
 impl Net {
     pub fn new(me: NodeId) -> Net {
-        Net { me, conns: HashMap::new(), routes: HashMap::new(), dirty: Vec::new() }
+        Net {
+            me,
+            conns: HashMap::new(),
+            routes: HashMap::new(),
+            dirty: Vec::new(),
+        }
     }
 
     fn connected(&mut self, conn: ConnId, peer: NodeId, stream: TcpStream, dialed: bool) {
@@ -85,11 +90,21 @@ impl Net {
         if replace {
             self.routes.insert(peer, conn);
         }
-        self.conns.insert(conn, Conn { peer, dialed, stream, out: Vec::new() });
+        self.conns.insert(
+            conn,
+            Conn {
+                peer,
+                dialed,
+                stream,
+                out: Vec::new(),
+            },
+        );
     }
 
     fn closed(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.remove(&conn) else { return };
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
         let _ = c.stream.shutdown(std::net::Shutdown::Both);
         if self.routes.get(&c.peer) == Some(&conn) {
             self.routes.remove(&c.peer);
@@ -107,7 +122,12 @@ impl Net {
 
     /// Closes every connection with `peer` (its address changed, say).
     pub fn close_peer(&mut self, peer: NodeId) {
-        let ids: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.peer == peer).map(|(id, _)| *id).collect();
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             self.closed(id);
         }
@@ -120,7 +140,10 @@ impl Net {
             debug!(node = %self.me, "no connection to {to}; dropping {}", describe(&frame));
             return;
         };
-        let c = self.conns.get_mut(&id).expect("routes name open connections");
+        let c = self
+            .conns
+            .get_mut(&id)
+            .expect("routes name open connections");
         if let Err(e) = wire::encode_frame(&frame, wire::limit_for(to), &mut c.out) {
             warn!(node = %self.me, "not sending {} to {to}: {e}", describe(&frame));
             return;
@@ -141,7 +164,9 @@ impl Net {
     }
 
     fn write_out(&mut self, id: ConnId) {
-        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
         if c.out.is_empty() {
             return;
         }
@@ -229,9 +254,18 @@ pub fn run<R: Role>(mut role: R, rx: Receiver<Input>, clock: Clock, stop_accepti
         while let Some(i) = input.take() {
             let now = clock.now();
             match i {
-                Input::Connected { conn, peer, stream, dialed } => net.connected(conn, peer, stream, dialed),
+                Input::Connected {
+                    conn,
+                    peer,
+                    stream,
+                    dialed,
+                } => net.connected(conn, peer, stream, dialed),
                 Input::Closed { conn } => net.closed(conn),
-                Input::Frame { conn: _, from, frame } => {
+                Input::Frame {
+                    conn: _,
+                    from,
+                    frame,
+                } => {
                     role.on_frame(now, from, frame, &mut out, &mut net);
                     apply(&mut role, &mut net, &mut out);
                 }
@@ -254,10 +288,7 @@ pub fn run<R: Role>(mut role: R, rx: Receiver<Input>, clock: Clock, stop_accepti
             }
             handled += 1;
             if handled < MAX_BATCH {
-                input = match rx.try_recv() {
-                    Ok(i) => Some(i),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-                };
+                input = rx.try_recv().ok();
             }
         }
     }
@@ -279,7 +310,9 @@ fn apply<R: Role>(role: &mut R, net: &mut Net, out: &mut Outbox) {
             Effect::Send { to, msg } => net.send(to, Frame::Msg(msg)),
             Effect::Persist { id, op } => role.persist(id, op),
             Effect::Event(e) => info!(node = %me, "{e}"),
-            Effect::Done(c) => debug!(node = %me, "completion #{} with no application to take it", c.seq),
+            Effect::Done(c) => {
+                debug!(node = %me, "completion #{} with no application to take it", c.seq)
+            }
         }
     }
 }

@@ -40,10 +40,17 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
             let Some((key, value)) = rest.split_once('=') else {
                 return Err("usage: set KEY=VALUE".into());
             };
-            Command::Op(Op::Set { key: key.to_string(), value: value.to_string() })
+            Command::Op(Op::Set {
+                key: key.to_string(),
+                value: value.to_string(),
+            })
         }
-        "get" => Command::Op(Op::Get { key: single_key("get KEY")? }),
-        "del" | "delete" => Command::Op(Op::Del { key: single_key("del KEY")? }),
+        "get" => Command::Op(Op::Get {
+            key: single_key("get KEY")?,
+        }),
+        "del" | "delete" => Command::Op(Op::Del {
+            key: single_key("del KEY")?,
+        }),
         "help" | "?" => Command::Help,
         "quit" | "exit" => Command::Quit,
         other => return Err(format!("unknown command '{other}' ({HELP})")),
@@ -54,7 +61,9 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
 /// The line printed for an operation's outcome.
 pub fn render(op: &Op, result: &Result<Reply, OpError>) -> String {
     match (op, result) {
-        (Op::Set { key, value }, Ok(_)) => format!("Successfully set key '{key}' with value '{value}'"),
+        (Op::Set { key, value }, Ok(_)) => {
+            format!("Successfully set key '{key}' with value '{value}'")
+        }
         (Op::Del { key }, Ok(_)) => format!("Successfully deleted key '{key}'"),
         (Op::Get { .. }, Ok(Reply { value: Some(v), .. })) => v.clone(),
         (Op::Get { .. }, Ok(Reply { value: None, .. })) => "(nil)".to_string(),
@@ -86,7 +95,11 @@ pub fn run_line(client: &mut SyncClient, line: &str, out: &mut impl Write) -> io
         Ok(Some(Command::Op(op))) => {
             let done = client.call(op);
             writeln!(out, "{}", render(&done.op, &done.result))?;
-            Ok(if done.result.is_ok() { Outcome::Ok } else { Outcome::Failed })
+            Ok(if done.result.is_ok() {
+                Outcome::Ok
+            } else {
+                Outcome::Failed
+            })
         }
     }
 }
@@ -129,10 +142,32 @@ mod tests {
 
     #[test]
     fn parses_the_original_commands() {
-        assert_eq!(op("set stephen=zerfas"), Op::Set { key: "stephen".into(), value: "zerfas".into() });
-        assert_eq!(op("  get stephen  "), Op::Get { key: "stephen".into() });
-        assert_eq!(op("del stephen"), Op::Del { key: "stephen".into() });
-        assert_eq!(op("SET a=b"), Op::Set { key: "a".into(), value: "b".into() });
+        assert_eq!(
+            op("set stephen=zerfas"),
+            Op::Set {
+                key: "stephen".into(),
+                value: "zerfas".into()
+            }
+        );
+        assert_eq!(
+            op("  get stephen  "),
+            Op::Get {
+                key: "stephen".into()
+            }
+        );
+        assert_eq!(
+            op("del stephen"),
+            Op::Del {
+                key: "stephen".into()
+            }
+        );
+        assert_eq!(
+            op("SET a=b"),
+            Op::Set {
+                key: "a".into(),
+                value: "b".into()
+            }
+        );
         assert_eq!(parse(""), Ok(None));
         assert_eq!(parse("   \t"), Ok(None));
         assert_eq!(parse("help"), Ok(Some(Command::Help)));
@@ -143,9 +178,18 @@ mod tests {
     fn values_keep_spaces_and_equals_signs() {
         assert_eq!(
             op("set greeting=hello world = a=b"),
-            Op::Set { key: "greeting".into(), value: "hello world = a=b".into() }
+            Op::Set {
+                key: "greeting".into(),
+                value: "hello world = a=b".into()
+            }
         );
-        assert_eq!(op("set k="), Op::Set { key: "k".into(), value: String::new() });
+        assert_eq!(
+            op("set k="),
+            Op::Set {
+                key: "k".into(),
+                value: String::new()
+            }
+        );
     }
 
     #[test]
@@ -153,15 +197,28 @@ mod tests {
         assert!(parse("set novalue").unwrap_err().starts_with("usage"));
         assert!(parse("get").unwrap_err().starts_with("usage"));
         assert!(parse("get a b").unwrap_err().starts_with("usage"));
-        assert!(parse("frobnicate x").unwrap_err().starts_with("unknown command 'frobnicate'"));
+        assert!(parse("frobnicate x")
+            .unwrap_err()
+            .starts_with("unknown command 'frobnicate'"));
     }
 
     #[test]
     fn renders_like_the_original() {
-        let set = Op::Set { key: "val".into(), value: "pal".into() };
+        let set = Op::Set {
+            key: "val".into(),
+            value: "pal".into(),
+        };
         let get = Op::Get { key: "val".into() };
-        let ok = |v: Option<&str>| Ok(Reply { value: v.map(String::from), lsn: Lsn(1) });
-        assert_eq!(render(&set, &ok(None)), "Successfully set key 'val' with value 'pal'");
+        let ok = |v: Option<&str>| {
+            Ok(Reply {
+                value: v.map(String::from),
+                lsn: Lsn(1),
+            })
+        };
+        assert_eq!(
+            render(&set, &ok(None)),
+            "Successfully set key 'val' with value 'pal'"
+        );
         assert_eq!(render(&get, &ok(Some("pal"))), "pal");
         assert_eq!(render(&get, &ok(None)), "(nil)");
         assert_eq!(render(&get, &Err(OpError::Timeout)), "error: timed out");

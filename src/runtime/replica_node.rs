@@ -79,8 +79,12 @@ impl ReplicaNode {
             self.synced = 0;
         }
         // Dial each peer at its (possibly new) address.
-        let wanted: BTreeMap<ReplicaId, String> =
-            info.addrs.iter().filter(|(r, _)| *r != self.id).cloned().collect();
+        let wanted: BTreeMap<ReplicaId, String> = info
+            .addrs
+            .iter()
+            .filter(|(r, _)| *r != self.id)
+            .cloned()
+            .collect();
         let stale: Vec<ReplicaId> = self
             .dialers
             .iter()
@@ -129,7 +133,9 @@ impl Role for ReplicaNode {
             Frame::Cluster(info) => self.configure(info, net),
             Frame::Msg(msg) => match &mut self.machine {
                 Some(m) => m.on_message(now, from, msg, out),
-                None => tracing::debug!(node = %self.me_node(), "no cluster configuration yet; dropping {}", msg.kind()),
+                None => {
+                    tracing::debug!(node = %self.me_node(), "no cluster configuration yet; dropping {}", msg.kind())
+                }
             },
         }
     }
@@ -168,7 +174,7 @@ impl Role for ReplicaNode {
     /// A leader waits until every row it has appended is committed (so every
     /// write it took is answered); a follower has nothing in flight.
     fn drained(&self) -> bool {
-        self.machine.as_ref().map_or(true, |m| {
+        self.machine.as_ref().is_none_or(|m| {
             let s = m.status();
             s.leading.is_none() || s.commit >= s.last.lsn
         })
@@ -212,11 +218,13 @@ pub fn start_replica(opts: ReplicaOptions, clock: Clock) -> io::Result<NodeHandl
         dialers: BTreeMap::new(),
         tx: tx.clone(),
     };
-    let thread = std::thread::Builder::new().name(me.to_string()).spawn(move || {
-        node::run(role, rx, clock, move || {
-            stopping.store(true, Ordering::SeqCst);
-            net::wake_acceptor(addr);
-        })
-    })?;
+    let thread = std::thread::Builder::new()
+        .name(me.to_string())
+        .spawn(move || {
+            node::run(role, rx, clock, move || {
+                stopping.store(true, Ordering::SeqCst);
+                net::wake_acceptor(addr);
+            })
+        })?;
     Ok(NodeHandle::new(me, addr, tx, thread))
 }

@@ -70,7 +70,11 @@ impl FileStore {
     pub fn open(dir: &Path, replica: u8, fsync: bool) -> io::Result<FileStore> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(format!("replica-{replica}.log"));
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
         let (stored, good) = replay(&mut file)?;
         let len = file.metadata()?.len();
         if good < len {
@@ -83,7 +87,13 @@ impl FileStore {
             file.sync_all()?;
         }
         file.seek(SeekFrom::End(0))?;
-        Ok(FileStore { path, file: BufWriter::with_capacity(256 * 1024, file), fsync, loaded: Some(stored), scratch: Vec::new() })
+        Ok(FileStore {
+            path,
+            file: BufWriter::with_capacity(256 * 1024, file),
+            fsync,
+            loaded: Some(stored),
+            scratch: Vec::new(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -141,7 +151,9 @@ fn replay(file: &mut File) -> io::Result<(Stored, u64)> {
         if crc32(body) != crc {
             break;
         }
-        let Ok(op) = postcard::from_bytes::<PersistOp>(body) else { break };
+        let Ok(op) = postcard::from_bytes::<PersistOp>(body) else {
+            break;
+        };
         stored.apply(&op);
         at += RECORD_HEADER_BYTES + len;
     }
@@ -157,7 +169,11 @@ pub fn crc32(bytes: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
                 k += 1;
             }
             t[i] = c;
@@ -184,7 +200,10 @@ mod tests {
             body: RowBody::Put {
                 key: format!("k{lsn}"),
                 value: Some("v".into()),
-                req: RequestId { client: ClientId(1), seq: lsn },
+                req: RequestId {
+                    client: ClientId(1),
+                    seq: lsn,
+                },
             },
         }
     }
@@ -201,7 +220,8 @@ mod tests {
             let mut s = FileStore::open(dir.path(), 1, true).unwrap();
             assert_eq!(s.recover().unwrap(), Stored::default());
             s.write(&PersistOp::Promise(Epoch(1))).unwrap();
-            s.write(&PersistOp::Append(vec![row(1), row(2), row(3)])).unwrap();
+            s.write(&PersistOp::Append(vec![row(1), row(2), row(3)]))
+                .unwrap();
             s.write(&PersistOp::TruncateAfter(Lsn(2))).unwrap();
             s.sync().unwrap();
             let again = s.recover().unwrap();
