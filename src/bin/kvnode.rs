@@ -292,6 +292,12 @@ fn client(a: ClientArgs) -> ExitCode {
     if !a.command.is_empty() {
         // One-shot: the words form one command line, so values keep spaces.
         let line = a.command.join(" ");
+        if matches!(repl::parse(&line), Ok(Some(repl::Command::Op(_)))) {
+            if let Err(e) = client.connect() {
+                println!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         return match repl::run_line(&mut client, &line, &mut out) {
             Ok(Outcome::Ok | Outcome::Blank | Outcome::Quit) => ExitCode::SUCCESS,
             Ok(Outcome::Failed) => ExitCode::FAILURE,
@@ -310,7 +316,7 @@ fn client(a: ClientArgs) -> ExitCode {
         interrupt.store(true, Ordering::SeqCst);
     });
     if let Err(e) = client.connect() {
-        eprintln!("warning: {e} (commands will keep trying)");
+        eprintln!("warning: {e} (each command will try again)");
     }
     let prompt = io::stdin().is_terminal() && io::stdout().is_terminal();
     let interrupt = client.interrupt_flag();

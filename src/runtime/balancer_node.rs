@@ -73,8 +73,8 @@ impl Role for BalancerNode {
 
     /// Every request taken has been answered (the machine times out what
     /// the replicas do not answer, so this comes within its request timeout).
-    fn drained(&self) -> bool {
-        self.machine.pending_requests() == 0
+    fn in_flight(&self) -> usize {
+        self.machine.pending_requests()
     }
 
     fn drain_timeout(&self) -> Duration {

@@ -46,9 +46,9 @@ pub trait Role {
     fn on_shutdown(&mut self, now: Time, out: &mut Outbox) {
         let _ = (now, out);
     }
-    /// Nothing is in flight any more: a stopping node may exit.
-    fn drained(&self) -> bool {
-        true
+    /// Requests (or rows) still in flight; a stopping node exits at zero.
+    fn in_flight(&self) -> usize {
+        0
     }
     /// How long a stopping node waits for `drained` at most.
     fn drain_timeout(&self) -> Duration;
@@ -229,7 +229,13 @@ pub fn run<R: Role>(mut role: R, rx: Receiver<Input>, clock: Clock, stop_accepti
             net.flush();
         }
         if let Some(until) = drain_until {
-            if role.drained() || Instant::now() >= until {
+            let left = role.in_flight();
+            if left == 0 {
+                info!(node = %me, "drained");
+                break;
+            }
+            if Instant::now() >= until {
+                warn!(node = %me, "stopping with {left} still in flight after {:?}", role.drain_timeout());
                 break;
             }
         }
@@ -237,7 +243,7 @@ pub fn run<R: Role>(mut role: R, rx: Receiver<Input>, clock: Clock, stop_accepti
         // Wait for an input, the machine's next timer, or the drain deadline.
         let mut wake = role.next_wakeup().map(|t| clock.instant(t.max(not_before)));
         if let Some(until) = drain_until {
-            // While draining, look again often enough to notice `drained`.
+            // While draining, look again often enough to notice the end.
             let soon = Instant::now() + Duration::from_millis(10);
             wake = Some(wake.map_or(until.min(soon), |w| w.min(until).min(soon)));
         }

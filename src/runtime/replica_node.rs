@@ -173,10 +173,13 @@ impl Role for ReplicaNode {
 
     /// A leader waits until every row it has appended is committed (so every
     /// write it took is answered); a follower has nothing in flight.
-    fn drained(&self) -> bool {
-        self.machine.as_ref().is_none_or(|m| {
+    fn in_flight(&self) -> usize {
+        self.machine.as_ref().map_or(0, |m| {
             let s = m.status();
-            s.leading.is_none() || s.commit >= s.last.lsn
+            match s.leading {
+                Some(_) => s.last.lsn.0.saturating_sub(s.commit.0) as usize,
+                None => 0,
+            }
         })
     }
 
