@@ -1,7 +1,7 @@
 //! `kvnode bench`: closed-loop load from many clients, one thread and one
 //! connection each, with latencies in HDR histograms.
 
-use super::client::SyncClient;
+use super::client::{describe_error, SyncClient};
 use super::random_u64;
 use crate::types::{ClientId, Op, ReadMode};
 use hdrhistogram::Histogram;
@@ -240,8 +240,9 @@ pub fn run(opts: BenchOptions, stop: Arc<AtomicBool>) -> io::Result<Report> {
                             Err(e) => {
                                 t.errors += 1;
                                 failed.fetch_add(1, Ordering::Relaxed);
-                                t.first_error
-                                    .get_or_insert_with(|| format!("{} -> {e}", c.op));
+                                t.first_error.get_or_insert_with(|| {
+                                    format!("{} -> {}", c.op, describe_error(&c.op, e))
+                                });
                             }
                         }
                     }
