@@ -107,7 +107,10 @@ impl NodeHandle {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+        match &self.thread {
+            Some(t) => t.is_finished(),
+            None => true,
+        }
     }
 }
 
