@@ -15,8 +15,10 @@
 //! +---------------------+------------------------------+
 //!   1 <= len <= limit, where limit is
 //!     MAX_HELLO_BYTES        (64)        for the first frame (the hello)
-//!     MAX_CLIENT_FRAME_BYTES (~66 KiB)   after a client's hello
-//!     MAX_FRAME_BYTES        (~17 MiB)   after a replica's or the balancer's
+//!     MAX_CLIENT_FRAME_BYTES (66,688)    after a client's hello: one request
+//!                                        or response (key 1 KiB + value 64 KiB)
+//!     MAX_FRAME_BYTES        (~16.3 MiB) after a replica's or the balancer's:
+//!                                        an Append of 256 rows of that size
 //! ```
 //!
 //! The first frame each side sends, as soon as the connection is up, is the
@@ -26,7 +28,8 @@
 //! +-----------+----------------------+---------------------------+
 //! | "KVST"    | version: u16 big-end | postcard(NodeId): who I am|
 //! +-----------+----------------------+---------------------------+
-//!   NodeId = Balancer | Replica(u8) | Client(u64)   (postcard: varint tag, varint id)
+//!   NodeId: tag 0 Balancer | tag 1 Replica, then its number (1 byte)
+//!         | tag 2 Client, then its id (varint)
 //! ```
 //!
 //! Both sides check the magic and the version ([`PROTOCOL_VERSION`]) and close

@@ -43,11 +43,12 @@ fn next_conn() -> ConnId {
 
 /// What the network threads (and the signal handler) tell a node thread.
 pub enum Input {
-    /// A connection finished its handshake; `stream` is the node's write half.
+    /// A connection finished its handshake. The node only writes to
+    /// `stream`; its reader thread only reads (one socket, shared).
     Connected {
         conn: ConnId,
         peer: NodeId,
-        stream: TcpStream,
+        stream: Arc<TcpStream>,
         dialed: bool,
     },
     /// A frame that passed [`wire::accepts`].
@@ -280,6 +281,7 @@ pub fn spawn_acceptor(listener: TcpListener, a: Accepting) -> io::Result<JoinHan
 }
 
 fn serve_accepted(stream: TcpStream, peer_addr: &str, a: &Accepting) {
+    let stream = Arc::new(stream);
     let conn = next_conn();
     let mut peer = None;
     let end = (|| -> ConnEnd {
@@ -296,19 +298,15 @@ fn serve_accepted(stream: TcpStream, peer_addr: &str, a: &Accepting) {
         }
         peer = Some(hello.from);
         dec.set_limit(wire::limit_for(hello.from));
-        let writer = match stream
-            .try_clone()
-            .and_then(|w| w.set_write_timeout(Some(WRITE_TIMEOUT)).map(|_| w))
-        {
-            Ok(w) => w,
-            Err(e) => return e.into(),
-        };
+        if let Err(e) = stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
+            return e.into();
+        }
         debug!(node = %a.me, "connection {conn} from {} at {peer_addr}", hello.from);
         if a.tx
             .send(Input::Connected {
                 conn,
                 peer: hello.from,
-                stream: writer,
+                stream: stream.clone(),
                 dialed: false,
             })
             .is_err()
@@ -406,8 +404,8 @@ fn dial_loop(spec: DialSpec, stop: Receiver<()>) {
     }
 }
 
-fn dial_once(spec: &DialSpec) -> Result<(TcpStream, FrameDecoder, ConnId), ConnEnd> {
-    let stream = connect(&spec.addr, CONNECT_TIMEOUT)?;
+fn dial_once(spec: &DialSpec) -> Result<(Arc<TcpStream>, FrameDecoder, ConnId), ConnEnd> {
+    let stream = Arc::new(connect(&spec.addr, CONNECT_TIMEOUT)?);
     let mut dec = FrameDecoder::new();
     let hello = handshake(&stream, spec.me, &mut dec, HELLO_TIMEOUT)?;
     if hello.from != spec.peer {
@@ -420,16 +418,15 @@ fn dial_once(spec: &DialSpec) -> Result<(TcpStream, FrameDecoder, ConnId), ConnE
     if let Some(first) = &spec.first {
         let mut buf = Vec::new();
         wire::encode_frame(first, wire::limit_for(spec.peer), &mut buf)?;
-        (&stream).write_all(&buf)?;
+        (&*stream).write_all(&buf)?;
     }
-    let writer = stream.try_clone()?;
-    writer.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let conn = next_conn();
     spec.tx
         .send(Input::Connected {
             conn,
             peer: spec.peer,
-            stream: writer,
+            stream: stream.clone(),
             dialed: true,
         })
         .map_err(|_| ConnEnd::NodeGone)?;

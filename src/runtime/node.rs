@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -68,7 +69,7 @@ pub struct Net {
 struct Conn {
     peer: NodeId,
     dialed: bool,
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     out: Vec<u8>,
 }
 
@@ -82,7 +83,7 @@ impl Net {
         }
     }
 
-    fn connected(&mut self, conn: ConnId, peer: NodeId, stream: TcpStream, dialed: bool) {
+    fn connected(&mut self, conn: ConnId, peer: NodeId, stream: Arc<TcpStream>, dialed: bool) {
         let replace = match self.routes.get(&peer).and_then(|c| self.conns.get(c)) {
             Some(current) => dialed || !current.dialed,
             None => true,
@@ -170,7 +171,7 @@ impl Net {
         if c.out.is_empty() {
             return;
         }
-        let result = (&c.stream).write_all(&c.out);
+        let result = (&*c.stream).write_all(&c.out);
         c.out.clear();
         if c.out.capacity() > 4 * FLUSH_BYTES {
             c.out = Vec::new();
