@@ -138,9 +138,9 @@ struct BenchArgs {
     /// Concurrent clients (one connection and one request in flight each).
     #[arg(long, default_value_t = 50)]
     clients: usize,
-    /// How long to run, in seconds (unless --ops is given).
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
-    duration: f64,
+    /// How long to run: 10, 10s, 500ms, 1m (unless --ops is given).
+    #[arg(long, default_value = "10s", value_parser = bench::parse_duration, value_name = "TIME")]
+    duration: Duration,
     /// Run this many operations in total instead of for a duration.
     #[arg(long)]
     ops: Option<u64>,
@@ -307,13 +307,15 @@ fn client(a: ClientArgs) -> ExitCode {
             }
         };
     }
-    // Ctrl-C gives up on the command in flight (printing its error) and ends.
+    // Ctrl-C ends an idle REPL at once, or gives up on the command in
+    // flight (printing its error) and then ends.
     let interrupt = client.interrupt_flag();
+    let busy = client.busy_flag();
     let _ = runtime::on_stop_signals(move |n| {
-        if n > 1 {
-            std::process::exit(130);
-        }
         interrupt.store(true, Ordering::SeqCst);
+        if n > 1 || !busy.load(Ordering::SeqCst) {
+            std::process::exit(if n > 1 { 130 } else { 0 });
+        }
     });
     if let Err(e) = client.connect() {
         eprintln!("warning: {e} (each command will try again)");
@@ -333,12 +335,6 @@ fn client(a: ClientArgs) -> ExitCode {
 }
 
 fn bench(a: BenchArgs) -> io::Result<()> {
-    if !a.duration.is_finite() || a.duration <= 0.0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "--duration must be positive",
-        ));
-    }
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     runtime::on_stop_signals(move |n| {
@@ -350,7 +346,7 @@ fn bench(a: BenchArgs) -> io::Result<()> {
     let opts = BenchOptions {
         connect: a.connect,
         clients: a.clients,
-        duration: Duration::from_secs_f64(a.duration),
+        duration: a.duration,
         ops: a.ops,
         mix: a.mix,
         value_size: a.value_size,

@@ -33,6 +33,29 @@ pub struct BenchOptions {
     pub progress: bool,
 }
 
+/// Parses `10`, `2.5`, `10s`, `500ms` or `1m` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let secs = num
+        .trim()
+        .parse::<f64>()
+        .map_err(|_| format!("'{s}' is not a duration (try 10s or 500ms)"))?
+        * scale;
+    if !secs.is_finite() || secs <= 0.0 || secs > 1e7 {
+        return Err(format!("'{s}' is not a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 /// Weights of each kind of operation, e.g. `set:50,get:50`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mix {
@@ -417,6 +440,16 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2.5s"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
 
     #[test]
     fn parses_mixes() {

@@ -29,6 +29,8 @@ pub struct SyncClient {
     out: Outbox,
     /// Set from another thread (a signal) to give up on the call in flight.
     interrupt: Arc<AtomicBool>,
+    /// True while `call` runs.
+    busy: Arc<AtomicBool>,
 }
 
 struct Conn {
@@ -51,6 +53,7 @@ impl SyncClient {
             conn: None,
             out: Outbox::new(),
             interrupt: Arc::new(AtomicBool::new(false)),
+            busy: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -62,6 +65,12 @@ impl SyncClient {
     /// finish at once with an error.
     pub fn interrupt_flag(&self) -> Arc<AtomicBool> {
         self.interrupt.clone()
+    }
+
+    /// A flag that is true while a call is in flight (so a signal handler
+    /// can tell an idle REPL, which may simply exit, from a busy one).
+    pub fn busy_flag(&self) -> Arc<AtomicBool> {
+        self.busy.clone()
     }
 
     /// Connects now (calls connect lazily otherwise), to report a bad address
@@ -105,6 +114,13 @@ impl SyncClient {
     /// Runs one operation to its outcome: the reply, or an error (a `Timeout`
     /// write may or may not have been applied).
     pub fn call(&mut self, op: Op) -> Completion {
+        self.busy.store(true, Ordering::SeqCst);
+        let done = self.run_call(op);
+        self.busy.store(false, Ordering::SeqCst);
+        done
+    }
+
+    fn run_call(&mut self, op: Op) -> Completion {
         let now = self.clock.now();
         self.machine.submit(now, op, &mut self.out);
         loop {
