@@ -89,11 +89,10 @@ fn readme_walkthrough_then_graceful_stop() {
             "Successfully set key 'greeting' with value 'hello world'\n".into()
         )
     );
-    // A new process is a new session: read-your-writes across processes
-    // needs a leader read (a session read may still find a follower that
-    // has not heard of the commit).
+    // A new process has no session: one-shot gets read from the leader, so
+    // they see what another process just set.
     assert_eq!(
-        one_shot(&c.lb_addr, &["--read", "leader", "get", "greeting"]),
+        one_shot(&c.lb_addr, &["get", "greeting"]),
         (true, "hello world\n".into())
     );
     assert_eq!(

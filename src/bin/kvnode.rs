@@ -100,9 +100,11 @@ struct ClientArgs {
     #[arg(long, default_value = "localhost:8080", value_name = "ADDR")]
     connect: String,
     /// Read consistency: any (round robin, may be stale), session
-    /// (read-your-writes) or leader (linearizable).
-    #[arg(long, default_value = "session", value_name = "MODE")]
-    read: ReadMode,
+    /// (read-your-writes) or leader (linearizable). Default: session in the
+    /// REPL; leader for a one-shot command, which has no session of its own
+    /// to read after (so `get` sees what another process just set).
+    #[arg(long, value_name = "MODE")]
+    read: Option<ReadMode>,
     /// One command to run instead of the REPL, e.g. `get KEY` or `set KEY=VALUE`.
     #[arg(
         trailing_var_arg = true,
@@ -286,7 +288,13 @@ fn cluster(a: ClusterArgs) -> io::Result<()> {
 }
 
 fn client(a: ClientArgs) -> ExitCode {
-    let mut client = SyncClient::new(&a.connect, ClientId(runtime::random_u64()), a.read);
+    let default_read = if a.command.is_empty() {
+        ReadMode::Session
+    } else {
+        ReadMode::Leader
+    };
+    let read = a.read.unwrap_or(default_read);
+    let mut client = SyncClient::new(&a.connect, ClientId(runtime::random_u64()), read);
     let stdout = io::stdout();
     let mut out = stdout.lock();
     if !a.command.is_empty() {
