@@ -12,8 +12,10 @@ pub mod log;
 pub mod machine;
 pub mod msg;
 pub mod replica;
+pub mod runtime;
 pub mod types;
 pub mod wal;
+pub mod wire;
 
 pub use config::ClusterConfig;
 pub use machine::{Completion, Effect, Event, Outbox, PersistOp, Stored};

@@ -1,5 +1,9 @@
 //! Every message that crosses between machines. The simulator delivers these
 //! values directly; the real runtime encodes them into frames.
+//!
+//! The wire codec (postcard) encodes enum variants by position: reordering or
+//! inserting variants here, in `types.rs` or in `machine.rs` changes the
+//! protocol and must bump `wire::PROTOCOL_VERSION`.
 
 use crate::machine::Snapshot;
 use crate::types::{Epoch, LogPos, Lsn, Op, OpError, ReadMode, ReplicaId, RequestId, Row};

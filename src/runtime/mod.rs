@@ -1,0 +1,152 @@
+//! The real-network runtime behind `kvnode`: the same sans-IO machines the
+//! simulator drives, here driven by threads, TCP and the system clock.
+//!
+//! Threads, per process:
+//! - one **node thread** per replica or balancer ([`node::run`]): owns the
+//!   machine and the write half of every connection, waits on one crossbeam
+//!   channel with a deadline taken from the machine's `next_wakeup` (no busy
+//!   loop, no polling), and writes what the machine sends;
+//! - one **acceptor** per listening node, and one **reader thread** per
+//!   accepted connection, which does the hello handshake and decodes frames
+//!   into the node's channel ([`net`]);
+//! - one **dialer** per outgoing peer link (balancer to each replica, replica
+//!   to each other replica), which connects, re-connects with backoff, and
+//!   reads its own connection;
+//! - a client ([`client::SyncClient`]) has a single connection and no node
+//!   thread: the calling thread writes a request and reads with a socket
+//!   timeout set to the machine's next wakeup.
+//!
+//! `Time` is microseconds since [`Clock`] was made; nothing outside this
+//! module reads the system clock.
+
+// The runtime is the one place that owns clocks and threads: the
+// determinism lints in clippy.toml are for the machines, not for it.
+#![allow(clippy::disallowed_methods)]
+
+pub mod balancer_node;
+pub mod bench;
+pub mod client;
+pub mod net;
+pub mod node;
+pub mod repl;
+pub mod replica_node;
+pub mod store;
+
+use crate::types::{NodeId, Time};
+use crossbeam_channel::Sender;
+use net::Input;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use balancer_node::{start_balancer, BalancerOptions};
+pub use replica_node::{start_replica, ReplicaOptions};
+
+/// Maps the system's monotonic clock to machine [`Time`].
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock { start: Instant::now() }
+    }
+    pub fn now(&self) -> Time {
+        Time(self.start.elapsed().as_micros() as u64)
+    }
+    /// The instant a machine time falls on.
+    pub fn instant(&self, t: Time) -> Instant {
+        self.start + Duration::from_micros(t.as_us())
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// A random number seeded by the operating system (through std's hash-map
+/// keys, so no extra crate), for client ids.
+pub fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// A running replica or balancer.
+pub struct NodeHandle {
+    pub id: NodeId,
+    /// Where it listens (with the port the OS picked for port 0).
+    pub addr: SocketAddr,
+    tx: Sender<Input>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    fn new(id: NodeId, addr: SocketAddr, tx: Sender<Input>, thread: JoinHandle<()>) -> NodeHandle {
+        NodeHandle { id, addr, tx, thread: Some(thread) }
+    }
+
+    /// Asks the node to stop: it stops accepting, drains, flushes.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Input::Shutdown);
+    }
+
+    /// Waits for the node thread to finish.
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        match &self.thread {
+            Some(t) => t.is_finished(),
+            None => true,
+        }
+    }
+}
+
+/// Calls `on_signal(n)` on the n-th SIGINT or SIGTERM, from a thread of its own.
+pub fn on_stop_signals(on_signal: impl Fn(usize) + Send + 'static) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for (n, sig) in signals.forever().enumerate() {
+            tracing::info!("signal {sig} received");
+            on_signal(n + 1);
+        }
+    })?;
+    Ok(())
+}
+
+/// Logs to stderr at `level` and above (`error`, `warn`, `info`, `debug`,
+/// `trace`, or `off`).
+pub fn init_logging(level: &str) -> Result<(), String> {
+    let filter = match level.to_ascii_lowercase().as_str() {
+        "off" => tracing_subscriber::filter::LevelFilter::OFF,
+        "error" => tracing_subscriber::filter::LevelFilter::ERROR,
+        "warn" => tracing_subscriber::filter::LevelFilter::WARN,
+        "info" => tracing_subscriber::filter::LevelFilter::INFO,
+        "debug" => tracing_subscriber::filter::LevelFilter::DEBUG,
+        "trace" => tracing_subscriber::filter::LevelFilter::TRACE,
+        other => {
+            return Err(format!(
+                "unknown log level '{other}' (expected off, error, warn, info, debug or trace)"
+            ))
+        }
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_max_level(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .with_thread_names(true)
+        .try_init()
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,172 @@
+//! The `kvnode client` command language, as in the original: `set key=value`,
+//! `get key`, plus `del key`, `help` and `quit`. One line of output per
+//! command; errors start with `error:`.
+
+use super::client::{describe_error, SyncClient};
+use crate::msg::Reply;
+use crate::types::{Op, OpError};
+use std::io::{self, BufRead, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub const HELP: &str = "commands: set KEY=VALUE | get KEY | del KEY | help | quit";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Op(Op),
+    Help,
+    Quit,
+}
+
+/// Parses one line. `Ok(None)` for a blank line; `Err` is the message to
+/// print after `error: `. The value of `set` is everything after the first
+/// `=`, spaces and further `=` included.
+pub fn parse(line: &str) -> Result<Option<Command>, String> {
+    let line = line.trim();
+    if line.is_empty() {
+        return Ok(None);
+    }
+    let (word, rest) = match line.split_once(char::is_whitespace) {
+        Some((w, r)) => (w, r.trim_start()),
+        None => (line, ""),
+    };
+    let single_key = |usage: &str| -> Result<String, String> {
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            return Err(format!("usage: {usage}"));
+        }
+        Ok(rest.to_string())
+    };
+    let cmd = match word.to_ascii_lowercase().as_str() {
+        "set" => {
+            let Some((key, value)) = rest.split_once('=') else {
+                return Err("usage: set KEY=VALUE".into());
+            };
+            Command::Op(Op::Set { key: key.to_string(), value: value.to_string() })
+        }
+        "get" => Command::Op(Op::Get { key: single_key("get KEY")? }),
+        "del" | "delete" => Command::Op(Op::Del { key: single_key("del KEY")? }),
+        "help" | "?" => Command::Help,
+        "quit" | "exit" => Command::Quit,
+        other => return Err(format!("unknown command '{other}' ({HELP})")),
+    };
+    Ok(Some(cmd))
+}
+
+/// The line printed for an operation's outcome.
+pub fn render(op: &Op, result: &Result<Reply, OpError>) -> String {
+    match (op, result) {
+        (Op::Set { key, value }, Ok(_)) => {
+            format!("Successfully set key '{key}' with value '{value}'")
+        }
+        (Op::Del { key }, Ok(_)) => format!("Successfully deleted key '{key}'"),
+        (Op::Get { .. }, Ok(Reply { value: Some(v), .. })) => v.clone(),
+        (Op::Get { .. }, Ok(Reply { value: None, .. })) => "(nil)".to_string(),
+        (op, Err(e)) => format!("error: {}", describe_error(op, e)),
+    }
+}
+
+/// What running one line did.
+pub enum Outcome {
+    Blank,
+    Ok,
+    Failed,
+    Quit,
+}
+
+/// Runs one line against the cluster and prints its one line of output.
+pub fn run_line(client: &mut SyncClient, line: &str, out: &mut impl Write) -> io::Result<Outcome> {
+    match parse(line) {
+        Ok(None) => Ok(Outcome::Blank),
+        Err(e) => {
+            writeln!(out, "error: {e}")?;
+            Ok(Outcome::Failed)
+        }
+        Ok(Some(Command::Help)) => {
+            writeln!(out, "{HELP}")?;
+            Ok(Outcome::Ok)
+        }
+        Ok(Some(Command::Quit)) => Ok(Outcome::Quit),
+        Ok(Some(Command::Op(op))) => {
+            let done = client.call(op);
+            writeln!(out, "{}", render(&done.op, &done.result))?;
+            Ok(if done.result.is_ok() { Outcome::Ok } else { Outcome::Failed })
+        }
+    }
+}
+
+/// Reads commands until end of input, `quit`, or `interrupt` (a signal).
+/// With `prompt`, shows `> ` before each (only for a terminal: piped output
+/// stays one line per command).
+pub fn run(
+    client: &mut SyncClient,
+    input: impl BufRead,
+    out: &mut impl Write,
+    prompt: bool,
+    interrupt: &AtomicBool,
+) -> io::Result<()> {
+    let mut lines = input.lines();
+    while !interrupt.load(Ordering::SeqCst) {
+        if prompt {
+            write!(out, "> ")?;
+        }
+        out.flush()?;
+        let Some(line) = lines.next() else { break };
+        if let Outcome::Quit = run_line(client, &line?, out)? {
+            break;
+        }
+    }
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Lsn;
+
+    fn op(line: &str) -> Op {
+        match parse(line) {
+            Ok(Some(Command::Op(op))) => op,
+            other => panic!("{line:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_the_original_commands() {
+        assert_eq!(op("set stephen=zerfas"), Op::Set { key: "stephen".into(), value: "zerfas".into() });
+        assert_eq!(op("  get stephen  "), Op::Get { key: "stephen".into() });
+        assert_eq!(op("del stephen"), Op::Del { key: "stephen".into() });
+        assert_eq!(op("SET a=b"), Op::Set { key: "a".into(), value: "b".into() });
+        assert_eq!(parse(""), Ok(None));
+        assert_eq!(parse("   \t"), Ok(None));
+        assert_eq!(parse("help"), Ok(Some(Command::Help)));
+        assert_eq!(parse("quit"), Ok(Some(Command::Quit)));
+    }
+
+    #[test]
+    fn values_keep_spaces_and_equals_signs() {
+        assert_eq!(
+            op("set greeting=hello world = a=b"),
+            Op::Set { key: "greeting".into(), value: "hello world = a=b".into() }
+        );
+        assert_eq!(op("set k="), Op::Set { key: "k".into(), value: String::new() });
+    }
+
+    #[test]
+    fn mistakes_are_errors_not_panics() {
+        assert!(parse("set novalue").unwrap_err().starts_with("usage"));
+        assert!(parse("get").unwrap_err().starts_with("usage"));
+        assert!(parse("get a b").unwrap_err().starts_with("usage"));
+        assert!(parse("frobnicate x").unwrap_err().starts_with("unknown command 'frobnicate'"));
+    }
+
+    #[test]
+    fn renders_like_the_original() {
+        let set = Op::Set { key: "val".into(), value: "pal".into() };
+        let get = Op::Get { key: "val".into() };
+        let ok = |v: Option<&str>| Ok(Reply { value: v.map(String::from), lsn: Lsn(1) });
+        assert_eq!(render(&set, &ok(None)), "Successfully set key 'val' with value 'pal'");
+        assert_eq!(render(&get, &ok(Some("pal"))), "pal");
+        assert_eq!(render(&get, &ok(None)), "(nil)");
+        assert_eq!(render(&get, &Err(OpError::Timeout)), "error: timed out");
+        assert!(render(&set, &Err(OpError::Timeout)).starts_with("error: timed out (a write may"));
+    }
+}

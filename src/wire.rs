@@ -1,0 +1,700 @@
+//! The binary protocol between `kvnode` processes: framing, the hello
+//! handshake, and the limits every frame is checked against.
+//!
+//! This file owns the bytes on the wire and nothing else: it never opens a
+//! socket, starts a thread or reads a clock (the runtime does). It is
+//! deliberately usable from tests with plain byte slices.
+//!
+//! # Frame layout
+//!
+//! Every frame, in both directions, on every connection:
+//!
+//! ```text
+//! +---------------------+------------------------------+
+//! | len: u32 big-endian | body: `len` bytes            |
+//! +---------------------+------------------------------+
+//!   1 <= len <= limit, where limit is
+//!     MAX_HELLO_BYTES        (64)        for the first frame (the hello)
+//!     MAX_CLIENT_FRAME_BYTES (66,688)    after a client's hello: one request
+//!                                        or response (key 1 KiB + value 64 KiB)
+//!     MAX_FRAME_BYTES        (~16.3 MiB) after a replica's or the balancer's:
+//!                                        an Append of 256 rows of that size
+//! ```
+//!
+//! The first frame each side sends, as soon as the connection is up, is the
+//! **hello**; its body is not postcard so that any future version can read it:
+//!
+//! ```text
+//! +-----------+----------------------+---------------------------+
+//! | "KVST"    | version: u16 big-end | postcard(NodeId): who I am|
+//! +-----------+----------------------+---------------------------+
+//!   NodeId: tag 0 Balancer | tag 1 Replica, then its number (1 byte)
+//!         | tag 2 Client, then its id (varint)
+//! ```
+//!
+//! Both sides check the magic and the version ([`PROTOCOL_VERSION`]) and close
+//! the connection on a mismatch; the side that dialed also checks that it
+//! reached who it meant to (say replica 2 and not replica 3). Every later
+//! frame's body is `postcard(Frame)`: a varint variant tag followed by the
+//! fields in declaration order. `Frame::Msg` carries a [`Msg`] exactly as the
+//! simulator delivers it; `Frame::Cluster` is the balancer telling a replica
+//! the cluster configuration and every replica's address (how replicas find
+//! each other). Because postcard encodes enum variants by position, reordering
+//! the variants of `Msg`, `Op`, `NodeId`... is a protocol change and must bump
+//! [`PROTOCOL_VERSION`].
+//!
+//! A decoded frame must also respect the data limits: keys at most
+//! [`MAX_KEY_BYTES`], values at most [`MAX_VALUE_BYTES`], at most
+//! [`MAX_ROWS_PER_APPEND`] rows per append, nothing after the postcard value.
+//! A frame that is too large, truncated, undecodable, over a limit, or a
+//! message the sender's role never sends ([`accepts`]) is a [`WireError`]: the
+//! runtime logs it and closes that one connection.
+
+use crate::config::ClusterConfig;
+use crate::msg::Msg;
+use crate::replica::MAX_ROWS_PER_APPEND;
+use crate::types::{NodeId, Op, ReplicaId, RowBody, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io::{self, Read};
+
+/// The first four bytes of every hello.
+pub const MAGIC: [u8; 4] = *b"KVST";
+/// Bumped on any change to the frame layout or to the encoding of `Frame`.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// Bytes of the length prefix.
+pub const LEN_BYTES: usize = 4;
+/// The hello body: magic, version and a `NodeId` (at most 1 + 10 bytes).
+pub const MAX_HELLO_BYTES: usize = 64;
+/// Room for a row's or a message's fixed fields besides key and value.
+const OVERHEAD_BYTES: usize = 128;
+/// Largest frame a client may send or be sent: one request or response.
+pub const MAX_CLIENT_FRAME_BYTES: usize = MAX_KEY_BYTES + MAX_VALUE_BYTES + OVERHEAD_BYTES;
+/// Largest frame between replicas and the balancer: a full `Append`.
+pub const MAX_FRAME_BYTES: usize =
+    MAX_ROWS_PER_APPEND * (MAX_KEY_BYTES + MAX_VALUE_BYTES + OVERHEAD_BYTES) + OVERHEAD_BYTES;
+/// Longest replica address in a `Cluster` frame.
+pub const MAX_ADDR_BYTES: usize = 256;
+
+/// Everything sent after the hello.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    Msg(Msg),
+    /// Balancer to replica, right after the hello: the cluster and where each
+    /// replica listens. Replicas dial their peers at these addresses.
+    Cluster(ClusterInfo),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub config: ClusterConfig,
+    pub addrs: Vec<(ReplicaId, String)>,
+}
+
+/// The first frame of a connection: who is speaking, in which version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    pub from: NodeId,
+}
+
+/// Why a connection is closed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WireError {
+    /// A frame announced more bytes than the limit for this connection.
+    TooLarge { len: usize, max: usize },
+    /// A frame announced zero bytes.
+    Empty,
+    /// The connection ended in the middle of a frame.
+    Truncated { have: usize, need: usize },
+    /// The hello does not start with `KVST`.
+    BadMagic([u8; 4]),
+    /// The peer speaks another protocol version.
+    Version { theirs: u16 },
+    /// The body is not a valid postcard value of the expected type.
+    Decode(String),
+    /// Decoded, but over a data limit or not something this sender may send.
+    Invalid(String),
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the limit of {max}")
+            }
+            WireError::Empty => f.write_str("empty frame"),
+            WireError::Truncated { have, need } => {
+                write!(f, "connection closed inside a frame ({have} of {need} bytes)")
+            }
+            WireError::BadMagic(m) => write!(f, "not a kvnode peer (hello starts {m:02x?})"),
+            WireError::Version { theirs } => {
+                write!(f, "protocol version mismatch: peer speaks {theirs}, we speak {PROTOCOL_VERSION}")
+            }
+            WireError::Decode(e) => write!(f, "undecodable frame: {e}"),
+            WireError::Invalid(why) => write!(f, "invalid frame: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+// ---- encoding ----
+
+/// Appends the hello frame for `from` to `out`.
+pub fn encode_hello(from: NodeId, out: &mut Vec<u8>) {
+    let at = out.len();
+    out.extend_from_slice(&[0; LEN_BYTES]);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    let buf = std::mem::take(out);
+    *out = postcard::to_extend(&from, buf).expect("a NodeId always encodes");
+    patch_len(out, at);
+}
+
+/// Appends one length-prefixed frame to `out`. A frame over `max` bytes is
+/// refused (and nothing is appended): the caller logs and drops it.
+pub fn encode_frame(frame: &Frame, max: usize, out: &mut Vec<u8>) -> Result<(), WireError> {
+    let at = out.len();
+    out.extend_from_slice(&[0; LEN_BYTES]);
+    let buf = std::mem::take(out);
+    match postcard::to_extend(frame, buf) {
+        Ok(buf) => *out = buf,
+        Err(e) => unreachable!("every Frame encodes: {e}"),
+    }
+    let len = out.len() - at - LEN_BYTES;
+    if len > max {
+        out.truncate(at);
+        return Err(WireError::TooLarge { len, max });
+    }
+    patch_len(out, at);
+    Ok(())
+}
+
+fn patch_len(out: &mut [u8], at: usize) {
+    let len = (out.len() - at - LEN_BYTES) as u32;
+    out[at..at + LEN_BYTES].copy_from_slice(&len.to_be_bytes());
+}
+
+// ---- decoding ----
+
+/// Reassembles frames from a byte stream that arrives in arbitrary pieces.
+///
+/// The buffer starts small and grows only as far as the frame being read
+/// needs, never past the limit, so a peer announcing a huge frame costs
+/// nothing: the announcement alone is an error.
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    max_body: usize,
+}
+
+/// Bytes asked of the socket per read at least.
+const MIN_READ_BYTES: usize = 4096;
+const INITIAL_BUFFER_BYTES: usize = 32 * 1024;
+
+impl FrameDecoder {
+    /// A decoder expecting a hello first.
+    pub fn new() -> FrameDecoder {
+        FrameDecoder::with_limit(MAX_HELLO_BYTES)
+    }
+
+    pub fn with_limit(max_body: usize) -> FrameDecoder {
+        FrameDecoder { buf: Vec::new(), start: 0, end: 0, max_body }
+    }
+
+    /// Changes the frame limit (after the hello, once the peer is known).
+    pub fn set_limit(&mut self, max_body: usize) {
+        self.max_body = max_body;
+    }
+
+    /// Bytes received and not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Reads once from `r` into the buffer. `Ok(0)` is end of stream.
+    pub fn fill(&mut self, r: &mut impl Read) -> io::Result<usize> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let want = self.pending_len().map_or(0, |len| LEN_BYTES + len);
+        if self.start > 0
+            && (self.buf.len() - self.end < MIN_READ_BYTES || self.start + want > self.buf.len())
+        {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.end < MIN_READ_BYTES || want > self.buf.len() {
+            // Never more than one whole frame plus one read's worth.
+            let cap = LEN_BYTES + self.max_body + MIN_READ_BYTES;
+            let grown = (self.buf.len() * 2).max(INITIAL_BUFFER_BYTES).max(want).min(cap);
+            let len = grown.max(self.end + MIN_READ_BYTES);
+            self.buf.resize(len, 0);
+        }
+        let n = r.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Appends bytes directly (tests, and data read elsewhere).
+    pub fn feed(&mut self, bytes: &[u8]) {
+        let mut r = bytes;
+        while !r.is_empty() {
+            self.fill(&mut r).expect("reading a slice cannot fail");
+        }
+    }
+
+    /// At end of stream: an error if a frame was cut short.
+    pub fn finish(&self) -> Result<(), WireError> {
+        let have = self.buffered();
+        if have == 0 {
+            return Ok(());
+        }
+        let need = self.pending_len().map_or(LEN_BYTES, |len| LEN_BYTES + len);
+        Err(WireError::Truncated { have, need })
+    }
+
+    /// The next complete hello, if buffered.
+    pub fn next_hello(&mut self) -> Result<Option<Hello>, WireError> {
+        let Some(body) = self.next_body()? else {
+            return Ok(None);
+        };
+        decode_hello(&self.buf[body]).map(Some)
+    }
+
+    /// The next complete frame, if buffered.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        let Some(body) = self.next_body()? else {
+            return Ok(None);
+        };
+        decode_frame(&self.buf[body]).map(Some)
+    }
+
+    /// The length announced by the frame at the front, if its prefix is here.
+    fn pending_len(&self) -> Option<usize> {
+        let avail = &self.buf[self.start..self.end];
+        let prefix: [u8; LEN_BYTES] = avail.get(..LEN_BYTES)?.try_into().expect("4 bytes");
+        Some(u32::from_be_bytes(prefix) as usize)
+    }
+
+    fn next_body(&mut self) -> Result<Option<std::ops::Range<usize>>, WireError> {
+        let Some(len) = self.pending_len() else {
+            return Ok(None);
+        };
+        if len == 0 {
+            return Err(WireError::Empty);
+        }
+        if len > self.max_body {
+            return Err(WireError::TooLarge { len, max: self.max_body });
+        }
+        if self.buffered() < LEN_BYTES + len {
+            return Ok(None);
+        }
+        let body = self.start + LEN_BYTES..self.start + LEN_BYTES + len;
+        self.start = body.end;
+        Ok(Some(body))
+    }
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder::new()
+    }
+}
+
+/// Parses a hello body.
+pub fn decode_hello(body: &[u8]) -> Result<Hello, WireError> {
+    if body.len() < 6 {
+        return Err(WireError::Truncated { have: body.len(), need: 7 });
+    }
+    let magic: [u8; 4] = body[..4].try_into().expect("4 bytes");
+    if magic != MAGIC {
+        return Err(WireError::BadMagic(magic));
+    }
+    let version = u16::from_be_bytes([body[4], body[5]]);
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::Version { theirs: version });
+    }
+    let from: NodeId = decode_exact(&body[6..])?;
+    Ok(Hello { version, from })
+}
+
+/// Parses a frame body and checks it against the data limits.
+pub fn decode_frame(body: &[u8]) -> Result<Frame, WireError> {
+    let frame: Frame = decode_exact(body)?;
+    check_limits(&frame)?;
+    Ok(frame)
+}
+
+fn decode_exact<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, WireError> {
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| WireError::Decode(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Decode(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(value)
+}
+
+// ---- limits ----
+
+/// Checks every key, value and row count against the documented limits.
+pub fn check_limits(frame: &Frame) -> Result<(), WireError> {
+    match frame {
+        Frame::Msg(msg) => check_msg(msg),
+        Frame::Cluster(info) => {
+            let n = info.config.replicas.len();
+            if n == 0 || info.addrs.len() > n {
+                return Err(WireError::Invalid(format!(
+                    "cluster of {n} replicas, {} addresses",
+                    info.addrs.len()
+                )));
+            }
+            if let Some((r, a)) = info.addrs.iter().find(|(_, a)| a.len() > MAX_ADDR_BYTES) {
+                return Err(WireError::Invalid(format!("address of r{} is {} bytes", r.0, a.len())));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check_msg(msg: &Msg) -> Result<(), WireError> {
+    match msg {
+        Msg::Request { op, .. } => check_op(op),
+        Msg::Response { result: Ok(reply), .. } | Msg::ReadResult { result: Ok(reply), .. } => {
+            check_value(reply.value.as_deref())
+        }
+        Msg::Write { key, value, .. } => {
+            check_key(key)?;
+            check_value(value.as_deref())
+        }
+        Msg::Read { key, .. } => check_key(key),
+        Msg::InstallSnapshot { snapshot, .. } => {
+            for (key, value) in &snapshot.kv {
+                check_key(key)?;
+                check_value(Some(value))?;
+            }
+            Ok(())
+        }
+        Msg::Append { rows, .. } => {
+            if rows.len() > MAX_ROWS_PER_APPEND {
+                return Err(WireError::Invalid(format!(
+                    "{} rows in one append, limit {MAX_ROWS_PER_APPEND}",
+                    rows.len()
+                )));
+            }
+            for row in rows {
+                if let RowBody::Put { key, value, .. } = &row.body {
+                    check_key(key)?;
+                    check_value(value.as_deref())?;
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_op(op: &Op) -> Result<(), WireError> {
+    check_key(op.key())?;
+    match op {
+        Op::Set { value, .. } => check_value(Some(value)),
+        _ => Ok(()),
+    }
+}
+
+fn check_key(key: &str) -> Result<(), WireError> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(WireError::Invalid(format!("key of {} bytes, limit {MAX_KEY_BYTES}", key.len())));
+    }
+    Ok(())
+}
+
+fn check_value(value: Option<&str>) -> Result<(), WireError> {
+    match value {
+        Some(v) if v.len() > MAX_VALUE_BYTES => {
+            Err(WireError::Invalid(format!("value of {} bytes, limit {MAX_VALUE_BYTES}", v.len())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The largest frame a connection with `peer` may carry after the hello.
+pub fn limit_for(peer: NodeId) -> usize {
+    match peer {
+        NodeId::Client(_) => MAX_CLIENT_FRAME_BYTES,
+        NodeId::Balancer | NodeId::Replica(_) => MAX_FRAME_BYTES,
+    }
+}
+
+/// Whether a node of kind `local` takes `frame` from `from`: each role sends
+/// only its own kinds of message, and anything else on a connection is a
+/// protocol error (which also keeps a confused or hostile peer from, say,
+/// promoting a replica while claiming to be a client).
+pub fn accepts(local: NodeId, from: NodeId, frame: &Frame) -> bool {
+    use NodeId::{Balancer, Client, Replica};
+    let Frame::Msg(msg) = frame else {
+        return matches!((local, from), (Replica(_), Balancer));
+    };
+    match (local, from) {
+        (Balancer, Client(c)) => matches!(msg, Msg::Request { id, .. } if id.client == c),
+        (Balancer, Replica(_)) => matches!(
+            msg,
+            Msg::Pong { .. }
+                | Msg::Promise { .. }
+                | Msg::PrepareRefused { .. }
+                | Msg::WriteResult { .. }
+                | Msg::ReadResult { .. }
+        ),
+        (Replica(_), Balancer) => matches!(
+            msg,
+            Msg::Ping { .. }
+                | Msg::Prepare { .. }
+                | Msg::Promote { .. }
+                | Msg::Write { .. }
+                | Msg::Read { .. }
+        ),
+        (Replica(_), Replica(_)) => {
+            matches!(msg, Msg::Append { .. } | Msg::AppendAck { .. } | Msg::InstallSnapshot { .. })
+        }
+        (Client(_), Balancer) => matches!(msg, Msg::Response { .. }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::Reply;
+    use crate::types::{ClientId, Epoch, LogPos, Lsn, ReadMode, RequestId, Row};
+
+    fn request(key: &str, value: &str) -> Frame {
+        Frame::Msg(Msg::Request {
+            id: RequestId { client: ClientId(u64::MAX), seq: 7 },
+            op: Op::Set { key: key.into(), value: value.into() },
+            read: ReadMode::Session,
+            min_lsn: Lsn(3),
+        })
+    }
+
+    fn samples() -> Vec<Frame> {
+        let row = |lsn| Row {
+            epoch: Epoch(2),
+            lsn: Lsn(lsn),
+            body: RowBody::Put {
+                key: "k".into(),
+                value: Some("v = with spaces".into()),
+                req: RequestId { client: ClientId(1), seq: lsn },
+            },
+        };
+        vec![
+            request("stephen", "zerfas"),
+            Frame::Msg(Msg::Response {
+                id: RequestId { client: ClientId(9), seq: 1 },
+                result: Ok(Reply { value: None, lsn: Lsn(4) }),
+            }),
+            Frame::Msg(Msg::Append {
+                epoch: Epoch(2),
+                prev: LogPos { epoch: Epoch(1), lsn: Lsn(4) },
+                rows: vec![row(5), row(6)],
+                commit: Lsn(4),
+                probe: 3,
+            }),
+            Frame::Cluster(ClusterInfo {
+                config: ClusterConfig::new(3, 1),
+                addrs: vec![(ReplicaId(1), "localhost:8081".into())],
+            }),
+        ]
+    }
+
+    #[test]
+    fn frames_round_trip_through_arbitrary_splits() {
+        let mut bytes = Vec::new();
+        encode_hello(NodeId::Client(ClientId(42)), &mut bytes);
+        for f in samples() {
+            encode_frame(&f, MAX_FRAME_BYTES, &mut bytes).unwrap();
+        }
+        for chunk in [1, 2, 3, 5, 64, bytes.len()] {
+            let mut dec = FrameDecoder::new();
+            let mut got = Vec::new();
+            let mut hello = None;
+            for piece in bytes.chunks(chunk) {
+                dec.feed(piece);
+                if hello.is_none() {
+                    hello = dec.next_hello().unwrap();
+                    if hello.is_some() {
+                        dec.set_limit(MAX_FRAME_BYTES);
+                    } else {
+                        continue;
+                    }
+                }
+                while let Some(f) = dec.next_frame().unwrap() {
+                    got.push(f);
+                }
+            }
+            assert_eq!(hello, Some(Hello { version: PROTOCOL_VERSION, from: NodeId::Client(ClientId(42)) }));
+            assert_eq!(got, samples(), "chunk size {chunk}");
+            assert_eq!(dec.finish(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn frame_layout_is_length_then_postcard() {
+        let mut bytes = Vec::new();
+        encode_hello(NodeId::Replica(ReplicaId(3)), &mut bytes);
+        // len=8: "KVST", version 2, NodeId::Replica tag 1, id 3
+        assert_eq!(bytes, [0, 0, 0, 8, b'K', b'V', b'S', b'T', 0, 2, 1, 3]);
+        let mut bytes = Vec::new();
+        encode_frame(&Frame::Msg(Msg::Ping { nonce: 5 }), MAX_FRAME_BYTES, &mut bytes).unwrap();
+        // Frame::Msg tag 0, Msg::Ping tag 6, nonce 5
+        assert_eq!(bytes, [0, 0, 0, 3, 0, 6, 5]);
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_reading_them() {
+        let mut dec = FrameDecoder::with_limit(MAX_CLIENT_FRAME_BYTES);
+        dec.feed(&u32::MAX.to_be_bytes());
+        assert_eq!(
+            dec.next_frame(),
+            Err(WireError::TooLarge { len: u32::MAX as usize, max: MAX_CLIENT_FRAME_BYTES })
+        );
+        // The sender refuses too, and leaves its buffer as it was.
+        let big = request("k", &"x".repeat(MAX_VALUE_BYTES));
+        let mut out = vec![1, 2];
+        assert!(matches!(encode_frame(&big, 1000, &mut out), Err(WireError::TooLarge { .. })));
+        assert_eq!(out, [1, 2]);
+        // A value just within the limit fits a client frame.
+        encode_frame(&big, MAX_CLIENT_FRAME_BYTES, &mut out).unwrap();
+    }
+
+    #[test]
+    fn over_limit_keys_and_values_are_invalid_even_in_a_large_frame() {
+        for f in
+            [request(&"k".repeat(MAX_KEY_BYTES + 1), "v"), request("k", &"v".repeat(MAX_VALUE_BYTES + 1))]
+        {
+            let mut bytes = Vec::new();
+            encode_frame(&f, MAX_FRAME_BYTES, &mut bytes).unwrap();
+            let mut dec = FrameDecoder::with_limit(MAX_FRAME_BYTES);
+            dec.feed(&bytes);
+            assert!(matches!(dec.next_frame(), Err(WireError::Invalid(_))));
+        }
+    }
+
+    #[test]
+    fn truncated_input_is_reported_at_end_of_stream() {
+        let mut bytes = Vec::new();
+        encode_frame(&request("a", "b"), MAX_FRAME_BYTES, &mut bytes).unwrap();
+        for cut in 1..bytes.len() {
+            let mut dec = FrameDecoder::with_limit(MAX_FRAME_BYTES);
+            dec.feed(&bytes[..cut]);
+            assert_eq!(dec.next_frame(), Ok(None));
+            assert!(matches!(dec.finish(), Err(WireError::Truncated { have, .. }) if have == cut));
+        }
+        // A frame whose own body ends early cannot decode.
+        let mut short = bytes.clone();
+        short.truncate(short.len() - 2);
+        let len = (short.len() - LEN_BYTES) as u32;
+        short[..4].copy_from_slice(&len.to_be_bytes());
+        let mut dec = FrameDecoder::with_limit(MAX_FRAME_BYTES);
+        dec.feed(&short);
+        assert!(matches!(dec.next_frame(), Err(WireError::Decode(_))));
+    }
+
+    #[test]
+    fn garbage_is_an_error_never_a_panic() {
+        // A deterministic pseudo-random byte stream (splitmix64).
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let mut errors = 0;
+        for round in 0..2000 {
+            let len = 1 + (next() % 300) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if round % 2 == 0 && bytes.len() > 4 {
+                // A plausible length prefix, so the body itself gets decoded.
+                let body = (bytes.len() - 4) as u32;
+                bytes[..4].copy_from_slice(&body.to_be_bytes());
+            }
+            let mut dec = FrameDecoder::with_limit(MAX_FRAME_BYTES);
+            dec.feed(&bytes);
+            loop {
+                match dec.next_frame() {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(_) => {
+                        errors += 1;
+                        break;
+                    }
+                }
+            }
+            let mut hello = FrameDecoder::new();
+            hello.feed(&bytes);
+            let _ = hello.next_hello();
+        }
+        assert!(errors > 500, "garbage should mostly be rejected, got {errors} errors");
+        // HTTP is not a kvnode peer.
+        let mut dec = FrameDecoder::new();
+        dec.feed(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(matches!(dec.next_hello(), Err(WireError::TooLarge { .. })));
+        let mut dec = FrameDecoder::new();
+        dec.feed(&[0, 0, 0, 8, b'H', b'T', b'T', b'P', 0, 1, 0, 0]);
+        assert!(matches!(dec.next_hello(), Err(WireError::BadMagic(_))));
+        let mut dec = FrameDecoder::new();
+        dec.feed(&[0, 0, 0, 0]);
+        assert_eq!(dec.next_hello(), Err(WireError::Empty));
+    }
+
+    #[test]
+    fn other_versions_are_refused() {
+        let mut bytes = Vec::new();
+        encode_hello(NodeId::Balancer, &mut bytes);
+        bytes[9] = PROTOCOL_VERSION as u8 + 1;
+        let mut dec = FrameDecoder::new();
+        dec.feed(&bytes);
+        assert_eq!(dec.next_hello(), Err(WireError::Version { theirs: PROTOCOL_VERSION + 1 }));
+    }
+
+    #[test]
+    fn each_role_sends_only_its_own_messages() {
+        let c = NodeId::Client(ClientId(u64::MAX));
+        let r = NodeId::Replica(ReplicaId(1));
+        let b = NodeId::Balancer;
+        let req = request("k", "v");
+        assert!(accepts(b, c, &req));
+        assert!(!accepts(b, NodeId::Client(ClientId(1)), &req), "request names another client");
+        assert!(!accepts(r, c, &req));
+        let promote = Frame::Msg(Msg::Promote { epoch: Epoch(1) });
+        assert!(accepts(r, b, &promote));
+        assert!(!accepts(r, c, &promote));
+        assert!(!accepts(r, r, &promote));
+        let cluster = samples().pop().unwrap();
+        assert!(accepts(r, b, &cluster));
+        assert!(!accepts(r, r, &cluster));
+    }
+
+    #[test]
+    fn decoder_buffer_stays_bounded_by_the_limit() {
+        let mut dec = FrameDecoder::with_limit(100);
+        let mut bytes = Vec::new();
+        for _ in 0..10_000 {
+            encode_frame(&Frame::Msg(Msg::Ping { nonce: 1 }), 100, &mut bytes).unwrap();
+        }
+        let mut r = &bytes[..];
+        let mut n = 0;
+        while dec.fill(&mut r).unwrap() > 0 {
+            while dec.next_frame().unwrap().is_some() {
+                n += 1;
+            }
+            assert!(dec.buf.len() <= INITIAL_BUFFER_BYTES);
+        }
+        assert_eq!(n, 10_000);
+    }
+}

@@ -1,0 +1,291 @@
+//! Real `kvnode` processes on loopback for the tests: free ports (port 0,
+//! read back from each start-up line), every child killed and every temp dir
+//! removed on drop, every wait bounded in time.
+
+// Process tests drive real processes against the wall clock and threads.
+#![allow(clippy::disallowed_methods)]
+#![allow(dead_code)]
+
+use kvstore::msg::Status;
+use kvstore::runtime::client::SyncClient;
+use kvstore::runtime::net;
+use kvstore::types::{ClientId, NodeId, Op, ReadMode, ReplicaId};
+use kvstore::wire::{self, Frame, FrameDecoder};
+use kvstore::{Msg, Reply};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kvnode");
+
+/// Waits until `cond` holds, checking every 20ms, for at most `timeout`.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process, killed when dropped. Its stdout and stderr lines are
+/// collected so tests can wait for and look at them.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    out: Arc<Mutex<Vec<String>>>,
+    err: Arc<Mutex<Vec<String>>>,
+}
+
+fn collect(r: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            into.lock().unwrap().push(line);
+        }
+    });
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str]) -> Proc {
+        Proc::spawn_with(name, args, Stdio::null())
+    }
+
+    pub fn spawn_with(name: &str, args: &[&str], stdin: Stdio) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let err = Arc::new(Mutex::new(Vec::new()));
+        collect(child.stdout.take().unwrap(), out.clone());
+        collect(child.stderr.take().unwrap(), err.clone());
+        Proc { name: name.to_string(), child, out, err }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stdin(&mut self) -> &mut std::process::ChildStdin {
+        self.child.stdin.as_mut().expect("spawned with piped stdin")
+    }
+
+    pub fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.out.lock().unwrap().clone()
+    }
+
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.err.lock().unwrap().clone()
+    }
+
+    /// Waits for a stdout line starting with `prefix`; returns the rest.
+    pub fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
+        let mut found = None;
+        let ok = wait_until(timeout, || {
+            found = self.out.lock().unwrap().iter().find_map(|l| l.strip_prefix(prefix).map(str::to_string));
+            found.is_some()
+        });
+        assert!(
+            ok,
+            "{}: no line starting {prefix:?} within {timeout:?}; stderr:\n{}",
+            self.name,
+            self.stderr_lines().join("\n")
+        );
+        found.unwrap()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status =
+            Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -{sig} {}", self.pid());
+    }
+
+    /// Waits at most `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Three (or n) replica processes and a balancer process.
+pub struct TestCluster {
+    pub replicas: Vec<Proc>,
+    pub replica_addrs: Vec<String>,
+    pub lb: Proc,
+    pub lb_addr: String,
+    pub dir: TempDir,
+    data: bool,
+}
+
+impl TestCluster {
+    /// Starts `n` replicas (with `--data-dir` when `data`) and a balancer,
+    /// and waits until a client write succeeds.
+    pub fn start(n: u8, data: bool) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut replicas = Vec::new();
+        let mut replica_addrs = Vec::new();
+        for i in 1..=n {
+            let p = start_replica(&dir, i, "127.0.0.1:0", data);
+            let addr = p.wait_line(&format!("kvnode replica {i} listening at "), Duration::from_secs(10));
+            replica_addrs.push(addr);
+            replicas.push(p);
+        }
+        let mut args = vec!["--log", "info", "balancer", "127.0.0.1:0"];
+        args.extend(replica_addrs.iter().map(String::as_str));
+        let lb = Proc::spawn("balancer", &args);
+        let lb_addr = lb.wait_line("kvnode balancer listening at ", Duration::from_secs(10));
+        let c = TestCluster { replicas, replica_addrs, lb, lb_addr, dir, data };
+        let mut client = c.client(ReadMode::Session);
+        let ok = wait_until(Duration::from_secs(20), || client.call(set("warmup", "1")).result.is_ok());
+        assert!(ok, "cluster never took a write; balancer log:\n{}", c.lb.stderr_lines().join("\n"));
+        c
+    }
+
+    pub fn client(&self, read: ReadMode) -> SyncClient {
+        SyncClient::new(&self.lb_addr, ClientId(kvstore::runtime::random_u64()), read)
+    }
+
+    /// The replica the balancer last promoted or adopted, from its log.
+    pub fn leader(&self) -> Option<u8> {
+        self.lb.stderr_lines().iter().rev().find_map(|l| {
+            let rest = l.split("** promotes r").nth(1).or_else(|| l.split("** found r").nth(1))?;
+            rest.split(' ').next()?.parse().ok()
+        })
+    }
+
+    /// Starts replica `i` again, on the same address and data directory.
+    pub fn restart_replica(&mut self, i: u8) {
+        let addr = self.replica_addrs[i as usize - 1].clone();
+        let p = start_replica(&self.dir, i, &addr, self.data);
+        p.wait_line(&format!("kvnode replica {i} listening at "), Duration::from_secs(10));
+        self.replicas[i as usize - 1] = p;
+    }
+
+    pub fn replica(&mut self, i: u8) -> &mut Proc {
+        &mut self.replicas[i as usize - 1]
+    }
+
+    pub fn all_alive(&mut self) -> bool {
+        self.lb.alive() && self.replicas.iter_mut().all(Proc::alive)
+    }
+}
+
+fn start_replica(dir: &TempDir, i: u8, listen: &str, data: bool) -> Proc {
+    let n = i.to_string();
+    let data_dir = dir.path().to_str().unwrap().to_string();
+    let mut args = vec!["--log", "info", "replica", &n, "--listen", listen];
+    if data {
+        args.extend(["--data-dir", &data_dir]);
+    }
+    Proc::spawn(&format!("replica {i}"), &args)
+}
+
+pub fn set(key: &str, value: &str) -> Op {
+    Op::Set { key: key.into(), value: value.into() }
+}
+
+pub fn get(key: &str) -> Op {
+    Op::Get { key: key.into() }
+}
+
+/// Speaks the protocol straight to a replica, as the balancer would, to look
+/// at one replica's own state. (While connected it also receives what the
+/// replica sends the balancer, so use it only when the cluster is quiet.)
+pub struct Probe {
+    stream: std::net::TcpStream,
+    dec: FrameDecoder,
+}
+
+static NEXT_TAG: AtomicU64 = AtomicU64::new(1 << 40);
+
+impl Probe {
+    pub fn connect(addr: &str, id: u8) -> Probe {
+        let stream = net::connect(addr, Duration::from_secs(2)).unwrap();
+        let mut dec = FrameDecoder::new();
+        let hello = net::handshake(&stream, NodeId::Balancer, &mut dec, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("handshake with {addr}: {e}"));
+        assert_eq!(hello.from, NodeId::Replica(ReplicaId(id)));
+        dec.set_limit(wire::MAX_FRAME_BYTES);
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Probe { stream, dec }
+    }
+
+    fn send(&mut self, msg: Msg) {
+        let mut buf = Vec::new();
+        wire::encode_frame(&Frame::Msg(msg), wire::MAX_FRAME_BYTES, &mut buf).unwrap();
+        self.stream.write_all(&buf).unwrap();
+    }
+
+    /// Waits for the first message `pick` accepts, skipping others.
+    fn recv<T>(&mut self, mut pick: impl FnMut(Msg) -> Option<T>) -> T {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            while let Some(f) = self.dec.next_frame().unwrap() {
+                if let Frame::Msg(m) = f {
+                    if let Some(t) = pick(m) {
+                        return t;
+                    }
+                }
+            }
+            assert!(Instant::now() < end, "probe: no answer");
+            let n = self.dec.fill(&mut &self.stream).unwrap();
+            assert!(n > 0, "probe: connection closed");
+        }
+    }
+
+    pub fn status(&mut self) -> Status {
+        let nonce = NEXT_TAG.fetch_add(1, Ordering::Relaxed);
+        self.send(Msg::Ping { nonce });
+        self.recv(|m| match m {
+            Msg::Pong { nonce: n, status } if n == nonce => Some(status),
+            _ => None,
+        })
+    }
+
+    /// The replica's own applied value for `key` (an `any` read).
+    pub fn read_local(&mut self, key: &str) -> Reply {
+        let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed);
+        self.send(Msg::Read { tag, key: key.into(), mode: ReadMode::Any, min_lsn: kvstore::Lsn(0) });
+        self.recv(|m| match m {
+            Msg::ReadResult { tag: t, result } if t == tag => {
+                Some(result.expect("an any read is always served"))
+            }
+            _ => None,
+        })
+    }
+}

@@ -1,0 +1,166 @@
+//! Clients that die mid-request and peers that send garbage: each bad
+//! connection is closed with a logged reason, and the cluster keeps serving.
+
+// Process tests drive real processes against the wall clock and threads.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::{get, set, wait_until, Proc, TestCluster};
+use kvstore::msg::Msg;
+use kvstore::types::{ClientId, NodeId, Op, ReadMode, ReplicaId, RequestId};
+use kvstore::wire::{self, Frame};
+use kvstore::Lsn;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::process::Stdio;
+use std::time::Duration;
+
+fn hello(from: NodeId) -> Vec<u8> {
+    let mut b = Vec::new();
+    wire::encode_hello(from, &mut b);
+    b
+}
+
+fn frame(f: &Frame) -> Vec<u8> {
+    let mut b = Vec::new();
+    wire::encode_frame(f, wire::MAX_FRAME_BYTES, &mut b).unwrap();
+    b
+}
+
+fn request(client: u64, op: Op) -> Frame {
+    Frame::Msg(Msg::Request {
+        id: RequestId { client: ClientId(client), seq: 1 },
+        op,
+        read: ReadMode::Session,
+        min_lsn: Lsn(0),
+    })
+}
+
+/// Connects, writes `bytes`, and hangs up (ignoring errors: the node may
+/// close first, which is the point).
+fn send_raw(addr: &str, bytes: &[u8]) {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return;
+    };
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(Shutdown::Write);
+    // Read until the node closes, briefly: proves it does close.
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut sink = [0u8; 4096];
+    while let Ok(n) = s.read(&mut sink) {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Every kind of bad input, as whole connections.
+fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
+    let mut x = 0x1234_5678_9abc_def0u64;
+    let garbage: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let client = NodeId::Client(ClientId(77));
+    let set_frame = frame(&request(77, Op::Set { key: "k".into(), value: "v".into() }));
+    let mut bad_version = hello(client);
+    bad_version[9] = 99;
+    vec![
+        ("nothing", vec![]),
+        ("random bytes", garbage.clone()),
+        ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("huge length", vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+        ("zero length", vec![0, 0, 0, 0]),
+        ("wrong magic", vec![0, 0, 0, 8, b'H', b'T', b'T', b'P', 0, 1, 0, 0]),
+        ("other version", bad_version),
+        ("hello then garbage", [hello(client), garbage].concat()),
+        (
+            "hello then huge frame",
+            [hello(client), ((wire::MAX_CLIENT_FRAME_BYTES + 1) as u32).to_be_bytes().to_vec()].concat(),
+        ),
+        ("hello then truncated frame", [hello(client), set_frame[..set_frame.len() - 3].to_vec()].concat()),
+        ("hello then undecodable body", [hello(client), vec![0, 0, 0, 3, 0, 200, 200]].concat()),
+        ("spoofed client id", [hello(client), frame(&request(78, Op::Get { key: "k".into() }))].concat()),
+        (
+            "client sends replica traffic",
+            [hello(client), frame(&Frame::Msg(Msg::Promote { epoch: kvstore::Epoch(99) }))].concat(),
+        ),
+        (
+            "impostor replica",
+            [hello(NodeId::Replica(ReplicaId(200))), frame(&Frame::Msg(Msg::Ping { nonce: 1 }))].concat(),
+        ),
+    ]
+}
+
+#[test]
+fn killed_clients_and_garbage_leave_the_cluster_serving() {
+    let mut c = TestCluster::start(3, false);
+    let mut ports = vec![c.lb_addr.clone()];
+    ports.extend(c.replica_addrs.iter().cloned());
+
+    // A connection that stalls in the middle of a frame stays open meanwhile.
+    let mut stalled = TcpStream::connect(&c.lb_addr).unwrap();
+    stalled.write_all(&hello(NodeId::Client(ClientId(5)))).unwrap();
+    stalled.write_all(&[0, 0, 1]).unwrap();
+
+    // Clients that vanish with a request in flight: a raw one that hangs up
+    // right after sending, and a real `kvnode client` killed mid-stream.
+    for i in 0..20u64 {
+        let bytes = [
+            hello(NodeId::Client(ClientId(1000 + i))),
+            frame(&request(1000 + i, Op::Set { key: format!("gone{i}"), value: "x".into() })),
+        ]
+        .concat();
+        let mut s = TcpStream::connect(&c.lb_addr).unwrap();
+        s.write_all(&bytes).unwrap();
+        drop(s);
+    }
+    let mut doomed = Proc::spawn_with("doomed client", &["client", "--connect", &c.lb_addr], Stdio::piped());
+    let script: String = (0..2000).map(|i| format!("set doomed{i}=value {i}\n")).collect();
+    let _ = doomed.stdin().write_all(script.as_bytes());
+    assert!(
+        wait_until(Duration::from_secs(10), || doomed.stdout_lines().len() >= 5),
+        "the doomed client never got going"
+    );
+    doomed.kill9();
+
+    // Garbage, every kind, to every port.
+    for addr in &ports {
+        for (what, bytes) in hostile_inputs() {
+            send_raw(addr, &bytes);
+            let _ = what;
+        }
+    }
+
+    // Still serving, with the stalled connection still open.
+    let mut client = c.client(ReadMode::Leader);
+    for i in 0..50 {
+        let key = format!("after{i}");
+        assert!(client.call(set(&key, "ok")).result.is_ok(), "set {key} failed after the abuse");
+        let got = client.call(get(&key)).result.unwrap();
+        assert_eq!(got.value.as_deref(), Some("ok"));
+    }
+    assert!(c.all_alive(), "a node died");
+    drop(stalled);
+
+    // Each bad connection was closed with a reason in the log.
+    let lb_log = c.lb.stderr_lines().join("\n");
+    for reason in [
+        "exceeds the limit",
+        "not a kvnode peer",
+        "protocol version mismatch",
+        "undecodable frame",
+        "connection closed inside a frame",
+        "may not send Request",
+        "empty frame",
+    ] {
+        assert!(lb_log.contains(reason), "balancer log lacks {reason:?}:\n{lb_log}");
+    }
+    let r1_log = c.replica(1).stderr_lines().join("\n");
+    assert!(r1_log.contains("may not connect to r1"), "replica log lacks the refused client:\n{r1_log}");
+}
