@@ -6,9 +6,10 @@ use clap::{Args, Parser, Subcommand};
 use kvstore::runtime::bench::{self, BenchOptions, Mix};
 use kvstore::runtime::client::SyncClient;
 use kvstore::runtime::repl::{self, Outcome};
-use kvstore::runtime::store::{FileStore, MemStore, Store};
+use kvstore::runtime::store::{MemStore, Store, SyncMode, WalOptions, WalStore, SNAPSHOT_LOG_BYTES_DEFAULT};
 use kvstore::runtime::{self, BalancerOptions, Clock, NodeHandle, ReplicaOptions};
 use kvstore::types::{ClientId, ReadMode, ReplicaId};
+use kvstore::wal::WalError;
 use std::io::{self, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,13 +64,24 @@ struct ReplicaArgs {
 
 #[derive(Args)]
 struct StorageArgs {
-    /// Keep the replica's log in DIR (replica-N.log); without it the log is
-    /// in memory only and a restarted replica starts empty.
+    /// Keep replica N's write-ahead log in DIR/replica-N (several replicas
+    /// may share one DIR). Without it the log is in memory only and a
+    /// restarted replica starts empty.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Do not fsync the log (faster; survives a process crash, not a power loss).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sync_every_op")]
     no_fsync: bool,
+    /// fsync after every persisted operation instead of once per batch
+    /// (no group commit). Slower; for comparing.
+    #[arg(long)]
+    sync_every_op: bool,
+    /// Snapshot the applied state (deleting the log it covers) once this
+    /// much log was written since the last snapshot, or the last snapshot's
+    /// size if larger.
+    #[arg(long, default_value_t = SNAPSHOT_LOG_BYTES_DEFAULT, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    snapshot_log_bytes: u64,
 }
 
 #[derive(Args)]
@@ -177,18 +189,50 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Refused(why)) => {
+            eprintln!("error: {why}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Io(e)) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn open_store(s: &StorageArgs, n: u8) -> io::Result<Box<dyn Store>> {
-    Ok(match &s.data_dir {
-        Some(dir) => Box::new(FileStore::open(dir, n, !s.no_fsync)?),
-        None => Box::new(MemStore::default()),
-    })
+/// Why `kvnode` gave up, and with which exit status.
+enum Failure {
+    /// Refused to start (a data directory that is not ours, or too new): 2.
+    Refused(String),
+    Io(io::Error),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        Failure::Io(e)
+    }
+}
+
+fn open_store(s: &StorageArgs, n: u8) -> Result<Box<dyn Store>, Failure> {
+    let Some(dir) = &s.data_dir else {
+        return Ok(Box::new(MemStore::default()));
+    };
+    let sync = match (s.no_fsync, s.sync_every_op) {
+        (true, _) => SyncMode::Off,
+        (false, true) => SyncMode::EveryOp,
+        (false, false) => SyncMode::Group,
+    };
+    let opts = WalOptions { sync, snapshot_log_bytes: s.snapshot_log_bytes };
+    match WalStore::open(dir, ReplicaId(n), opts) {
+        Ok(store) => Ok(Box::new(store)),
+        Err(e @ (WalError::Foreign { .. } | WalError::NewerVersion { .. } | WalError::Locked { .. })) => {
+            Err(Failure::Refused(format!("replica {n} cannot use its data directory: {e}")))
+        }
+        Err(WalError::Io { path, source }) => {
+            Err(Failure::Io(io::Error::new(source.kind(), format!("{}: {source}", path.display()))))
+        }
+        Err(e) => Err(Failure::Io(io::Error::other(e.to_string()))),
+    }
 }
 
 /// Runs until SIGINT/SIGTERM, then stops the nodes in order (each drains
@@ -211,25 +255,25 @@ fn serve(nodes: Vec<NodeHandle>) -> io::Result<()> {
     Ok(())
 }
 
-fn replica(a: ReplicaArgs) -> io::Result<()> {
+fn replica(a: ReplicaArgs) -> Result<(), Failure> {
     let listen = a.listen.unwrap_or_else(|| format!("127.0.0.1:{}", 8080 + a.n as u16));
     let store = open_store(&a.storage, a.n)?;
     let node = runtime::start_replica(ReplicaOptions { id: ReplicaId(a.n), listen, store }, Clock::new())?;
     println!("kvnode replica {} listening at {}", a.n, node.addr);
-    serve(vec![node])
+    Ok(serve(vec![node])?)
 }
 
 fn balancer_options(listen: String, replicas: Vec<String>, c: &ClusterConfigArgs) -> BalancerOptions {
     BalancerOptions { listen, replicas, sync_acks: c.sync_acks, unsafe_failover: c.unsafe_failover }
 }
 
-fn balancer(a: BalancerArgs) -> io::Result<()> {
+fn balancer(a: BalancerArgs) -> Result<(), Failure> {
     let node = runtime::start_balancer(balancer_options(a.listen, a.replicas, &a.cluster), Clock::new())?;
     println!("kvnode balancer listening at {}", node.addr);
-    serve(vec![node])
+    Ok(serve(vec![node])?)
 }
 
-fn cluster(a: ClusterArgs) -> io::Result<()> {
+fn cluster(a: ClusterArgs) -> Result<(), Failure> {
     let clock = Clock::new();
     let port = |i: u16| {
         if a.base_port == 0 {
@@ -252,7 +296,7 @@ fn cluster(a: ClusterArgs) -> io::Result<()> {
     println!("kvnode balancer listening at {}", lb.addr);
     let mut nodes = vec![lb];
     nodes.extend(replicas);
-    serve(nodes)
+    Ok(serve(nodes)?)
 }
 
 fn client(a: ClientArgs) -> ExitCode {
@@ -306,7 +350,7 @@ fn client(a: ClientArgs) -> ExitCode {
     }
 }
 
-fn bench(a: BenchArgs) -> io::Result<()> {
+fn bench(a: BenchArgs) -> Result<(), Failure> {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     runtime::on_stop_signals(move |n| {

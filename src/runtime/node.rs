@@ -43,6 +43,9 @@ pub trait Role {
     fn sync(&mut self, now: Time, out: &mut Outbox) {
         let _ = (now, out);
     }
+    /// After a batch was synced and its sends flushed: housekeeping that may
+    /// block for a while (a replica's periodic snapshot).
+    fn maintain(&mut self) {}
     /// Shutdown began: new work is refused from now on.
     fn on_shutdown(&mut self, now: Time, out: &mut Outbox) {
         let _ = (now, out);
@@ -208,6 +211,7 @@ pub fn run<R: Role>(mut role: R, rx: Receiver<Input>, clock: Clock, stop_accepti
             apply(&mut role, &mut net, &mut out);
             net.flush();
         }
+        role.maintain();
         if let Some(until) = drain_until {
             let left = role.in_flight();
             if left == 0 {

@@ -10,7 +10,7 @@
 
 use super::net::{self, Accepting, DialSpec, Dialer, Input};
 use super::node::{self, Net, Role};
-use super::store::Store;
+use super::store::{Start, Store};
 use super::{Clock, NodeHandle};
 use crate::machine::{Outbox, PersistOp};
 use crate::replica::Replica;
@@ -62,19 +62,35 @@ impl ReplicaNode {
             if let Err(e) = self.store.sync() {
                 fail_stop(self.id, "sync", &e);
             }
-            let stored = match self.store.recover() {
+            let start = match self.store.recover() {
                 Ok(s) => s,
                 Err(e) => fail_stop(self.id, "recover", &e),
             };
-            info!(
-                node = %self.me_node(),
-                "replica machine starts: {} replicas, sync_acks {}, {} rows stored, promised {}",
-                info.config.replicas.len(),
-                info.config.sync_acks,
-                stored.rows.len(),
-                stored.promised
-            );
-            self.machine = Some(Replica::recover(self.id, info.config.clone(), stored));
+            let (replicas, sync_acks) = (info.config.replicas.len(), info.config.sync_acks);
+            let machine = match start {
+                Start::Recovered(stored) => {
+                    info!(
+                        node = %self.me_node(),
+                        "replica machine starts: {replicas} replicas, sync_acks {sync_acks}; stored: {}, {} rows after it, log ends {}, promised {}",
+                        match &stored.snapshot {
+                            Some(s) => format!("snapshot up to {} ({} keys)", s.last, s.kv.len()),
+                            None => "no snapshot".to_string(),
+                        },
+                        stored.rows.len(),
+                        stored.last(),
+                        stored.promised
+                    );
+                    Replica::recover(self.id, info.config.clone(), stored)
+                }
+                Start::Resync => {
+                    warn!(
+                        node = %self.me_node(),
+                        "replica machine starts empty and re-syncs: {replicas} replicas, sync_acks {sync_acks}"
+                    );
+                    Replica::resync(self.id, info.config.clone())
+                }
+            };
+            self.machine = Some(machine);
             self.written = 0;
             self.synced = 0;
         }
@@ -148,7 +164,7 @@ impl Role for ReplicaNode {
 
     fn persist(&mut self, id: u64, op: PersistOp) {
         debug_assert!(id > self.written, "persist ids increase");
-        if let Err(e) = self.store.write(&op) {
+        if let Err(e) = self.store.write(op) {
             fail_stop(self.id, "write", &e);
         }
         self.written = id;
@@ -164,6 +180,14 @@ impl Role for ReplicaNode {
         self.synced = self.written;
         if let Some(m) = &mut self.machine {
             m.on_persisted(now, self.synced, out);
+        }
+    }
+
+    fn maintain(&mut self) {
+        if let Some(m) = &self.machine {
+            if let Err(e) = self.store.maintain(m) {
+                fail_stop(self.id, "snapshot", &e);
+            }
         }
     }
 

@@ -4,28 +4,60 @@
 //! the machine issued them, then [`Store::sync`] once per batch (group
 //! commit), then `Replica::on_persisted` with the last id written. A store
 //! therefore completes ids strictly in order, which is what the machine
-//! requires. The proper write-ahead log (`src/wal.rs`) plugs in here by
-//! implementing [`Store`].
+//! requires. After the batch's sends are flushed it calls
+//! [`Store::maintain`], where a store may take a snapshot.
 //!
-//! Two stores live here for now: [`MemStore`] (no `--data-dir`: a restarted
-//! replica comes back empty and catches up from the leader, but its promises
-//! are forgotten, which failover safety assumes never happens) and
-//! [`FileStore`], an append-only file of checksummed records.
+//! Two stores live here: [`MemStore`] (no `--data-dir`: a restarted replica
+//! comes back empty and catches up from the leader, but its promises are
+//! forgotten, which failover safety assumes never happens) and [`WalStore`],
+//! the write-ahead log of [`crate::wal`].
+//!
+//! # A replica's files under `--data-dir DIR`
+//!
+//! ```text
+//! DIR/replica-N/              the WAL directory (segments and snapshot; see crate::wal)
+//! DIR/replica-N.resyncing     present while a re-sync after corruption is unfinished
+//! DIR/replica-N.corrupt-K/    a WAL directory found corrupt, set aside (never deleted)
+//! DIR/replica-N.resync-partial-K/  a re-sync's partial copy, set aside at the next start
+//! ```
+//!
+//! Several replicas may share one `DIR`. Nothing here ever deletes a
+//! directory: what is set aside stays for an operator to look at and remove.
 
-use crate::machine::{PersistOp, Stored};
-use crate::wire::MAX_FRAME_BYTES;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use crate::machine::{PersistOp, Snapshot, Stored};
+use crate::replica::Replica;
+use crate::types::{NodeId, ReplicaId, RowBody};
+use crate::wal::{RecoveryReport, Wal, WalConfig, WalError, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN};
+use std::fs::{self, File, OpenOptions};
+use std::io;
 use std::path::{Path, PathBuf};
-use tracing::warn;
+use std::time::Instant;
+use tracing::{error, info, warn};
+
+/// What a replica machine starts from.
+#[derive(Debug)]
+pub enum Start {
+    /// Everything durable: `Replica::recover`.
+    Recovered(Stored),
+    /// The disk was found corrupt (now, or at an earlier start whose re-sync
+    /// never finished): start empty with `Replica::resync`, which takes no
+    /// part in promotions until it has caught up with a leader.
+    Resync,
+}
 
 pub trait Store: Send {
-    /// Everything durable so far. Called at start-up, and again if the
+    /// What the machine starts from. Called at start-up, and again if the
     /// replica machine has to be rebuilt (after a `sync`).
-    fn recover(&mut self) -> io::Result<Stored>;
+    fn recover(&mut self) -> io::Result<Start>;
     /// Appends one operation; durable only after the next `sync`.
-    fn write(&mut self, op: &PersistOp) -> io::Result<()>;
+    fn write(&mut self, op: PersistOp) -> io::Result<()>;
     fn sync(&mut self) -> io::Result<()>;
+    /// Housekeeping after a batch, with everything written durable: a store
+    /// may snapshot the machine's applied state here. May block.
+    fn maintain(&mut self, replica: &Replica) -> io::Result<()> {
+        let _ = replica;
+        Ok(())
+    }
 }
 
 /// Keeps persisted state in memory only.
@@ -35,11 +67,11 @@ pub struct MemStore {
 }
 
 impl Store for MemStore {
-    fn recover(&mut self) -> io::Result<Stored> {
-        Ok(self.stored.clone())
+    fn recover(&mut self) -> io::Result<Start> {
+        Ok(Start::Recovered(self.stored.clone()))
     }
-    fn write(&mut self, op: &PersistOp) -> io::Result<()> {
-        self.stored.apply(op);
+    fn write(&mut self, op: PersistOp) -> io::Result<()> {
+        self.stored.apply(&op);
         Ok(())
     }
     fn sync(&mut self) -> io::Result<()> {
@@ -47,188 +79,445 @@ impl Store for MemStore {
     }
 }
 
-/// An append-only file of records `len: u32 BE | crc32: u32 BE | postcard(PersistOp)`.
+/// When [`WalStore::sync`] calls `fdatasync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Once per batch of persist operations (group commit). The default.
+    Group,
+    /// Once per operation, before the next is written: what a log without
+    /// group commit does. Only for comparing (`--sync-every-op`).
+    EveryOp,
+    /// Never: the bytes reach the OS, so a killed process loses nothing, but
+    /// a power loss can (`--no-fsync`).
+    Off,
+}
+
+/// Snapshot once about this much log was written since the last snapshot
+/// (or the last snapshot's size, if larger).
+pub const SNAPSHOT_LOG_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    pub sync: SyncMode,
+    /// A snapshot is taken once the log written since the last one reaches
+    /// `max(snapshot_log_bytes, size of the last snapshot)`. The second term
+    /// keeps the cost of rewriting a large map proportional to the log it
+    /// retires: every byte of log causes at most about one byte of snapshot
+    /// writing. Segments are a quarter of this (within the WAL's limits) so
+    /// a snapshot frees most of the log.
+    pub snapshot_log_bytes: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> WalOptions {
+        WalOptions { sync: SyncMode::Group, snapshot_log_bytes: SNAPSHOT_LOG_BYTES_DEFAULT }
+    }
+}
+
+/// A [`Store`] over the write-ahead log in `DIR/replica-N`.
 ///
-/// Recovery replays records up to the first torn or corrupt one and cuts the
-/// file there (a crash mid-write leaves at most the last record torn). It
-/// never compacts: the write-ahead log being written separately will.
-pub struct FileStore {
-    path: PathBuf,
-    file: BufWriter<File>,
-    fsync: bool,
-    /// What `open` read, handed out by the first `recover`.
-    loaded: Option<Stored>,
-    scratch: Vec<u8>,
+/// Group commit: `write` only queues; `sync` appends the whole batch with
+/// one `write` and makes it durable with one `fdatasync`. An
+/// `InstallSnapshot` (the leader's state, possibly larger than a log record
+/// may be) becomes a snapshot file with `Wal::snapshot`, followed by a
+/// `TruncateAfter` record so the log after it replays exactly as
+/// `Stored::apply` would.
+pub struct WalStore {
+    id: ReplicaId,
+    dir: PathBuf,
+    marker: PathBuf,
+    opts: WalOptions,
+    wal: Option<Wal>,
+    /// What the last open found, until the machine takes it.
+    start: Option<Start>,
+    /// The machine started from `Start::Resync` and has not caught up yet.
+    resyncing: bool,
+    pending: Vec<PersistOp>,
+    /// Log bytes (estimated from the rows) written since the last snapshot.
+    log_bytes: u64,
+    /// The last snapshot's size, for the snapshot threshold.
+    snapshot_bytes: u64,
+    stats: WalStats,
 }
 
-const RECORD_HEADER_BYTES: usize = 8;
+/// Counters, logged when the store is dropped (the node stopped).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    pub ops: u64,
+    pub fsyncs: u64,
+    pub snapshots: u64,
+    pub snapshot_ms_max: u64,
+}
 
-impl FileStore {
-    /// Opens (or creates) `dir/replica-N.log`. With `fsync` off, `sync` only
-    /// hands the bytes to the OS: fast, and lost if the machine (not just the
-    /// process) crashes.
-    pub fn open(dir: &Path, replica: u8, fsync: bool) -> io::Result<FileStore> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join(format!("replica-{replica}.log"));
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
-        let (stored, good) = replay(&mut file)?;
-        let len = file.metadata()?.len();
-        if good < len {
-            warn!(
-                "{}: dropping {} bytes after the last whole record (a write cut short)",
-                path.display(),
-                len - good
-            );
-            file.set_len(good)?;
-            file.sync_all()?;
-        }
-        file.seek(SeekFrom::End(0))?;
-        Ok(FileStore {
-            path,
-            file: BufWriter::with_capacity(256 * 1024, file),
-            fsync,
-            loaded: Some(stored),
-            scratch: Vec::new(),
-        })
+impl WalStore {
+    /// Opens (creating if needed) `data_dir/replica-N`, recovering what it
+    /// holds. A directory that is not ours or has a newer format is refused
+    /// untouched (`WalError::Foreign`, `NewerVersion`, `Locked`); one found
+    /// corrupt is set aside and replaced by an empty one, and the replica
+    /// will re-sync (see [`Start::Resync`]).
+    pub fn open(data_dir: &Path, replica: ReplicaId, opts: WalOptions) -> Result<WalStore, WalError> {
+        let dir = data_dir.join(format!("replica-{}", replica.0));
+        let marker = data_dir.join(format!("replica-{}.resyncing", replica.0));
+        let mut store = WalStore {
+            id: replica,
+            dir,
+            marker,
+            opts,
+            wal: None,
+            start: None,
+            resyncing: false,
+            pending: Vec::new(),
+            log_bytes: 0,
+            snapshot_bytes: 0,
+            stats: WalStats::default(),
+        };
+        store.open_wal()?;
+        Ok(store)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The WAL directory (`DIR/replica-N`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn stats(&self) -> WalStats {
+        self.stats
+    }
+
+    fn node(&self) -> NodeId {
+        NodeId::Replica(self.id)
+    }
+
+    fn wal_config(&self) -> WalConfig {
+        let segment = (self.opts.snapshot_log_bytes / 4).clamp(SEGMENT_BYTES_MIN, SEGMENT_BYTES_DEFAULT);
+        WalConfig { segment_bytes_max: segment }
+    }
+
+    fn open_wal(&mut self) -> Result<(), WalError> {
+        debug_assert!(self.wal.is_none() && self.pending.is_empty());
+        let began = Instant::now();
+        let node = self.node();
+        if self.marker.exists() {
+            // A re-sync after corruption was cut short: what the directory
+            // holds is a partial copy from a leader, and the rows this
+            // replica confirmed before the corruption are still lost, so it
+            // must not start as a trustworthy replica. Start the re-sync over.
+            if self.dir.exists() {
+                let aside = set_aside(&self.dir, "resync-partial")?;
+                warn!(
+                    node = %node,
+                    "a re-sync from the leader did not finish before the last stop ({} exists); \
+                     its partial copy is set aside at {} (safe to delete) and the re-sync starts over",
+                    self.marker.display(),
+                    aside.display()
+                );
+            }
+            let (wal, _, _) = Wal::open_with(&self.dir, self.wal_config())?;
+            return self.opened(wal, Start::Resync, 0);
+        }
+        match Wal::open_with(&self.dir, self.wal_config()) {
+            Ok((wal, recovered, report)) => {
+                log_recovery(node, &self.dir, &report, began);
+                let snapshot_bytes =
+                    report.snapshot_file.as_ref().and_then(|p| fs::metadata(p).ok()).map_or(0, |m| m.len());
+                self.snapshot_bytes = snapshot_bytes;
+                let log_bytes = segment_bytes_on_disk(&self.dir);
+                self.opened(wal, Start::Recovered(recovered.into_stored()), log_bytes)
+            }
+            Err(e @ WalError::Corrupt { .. }) => {
+                error!(
+                    node = %node,
+                    "write-ahead log damaged: {e}. This replica may have lost rows it had confirmed, \
+                     so it starts empty and re-syncs from the leader, taking no part in promotions \
+                     until it has caught up"
+                );
+                // The marker goes first: should we stop between the two, the
+                // next start still knows not to trust this directory.
+                write_marker(&self.marker)?;
+                let aside = set_aside(&self.dir, "corrupt")?;
+                error!(node = %node, "the damaged directory is kept at {} for inspection", aside.display());
+                let (wal, _, _) = Wal::open_with(&self.dir, self.wal_config())?;
+                self.opened(wal, Start::Resync, 0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn opened(&mut self, wal: Wal, start: Start, log_bytes: u64) -> Result<(), WalError> {
+        self.resyncing = matches!(start, Start::Resync);
+        self.wal = Some(wal);
+        self.start = Some(start);
+        self.log_bytes = log_bytes;
+        Ok(())
+    }
+
+    fn wal(&mut self) -> &mut Wal {
+        self.wal.as_mut().expect("the WAL is open except inside recover")
+    }
+
+    /// Writes the queued ops (no fsync).
+    fn append_pending(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.wal().append(&pending)?;
+        self.stats.ops += pending.len() as u64;
+        self.log_bytes += pending.iter().map(approx_record_bytes).sum::<u64>();
+        // Keep the allocation for the next batch.
+        self.pending = pending;
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn fsync(&mut self) -> io::Result<()> {
+        if self.opts.sync != SyncMode::Off {
+            self.wal().sync()?;
+            self.stats.fsyncs += 1;
+        }
+        Ok(())
+    }
+
+    fn snapshot_due(&self) -> bool {
+        self.log_bytes >= self.opts.snapshot_log_bytes.max(self.snapshot_bytes)
     }
 }
 
-impl Store for FileStore {
-    fn recover(&mut self) -> io::Result<Stored> {
-        if let Some(s) = self.loaded.take() {
-            return Ok(s);
+fn wal_io(e: WalError) -> io::Error {
+    match e {
+        WalError::Io { source, path } => {
+            io::Error::new(source.kind(), format!("{}: {source}", path.display()))
         }
-        self.file.flush()?;
-        let mut f = File::open(&self.path)?;
-        Ok(replay(&mut f)?.0)
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+impl Store for WalStore {
+    fn recover(&mut self) -> io::Result<Start> {
+        if let Some(start) = self.start.take() {
+            return Ok(start);
+        }
+        // A rebuild: read the directory again, as a restart would.
+        self.sync()?;
+        self.wal = None; // releases the directory lock
+        self.open_wal().map_err(wal_io)?;
+        Ok(self.start.take().expect("open_wal sets it"))
     }
 
-    fn write(&mut self, op: &PersistOp) -> io::Result<()> {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
-        let buf = std::mem::take(&mut self.scratch);
-        self.scratch = postcard::to_extend(op, buf).map_err(io::Error::other)?;
-        let body = &self.scratch[RECORD_HEADER_BYTES..];
-        let len = body.len() as u32;
-        let crc = crc32(body);
-        self.scratch[..4].copy_from_slice(&len.to_be_bytes());
-        self.scratch[4..8].copy_from_slice(&crc.to_be_bytes());
-        self.file.write_all(&self.scratch)
+    fn write(&mut self, op: PersistOp) -> io::Result<()> {
+        match op {
+            PersistOp::InstallSnapshot(snap) => {
+                // Everything before it goes first (Wal::snapshot syncs it).
+                self.append_pending()?;
+                let began = Instant::now();
+                let report = self.wal().snapshot(Snapshot::as_ref(&snap)).map_err(wal_io)?;
+                self.stats.snapshots += 1;
+                self.stats.fsyncs += 1;
+                self.snapshot_bytes = report.file_bytes;
+                self.log_bytes = 0;
+                info!(
+                    node = %self.node(),
+                    "installed the leader's snapshot up to {} ({} keys, {} bytes) in {:?}; removed {} old files",
+                    snap.last,
+                    snap.kv.len(),
+                    report.file_bytes,
+                    began.elapsed(),
+                    report.removed.len()
+                );
+                // Rows after the snapshot that the log still holds came from a
+                // deposed leader; the machine dropped them, and so does replay.
+                self.pending.push(PersistOp::TruncateAfter(snap.last.lsn));
+            }
+            op => self.pending.push(op),
+        }
+        if self.opts.sync == SyncMode::EveryOp {
+            self.append_pending()?;
+            self.fsync()?;
+        }
+        Ok(())
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.file.flush()?;
-        if self.fsync {
-            self.file.get_ref().sync_data()?;
+        if self.pending.is_empty() {
+            // EveryOp mode wrote and synced each op already; otherwise there
+            // is nothing new.
+            return Ok(());
         }
+        self.append_pending()?;
+        self.fsync()
+    }
+
+    fn maintain(&mut self, replica: &Replica) -> io::Result<()> {
+        if self.resyncing && !replica.is_resyncing() {
+            // Caught up: what the directory holds is now a trustworthy copy.
+            self.sync()?;
+            remove_marker(&self.marker)?;
+            self.resyncing = false;
+            info!(node = %self.node(), "re-sync finished; {} removed", self.marker.display());
+        }
+        if !self.snapshot_due() || !self.pending.is_empty() {
+            return Ok(());
+        }
+        let snap = replica.snapshot_ref();
+        if snap.last.lsn <= self.wal().snapshot_last().lsn {
+            return Ok(()); // nothing applied since: the log is not ours to drop yet
+        }
+        // Blocks the node thread: about 0.6 s per million keys.
+        let began = Instant::now();
+        let log_bytes = self.log_bytes;
+        let report = self.wal().snapshot(snap).map_err(wal_io)?;
+        let took = began.elapsed();
+        self.stats.snapshots += 1;
+        self.stats.fsyncs += 1;
+        self.stats.snapshot_ms_max = self.stats.snapshot_ms_max.max(took.as_millis() as u64);
+        self.snapshot_bytes = report.file_bytes;
+        self.log_bytes = 0;
+        info!(
+            node = %self.node(),
+            "snapshot up to {} ({} keys, {} bytes) after ~{} bytes of log, in {:?}; removed {} old files",
+            snap.last,
+            snap.kv.len(),
+            report.file_bytes,
+            log_bytes,
+            took,
+            report.removed.len()
+        );
         Ok(())
     }
 }
 
-/// Replays every whole record; returns the state and the length of the
-/// valid prefix.
-fn replay(file: &mut File) -> io::Result<(Stored, u64)> {
-    file.seek(SeekFrom::Start(0))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    let mut stored = Stored::default();
-    let mut at = 0usize;
-    while bytes.len() - at >= RECORD_HEADER_BYTES {
-        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_be_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-        if len > MAX_FRAME_BYTES || bytes.len() - at - RECORD_HEADER_BYTES < len {
-            break;
+impl Drop for WalStore {
+    fn drop(&mut self) {
+        let s = self.stats;
+        if s.ops > 0 {
+            info!(
+                node = %self.node(),
+                "WAL: {} ops in {} fsyncs ({:.1} ops per fsync), {} snapshots (longest {} ms)",
+                s.ops,
+                s.fsyncs,
+                s.ops as f64 / s.fsyncs.max(1) as f64,
+                s.snapshots,
+                s.snapshot_ms_max
+            );
         }
-        let body = &bytes[at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + len];
-        if crc32(body) != crc {
-            break;
-        }
-        let Ok(op) = postcard::from_bytes::<PersistOp>(body) else {
-            break;
-        };
-        stored.apply(&op);
-        at += RECORD_HEADER_BYTES + len;
     }
-    Ok((stored, at as u64))
 }
 
-/// CRC-32 (IEEE), table-driven.
-pub fn crc32(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    };
-    let mut c = !0u32;
-    for &b in bytes {
-        c = TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
+fn log_recovery(node: NodeId, dir: &Path, r: &RecoveryReport, began: Instant) {
+    if r.fresh {
+        info!(node = %node, "new write-ahead log in {}", dir.display());
+        return;
     }
-    !c
+    let snapshot = match (&r.snapshot_file, r.snapshot_last) {
+        (Some(_), Some(last)) => format!("snapshot up to {last}"),
+        _ => "no snapshot".to_string(),
+    };
+    info!(
+        node = %node,
+        "recovered {} in {:?}: {snapshot}, {} records replayed from {} segments",
+        dir.display(),
+        began.elapsed(),
+        r.records_replayed,
+        r.segments_replayed
+    );
+    if let Some(t) = &r.torn_tail {
+        warn!(
+            node = %node,
+            "cut a torn write off {} at byte {} ({} bytes: {}); a crash mid-write, nothing acknowledged",
+            t.file.display(),
+            t.offset,
+            t.bytes_discarded,
+            t.fault
+        );
+    }
+    for (path, why) in &r.snapshots_skipped {
+        warn!(node = %node, "snapshot {} unreadable ({why}); recovered from an older one and the log", path.display());
+    }
+}
+
+/// Bytes in the directory's segment files (the log a snapshot would retire).
+fn segment_bytes_on_disk(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("wal-")))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Roughly the bytes an op takes in the log: payload plus record header.
+/// Used only to decide when to snapshot, so it need not be exact.
+fn approx_record_bytes(op: &PersistOp) -> u64 {
+    const RECORD_OVERHEAD: u64 = 12;
+    const ROW_OVERHEAD: u64 = 32; // epoch, lsn, request id, lengths, tags
+    match op {
+        PersistOp::Append(rows) => {
+            RECORD_OVERHEAD
+                + rows
+                    .iter()
+                    .map(|r| match &r.body {
+                        RowBody::Noop => ROW_OVERHEAD,
+                        RowBody::Put { key, value, .. } => {
+                            ROW_OVERHEAD + key.len() as u64 + value.as_ref().map_or(0, |v| v.len() as u64)
+                        }
+                    })
+                    .sum::<u64>()
+        }
+        PersistOp::Promise(_) | PersistOp::TruncateAfter(_) => RECORD_OVERHEAD + 10,
+        PersistOp::InstallSnapshot(_) => RECORD_OVERHEAD,
+    }
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| WalError::Io { path: dir.to_path_buf(), source })
+}
+
+/// Renames `dir` to `dir.TAG-K` with the first free K, durably.
+fn set_aside(dir: &Path, tag: &str) -> Result<PathBuf, WalError> {
+    const TRIES_MAX: u32 = 10_000;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
+    for k in 1..=TRIES_MAX {
+        let aside = dir.with_file_name(format!("{name}.{tag}-{k}"));
+        if aside.symlink_metadata().is_ok() {
+            continue;
+        }
+        fs::rename(dir, &aside).map_err(|source| WalError::Io { path: dir.to_path_buf(), source })?;
+        sync_dir(parent_of(dir))?;
+        return Ok(aside);
+    }
+    Err(WalError::Io {
+        path: dir.to_path_buf(),
+        source: io::Error::other(format!(
+            "{TRIES_MAX} directories already set aside; clean up {name}.{tag}-*"
+        )),
+    })
+}
+
+fn write_marker(marker: &Path) -> Result<(), WalError> {
+    let io_err = |source| WalError::Io { path: marker.to_path_buf(), source };
+    let f = OpenOptions::new().write(true).create(true).truncate(true).open(marker).map_err(io_err)?;
+    f.sync_all().map_err(io_err)?;
+    sync_dir(parent_of(marker))
+}
+
+fn remove_marker(marker: &Path) -> io::Result<()> {
+    match fs::remove_file(marker) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    File::open(parent_of(marker))?.sync_all()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::types::{ClientId, Epoch, Lsn, RequestId, Row, RowBody};
-
-    fn row(lsn: u64) -> Row {
-        Row {
-            epoch: Epoch(1),
-            lsn: Lsn(lsn),
-            body: RowBody::Put {
-                key: format!("k{lsn}"),
-                value: Some("v".into()),
-                req: RequestId { client: ClientId(1), seq: lsn },
-            },
-        }
-    }
-
-    #[test]
-    fn crc32_matches_the_standard_check_value() {
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-    }
-
-    #[test]
-    fn file_store_survives_reopen_and_cuts_a_torn_tail() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let mut s = FileStore::open(dir.path(), 1, true).unwrap();
-            assert_eq!(s.recover().unwrap(), Stored::default());
-            s.write(&PersistOp::Promise(Epoch(1))).unwrap();
-            s.write(&PersistOp::Append(vec![row(1), row(2), row(3)])).unwrap();
-            s.write(&PersistOp::TruncateAfter(Lsn(2))).unwrap();
-            s.sync().unwrap();
-            let again = s.recover().unwrap();
-            assert_eq!(again.rows.len(), 2);
-        }
-        let path = dir.path().join("replica-1.log");
-        let mut bytes = std::fs::read(&path).unwrap();
-        let whole = bytes.len();
-        bytes.extend_from_slice(&[0, 0, 0, 50, 1, 2, 3]);
-        std::fs::write(&path, &bytes).unwrap();
-        let mut s = FileStore::open(dir.path(), 1, true).unwrap();
-        let stored = s.recover().unwrap();
-        assert_eq!(stored.promised, Epoch(1));
-        assert_eq!(stored.rows, vec![row(1), row(2)]);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole as u64);
-        s.write(&PersistOp::Append(vec![row(3)])).unwrap();
-        s.sync().unwrap();
-        drop(s);
-        let mut s = FileStore::open(dir.path(), 1, false).unwrap();
-        assert_eq!(s.recover().unwrap().rows.len(), 3);
-    }
-}
+mod tests;

@@ -1,0 +1,247 @@
+//! `WalStore` over real files in temporary directories. No timing assertions.
+
+use super::*;
+use crate::config::ClusterConfig;
+use crate::machine::Snapshot;
+use crate::types::{ClientId, Epoch, LogPos, Lsn, RequestId, Row, RowBody};
+use std::collections::BTreeMap;
+
+const R1: ReplicaId = ReplicaId(1);
+
+fn row(epoch: u64, lsn: u64) -> Row {
+    Row {
+        epoch: Epoch(epoch),
+        lsn: Lsn(lsn),
+        body: RowBody::Put {
+            key: format!("k{lsn}"),
+            value: Some(format!("value of row {lsn}")),
+            req: RequestId { client: ClientId(7), seq: lsn },
+        },
+    }
+}
+
+fn appends(epoch: u64, lsns: std::ops::RangeInclusive<u64>) -> Vec<PersistOp> {
+    lsns.map(|l| PersistOp::Append(vec![row(epoch, l)])).collect()
+}
+
+fn open(dir: &Path, opts: WalOptions) -> WalStore {
+    WalStore::open(dir, R1, opts).expect("open")
+}
+
+fn recovered(store: &mut WalStore) -> Stored {
+    match store.recover().expect("recover") {
+        Start::Recovered(s) => s,
+        Start::Resync => panic!("expected a recovered store, got a re-sync"),
+    }
+}
+
+fn model(ops: &[PersistOp]) -> Stored {
+    let mut s = Stored::default();
+    ops.iter().for_each(|op| s.apply(op));
+    s
+}
+
+fn write_all(store: &mut WalStore, ops: &[PersistOp]) {
+    for op in ops {
+        store.write(op.clone()).expect("write");
+    }
+    store.sync().expect("sync");
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+fn snapshot_at(lsn: u64) -> Snapshot {
+    let mut kv = BTreeMap::new();
+    for l in 1..=lsn {
+        kv.insert(format!("k{l}"), format!("value of row {l}"));
+    }
+    let sessions = BTreeMap::from([(ClientId(7), (lsn, Lsn(lsn)))]);
+    Snapshot { promised: Epoch(2), last: LogPos { epoch: Epoch(2), lsn: Lsn(lsn) }, kv, sessions }
+}
+
+#[test]
+fn writes_survive_reopen_with_one_fsync_per_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ops = vec![PersistOp::Promise(Epoch(1))];
+    ops.extend(appends(1, 1..=50));
+    ops.push(PersistOp::TruncateAfter(Lsn(45)));
+    {
+        let mut s = open(tmp.path(), WalOptions::default());
+        assert_eq!(recovered(&mut s), Stored::default());
+        write_all(&mut s, &ops[..20]);
+        write_all(&mut s, &ops[20..]);
+        assert_eq!(s.stats().ops, ops.len() as u64);
+        assert_eq!(s.stats().fsyncs, 2, "group commit: one fsync per sync call");
+    }
+    assert_eq!(names(tmp.path()), ["replica-1"]);
+    let mut s = open(tmp.path(), WalOptions::default());
+    assert_eq!(recovered(&mut s), model(&ops));
+}
+
+#[test]
+fn sync_every_op_fsyncs_each_op() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ops = appends(1, 1..=10);
+    let mut s = open(tmp.path(), WalOptions { sync: SyncMode::EveryOp, ..WalOptions::default() });
+    write_all(&mut s, &ops);
+    assert_eq!(s.stats().fsyncs, 10);
+    drop(s);
+    let mut s = open(tmp.path(), WalOptions::default());
+    assert_eq!(recovered(&mut s), model(&ops));
+}
+
+#[test]
+fn a_rebuild_reads_back_everything_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = open(tmp.path(), WalOptions::default());
+    recovered(&mut s);
+    let ops = appends(1, 1..=5);
+    for op in &ops {
+        s.write(op.clone()).unwrap();
+    }
+    // Not synced yet: recover syncs first, then reopens the directory.
+    assert_eq!(recovered(&mut s), model(&ops));
+}
+
+#[test]
+fn installed_snapshot_is_a_snapshot_file_and_drops_the_stale_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snap = snapshot_at(30);
+    // Rows 1..=40 of a deposed epoch-1 leader, then the epoch-2 leader's
+    // snapshot up to 30, then its rows 31..=33.
+    let mut ops = appends(1, 1..=40);
+    ops.push(PersistOp::Promise(Epoch(2)));
+    ops.push(PersistOp::InstallSnapshot(Box::new(snap.clone())));
+    ops.extend(appends(2, 31..=33));
+    {
+        let mut s = open(tmp.path(), WalOptions::default());
+        recovered(&mut s);
+        write_all(&mut s, &ops);
+        assert_eq!(s.stats().snapshots, 1);
+    }
+    let wal_dir = tmp.path().join("replica-1");
+    assert!(names(&wal_dir).iter().any(|n| n.ends_with(".kvsnap")), "{:?}", names(&wal_dir));
+    let mut s = open(tmp.path(), WalOptions::default());
+    let got = recovered(&mut s);
+    assert_eq!(got, model(&ops));
+    assert_eq!(got.snapshot.as_ref().map(|s| s.last.lsn), Some(Lsn(30)));
+    assert_eq!(got.rows, vec![row(2, 31), row(2, 32), row(2, 33)]);
+}
+
+#[test]
+fn periodic_snapshot_deletes_old_segments_and_recovers_the_same_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = WalOptions { snapshot_log_bytes: 16 * 1024, ..WalOptions::default() };
+    let cfg = ClusterConfig::new(3, 1);
+    let ops = appends(2, 1..=600);
+    {
+        let mut s = open(tmp.path(), opts.clone());
+        recovered(&mut s);
+        write_all(&mut s, &ops);
+        let wal_dir = tmp.path().join("replica-1");
+        let segments_before = names(&wal_dir).len();
+        assert!(segments_before > 4, "small segments: {:?}", names(&wal_dir));
+        // A replica that has applied rows up to 500 (from a snapshot, so the
+        // test needs no leader to commit them).
+        let mut stored = model(&ops);
+        stored.rows.drain(..500);
+        stored.snapshot = Some(snapshot_at(500));
+        let replica = Replica::recover(R1, cfg.clone(), stored);
+        assert_eq!(replica.applied(), Lsn(500));
+        s.maintain(&replica).unwrap();
+        assert_eq!(s.stats().snapshots, 1);
+        let after = names(&wal_dir);
+        assert!(after.len() < segments_before, "{after:?}");
+        assert_eq!(after.iter().filter(|n| n.ends_with(".kvsnap")).count(), 1);
+        // Nothing new was applied: no second snapshot however often it runs.
+        s.log_bytes = u64::MAX / 2;
+        s.maintain(&replica).unwrap();
+        assert_eq!(s.stats().snapshots, 1);
+    }
+    let mut s = open(tmp.path(), opts);
+    let got = recovered(&mut s);
+    assert_eq!(got.snapshot.as_ref().map(|s| s.last.lsn), Some(Lsn(500)));
+    assert_eq!(got.last().lsn, Lsn(600));
+    assert_eq!(got.rows.first().map(|r| r.lsn), Some(Lsn(501)));
+}
+
+#[test]
+fn foreign_file_or_newer_version_is_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal_dir = tmp.path().join("replica-1");
+    fs::create_dir_all(&wal_dir).unwrap();
+    fs::write(wal_dir.join("notes.txt"), b"mine").unwrap();
+    match WalStore::open(tmp.path(), R1, WalOptions::default()) {
+        Err(WalError::Foreign { path, .. }) => assert!(path.ends_with("notes.txt")),
+        Err(e) => panic!("expected Foreign, got {e}"),
+        Ok(_) => panic!("expected Foreign, got a store"),
+    }
+    assert_eq!(names(&wal_dir), ["notes.txt"]);
+    assert_eq!(names(tmp.path()), ["replica-1"]);
+
+    let tmp = tempfile::tempdir().unwrap();
+    drop(open(tmp.path(), WalOptions::default()));
+    let seg = fs::read_dir(tmp.path().join("replica-1")).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    fs::write(&seg, &bytes).unwrap();
+    assert!(matches!(
+        WalStore::open(tmp.path(), R1, WalOptions::default()),
+        Err(WalError::NewerVersion { found: 2, .. })
+    ));
+    assert_eq!(fs::read(&seg).unwrap(), bytes);
+}
+
+/// Flips a byte in the first of many records, so the damage is not a torn tail.
+fn corrupt_first_record(data_dir: &Path) {
+    let wal_dir = data_dir.join("replica-1");
+    let seg = fs::read_dir(&wal_dir).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[crate::wal::SEGMENT_HEADER_BYTES + crate::wal::RECORD_HEADER_BYTES + 2] ^= 0x40;
+    fs::write(&seg, &bytes).unwrap();
+}
+
+#[test]
+fn corruption_sets_the_directory_aside_and_resyncs_until_caught_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ops = appends(1, 1..=20);
+    {
+        let mut s = open(tmp.path(), WalOptions::default());
+        recovered(&mut s);
+        write_all(&mut s, &ops);
+    }
+    corrupt_first_record(tmp.path());
+    let damaged = fs::read_dir(tmp.path().join("replica-1")).unwrap().count();
+
+    let mut s = open(tmp.path(), WalOptions::default());
+    assert!(matches!(s.recover().unwrap(), Start::Resync));
+    assert_eq!(names(tmp.path()), ["replica-1", "replica-1.corrupt-1", "replica-1.resyncing"]);
+    assert_eq!(fs::read_dir(tmp.path().join("replica-1.corrupt-1")).unwrap().count(), damaged);
+    // The re-sync copies a little, then the process stops before catching up.
+    write_all(&mut s, &appends(1, 1..=3));
+    drop(s);
+
+    // The next start does not trust the partial copy either.
+    let mut s = open(tmp.path(), WalOptions::default());
+    assert!(matches!(s.recover().unwrap(), Start::Resync));
+    assert_eq!(
+        names(tmp.path()),
+        ["replica-1", "replica-1.corrupt-1", "replica-1.resync-partial-1", "replica-1.resyncing"]
+    );
+    let cfg = ClusterConfig::new(3, 1);
+    // Still re-syncing: the marker stays.
+    s.maintain(&Replica::resync(R1, cfg.clone())).unwrap();
+    assert!(tmp.path().join("replica-1.resyncing").exists());
+    // Caught up: the marker goes, and the next start trusts the directory.
+    write_all(&mut s, &appends(1, 1..=20));
+    s.maintain(&Replica::new(R1, cfg)).unwrap();
+    assert!(!tmp.path().join("replica-1.resyncing").exists());
+    drop(s);
+    let mut s = open(tmp.path(), WalOptions::default());
+    assert_eq!(recovered(&mut s), model(&ops));
+}
