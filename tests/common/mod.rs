@@ -150,30 +150,51 @@ pub struct TestCluster {
     pub lb_addr: String,
     pub dir: TempDir,
     data: bool,
+    /// Extra arguments for every replica and for the balancer.
+    replica_args: Vec<String>,
+    lb_args: Vec<String>,
 }
 
 impl TestCluster {
     /// Starts `n` replicas (with `--data-dir` when `data`) and a balancer,
     /// and waits until a client write succeeds.
     pub fn start(n: u8, data: bool) -> TestCluster {
+        TestCluster::start_with(n, data, &[], &[])
+    }
+
+    /// Like [`TestCluster::start`], with extra arguments for every replica
+    /// (e.g. `--snapshot-log-bytes`) and for the balancer (`--sync-acks`).
+    pub fn start_with(n: u8, data: bool, replica_args: &[&str], lb_args: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
+        let replica_args: Vec<String> = replica_args.iter().map(|a| a.to_string()).collect();
+        let lb_args: Vec<String> = lb_args.iter().map(|a| a.to_string()).collect();
         let mut replicas = Vec::new();
         let mut replica_addrs = Vec::new();
         for i in 1..=n {
-            let p = start_replica(&dir, i, "127.0.0.1:0", data);
+            let p = start_replica(&dir, i, "127.0.0.1:0", data, &replica_args);
             let addr = p.wait_line(&format!("kvnode replica {i} listening at "), Duration::from_secs(10));
             replica_addrs.push(addr);
             replicas.push(p);
         }
-        let mut args = vec!["--log", "info", "balancer", "127.0.0.1:0"];
-        args.extend(replica_addrs.iter().map(String::as_str));
-        let lb = Proc::spawn("balancer", &args);
+        let lb = start_balancer("127.0.0.1:0", &replica_addrs, &lb_args);
         let lb_addr = lb.wait_line("kvnode balancer listening at ", Duration::from_secs(10));
-        let c = TestCluster { replicas, replica_addrs, lb, lb_addr, dir, data };
-        let mut client = c.client(ReadMode::Session);
-        let ok = wait_until(Duration::from_secs(20), || client.call(set("warmup", "1")).result.is_ok());
-        assert!(ok, "cluster never took a write; balancer log:\n{}", c.lb.stderr_lines().join("\n"));
+        let c = TestCluster { replicas, replica_addrs, lb, lb_addr, dir, data, replica_args, lb_args };
+        c.wait_for_a_write(Duration::from_secs(20));
         c
+    }
+
+    /// Waits until a client write succeeds; panics after `timeout`.
+    pub fn wait_for_a_write(&self, timeout: Duration) {
+        let mut client = self.client(ReadMode::Session);
+        let ok = wait_until(timeout, || client.call(set("warmup", "1")).result.is_ok());
+        assert!(ok, "cluster never took a write; balancer log:\n{}", self.lb.stderr_lines().join("\n"));
+    }
+
+    /// Starts the balancer again, on the same address.
+    pub fn restart_balancer(&mut self) {
+        let lb = start_balancer(&self.lb_addr, &self.replica_addrs, &self.lb_args);
+        lb.wait_line("kvnode balancer listening at ", Duration::from_secs(10));
+        self.lb = lb;
     }
 
     pub fn client(&self, read: ReadMode) -> SyncClient {
@@ -191,7 +212,7 @@ impl TestCluster {
     /// Starts replica `i` again, on the same address and data directory.
     pub fn restart_replica(&mut self, i: u8) {
         let addr = self.replica_addrs[i as usize - 1].clone();
-        let p = start_replica(&self.dir, i, &addr, self.data);
+        let p = start_replica(&self.dir, i, &addr, self.data, &self.replica_args);
         p.wait_line(&format!("kvnode replica {i} listening at "), Duration::from_secs(10));
         self.replicas[i as usize - 1] = p;
     }
@@ -205,14 +226,22 @@ impl TestCluster {
     }
 }
 
-fn start_replica(dir: &TempDir, i: u8, listen: &str, data: bool) -> Proc {
+fn start_replica(dir: &TempDir, i: u8, listen: &str, data: bool, extra: &[String]) -> Proc {
     let n = i.to_string();
     let data_dir = dir.path().to_str().unwrap().to_string();
     let mut args = vec!["--log", "info", "replica", &n, "--listen", listen];
     if data {
         args.extend(["--data-dir", &data_dir]);
     }
+    args.extend(extra.iter().map(String::as_str));
     Proc::spawn(&format!("replica {i}"), &args)
+}
+
+fn start_balancer(listen: &str, replica_addrs: &[String], extra: &[String]) -> Proc {
+    let mut args = vec!["--log", "info", "balancer", listen];
+    args.extend(replica_addrs.iter().map(String::as_str));
+    args.extend(extra.iter().map(String::as_str));
+    Proc::spawn("balancer", &args)
 }
 
 pub fn set(key: &str, value: &str) -> Op {
