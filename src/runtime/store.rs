@@ -390,12 +390,18 @@ impl Drop for WalStore {
     fn drop(&mut self) {
         let s = self.stats;
         if s.ops > 0 {
+            let fsyncs = match self.opts.sync {
+                SyncMode::Off => "no fsyncs (--no-fsync)".to_string(),
+                _ => format!(
+                    "{} fsyncs ({:.1} ops per fsync)",
+                    s.fsyncs,
+                    s.ops as f64 / s.fsyncs.max(1) as f64
+                ),
+            };
             info!(
                 node = %self.node(),
-                "WAL: {} ops in {} fsyncs ({:.1} ops per fsync), {} snapshots (longest {} ms)",
+                "WAL: {} ops in {fsyncs}, {} snapshots (longest {} ms)",
                 s.ops,
-                s.fsyncs,
-                s.ops as f64 / s.fsyncs.max(1) as f64,
                 s.snapshots,
                 s.snapshot_ms_max
             );
