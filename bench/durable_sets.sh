@@ -2,11 +2,12 @@
 # Durable semi-sync sets against 3 replica processes and a balancer on
 # loopback, each replica with --data-dir on this machine's disk.
 # Usage: bench/durable_sets.sh [extra replica flags...]   (e.g. --sync-every-op)
-# Env: CLIENTS (50), DURATION (10s), BIN (target/release/kvnode), PORT (18080).
+# Env: CLIENTS (50), DURATION (10s), KEYS (1000), BIN (target/release/kvnode), PORT (18080).
 set -euo pipefail
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/kvnode}
 CLIENTS=${CLIENTS:-50}
 DURATION=${DURATION:-10s}
+KEYS=${KEYS:-1000}
 PORT=${PORT:-18080}
 DATA=$(mktemp -d "${DATA_PARENT:-${CARGO_TARGET_DIR:-target}}/kvbench.XXXXXX")
 pids=()
@@ -21,12 +22,15 @@ for n in 1 2 3; do
   pids+=($!)
 done
 sleep 0.5
-"$BIN" balancer "127.0.0.1:$PORT" "127.0.0.1:$((PORT + 1))" "127.0.0.1:$((PORT + 2))" "127.0.0.1:$((PORT + 3))" >/dev/null 2>&1 &
+"$BIN" --log info balancer "127.0.0.1:$PORT" "127.0.0.1:$((PORT + 1))" "127.0.0.1:$((PORT + 2))" "127.0.0.1:$((PORT + 3))" >/dev/null 2>"$DATA/lb.log" &
 pids+=($!)
 sleep 1
-"$BIN" bench --connect "127.0.0.1:$PORT" --clients "$CLIENTS" --duration "$DURATION" --mix set:100 --quiet
+"$BIN" bench --connect "127.0.0.1:$PORT" --clients "$CLIENTS" --duration "$DURATION" --mix set:100 --keys "$KEYS" --quiet
 # Stop the replicas so they log their fsync counts.
 for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 wait 2>/dev/null || true
 pids=()
 grep -h "WAL: " "$DATA"/r*.log | sed 's/.*INFO *//'
+# Snapshots taken, and any failover they caused (a long stall looks dead).
+grep -h "snapshot up to" "$DATA"/r*.log | sed 's/.*INFO *//' || true
+grep -h "\*\* lost\|\*\* promotes" "$DATA/lb.log" | sed 's/.*INFO *//' || true

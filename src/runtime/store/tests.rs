@@ -245,3 +245,16 @@ fn corruption_sets_the_directory_aside_and_resyncs_until_caught_up() {
     let mut s = open(tmp.path(), WalOptions::default());
     assert_eq!(recovered(&mut s), model(&ops));
 }
+
+#[test]
+fn snapshot_thresholds_are_staggered_and_deferred_on_a_leader() {
+    let opts = WalOptions { snapshot_log_bytes: 64 * 1024, ..WalOptions::default() };
+    let tmp = tempfile::tempdir().unwrap();
+    let thresholds: Vec<(u64, u64)> = (1..=5)
+        .map(|n| {
+            let s = WalStore::open(tmp.path(), ReplicaId(n), opts.clone()).unwrap();
+            (s.snapshot_threshold(false) / 1024, s.snapshot_threshold(true) / 1024)
+        })
+        .collect();
+    assert_eq!(thresholds, [(64, 256), (80, 320), (96, 384), (112, 448), (64, 256)]);
+}
