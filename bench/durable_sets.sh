@@ -26,6 +26,9 @@ sleep 0.5
 pids+=($!)
 sleep 1
 "$BIN" bench --connect "127.0.0.1:$PORT" --clients "$CLIENTS" --duration "$DURATION" --mix set:100 --keys "$KEYS" --quiet
+for n in 1 2 3; do
+  echo "r$n RSS $(awk '/VmRSS/ {print $2}' /proc/"${pids[$((n - 1))]}"/status) kB"
+done
 # Stop the replicas so they log their fsync counts.
 for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 wait 2>/dev/null || true
