@@ -325,7 +325,7 @@ impl<'a> Sim<'a> {
                 Replica::resync(id, cfg)
             }
         };
-        self.replicas[i] = Some(r.with_bugs(self.sc.bugs.clone()));
+        self.replicas[i] = Some(r);
         self.reschedule(NodeId::Replica(id));
     }
 
@@ -732,6 +732,18 @@ impl<'a> Sim<'a> {
             .filter_map(|(i, c)| c.machine.oldest_unfinished().map(|t| (i as u32 + 1, t)))
             .collect();
         let ops_unfinished = self.clients.iter().map(|c| c.machine.unfinished() as u64).sum();
+        let unfinished_writes: Vec<(u32, Op, Time)> = self
+            .clients
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                c.machine
+                    .unfinished_ops()
+                    .into_iter()
+                    .filter(|(op, _)| op.is_write())
+                    .map(move |(op, t)| (i as u32 + 1, op.clone(), t))
+            })
+            .collect();
         let report = check::run_all(&check::Input {
             history: &self.history,
             written: &self.written,
@@ -742,6 +754,7 @@ impl<'a> Sim<'a> {
             last_fault_at: self.last_fault_at,
             unfinished: &unfinished,
             end: self.now,
+            unfinished_writes: &unfinished_writes,
         });
         self.violations.extend(report.violations);
         let ops_ok = self.history.iter().filter(|r| r.c.result.is_ok()).count() as u64;
