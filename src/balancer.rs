@@ -365,9 +365,12 @@ impl Balancer {
     fn dispatch(&mut self, now: Time, tag: u64, out: &mut Outbox) {
         let leader = self.leader().map(|(r, _)| r);
         let Some(p) = self.pending.get(&tag) else { return };
-        let target = if p.op.is_write() || p.read == ReadMode::Leader || p.to_leader {
+        let leader_read = p.read == ReadMode::Leader && !self.cfg.bugs.leader_reads_anywhere;
+        let target = if p.op.is_write() || leader_read || p.to_leader {
             leader
         } else {
+            // (`leader_reads_anywhere` is a deliberate bug: such reads go
+            // round robin and may be stale.)
             self.pick_reader(now, p.read, p.min_lsn).or(leader)
         };
         let p = self.pending.get_mut(&tag).expect("checked");
@@ -379,7 +382,10 @@ impl Balancer {
         let msg = match &p.op {
             Op::Set { key, value } => Msg::Write { id: p.id, key: key.clone(), value: Some(value.clone()) },
             Op::Del { key } => Msg::Write { id: p.id, key: key.clone(), value: None },
-            Op::Get { key } => Msg::Read { tag, key: key.clone(), mode: p.read, min_lsn: p.min_lsn },
+            Op::Get { key } => {
+                let mode = if leader_read || p.read != ReadMode::Leader { p.read } else { ReadMode::Any };
+                Msg::Read { tag, key: key.clone(), mode, min_lsn: p.min_lsn }
+            }
         };
         p.sent_to = Some(target);
         p.forwarded = true;
@@ -396,7 +402,8 @@ impl Balancer {
             if !self.alive(r, now) {
                 continue;
             }
-            if mode == ReadMode::Session && self.views[&r].status.applied < min_lsn {
+            let check_session = mode == ReadMode::Session && !self.cfg.bugs.session_ignores_lsn;
+            if check_session && self.views[&r].status.applied < min_lsn {
                 continue;
             }
             self.rr = (self.rr + i + 1) % n;

@@ -79,6 +79,12 @@ impl Client {
     pub fn oldest_unfinished(&self) -> Option<Time> {
         self.inflight.as_ref().map(|f| f.invoked).or(self.queue.front().map(|q| q.1))
     }
+    /// Every operation submitted and not yet finished, with when it was
+    /// submitted: the one in flight first, then the queue.
+    pub fn unfinished_ops(&self) -> Vec<(&Op, Time)> {
+        let inflight = self.inflight.iter().map(|f| (&f.op, f.invoked));
+        inflight.chain(self.queue.iter().map(|(op, t)| (op, *t))).collect()
+    }
     /// Operations submitted and not yet finished.
     pub fn unfinished(&self) -> usize {
         self.queue.len() + usize::from(self.inflight.is_some())

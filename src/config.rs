@@ -19,6 +19,27 @@ pub struct ClusterConfig {
     /// its applied state; a follower further behind gets a snapshot.
     pub log_rows_max: usize,
     pub timing: Timing,
+    /// Deliberate bugs (tests and demonstrations only); never sent over the
+    /// wire.
+    #[serde(skip)]
+    pub bugs: Bugs,
+}
+
+/// Deliberate bugs, for showing that the simulator's checkers catch real
+/// violations. Never set outside tests and demonstration scenarios.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bugs {
+    /// The leader acknowledges writes before its own copy is durable.
+    pub ack_before_durable: bool,
+    /// Followers skip tombstones when applying rows.
+    pub follower_skips_deletes: bool,
+    /// Reads answer with the most recently written value of *any* key.
+    pub reads_wrong_key: bool,
+    /// The balancer sends `leader` reads round robin, like `any`.
+    pub leader_reads_anywhere: bool,
+    /// `session` reads ignore the client's last seen LSN (balancer and
+    /// replicas alike), so they behave like `any`.
+    pub session_ignores_lsn: bool,
 }
 
 /// Timeouts, all in microseconds.
@@ -61,6 +82,7 @@ impl ClusterConfig {
             unsafe_failover: false,
             log_rows_max: 100_000,
             timing: Timing::default(),
+            bugs: Bugs::default(),
         }
     }
 

@@ -27,22 +27,11 @@ pub const MAX_HELD_APPENDS: usize = 1024;
 /// Linearizable reads a leader keeps waiting at most.
 pub const MAX_PENDING_READS: usize = 65_536;
 
-/// Deliberate bugs, for showing that the simulator's checkers catch real
-/// violations. Never set outside tests and demonstration scenarios.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Bugs {
-    /// The leader acknowledges writes before its own copy is durable.
-    pub ack_before_durable: bool,
-    /// Followers skip tombstones when applying rows.
-    pub follower_skips_deletes: bool,
-    /// Reads answer with the most recently written value of *any* key.
-    pub reads_wrong_key: bool,
-}
+pub use crate::config::Bugs;
 
 pub struct Replica {
     id: ReplicaId,
     cfg: ClusterConfig,
-    bugs: Bugs,
     /// The newest epoch this replica has promised (or seen); older epochs are
     /// refused.
     promised: Epoch,
@@ -141,7 +130,6 @@ impl Replica {
         Replica {
             id,
             cfg,
-            bugs: Bugs::default(),
             promised,
             durable: last.lsn,
             log: Log::new(base, stored.rows),
@@ -172,11 +160,6 @@ impl Replica {
     /// Still re-syncing after discarding a corrupt disk.
     pub fn is_resyncing(&self) -> bool {
         self.resync.is_some()
-    }
-
-    pub fn with_bugs(mut self, bugs: Bugs) -> Replica {
-        self.bugs = bugs;
-        self
     }
 
     // ---- getters ----
@@ -438,7 +421,7 @@ impl Replica {
         let row = Row { epoch, lsn, body: RowBody::Put { key, value, req: id } };
         self.append_local(row, out);
         self.broadcast(out);
-        if self.bugs.ack_before_durable {
+        if self.cfg.bugs.ack_before_durable {
             self.advance_commit(now, out);
         }
     }
@@ -457,7 +440,7 @@ impl Replica {
         match mode {
             ReadMode::Any => self.answer_read(from, tag, &key, out),
             ReadMode::Session => {
-                if self.applied >= min_lsn {
+                if self.applied >= min_lsn || self.cfg.bugs.session_ignores_lsn {
                     self.answer_read(from, tag, &key, out);
                 } else {
                     out.send(from, Msg::ReadResult { tag, result: Err(Refusal::Behind) });
@@ -486,7 +469,7 @@ impl Replica {
     }
 
     fn answer_read(&self, to: NodeId, tag: u64, key: &str, out: &mut Outbox) {
-        let value = if self.bugs.reads_wrong_key {
+        let value = if self.cfg.bugs.reads_wrong_key {
             self.log.range(self.log.base().lsn.next(), self.applied).iter().rev().find_map(|r| {
                 match &r.body {
                     RowBody::Put { value: Some(v), .. } => Some(v.clone()),
@@ -785,7 +768,7 @@ impl Replica {
     fn advance_commit(&mut self, now: Time, out: &mut Outbox) {
         let _ = now;
         let k = self.cfg.sync_acks();
-        let own = if self.bugs.ack_before_durable { self.last_pos().lsn } else { self.durable };
+        let own = if self.cfg.bugs.ack_before_durable { self.last_pos().lsn } else { self.durable };
         let Role::Leader(l) = &self.role else { return };
         let candidate = if k == 0 {
             own
@@ -872,7 +855,7 @@ impl Replica {
                     Some(v) => {
                         self.kv.insert(key.clone(), v.clone());
                     }
-                    None if self.bugs.follower_skips_deletes && !self.is_leader() => {}
+                    None if self.cfg.bugs.follower_skips_deletes && !self.is_leader() => {}
                     None => {
                         self.kv.remove(key);
                     }

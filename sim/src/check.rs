@@ -5,10 +5,13 @@
 //! - After the quiet period every live replica holds identical data.
 //! - No read returns a value that was never written for that key.
 //! - Liveness: operations invoked after the last fault succeed in bounded time.
+//! - `leader` reads are linearizable (with every write, per key).
+//! - `session` reads give read-your-writes and monotonic reads.
 
+use crate::check_lin::{check_linearizable, check_session, HistOp, Kind, SessionOp};
 use kvstore::replica::Replica;
-use kvstore::{ClientId, Completion, Lsn, ReadMode, Row, RowBody, Stored, Time};
-use std::collections::{BTreeMap, BTreeSet};
+use kvstore::{ClientId, Completion, Lsn, Op, ReadMode, Row, RowBody, Stored, Time};
+use std::collections::BTreeSet;
 
 /// One finished client operation.
 #[derive(Clone, Debug)]
@@ -20,8 +23,9 @@ pub struct Record {
 
 pub struct Input<'a> {
     pub history: &'a [Record],
-    /// Every value any client asked to write, per key, whatever the outcome.
-    pub written: &'a BTreeMap<String, BTreeSet<String>>,
+    /// Every (key, value) any client asked to write, whatever the outcome,
+    /// as [`pair_hash`]es.
+    pub written: &'a BTreeSet<u64>,
     pub replicas: &'a [&'a Replica],
     pub disks: &'a [&'a Stored],
     pub check_convergence: bool,
@@ -30,6 +34,9 @@ pub struct Input<'a> {
     /// Per client with unfinished operations: when the oldest was submitted.
     pub unfinished: &'a [(u32, Time)],
     pub end: Time,
+    /// Writes still unfinished at the end: (client, op, submitted). They may
+    /// or may not have taken effect.
+    pub unfinished_writes: &'a [(u32, Op, Time)],
 }
 
 #[derive(Default)]
@@ -37,6 +44,8 @@ pub struct Report {
     pub violations: Vec<String>,
     pub acked_writes: u64,
     pub lost_acked_writes: u64,
+    /// Operations the linearizability check looked at (0: no `leader` reads).
+    pub lin_ops: u64,
 }
 
 /// At most this many lines per kind of violation; the count says the rest.
@@ -50,7 +59,83 @@ pub fn run_all(input: &Input<'_>) -> Report {
     }
     reads_come_from_writes(input, &mut report);
     liveness(input, &mut report);
+    leader_reads_linearizable(input, &mut report);
+    session_guarantees(input, &mut report);
     report
+}
+
+/// Every write (all writes go through the leader) together with the reads of
+/// `leader` clients must be linearizable, key by key. Reads in other modes
+/// may be stale by design and are left out.
+fn leader_reads_linearizable(input: &Input<'_>, report: &mut Report) {
+    if !input.history.iter().any(|r| r.read == ReadMode::Leader && !r.c.op.is_write()) {
+        return;
+    }
+    let mut ops = Vec::new();
+    let write = |client: u32, op: &Op, invoked: Time, completed: Option<Time>| {
+        let (key, value) = match op {
+            Op::Set { key, value } => (key, Some(value.clone())),
+            Op::Del { key } => (key, None),
+            Op::Get { .. } => return None,
+        };
+        Some(HistOp {
+            client: client as u64,
+            key: key.clone(),
+            kind: Kind::Write { value },
+            invoked_us: invoked.0,
+            completed_us: completed.map(|t| t.0),
+        })
+    };
+    for r in input.history {
+        match (&r.c.op, &r.c.result) {
+            (Op::Get { key }, Ok(reply)) if r.read == ReadMode::Leader => ops.push(HistOp {
+                client: r.client as u64,
+                key: key.clone(),
+                kind: Kind::Read { value: reply.value.clone() },
+                invoked_us: r.c.invoked.0,
+                completed_us: Some(r.c.completed.0),
+            }),
+            (Op::Get { .. }, _) => {}
+            (op, Ok(_)) => ops.extend(write(r.client, op, r.c.invoked, Some(r.c.completed))),
+            // Maybe applied, at any time after it was invoked.
+            (op, Err(e)) if e.is_ambiguous() => ops.extend(write(r.client, op, r.c.invoked, None)),
+            // Certainly not applied (refused, unavailable everywhere).
+            (_, Err(_)) => {}
+        }
+    }
+    for (client, op, at) in input.unfinished_writes {
+        ops.extend(write(*client, op, *at, None));
+    }
+    report.lin_ops = ops.len() as u64;
+    if let Err(v) = check_linearizable(&ops) {
+        report.violations.push(format!("linearizability: {v}"));
+    }
+}
+
+/// `session` clients: read-your-writes and monotonic reads, in LSNs.
+fn session_guarantees(input: &Input<'_>, report: &mut Report) {
+    let ops: Vec<SessionOp> = input
+        .history
+        .iter()
+        .filter(|r| r.read == ReadMode::Session)
+        .filter_map(|r| {
+            let Ok(reply) = &r.c.result else { return None };
+            let kind = match &r.c.op {
+                Op::Get { .. } => Kind::Read { value: reply.value.clone() },
+                Op::Set { value, .. } => Kind::Write { value: Some(value.clone()) },
+                Op::Del { .. } => Kind::Write { value: None },
+            };
+            Some(SessionOp {
+                client: r.client as u64,
+                key: r.c.op.key().to_string(),
+                kind,
+                invoked_us: r.c.invoked.0,
+                completed_us: Some(r.c.completed.0),
+                lsn: reply.lsn.0,
+            })
+        })
+        .collect();
+    push_limited(report, check_session(&ops).into_iter().map(|v| format!("session: {v}")).collect());
 }
 
 /// Every write a client was told succeeded is in the log at the LSN it was
@@ -140,7 +225,7 @@ fn reads_come_from_writes(input: &Input<'_>, report: &mut Report) {
     for r in input.history {
         let (Ok(reply), kvstore::Op::Get { key }) = (&r.c.result, &r.c.op) else { continue };
         let Some(v) = &reply.value else { continue };
-        if !input.written.get(key).is_some_and(|vals| vals.contains(v)) {
+        if !input.written.contains(&pair_hash(key, v)) {
             bad.push(format!(
                 "c{} #{} read `{}` = {v:?}, a value never written to that key",
                 r.client, r.c.seq, r.c.op
@@ -182,6 +267,18 @@ fn liveness(input: &Input<'_>, report: &mut Report) {
         }
     }
     push_limited(report, slow);
+}
+
+/// A fixed (FNV-1a, 64-bit) hash of a key and a value: remembering every
+/// write as one number keeps the simulator from copying each value again.
+/// A collision could only hide a violation, never invent one.
+pub fn pair_hash(key: &str, value: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes().chain([0xff]).chain(value.bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 fn push_limited(report: &mut Report, v: Vec<String>) {

@@ -19,7 +19,6 @@ pub struct Scenario {
     pub workload: Workload,
     pub faults: Vec<Fault>,
     pub run: Run,
-    pub bugs: kvstore::replica::Bugs,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -324,6 +323,10 @@ struct BugsFile {
     follower_skips_deletes: bool,
     #[serde(default)]
     reads_wrong_key: bool,
+    #[serde(default)]
+    leader_reads_anywhere: bool,
+    #[serde(default)]
+    session_ignores_lsn: bool,
 }
 
 fn ms(v: f64) -> u64 {
@@ -554,10 +557,12 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
         liveness_us: raw.run.liveness_ms.map(ms).unwrap_or(5_000_000),
         check_convergence: raw.run.check_convergence.unwrap_or(true),
     };
-    let bugs = kvstore::replica::Bugs {
+    cluster.bugs = kvstore::config::Bugs {
         ack_before_durable: raw.bugs.ack_before_durable,
         follower_skips_deletes: raw.bugs.follower_skips_deletes,
         reads_wrong_key: raw.bugs.reads_wrong_key,
+        leader_reads_anywhere: raw.bugs.leader_reads_anywhere,
+        session_ignores_lsn: raw.bugs.session_ignores_lsn,
     };
     Ok(Scenario {
         name: raw.name.unwrap_or_else(|| default_name.to_string()),
@@ -567,7 +572,6 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
         workload,
         faults,
         run,
-        bugs,
     })
 }
 

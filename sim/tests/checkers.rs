@@ -149,3 +149,33 @@ fn unsafe_failover_loses_acknowledged_writes_and_the_checker_says_so() {
         assert!(s.acked_writes > 0);
     }
 }
+
+fn stale_reads_scenario() -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/stale-reads.toml");
+    std::fs::read_to_string(p).unwrap()
+}
+
+#[test]
+fn linearizability_checker_rejects_stale_leader_reads() {
+    // The balancer wrongly spreads `leader` reads over lagging followers.
+    let bad = sweep(&format!("{}\n[bugs]\nleader_reads_anywhere = true\n", stale_reads_scenario()), 1..=3);
+    assert!(
+        bad.iter().all(|s| s.violations.iter().any(|v| v.starts_with("linearizability: key"))),
+        "{:?}",
+        bad.iter().map(|s| &s.violations).collect::<Vec<_>>()
+    );
+    for s in sweep(&stale_reads_scenario(), 1..=3) {
+        assert!(s.violations.is_empty(), "{:?}", s.violations);
+        assert!(s.stale_reads_max_lsn > 0, "the `any` clients did see stale data");
+    }
+}
+
+#[test]
+fn session_checker_rejects_reads_behind_the_clients_own_writes() {
+    let bad = sweep(&format!("{}\n[bugs]\nsession_ignores_lsn = true\n", stale_reads_scenario()), 1..=3);
+    assert!(
+        bad.iter().any(|s| s.violations.iter().any(|v| v.starts_with("session:"))),
+        "{:?}",
+        bad.iter().map(|s| &s.violations).collect::<Vec<_>>()
+    );
+}
