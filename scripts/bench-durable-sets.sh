@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Durable semi-sync sets against 3 replica processes and a balancer on
 # loopback, each replica with --data-dir on this machine's disk.
-# Usage: bench/durable_sets.sh [extra replica flags...]   (e.g. --sync-every-op)
+# Usage: scripts/bench-durable-sets.sh [extra replica flags...]   (e.g. --sync-every-op)
 # Env: CLIENTS (50), DURATION (10s), KEYS (1000), BIN (target/release/kvnode), PORT (18080).
 set -euo pipefail
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/kvnode}

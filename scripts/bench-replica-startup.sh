@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Time from `kvnode replica 1 --data-dir DIR` starting to its "listening" line.
-# Usage: bench/startup_time.sh DIR [RUNS]
+# Usage: scripts/bench-replica-startup.sh DIR [RUNS]
 set -euo pipefail
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/kvnode}
 DIR=$1
