@@ -21,6 +21,10 @@ pub struct SimDisk {
     busy_until: Time,
     /// Bumped by every crash, so completions from before it are ignored.
     pub incarnation: u64,
+    /// Set when a corrupt log was discarded, until the replica reports it
+    /// has caught up: a restart before then must not trust the partial copy
+    /// (kvnode keeps the same fact in a durable marker file).
+    pub resyncing: bool,
 }
 
 /// What a restarting replica finds on its disk.
@@ -100,6 +104,7 @@ impl SimDisk {
         self.durable.clear();
         self.inflight.clear();
         self.incarnation += 1;
+        self.resyncing = true;
     }
 
     /// Flips one byte in the first half of the log (never in the last

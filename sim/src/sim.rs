@@ -307,6 +307,17 @@ impl<'a> Sim<'a> {
     fn start_replica(&mut self, i: usize) {
         let id = ReplicaId(i as u8 + 1);
         let cfg = self.sc.cluster.clone();
+        if self.disks[i].resyncing {
+            // Restarted before its re-sync finished: start over.
+            self.line_raw(
+                &format!("r{}", id.0),
+                format_args!("** recovery: re-sync unfinished; discarding the partial copy"),
+            );
+            self.disks[i].wipe();
+            self.replicas[i] = Some(Replica::resync(id, cfg));
+            self.reschedule(NodeId::Replica(id));
+            return;
+        }
         let r = match self.disks[i].recover() {
             Recovery::Clean(stored) => Replica::recover(id, cfg, stored),
             Recovery::TornTail(stored, dropped) => {
@@ -447,6 +458,11 @@ impl<'a> Sim<'a> {
                 }
             }
             Event::Promoted { .. } => self.promotions += 1,
+            Event::Resynced { .. } => {
+                if let NodeId::Replica(r) = n {
+                    self.disks[r.0 as usize - 1].resyncing = false;
+                }
+            }
             _ => {}
         }
     }
