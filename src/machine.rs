@@ -90,38 +90,10 @@ impl Stored {
         self.snapshot.as_ref().map(|s| s.last).unwrap_or_default()
     }
 
-    /// Applies one persisted operation, as a recovery replay does. Rows at
-    /// or before the snapshot are already in it: such an append empties the
-    /// tail (it would have truncated everything after itself).
+    /// Applies one persisted operation, as a recovery replay does.
     pub fn apply(&mut self, op: &PersistOp) {
-        let base = self.base().lsn.0;
-        match op {
-            PersistOp::Promise(e) => self.promised = self.promised.max(*e),
-            PersistOp::Append(rows) => {
-                for row in rows {
-                    if row.lsn.0 <= base {
-                        self.rows.clear();
-                        continue;
-                    }
-                    let at = (row.lsn.0 - base - 1) as usize;
-                    if at == self.rows.len() {
-                        self.rows.push(row.clone());
-                    } else if at < self.rows.len() && self.rows[at] != *row {
-                        // An overwrite is always preceded by a truncate; be
-                        // safe anyway: a different row replaces the suffix.
-                        self.rows.truncate(at);
-                        self.rows.push(row.clone());
-                    }
-                    // A repeat of a row already there changes nothing; a gap
-                    // cannot come from a replica and is ignored.
-                }
-            }
-            PersistOp::TruncateAfter(lsn) => self.rows.truncate(lsn.0.saturating_sub(base) as usize),
-            PersistOp::InstallSnapshot(snap) => {
-                self.promised = self.promised.max(snap.promised);
-                self.rows.clear();
-                self.snapshot = Some((**snap).clone());
-            }
+        if let Some(snap) = replay_op(self.base().lsn, &mut self.promised, &mut self.rows, op) {
+            self.snapshot = Some(snap.clone());
         }
     }
 
@@ -159,6 +131,50 @@ where
 {
     let pairs: Vec<(K, V)> = Vec::deserialize(d)?;
     Ok(pairs.into_iter().collect())
+}
+
+/// The replay rule, shared by [`Stored::apply`] and the WAL's recovery:
+/// applies `op` to the `rows` that follow `base`. Rows at or before `base`
+/// are already in the snapshot: such an append empties the tail (it would
+/// have truncated everything after itself). Returns the snapshot an
+/// `InstallSnapshot` brings (the caller adopts it as the new base; the rows
+/// are already cleared).
+pub fn replay_op<'a>(
+    base: Lsn,
+    promised: &mut Epoch,
+    rows: &mut Vec<Row>,
+    op: &'a PersistOp,
+) -> Option<&'a Snapshot> {
+    let base = base.0;
+    match op {
+        PersistOp::Promise(e) => *promised = (*promised).max(*e),
+        PersistOp::Append(new) => {
+            for row in new {
+                if row.lsn.0 <= base {
+                    rows.clear();
+                    continue;
+                }
+                let at = (row.lsn.0 - base - 1) as usize;
+                if at == rows.len() {
+                    rows.push(row.clone());
+                } else if at < rows.len() && rows[at] != *row {
+                    // An overwrite is always preceded by a truncate; be safe
+                    // anyway: a different row replaces the suffix.
+                    rows.truncate(at);
+                    rows.push(row.clone());
+                }
+                // A repeat of a row already there changes nothing; a gap
+                // cannot come from a replica and is ignored.
+            }
+        }
+        PersistOp::TruncateAfter(lsn) => rows.truncate(lsn.0.saturating_sub(base) as usize),
+        PersistOp::InstallSnapshot(snap) => {
+            *promised = (*promised).max(snap.promised);
+            rows.clear();
+            return Some(snap);
+        }
+    }
+    None
 }
 
 /// A finished client operation, as the application (REPL, workload, checker)

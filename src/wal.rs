@@ -745,32 +745,9 @@ struct Replay {
 
 impl Replay {
     fn apply(&mut self, op: &PersistOp) {
-        let base = self.base.lsn.0;
-        match op {
-            PersistOp::Promise(e) => self.promised = self.promised.max(*e),
-            PersistOp::Append(rows) => {
-                for row in rows {
-                    if row.lsn.0 <= base {
-                        self.rows.clear();
-                        continue;
-                    }
-                    let expect = base + self.rows.len() as u64 + 1;
-                    if row.lsn.0 > expect {
-                        continue;
-                    }
-                    self.rows.truncate((row.lsn.0 - base - 1) as usize);
-                    self.rows.push(row.clone());
-                }
-            }
-            PersistOp::TruncateAfter(lsn) => {
-                self.rows.truncate(lsn.0.saturating_sub(base).min(usize::MAX as u64) as usize)
-            }
-            PersistOp::InstallSnapshot(snap) => {
-                self.base = snap.last;
-                self.promised = self.promised.max(snap.promised);
-                self.rows.clear();
-                self.installed = Some((**snap).clone());
-            }
+        if let Some(snap) = crate::machine::replay_op(self.base.lsn, &mut self.promised, &mut self.rows, op) {
+            self.base = snap.last;
+            self.installed = Some(snap.clone());
         }
     }
 
