@@ -6,7 +6,7 @@
 //! protocol and must bump `wire::PROTOCOL_VERSION`.
 
 use crate::machine::Snapshot;
-use crate::types::{Epoch, LogPos, Lsn, Op, OpError, ReadMode, ReplicaId, RequestId, Row};
+use crate::types::{Epoch, LogPos, Lsn, Op, OpError, ReadMode, RequestId, Row};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -253,9 +253,4 @@ impl fmt::Display for ShowValue<'_> {
             None => f.write_str("(nil)"),
         }
     }
-}
-
-/// A helper for the few places that list replicas.
-pub fn show_replicas(ids: &[ReplicaId]) -> String {
-    ids.iter().map(|r| format!("r{}", r.0)).collect::<Vec<_>>().join(",")
 }

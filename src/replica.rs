@@ -248,7 +248,8 @@ impl Replica {
     }
 
     /// Persist operations up to and including `id` are durable.
-    pub fn on_persisted(&mut self, now: Time, id: u64, out: &mut Outbox) {
+    /// (`_now` is part of the input contract; nothing here depends on time.)
+    pub fn on_persisted(&mut self, _now: Time, id: u64, out: &mut Outbox) {
         while let Some(&(pid, lsn)) = self.persisting.front() {
             if pid > id {
                 break;
@@ -261,7 +262,7 @@ impl Replica {
             out.send(to, msg);
         }
         if self.is_leader() {
-            self.advance_commit(now, out);
+            self.advance_commit(out);
         }
     }
 
@@ -270,7 +271,7 @@ impl Replica {
             Msg::Ping { nonce } => out.send(from, Msg::Pong { nonce, status: self.status() }),
             Msg::Prepare { epoch } => self.on_prepare(from, epoch, out),
             Msg::Promote { epoch } => self.on_promote(now, epoch, out),
-            Msg::Write { id, key, value } => self.on_write(now, from, id, key, value, out),
+            Msg::Write { id, key, value } => self.on_write(from, id, key, value, out),
             Msg::Read { tag, key, mode, min_lsn } => self.on_read(now, from, tag, key, mode, min_lsn, out),
             Msg::Append { epoch, prev, rows, commit, probe } => {
                 let NodeId::Replica(leader) = from else { return };
@@ -282,7 +283,7 @@ impl Replica {
             }
             Msg::AppendAck { epoch, ok, last, probe } => {
                 let NodeId::Replica(peer) = from else { return };
-                self.on_append_ack(now, peer, epoch, ok, last, probe, out);
+                self.on_append_ack(peer, epoch, ok, last, probe, out);
             }
             // Messages meant for other machines are ignored.
             Msg::Request { .. }
@@ -309,8 +310,8 @@ impl Replica {
         self.adopt_epoch(epoch, out);
         self.role = Role::Follower { leader: None };
         // The promise must be durable before the balancer may count on it.
-        let id = self.persist(PersistOp::Promise(epoch), out);
-        self.send_after(id, from, Msg::Promise { epoch, last: self.last_pos() }, out);
+        self.persist(PersistOp::Promise(epoch), out);
+        self.send_when_durable(from, Msg::Promise { epoch, last: self.last_pos() }, out);
     }
 
     fn on_promote(&mut self, now: Time, epoch: Epoch, out: &mut Outbox) {
@@ -353,7 +354,7 @@ impl Replica {
         let row = Row { epoch, lsn: next, body: RowBody::Noop };
         self.append_local(row, out);
         self.broadcast(out);
-        self.advance_commit(now, out);
+        self.advance_commit(out);
     }
 
     /// Moves to a newer epoch, stepping down if leading.
@@ -374,7 +375,6 @@ impl Replica {
 
     fn on_write(
         &mut self,
-        now: Time,
         from: NodeId,
         id: RequestId,
         key: String,
@@ -422,7 +422,7 @@ impl Replica {
         self.append_local(row, out);
         self.broadcast(out);
         if self.cfg.bugs.ack_before_durable {
-            self.advance_commit(now, out);
+            self.advance_commit(out);
         }
     }
 
@@ -576,10 +576,7 @@ impl Replica {
             self.last_ack =
                 if epoch == e { (epoch, matched.max(m), probe.max(p)) } else { (epoch, matched, probe) };
             let ack = Msg::AppendAck { epoch, ok: true, last: matched, probe };
-            match self.persisting.back() {
-                Some(&(id, _)) => self.after_persist.push_back((id, to, ack)),
-                None => out.send(to, ack),
-            }
+            self.send_when_durable(to, ack, out);
         }
         // Held appends that now fit.
         if let Some(Msg::Append { epoch, prev, rows, commit, probe }) = self.held.remove(&self.last_pos().lsn)
@@ -641,10 +638,7 @@ impl Replica {
         self.check_resynced(commit, out);
         let ack = Msg::AppendAck { epoch, ok: true, last: last.lsn, probe: 0 };
         let to = NodeId::Replica(leader);
-        match self.persisting.back() {
-            Some(&(id, _)) => self.after_persist.push_back((id, to, ack)),
-            None => out.send(to, ack),
-        }
+        self.send_when_durable(to, ack, out);
     }
 
     fn check_resynced(&mut self, commit: Lsn, out: &mut Outbox) {
@@ -674,10 +668,8 @@ impl Replica {
 
     // ---- replication, leader side ----
 
-    #[allow(clippy::too_many_arguments)]
     fn on_append_ack(
         &mut self,
-        now: Time,
         peer: ReplicaId,
         epoch: Epoch,
         ok: bool,
@@ -702,7 +694,7 @@ impl Replica {
             p.matched = p.matched.max(last.min(Lsn(leader_last)));
             p.next = p.next.max(p.matched.next());
             let behind = p.next.0 <= leader_last;
-            self.advance_commit(now, out);
+            self.advance_commit(out);
             self.answer_confirmed_reads(out);
             if behind {
                 // Catching up: the next batch follows the ack at once.
@@ -765,8 +757,7 @@ impl Replica {
 
     /// Commits the highest row that `sync_acks` followers and the leader hold
     /// durably, if it is of the leader's own epoch; answers the writes it covers.
-    fn advance_commit(&mut self, now: Time, out: &mut Outbox) {
-        let _ = now;
+    fn advance_commit(&mut self, out: &mut Outbox) {
         let k = self.cfg.sync_acks();
         let own = if self.cfg.bugs.ack_before_durable { self.last_pos().lsn } else { self.durable };
         let Role::Leader(l) = &self.role else { return };
@@ -838,8 +829,14 @@ impl Replica {
         id
     }
 
-    fn send_after(&mut self, id: u64, to: NodeId, msg: Msg, _out: &mut Outbox) {
-        self.after_persist.push_back((id, to, msg));
+    /// Sends `msg` once everything persisted so far is durable (at once if
+    /// nothing is pending): acknowledgements and promises never get ahead of
+    /// the disk.
+    fn send_when_durable(&mut self, to: NodeId, msg: Msg, out: &mut Outbox) {
+        match self.persisting.back() {
+            Some(&(id, _)) => self.after_persist.push_back((id, to, msg)),
+            None => out.send(to, msg),
+        }
     }
 
     fn set_commit(&mut self, lsn: Lsn) {

@@ -15,9 +15,6 @@ impl Time {
     pub const ZERO: Time = Time(0);
     pub const MAX: Time = Time(u64::MAX);
 
-    pub fn from_ms(ms: u64) -> Time {
-        Time(ms * 1000)
-    }
     pub fn as_us(self) -> u64 {
         self.0
     }
