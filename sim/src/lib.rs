@@ -39,8 +39,8 @@ pub fn summary_text(s: &Summary, path: &str) -> String {
     let fo = s.failover_ms_max.map(|m| format!("{m:.3}ms")).unwrap_or_else(|| "-".into());
     let _ = writeln!(
         t,
-        "failovers: {}, slowest {fo}; stalest `any` read {} lsn behind",
-        s.failovers, s.stale_reads_max_lsn
+        "failovers: {}, slowest {fo}; stalest `any` read {} lsn / {:.3}ms behind",
+        s.failovers, s.stale_reads_max_lsn, s.stale_reads_max_ms
     );
     if s.violations.is_empty() {
         let _ = writeln!(t, "invariants: all hold");

@@ -11,7 +11,7 @@ use crate::scenario::{Action, Distribution, Fault, Node, Scenario};
 use kvstore::balancer::Balancer;
 use kvstore::client::{Client, ClientConfig};
 use kvstore::replica::Replica;
-use kvstore::{ClientId, Effect, Epoch, Event, Lsn, Msg, NodeId, Op, Outbox, ReplicaId, Stored, Time};
+use kvstore::{ClientId, Effect, Epoch, Event, Msg, NodeId, Op, Outbox, ReplicaId, Stored, Time};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -50,6 +50,9 @@ pub struct Summary {
     pub failovers: u64,
     pub failover_ms_max: Option<f64>,
     pub stale_reads_max_lsn: u64,
+    /// The stalest `any` read: how long before it the first row it missed
+    /// had been applied somewhere.
+    pub stale_reads_max_ms: f64,
     pub messages_sent: u64,
     pub messages_dropped: u64,
     pub violations: Vec<String>,
@@ -147,6 +150,9 @@ pub struct Sim<'a> {
     last_fault_at: Time,
     workload_end: Time,
     stale_max: u64,
+    stale_max_us: u64,
+    /// When each LSN (index + 1) was first applied by any replica.
+    first_applied_at: Vec<Time>,
     /// When a client operation last finished.
     last_done: Time,
     out: Outbox,
@@ -205,6 +211,8 @@ impl<'a> Sim<'a> {
             last_fault_at: Time::ZERO,
             workload_end: Time(sc.workload.duration_us),
             stale_max: 0,
+            stale_max_us: 0,
+            first_applied_at: Vec::new(),
             last_done: Time::ZERO,
             out: Outbox::new(),
         }
@@ -419,6 +427,14 @@ impl<'a> Sim<'a> {
 
     /// Carries out a machine's effects.
     fn handle(&mut self, n: NodeId, mut out: Outbox) {
+        if let NodeId::Replica(r) = n {
+            if let Some(m) = &self.replicas[r.0 as usize - 1] {
+                let applied = m.applied().0 as usize;
+                while self.first_applied_at.len() < applied {
+                    self.first_applied_at.push(self.now);
+                }
+            }
+        }
         for e in out.drain() {
             match e {
                 Effect::Send { to, msg } => self.send(n, to, msg),
@@ -690,10 +706,13 @@ impl<'a> Sim<'a> {
             };
             self.line(id, format_args!("done {} -> {what} ({}.{:03}ms)", c.op, took / 1000, took % 1000));
         }
-        if let (Ok(reply), false) = (&c.result, c.op.is_write()) {
-            let newest = self.replicas.iter().flatten().map(|r| r.applied()).max().unwrap_or(Lsn(0));
-            if mode == kvstore::ReadMode::Any {
-                self.stale_max = self.stale_max.max(newest.0.saturating_sub(reply.lsn.0));
+        if let (Ok(reply), false, kvstore::ReadMode::Any) = (&c.result, c.op.is_write(), mode) {
+            // How far behind the newest applied row anywhere, in rows and in
+            // time since the first row this read missed was applied.
+            let behind = (self.first_applied_at.len() as u64).saturating_sub(reply.lsn.0);
+            self.stale_max = self.stale_max.max(behind);
+            if let Some(t) = self.first_applied_at.get(reply.lsn.0 as usize) {
+                self.stale_max_us = self.stale_max_us.max(c.completed.saturating_sub(*t));
             }
         }
         if let (Ok(_), true, Some((at, epoch))) = (&c.result, c.op.is_write(), self.leader_failed_at) {
@@ -790,6 +809,7 @@ impl<'a> Sim<'a> {
             failovers: self.promotions.saturating_sub(1),
             failover_ms_max: self.failover_us_max.map(|u| u as f64 / 1000.0),
             stale_reads_max_lsn: self.stale_max,
+            stale_reads_max_ms: self.stale_max_us as f64 / 1000.0,
             messages_sent: self.messages_sent,
             messages_dropped: self.messages_dropped,
             violations: self.violations.clone(),
