@@ -46,22 +46,17 @@ struct View {
 
 enum State {
     /// Just started: pinging to learn who leads.
-    Discovering {
-        until: Time,
-    },
+    Discovering { until: Time },
     /// Gathering promises for `epoch`. `patient`: the first promotion after
     /// start waits (until the deadline) for every replica, so a fresh cluster
     /// promotes the first one listed, as the original did; failovers decide as
     /// soon as a quorum has answered.
-    Preparing {
-        epoch: Epoch,
-        promises: BTreeMap<ReplicaId, LogPos>,
-        deadline: Time,
-        patient: bool,
-    },
+    Preparing { epoch: Epoch, promises: BTreeMap<ReplicaId, LogPos>, deadline: Time, patient: bool },
     Leading {
         leader: ReplicaId,
         epoch: Epoch,
+        /// When we sent Promote (None: adopted a leader already leading).
+        promoted_at: Option<Time>,
     },
 }
 
@@ -81,7 +76,10 @@ struct Pending {
 }
 
 impl Balancer {
-    pub fn new(cfg: ClusterConfig, now: Time) -> Balancer {
+    /// `incarnation` must differ between runs of the balancer (the driver
+    /// draws it at random): request tags start from it, so an answer to a
+    /// request of a previous balancer can never be taken for one of ours.
+    pub fn new(cfg: ClusterConfig, now: Time, incarnation: u64) -> Balancer {
         let views = cfg.replicas.iter().map(|r| (*r, View::default())).collect();
         Balancer {
             state: State::Discovering { until: now + 2 * cfg.timing.ping_us },
@@ -90,7 +88,7 @@ impl Balancer {
             highest_epoch: Epoch(0),
             pending: BTreeMap::new(),
             by_request: BTreeMap::new(),
-            next_tag: 1,
+            next_tag: incarnation,
             rr: 0,
             nonce: 0,
             next_ping: now,
@@ -104,7 +102,7 @@ impl Balancer {
     /// The leader and epoch requests go to, once known.
     pub fn leader(&self) -> Option<(ReplicaId, Epoch)> {
         match self.state {
-            State::Leading { leader, epoch } => Some((leader, epoch)),
+            State::Leading { leader, epoch, .. } => Some((leader, epoch)),
             _ => None,
         }
     }
@@ -145,7 +143,7 @@ impl Balancer {
                 self.stalls += 1;
                 self.start_promotion(now, out);
             }
-            State::Leading { leader, epoch } if !self.alive(*leader, now) => {
+            State::Leading { leader, epoch, .. } if !self.alive(*leader, now) => {
                 out.event(Event::LeaderLost { leader: *leader, epoch: *epoch });
                 self.start_promotion(now, out);
             }
@@ -179,7 +177,8 @@ impl Balancer {
             }
             (NodeId::Replica(r), Msg::ReadResult { tag, result }) => match result {
                 Ok(reply) => {
-                    if self.pending.get(&tag).is_some_and(|p| p.sent_to == Some(r)) {
+                    let ours = |p: &Pending| p.sent_to == Some(r) && !p.op.is_write();
+                    if self.pending.get(&tag).is_some_and(ours) {
                         self.respond(tag, Ok(reply), out);
                     }
                 }
@@ -211,17 +210,22 @@ impl Balancer {
             v.status = status;
         }
         match self.state {
-            State::Leading { leader, epoch } => {
+            State::Leading { leader, epoch, promoted_at } => {
                 if let Some(e) = status.leading {
                     if e > epoch {
                         // Someone newer leads (a promotion we had forgotten).
                         self.adopt(now, r, e, out);
                     }
                 } else if r == leader {
-                    if status.promised == epoch {
-                        // Our Promote may have been lost: say it again.
+                    // Not leading. Just promoted: our Promote may have been
+                    // lost or be on its way, so say it again. Otherwise the
+                    // leader restarted or stepped down; a restarted replica
+                    // never leads an epoch twice, so promote anew.
+                    let recent =
+                        promoted_at.is_some_and(|t| now.saturating_sub(t) <= 2 * self.cfg.timing.ping_us);
+                    if status.promised == epoch && recent {
                         out.send(NodeId::Replica(r), Msg::Promote { epoch });
-                    } else if status.promised > epoch {
+                    } else {
                         out.event(Event::LeaderLost { leader, epoch });
                         self.start_promotion(now, out);
                     }
@@ -251,7 +255,7 @@ impl Balancer {
     }
 
     fn adopt(&mut self, now: Time, leader: ReplicaId, epoch: Epoch, out: &mut Outbox) {
-        self.state = State::Leading { leader, epoch };
+        self.state = State::Leading { leader, epoch, promoted_at: None };
         self.highest_epoch = self.highest_epoch.max(epoch);
         out.event(Event::Adopted { leader, epoch });
         self.flush_waiting(now, out);
@@ -301,7 +305,7 @@ impl Balancer {
         let heard = promises.len();
         out.event(Event::Promoted { leader: winner, epoch, last, heard });
         out.send(NodeId::Replica(winner), Msg::Promote { epoch });
-        self.state = State::Leading { leader: winner, epoch };
+        self.state = State::Leading { leader: winner, epoch, promoted_at: Some(now) };
         self.stalls = 0;
         // The new leader has not answered a ping yet; count from now.
         if let Some(v) = self.views.get_mut(&winner) {
@@ -339,7 +343,7 @@ impl Balancer {
             return;
         }
         let tag = self.next_tag;
-        self.next_tag += 1;
+        self.next_tag = self.next_tag.wrapping_add(1);
         let deadline = now + self.cfg.timing.request_timeout_us;
         self.pending.insert(
             tag,

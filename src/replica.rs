@@ -54,6 +54,11 @@ pub struct Replica {
     held: BTreeMap<Lsn, Msg>,
     /// The newest (epoch, matched, probe) this follower has acknowledged.
     last_ack: (Epoch, Lsn, u64),
+    /// The epoch this process (not its disk) promised in answer to a
+    /// Prepare: the only one it may be promoted to lead.
+    prepared: Option<Epoch>,
+    /// Rows skipped by the last commit advance (leader only; see `set_commit`).
+    skipped: Vec<Lsn>,
     /// Set when this replica's disk was found corrupt and discarded: it
     /// lost rows it may have confirmed, so it takes no part in promotions
     /// until it has caught up with a leader. `Some(target)` once a leader's
@@ -144,6 +149,8 @@ impl Replica {
             after_persist: VecDeque::new(),
             held: BTreeMap::new(),
             last_ack: (Epoch(0), Lsn(0), 0),
+            prepared: None,
+            skipped: Vec::new(),
             resync: None,
         }
     }
@@ -309,13 +316,18 @@ impl Replica {
         }
         self.adopt_epoch(epoch, out);
         self.role = Role::Follower { leader: None };
+        self.prepared = Some(epoch);
         // The promise must be durable before the balancer may count on it.
         self.persist(PersistOp::Promise(epoch), out);
         self.send_when_durable(from, Msg::Promise { epoch, last: self.last_pos() }, out);
     }
 
     fn on_promote(&mut self, now: Time, epoch: Epoch, out: &mut Outbox) {
-        if epoch != self.promised || self.is_leader() {
+        // Only the epoch this very process promised: a restarted replica
+        // that once led `epoch` must never lead it again, since the log it
+        // would build could differ from what its followers hold for that
+        // epoch (rows it lost in the crash).
+        if epoch != self.promised || self.prepared != Some(epoch) || self.is_leader() {
             return;
         }
         let last = self.last_pos();
@@ -405,13 +417,24 @@ impl Replica {
                 return;
             }
         }
-        let in_tail = self
-            .log
-            .range(self.applied.next(), self.log.last().lsn)
-            .iter()
-            .rev()
-            .find(|r| matches!(&r.body, RowBody::Put { req, .. } if *req == id))
-            .map(|r| r.lsn);
+        // The newest row from this client not yet applied: the same request
+        // (wait for it), or a newer one (this retry is stale: never apply it
+        // after its successor).
+        let mut in_tail = None;
+        for r in self.log.range(self.applied.next(), self.log.last().lsn).iter().rev() {
+            if let RowBody::Put { req, .. } = &r.body {
+                if req.client == id.client {
+                    if req.seq > id.seq {
+                        out.send(from, Msg::WriteResult { id, result: Err(Refusal::Superseded) });
+                        return;
+                    }
+                    if req.seq == id.seq {
+                        in_tail = Some(r.lsn);
+                        break;
+                    }
+                }
+            }
+        }
         let lsn = in_tail.unwrap_or(self.last_pos().lsn.next());
         let Role::Leader(l) = &mut self.role else { return };
         l.writes.insert(lsn, (from, id));
@@ -771,6 +794,7 @@ impl Replica {
         if candidate <= self.commit || self.epoch_at(candidate) != Some(l.epoch) {
             return;
         }
+        self.skipped.clear();
         self.set_commit(candidate);
         // Tell followers at once, so reads they serve are not needlessly stale.
         self.broadcast(out);
@@ -780,7 +804,17 @@ impl Replica {
                 break;
             }
             let (lsn, (to, id)) = entry.remove_entry();
-            out.send(to, Msg::WriteResult { id, result: Ok(lsn) });
+            // A row skipped when applied (see `set_commit`) is no success:
+            // name where the request really was applied, or refuse it.
+            let result = if self.skipped.contains(&lsn) {
+                match self.sessions.get(&id.client) {
+                    Some(&(seq, at)) if seq == id.seq => Ok(at),
+                    _ => Err(Refusal::Superseded),
+                }
+            } else {
+                Ok(lsn)
+            };
+            out.send(to, Msg::WriteResult { id, result });
         }
         self.answer_confirmed_reads(out);
     }
@@ -847,7 +881,19 @@ impl Replica {
         self.commit = lsn;
         while self.applied < self.commit {
             let row = self.log.get(self.applied.next()).expect("committed rows after the base are held");
-            if let RowBody::Put { key, value, req } = &row.body {
+            let stale = match &row.body {
+                RowBody::Put { req, .. } => {
+                    self.sessions.get(&req.client).is_some_and(|(s, _)| *s >= req.seq)
+                }
+                RowBody::Noop => false,
+            };
+            // A request is applied once, and never after a newer one from
+            // the same client (all replicas skip the same rows). A leader
+            // remembers what it skipped until it has answered the writes.
+            if stale && self.is_leader() {
+                self.skipped.push(row.lsn);
+            }
+            if let (RowBody::Put { key, value, req }, false) = (&row.body, stale) {
                 match value {
                     Some(v) => {
                         self.kv.insert(key.clone(), v.clone());

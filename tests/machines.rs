@@ -301,7 +301,7 @@ fn client_rejects_bad_input_without_sending() {
 
 #[test]
 fn balancer_refuses_to_promote_without_a_safe_quorum() {
-    let mut b = Balancer::new(cfg(), Time(0));
+    let mut b = Balancer::new(cfg(), Time(0), 1);
     let mut out = Outbox::new();
     let mut now = Time(0);
     let mut promoted = false;
@@ -334,4 +334,68 @@ fn quorum_sizes() {
     assert_eq!(ClusterConfig::new(5, 1).promotion_quorum(), 4);
     assert_eq!(ClusterConfig::new(5, 2).promotion_quorum(), 3);
     assert_eq!(ClusterConfig::new(3, 2).promotion_quorum(), 2);
+}
+
+/// A stale retry (seq 1) arriving after its successor (seq 2) is in the log
+/// but not yet committed is refused, and a later duplicate of seq 2 is not
+/// applied again (found in review: the at-most-once table went backwards).
+#[test]
+fn a_stale_retry_behind_its_successor_is_never_applied() {
+    let mut t = Trio::new();
+    let mut out = Outbox::new();
+    let write = |seq: u64, value: &str| Msg::Write {
+        id: RequestId { client: ClientId(7), seq },
+        key: "k".into(),
+        value: Some(value.into()),
+    };
+    // Leader only: seq 2 goes into the log, seq 1 arrives before it commits.
+    t.r[0].on_message(T, NodeId::Balancer, write(2, "new"), &mut out);
+    t.r[0].on_message(T, NodeId::Balancer, write(1, "old"), &mut out);
+    let (sends, persists) = split(&mut out);
+    assert!(
+        sends.iter().any(|(_, m)| matches!(
+            m,
+            Msg::WriteResult { id, result: Err(kvstore::msg::Refusal::Superseded) } if id.seq == 1
+        )),
+        "{sends:?}"
+    );
+    // Now the leader's disk and the followers catch up, and seq 2 commits.
+    let last_id = persists.iter().map(|(id, _)| *id).max().unwrap();
+    t.r[0].on_persisted(T, last_id, &mut out);
+    let (more, _) = split(&mut out);
+    for (to, msg) in sends.into_iter().chain(more) {
+        if let NodeId::Replica(r) = to {
+            t.input(r.0 as usize - 1, R1, msg);
+        }
+    }
+    // The same request again is answered from the table, not applied twice.
+    t.write(7, 2, "k", "new");
+    let puts: Vec<_> = t.r[0]
+        .log()
+        .rows()
+        .iter()
+        .filter_map(|r| match &r.body {
+            RowBody::Put { req, .. } => Some(req.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(puts, vec![2], "seq 1 never entered the log and seq 2 is there once");
+    assert_eq!(t.r[0].data().get("k").map(String::as_str), Some("new"));
+    assert_eq!(t.r[0].sessions().get(&ClientId(7)).map(|s| s.0), Some(2));
+}
+
+#[test]
+fn a_restarted_replica_never_leads_an_epoch_it_led_before() {
+    let mut t = Trio::new();
+    t.write(1, 1, "k", "v");
+    // r1 restarts from its disk: it promised e1 there, but not in this process.
+    let stored = Stored { promised: Epoch(1), snapshot: None, rows: t.r[0].log().rows().to_vec() };
+    let mut r1 = Replica::recover(ReplicaId(1), cfg(), stored);
+    let mut out = Outbox::new();
+    r1.on_message(T, NodeId::Balancer, Msg::Promote { epoch: Epoch(1) }, &mut out);
+    assert!(!r1.is_leader(), "led e1 a second time");
+    // A fresh Prepare for a newer epoch, then Promote, is fine.
+    r1.on_message(T, NodeId::Balancer, Msg::Prepare { epoch: Epoch(2) }, &mut out);
+    r1.on_message(T, NodeId::Balancer, Msg::Promote { epoch: Epoch(2) }, &mut out);
+    assert!(r1.is_leader());
 }

@@ -127,6 +127,8 @@ pub struct Sim<'a> {
     rng_net: ChaCha8Rng,
     rng_disk: ChaCha8Rng,
     rng_work: ChaCha8Rng,
+    /// Balancer incarnations.
+    rng_ids: ChaCha8Rng,
     replicas: Vec<Option<Replica>>,
     disks: Vec<SimDisk>,
     balancer: Option<Balancer>,
@@ -165,6 +167,7 @@ impl<'a> Sim<'a> {
         let rng_net = child();
         let rng_disk = child();
         let mut rng_work = child();
+        let rng_ids = child();
         let n = sc.cluster.replicas.len();
         let mut clients = Vec::new();
         for (gi, g) in sc.workload.groups.iter().enumerate() {
@@ -191,6 +194,7 @@ impl<'a> Sim<'a> {
             rng_net,
             rng_disk,
             rng_work,
+            rng_ids,
             replicas: (0..n).map(|_| None).collect(),
             disks: (0..n).map(|_| SimDisk::default()).collect(),
             balancer: None,
@@ -227,7 +231,7 @@ impl<'a> Sim<'a> {
         for i in 0..self.replicas.len() {
             self.start_replica(i);
         }
-        self.balancer = Some(Balancer::new(sc.cluster.clone(), self.now));
+        self.balancer = Some(Balancer::new(sc.cluster.clone(), self.now, self.rng_ids.random()));
         self.reschedule(NodeId::Balancer);
         for (i, f) in sc.faults.iter().enumerate() {
             self.push(Time(f.at_us), Ev::Fault(i));
@@ -467,10 +471,10 @@ impl<'a> Sim<'a> {
         match ev {
             Event::BecameLeader { epoch, .. } => {
                 let NodeId::Replica(r) = n else { return };
+                // An epoch is led once: by one replica, and by it only once
+                // (a restarted replica leading again could build another log).
                 if let Some(prev) = self.leaders.insert(epoch, r) {
-                    if prev != r {
-                        self.violation(format!("two leaders in {epoch}: r{} and r{}", prev.0, r.0));
-                    }
+                    self.violation(format!("{epoch} led twice: by r{} and again by r{}", prev.0, r.0));
                 }
             }
             Event::Promoted { .. } => self.promotions += 1,
@@ -552,7 +556,8 @@ impl<'a> Sim<'a> {
             }
             Action::Restart(Node::Balancer) => {
                 if self.balancer.is_none() {
-                    self.balancer = Some(Balancer::new(self.sc.cluster.clone(), self.now));
+                    let incarnation = self.rng_ids.random();
+                    self.balancer = Some(Balancer::new(self.sc.cluster.clone(), self.now, incarnation));
                     self.ticks.remove(&NodeId::Balancer);
                     self.reschedule(NodeId::Balancer);
                 }

@@ -124,7 +124,7 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
     // Long enough for the machine to answer or time out every request.
     let drain = Duration::from_micros(timing.request_timeout_us + 2 * crate::balancer::TICK_US);
     let role = BalancerNode {
-        machine: Balancer::new(info.config.clone(), clock.now()),
+        machine: Balancer::new(info.config.clone(), clock.now(), incarnation()),
         stopping: false,
         drain,
         _dialers: dialers,
@@ -136,4 +136,15 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
         })
     })?;
     Ok(NodeHandle::new(me, addr, tx, thread))
+}
+
+/// A number that differs between runs of this balancer process: request tags
+/// start from it, so a late answer to a previous run's request is never taken
+/// for one of ours.
+fn incarnation() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ ((std::process::id() as u64) << 40)
 }
