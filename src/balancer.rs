@@ -183,7 +183,13 @@ impl Balancer {
                     }
                 }
                 Err(Refusal::Behind) => {
-                    if let Some(p) = self.pending.get_mut(&tag) {
+                    // A follower behind the client's session goes to the
+                    // leader at once; a leader still behind (just promoted)
+                    // is asked again a tick later, not in a tight loop.
+                    let Some(p) = self.pending.get_mut(&tag) else { return };
+                    if p.to_leader {
+                        self.retry_later(tag, r, now);
+                    } else {
                         p.to_leader = true;
                         self.dispatch(now, tag, out);
                     }

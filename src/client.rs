@@ -122,7 +122,12 @@ impl Client {
             // The balancer gave up on this attempt; the request id makes a
             // retry safe, so try again while our own deadline allows.
             let f = self.inflight.as_mut().expect("checked");
-            if matches!(result, Err(OpError::Unavailable)) {
+            // At most one "unavailable" per attempt sent so far: a duplicated
+            // answer must not make an attempt that was forwarded look
+            // refused. (Answers carry no attempt number, so a duplicate
+            // arriving after the next attempt still counts; the window is
+            // one retry interval.)
+            if matches!(result, Err(OpError::Unavailable)) && f.unavailable_answers < f.attempts {
                 f.unavailable_answers += 1;
             }
             let again = now + self.cfg.retry_us / 4;

@@ -236,6 +236,12 @@ impl Replica {
         while l.reads.front().is_some_and(|r| now.saturating_sub(r.arrived) > timeout) {
             l.reads.pop_front();
         }
+        // Reads still waiting: start a fresh confirmation round, in case an
+        // acknowledgement of the last one was lost (followers answer a
+        // probe number once).
+        if !l.reads.is_empty() && self.cfg.read_confirmations() > 0 {
+            l.probe += 1;
+        }
         // Go back to what each follower has confirmed: anything sent since and
         // not confirmed may have been lost.
         // A follower not heard from in this epoch is probed at the end of
