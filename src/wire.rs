@@ -17,8 +17,9 @@
 //!     MAX_HELLO_BYTES        (64)        for the first frame (the hello)
 //!     MAX_CLIENT_FRAME_BYTES (66,688)    after a client's hello: one request
 //!                                        or response (key 1 KiB + value 64 KiB)
-//!     MAX_FRAME_BYTES        (~16.3 MiB) after a replica's or the balancer's:
+//!     MAX_FRAME_BYTES        (~16.3 MiB) after the balancer's:
 //!                                        an Append of 256 rows of that size
+//!     MAX_REPLICA_FRAME_BYTES (1 GiB)    after a replica's: a whole snapshot
 //! ```
 //!
 //! The first frame each side sends, as soon as the connection is up, is the
@@ -76,6 +77,10 @@ pub const MAX_FRAME_BYTES: usize =
     MAX_ROWS_PER_APPEND * (MAX_KEY_BYTES + MAX_VALUE_BYTES + OVERHEAD_BYTES) + OVERHEAD_BYTES;
 /// Longest replica address in a `Cluster` frame.
 pub const MAX_ADDR_BYTES: usize = 256;
+/// Frames from a replica: as large as a snapshot of the whole store may be
+/// (`InstallSnapshot` to a follower too far behind for the leader's log).
+/// Buffers grow only as bytes arrive, so the limit costs nothing until used.
+pub const MAX_REPLICA_FRAME_BYTES: usize = 1 << 30;
 
 /// Everything sent after the hello.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,7 +237,10 @@ impl FrameDecoder {
         if self.buf.len() - self.end < MIN_READ_BYTES || want > self.buf.len() {
             // Never more than one whole frame plus one read's worth.
             let cap = LEN_BYTES + self.max_body + MIN_READ_BYTES;
-            let grown = (self.buf.len() * 2).max(INITIAL_BUFFER_BYTES).max(want).min(cap);
+            // Grow with the bytes that actually arrive (at most doubling per
+            // read), never straight to the announced length: a peer that
+            // announces a huge frame and sends ten bytes costs ten bytes.
+            let grown = (self.buf.len() * 2).max(INITIAL_BUFFER_BYTES).min(cap);
             let len = grown.max(self.end + MIN_READ_BYTES);
             self.buf.resize(len, 0);
         }
@@ -426,7 +434,9 @@ fn check_value(value: Option<&str>) -> Result<(), WireError> {
 pub fn limit_for(peer: NodeId) -> usize {
     match peer {
         NodeId::Client(_) => MAX_CLIENT_FRAME_BYTES,
-        NodeId::Balancer | NodeId::Replica(_) => MAX_FRAME_BYTES,
+        NodeId::Balancer => MAX_FRAME_BYTES,
+        // Replicas ship whole snapshots to each other (InstallSnapshot).
+        NodeId::Replica(_) => MAX_REPLICA_FRAME_BYTES,
     }
 }
 
@@ -650,6 +660,16 @@ mod tests {
         let mut dec = FrameDecoder::new();
         dec.feed(&[0, 0, 0, 0]);
         assert_eq!(dec.next_hello(), Err(WireError::Empty));
+    }
+
+    #[test]
+    fn a_huge_announced_frame_costs_only_the_bytes_sent() {
+        let mut dec = FrameDecoder::with_limit(MAX_REPLICA_FRAME_BYTES);
+        let mut bytes = (17_000_000u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[7; 10]);
+        dec.feed(&bytes);
+        assert_eq!(dec.next_frame(), Ok(None), "incomplete, not an error");
+        assert!(dec.buf.len() <= 1 << 20, "buffer grew to {} bytes for 14 received", dec.buf.len());
     }
 
     #[test]

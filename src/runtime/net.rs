@@ -25,7 +25,11 @@ pub const MAX_CONNECTIONS: usize = 2048;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A peer that does not read what we send for this long is dropped: the node
 /// thread writes directly, so this bounds how long one stuck peer can stall it.
-pub const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+/// A peer that takes no bytes for this long is dropped (and re-dialed): the
+/// node thread writes itself, so this bounds how long one stalled reader can
+/// hold up the whole node. Well below the balancer's 200 ms dead-after, so a
+/// stalled follower or client never makes a healthy leader look dead.
+pub const WRITE_TIMEOUT: Duration = Duration::from_millis(50);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Reconnection backoff of a dialer, doubling from the first to the second.
 pub const REDIAL_MIN: Duration = Duration::from_millis(20);
@@ -97,6 +101,10 @@ impl From<WireError> for ConnEnd {
 /// Binds `addr`, preferring IPv4 when a name resolves to both (so
 /// `localhost:8080` listens where `127.0.0.1:8080` reaches).
 pub fn bind(addr: &str) -> io::Result<TcpListener> {
+    bind_any(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen at {addr}: {e}")))
+}
+
+fn bind_any(addr: &str) -> io::Result<TcpListener> {
     let mut addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
     addrs.sort_by_key(|a| !a.is_ipv4());
     let mut last = io::Error::new(io::ErrorKind::InvalidInput, format!("{addr} resolves to nothing"));

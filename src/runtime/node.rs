@@ -192,9 +192,18 @@ pub fn run<R: Role>(mut role: R, rx: Receiver<Input>, clock: Clock, stop_accepti
     // after a tick (the busy-loop bug): never wake sooner than this.
     let mut not_before = Time::ZERO;
     let mut warned_spin = false;
+    // A tick put off once because inputs were waiting.
+    let mut tick_deferred = false;
     loop {
         let now = clock.now();
-        if role.next_wakeup().is_some_and(|t| t <= now) {
+        let due = role.next_wakeup().is_some_and(|t| t <= now);
+        // Inputs that queued up (say, during a slow write) go first: a tick
+        // that ran before them would judge on stale news, as a balancer
+        // presuming a leader dead whose pongs wait in the queue. Put off
+        // once, so a busy queue cannot starve the timers.
+        let defer = due && !tick_deferred && !rx.is_empty();
+        tick_deferred = defer;
+        if due && !defer {
             role.on_tick(now, &mut out);
             apply(&mut role, &mut net, &mut out);
             if role.next_wakeup().is_some_and(|t| t <= now) {

@@ -103,14 +103,27 @@ pub fn run(
     prompt: bool,
     interrupt: &AtomicBool,
 ) -> io::Result<()> {
-    let mut lines = input.lines();
+    let mut input = input;
+    let mut raw = Vec::new();
     while !interrupt.load(Ordering::SeqCst) {
         if prompt {
             write!(out, "> ")?;
         }
         out.flush()?;
-        let Some(line) = lines.next() else { break };
-        if let Outcome::Quit = run_line(client, &line?, out)? {
+        raw.clear();
+        if input.read_until(b'\n', &mut raw)? == 0 {
+            break;
+        }
+        while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            raw.pop();
+        }
+        // A line that is not UTF-8 is one bad command, not the end of the
+        // session.
+        let Ok(line) = std::str::from_utf8(&raw) else {
+            writeln!(out, "error: that line is not valid UTF-8; keys and values are text")?;
+            continue;
+        };
+        if let Outcome::Quit = run_line(client, line, out)? {
             break;
         }
     }
