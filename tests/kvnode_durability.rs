@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{get, set, wait_until, Probe, Proc, TestCluster};
+use common::{missing_through_leader, set, wait_until, Probe, Proc, TestCluster};
 use kvstore::types::ReadMode;
 use kvstore::Lsn;
 use std::path::Path;
@@ -103,32 +103,6 @@ fn recovered_log_end(p: &Proc, timeout: Duration) -> Lsn {
 
 fn took_snapshots(p: &Proc) -> usize {
     p.stderr_lines().iter().filter(|l| l.contains("snapshot up to")).count()
-}
-
-/// Reads every write back linearizably through the balancer, 8 clients at
-/// once; returns those that do not match.
-fn missing_through_leader(c: &TestCluster, acked: &[Write]) -> Vec<String> {
-    let chunks: Vec<Vec<(String, String)>> = acked
-        .chunks(acked.len().div_ceil(8).max(1))
-        .map(|ch| ch.iter().map(|w| (w.key.clone(), w.value.clone())).collect())
-        .collect();
-    let readers: Vec<_> = chunks
-        .into_iter()
-        .map(|chunk| {
-            let mut client = c.client(ReadMode::Leader);
-            std::thread::spawn(move || {
-                let mut missing = Vec::new();
-                for (key, value) in chunk {
-                    match client.call(get(&key)).result {
-                        Ok(reply) if reply.value.as_deref() == Some(value.as_str()) => {}
-                        other => missing.push(format!("{key}: {other:?}")),
-                    }
-                }
-                missing
-            })
-        })
-        .collect();
-    readers.into_iter().flat_map(|t| t.join().unwrap()).collect()
 }
 
 /// Waits until replica `i` has applied `top`, then checks it serves every
@@ -231,7 +205,7 @@ fn whole_cluster_stopped_and_restarted_keeps_every_acknowledged_write() {
         eprintln!("r{i} recovered a log ending at {recovered} (through a snapshot: {via_snapshot})");
         assert!(recovered >= top, "r{i} recovered up to {recovered}, acknowledged rows reach {top}");
     }
-    let missing = missing_through_leader(&c, &acked);
+    let missing = missing_through_leader(&c, acked.iter().map(|w| (w.key.clone(), w.value.clone())));
     assert!(
         missing.is_empty(),
         "{} acknowledged writes missing, e.g. {:?}",
@@ -257,7 +231,7 @@ fn every_replica_killed_at_once_loses_nothing_acknowledged() {
         c.restart_replica(i);
     }
     c.wait_for_a_write(Duration::from_secs(30));
-    let missing = missing_through_leader(&c, &acked);
+    let missing = missing_through_leader(&c, acked.iter().map(|w| (w.key.clone(), w.value.clone())));
     assert!(
         missing.is_empty(),
         "{} acknowledged writes missing, e.g. {:?}",

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{get, set, wait_until, Probe, TestCluster};
+use common::{missing_through_leader, set, wait_until, Probe, TestCluster};
 use kvstore::types::ReadMode;
 use kvstore::Lsn;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,7 +93,7 @@ fn sigkill_leader_under_load() {
     eprintln!("longest pause between acknowledged writes: {gap:?}");
 
     // Every acknowledged write is there, read linearizably through the balancer.
-    let missing = read_all_through_leader(&c, &acked);
+    let missing = missing_through_leader(&c, acked.iter().map(|w| (w.key.clone(), w.value.clone())));
     assert!(
         missing.is_empty(),
         "{} acknowledged writes missing, e.g. {:?}",
@@ -131,7 +131,7 @@ fn sigkill_leader_under_load() {
         "no leader after killing r{new} as well; balancer log:\n{}",
         c.lb.stderr_lines().join("\n")
     );
-    let missing = read_all_through_leader(&c, &acked);
+    let missing = missing_through_leader(&c, acked.iter().map(|w| (w.key.clone(), w.value.clone())));
     assert!(
         missing.is_empty(),
         "after a second failover {} acknowledged writes are missing, e.g. {:?}",
@@ -139,30 +139,4 @@ fn sigkill_leader_under_load() {
         &missing[..missing.len().min(5)]
     );
     assert!(c.lb.alive());
-}
-
-/// Reads every write back linearizably through the balancer, 8 clients at
-/// once; returns those that do not match.
-fn read_all_through_leader(c: &TestCluster, acked: &[&Write]) -> Vec<String> {
-    let chunks: Vec<Vec<(String, String)>> = acked
-        .chunks(acked.len().div_ceil(8))
-        .map(|ch| ch.iter().map(|w| (w.key.clone(), w.value.clone())).collect())
-        .collect();
-    let readers: Vec<_> = chunks
-        .into_iter()
-        .map(|chunk| {
-            let mut client = c.client(ReadMode::Leader);
-            std::thread::spawn(move || {
-                let mut missing = Vec::new();
-                for (key, value) in chunk {
-                    match client.call(get(&key)).result {
-                        Ok(reply) if reply.value.as_deref() == Some(value.as_str()) => {}
-                        other => missing.push(format!("{key}: {other:?}")),
-                    }
-                }
-                missing
-            })
-        })
-        .collect();
-    readers.into_iter().flat_map(|t| t.join().unwrap()).collect()
 }

@@ -318,3 +318,27 @@ impl Probe {
         })
     }
 }
+
+/// Reads every (key, value) back linearizably through the balancer, 8
+/// clients at once; returns those that do not match.
+pub fn missing_through_leader(c: &TestCluster, acked: impl Iterator<Item = (String, String)>) -> Vec<String> {
+    let acked: Vec<(String, String)> = acked.collect();
+    let readers: Vec<_> = acked
+        .chunks(acked.len().div_ceil(8).max(1))
+        .map(|chunk| {
+            let chunk = chunk.to_vec();
+            let mut client = c.client(ReadMode::Leader);
+            std::thread::spawn(move || {
+                let mut missing = Vec::new();
+                for (key, value) in chunk {
+                    match client.call(get(&key)).result {
+                        Ok(reply) if reply.value.as_deref() == Some(value.as_str()) => {}
+                        other => missing.push(format!("{key}: {other:?}")),
+                    }
+                }
+                missing
+            })
+        })
+        .collect();
+    readers.into_iter().flat_map(|t| t.join().unwrap()).collect()
+}
