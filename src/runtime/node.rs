@@ -87,6 +87,17 @@ impl Net {
             None => true,
         };
         if replace {
+            if let (NodeId::Balancer, Some(old)) = (peer, self.routes.get(&peer)) {
+                // One balancer per cluster: replies follow the newest
+                // connection, so a second live balancer starves the first.
+                // (A restarted balancer also lands here until its old
+                // connection is noticed closed.)
+                warn!(
+                    node = %self.me,
+                    "a balancer connected while another is connected (conn {old:?}): replies now go to the new one; \
+                     two balancers must not share these replicas"
+                );
+            }
             self.routes.insert(peer, conn);
         }
         self.conns.insert(conn, Conn { peer, dialed, stream, out: Vec::new() });
