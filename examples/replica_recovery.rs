@@ -19,18 +19,18 @@
 // A benchmark measures wall time: that is its job.
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+use common::{key, row, VALUE_BYTES};
 use kvstore::config::ClusterConfig;
 use kvstore::replica::Replica;
 use kvstore::runtime::store::{Start, Store, WalOptions, WalStore};
 use kvstore::wal::{SnapshotRef, Wal};
-use kvstore::{ClientId, Epoch, LogPos, Lsn, PersistOp, ReplicaId, RequestId, Row, RowBody};
+use kvstore::{Epoch, LogPos, Lsn, PersistOp, ReplicaId, RowBody};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
 const KEYS: u64 = 1_000_000;
-const VALUE_BYTES: usize = 64;
-const CLIENTS: u64 = 1_000;
 const TAIL_BATCH_ROWS: usize = 50;
 
 fn main() {
@@ -43,35 +43,6 @@ fn main() {
             eprintln!("usage: replica_recovery build DIR [TAIL_ROWS] | load DIR");
             std::process::exit(2);
         }
-    }
-}
-
-fn key(i: u64) -> String {
-    format!("key{i:07}")
-}
-
-/// 64 printable bytes that differ per row (no accidental compressibility).
-fn value(i: u64) -> String {
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..VALUE_BYTES)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (b'a' + (x % 26) as u8) as char
-        })
-        .collect()
-}
-
-fn row(lsn: u64, key_index: u64) -> Row {
-    Row {
-        epoch: Epoch(1),
-        lsn: Lsn(lsn),
-        body: RowBody::Put {
-            key: key(key_index),
-            value: Some(value(lsn)),
-            req: RequestId { client: ClientId(lsn % CLIENTS), seq: lsn },
-        },
     }
 }
 

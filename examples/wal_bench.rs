@@ -12,15 +12,15 @@
 // A benchmark measures wall time: that is its job.
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+use common::{key, row, VALUE_BYTES};
 use kvstore::wal::{GroupCommitter, SnapshotRef, Wal};
-use kvstore::{ClientId, Epoch, Lsn, PersistOp, RequestId, Row, RowBody};
+use kvstore::{Epoch, PersistOp, RowBody};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const VALUE_BYTES: usize = 64;
 const KEYS: u64 = 1_000_000;
-const CLIENTS: u64 = 1_000;
 const TAIL_ROWS: u64 = 10_000;
 const ROUNDS: usize = 5;
 const FSYNC_PER_ROW_ROWS: u64 = 500;
@@ -56,35 +56,6 @@ fn main() {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-fn key(i: u64) -> String {
-    format!("key{i:07}")
-}
-
-/// 64 printable bytes that differ per row (no accidental compressibility).
-fn value(i: u64) -> String {
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..VALUE_BYTES)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (b'a' + (x % 26) as u8) as char
-        })
-        .collect()
-}
-
-fn row(lsn: u64, key_index: u64) -> Row {
-    Row {
-        epoch: Epoch(1),
-        lsn: Lsn(lsn),
-        body: RowBody::Put {
-            key: key(key_index),
-            value: Some(value(lsn)),
-            req: RequestId { client: ClientId(lsn % CLIENTS), seq: lsn },
-        },
-    }
 }
 
 fn rate(rows: u64, took: Duration) -> f64 {

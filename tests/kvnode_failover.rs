@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{missing_through_leader, set, wait_until, Probe, TestCluster};
+use common::{assert_caught_up, missing_through_leader, set, wait_until, TestCluster};
 use kvstore::types::ReadMode;
 use kvstore::Lsn;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,22 +104,8 @@ fn sigkill_leader_under_load() {
     // The restarted replica catches up: it applies every acknowledged row
     // and serves each value from its own state.
     let top = acked.iter().filter_map(|w| w.acked).max().unwrap();
-    let addr = c.replica_addrs[old as usize - 1].clone();
-    let mut probe = Probe::connect(&addr, old);
-    let caught_up = wait_until(Duration::from_secs(30), || probe.status().applied >= top);
-    assert!(caught_up, "restarted r{old} stuck at {:?}, acknowledged rows reach {top}", probe.status());
-    let stale: Vec<&str> = acked
-        .iter()
-        .filter(|w| probe.read_local(&w.key).value.as_deref() != Some(w.value.as_str()))
-        .map(|w| w.key.as_str())
-        .collect();
-    assert!(
-        stale.is_empty(),
-        "restarted r{old} lacks {} acknowledged writes, e.g. {:?}",
-        stale.len(),
-        &stale[..stale.len().min(5)]
-    );
-    drop(probe);
+    let pairs: Vec<(String, String)> = acked.iter().map(|w| (w.key.clone(), w.value.clone())).collect();
+    assert_caught_up(&c, old, top, &pairs);
 
     // Now lose the new leader too: the restarted replica is needed for the
     // promotion quorum, and what it recovered from disk and caught up on

@@ -342,3 +342,22 @@ pub fn missing_through_leader(c: &TestCluster, acked: impl Iterator<Item = (Stri
         .collect();
     readers.into_iter().flat_map(|t| t.join().unwrap()).collect()
 }
+
+/// Waits until replica `i` has applied `top`, then checks it serves every
+/// acknowledged (key, value) from its own state.
+pub fn assert_caught_up(c: &TestCluster, i: u8, top: kvstore::Lsn, acked: &[(String, String)]) {
+    let mut probe = Probe::connect(&c.replica_addrs[i as usize - 1], i);
+    let ok = wait_until(Duration::from_secs(30), || probe.status().applied >= top);
+    assert!(ok, "r{i} stuck at {:?}; acknowledged rows reach {top}", probe.status());
+    let stale: Vec<&str> = acked
+        .iter()
+        .filter(|(k, v)| probe.read_local(k).value.as_deref() != Some(v.as_str()))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "r{i} lacks {} acknowledged writes, e.g. {:?}",
+        stale.len(),
+        &stale[..stale.len().min(5)]
+    );
+}
