@@ -11,7 +11,7 @@ use crate::config::ClusterConfig;
 use crate::machine::{Event, Outbox};
 use crate::msg::{Msg, Refusal, Reply, Status};
 use crate::types::{
-    validate_op, Epoch, LogPos, Lsn, NodeId, Op, OpError, ReadMode, ReplicaId, RequestId, Time,
+    validate_op, ClientId, Epoch, LogPos, Lsn, NodeId, Op, OpError, ReadMode, ReplicaId, RequestId, Time,
 };
 use std::collections::BTreeMap;
 
@@ -19,6 +19,23 @@ use std::collections::BTreeMap;
 pub const MAX_PENDING_REQUESTS: usize = 100_000;
 /// How often the balancer looks at its timers (microseconds).
 pub const TICK_US: u64 = 10_000;
+/// Clients whose newest request the balancer remembers at most.
+pub const MAX_CLIENT_RECORDS: usize = 100_000;
+/// The highest epoch a promotion may use: far beyond any real cluster's
+/// failovers, and low enough that `epoch + 1` can never overflow. A replica
+/// refuses a Prepare above it.
+pub const MAX_EPOCH: Epoch = Epoch(u64::MAX / 2);
+
+/// A client's newest request, as this balancer has seen it.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    seq: u64,
+    /// The first and highest attempt numbers that arrived.
+    first_attempt: u32,
+    max_attempt: u32,
+    /// Some copy of it was sent to a replica.
+    forwarded: bool,
+}
 
 pub struct Balancer {
     cfg: ClusterConfig,
@@ -26,6 +43,16 @@ pub struct Balancer {
     state: State,
     /// The newest epoch seen anywhere; promotions go above it.
     highest_epoch: Epoch,
+    /// Names this balancer's promotions (its incarnation): with the epoch it
+    /// makes a ballot no other promotion attempt shares.
+    ballot: u64,
+    /// What this balancer has seen of each client's newest request, so a
+    /// stale copy is never forwarded and `Unavailable` is only said when it
+    /// is certain. Bounded: at `MAX_CLIENT_RECORDS` it is forgotten (then
+    /// answers err towards `Timeout`, never towards `Unavailable`).
+    seen: BTreeMap<ClientId, Seen>,
+    /// Set when the node shuts down: new requests are answered at once.
+    stopping: bool,
     pending: BTreeMap<u64, Pending>,
     by_request: BTreeMap<RequestId, u64>,
     next_tag: u64,
@@ -51,7 +78,19 @@ enum State {
     /// start waits (until the deadline) for every replica, so a fresh cluster
     /// promotes the first one listed, as the original did; failovers decide as
     /// soon as a quorum has answered.
-    Preparing { epoch: Epoch, promises: BTreeMap<ReplicaId, LogPos>, deadline: Time, patient: bool },
+    ///
+    /// `excluded`: replicas whose promises do not count (a leader deposed
+    /// because it was cut off from its followers: promoting it again would
+    /// change nothing). `resend_at`: Prepare goes again to those that have
+    /// not answered, so one lost message does not cost a whole timeout.
+    Preparing {
+        epoch: Epoch,
+        promises: BTreeMap<ReplicaId, (LogPos, bool)>,
+        deadline: Time,
+        patient: bool,
+        excluded: Option<ReplicaId>,
+        resend_at: Time,
+    },
     Leading {
         leader: ReplicaId,
         epoch: Epoch,
@@ -70,7 +109,6 @@ struct Pending {
     /// Where it was last forwarded, and when to forward again.
     sent_to: Option<ReplicaId>,
     retry_at: Time,
-    forwarded: bool,
     /// A session read a follower refused as behind goes to the leader.
     to_leader: bool,
 }
@@ -86,6 +124,9 @@ impl Balancer {
             cfg,
             views,
             highest_epoch: Epoch(0),
+            ballot: incarnation,
+            seen: BTreeMap::new(),
+            stopping: false,
             pending: BTreeMap::new(),
             by_request: BTreeMap::new(),
             next_tag: incarnation,
@@ -113,6 +154,12 @@ impl Balancer {
         Some(self.next_tick.min(self.next_ping))
     }
 
+    /// The node is shutting down: requests not yet taken are answered at
+    /// once (`Unavailable` where that is certain), and none is forwarded.
+    pub fn stop_accepting(&mut self) {
+        self.stopping = true;
+    }
+
     // ---- inputs ----
 
     pub fn on_tick(&mut self, now: Time, out: &mut Outbox) {
@@ -127,25 +174,34 @@ impl Balancer {
             return;
         }
         self.next_tick = now + TICK_US;
-        match &self.state {
+        let quorum_met = self.quorum_met();
+        let leader_dead = self.leader().is_some_and(|(l, _)| !self.alive(l, now));
+        let (replicas, ballot, ping_us) = (&self.cfg.replicas, self.ballot, self.cfg.timing.ping_us);
+        match &mut self.state {
             State::Discovering { until } if now >= *until => self.decide(now, out),
-            State::Preparing { promises, deadline, .. }
-                if now >= *deadline && promises.len() >= self.cfg.promotion_quorum() =>
-            {
-                self.conclude(now, out)
+            State::Preparing { deadline, .. } if now >= *deadline && quorum_met => self.conclude(now, out),
+            State::Preparing { epoch, promises, deadline, excluded, .. } if now >= *deadline => {
+                let (epoch, heard, excluded) = (*epoch, promises.len(), *excluded);
+                out.event(Event::PromotionStalled { epoch, heard, needed: self.cfg.promotion_quorum() });
+                self.stalls = self.stalls.saturating_add(1);
+                // Nobody can be promoted right now: say so to the requests
+                // that were never forwarded rather than keep them waiting.
+                self.fail_unforwarded(out);
+                self.start_promotion(now, excluded, out);
             }
-            State::Preparing { epoch, promises, deadline, .. } if now >= *deadline => {
-                out.event(Event::PromotionStalled {
-                    epoch: *epoch,
-                    heard: promises.len(),
-                    needed: self.cfg.promotion_quorum(),
-                });
-                self.stalls += 1;
-                self.start_promotion(now, out);
+            State::Preparing { epoch, promises, resend_at, .. } if now >= *resend_at => {
+                // Prepare again to whoever has not answered: a lost Prepare
+                // or Promise must not cost the whole promotion timeout. (A
+                // replica answers a repeat of the same ballot with the same
+                // promise; it never promises an epoch twice.)
+                *resend_at = now + ping_us;
+                for r in replicas.iter().filter(|r| !promises.contains_key(r)) {
+                    out.send(NodeId::Replica(*r), Msg::Prepare { epoch: *epoch, ballot });
+                }
             }
-            State::Leading { leader, epoch, .. } if !self.alive(*leader, now) => {
+            State::Leading { leader, epoch, .. } if leader_dead => {
                 out.event(Event::LeaderLost { leader: *leader, epoch: *epoch });
-                self.start_promotion(now, out);
+                self.start_promotion(now, None, out);
             }
             _ => {}
         }
@@ -154,16 +210,31 @@ impl Balancer {
 
     pub fn on_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Outbox) {
         match (from, msg) {
-            (_, Msg::Request { id, op, read, min_lsn }) => {
-                self.on_request(now, from, id, op, read, min_lsn, out)
+            (NodeId::Client(_), Msg::Request { id, attempt, op, read, min_lsn }) => {
+                self.on_request(now, from, id, attempt, op, read, min_lsn, out)
             }
             (NodeId::Replica(r), Msg::Pong { status, .. }) => self.on_pong(now, r, status, out),
-            (NodeId::Replica(r), Msg::Promise { epoch, last }) => self.on_promise(now, r, epoch, last, out),
-            (NodeId::Replica(_), Msg::PrepareRefused { promised, .. }) => {
-                self.highest_epoch = self.highest_epoch.max(promised);
+            (NodeId::Replica(r), Msg::Promise { epoch, ballot, last, missing }) => {
+                self.on_promise(now, r, epoch, ballot, last, missing, out)
+            }
+            (NodeId::Replica(_), Msg::PrepareRefused { epoch, ballot, promised }) => {
+                self.note_epoch(promised);
+                // Our epoch is taken (or passed): a promotion never goes on
+                // in an epoch some replica has refused; it moves above it.
+                let ours = matches!(self.state, State::Preparing { epoch: e, .. } if e == epoch);
+                if ours && ballot == self.ballot && promised >= epoch {
+                    let excluded = match self.state {
+                        State::Preparing { excluded, .. } => excluded,
+                        _ => None,
+                    };
+                    self.start_promotion(now, excluded, out);
+                }
             }
             (NodeId::Replica(r), Msg::WriteResult { id, result }) => {
                 let Some(&tag) = self.by_request.get(&id) else { return };
+                if self.pending.get(&tag).is_none_or(|p| !p.op.is_write()) {
+                    return;
+                }
                 match result {
                     Ok(lsn) => self.respond(tag, Ok(Reply { value: None, lsn }), out),
                     Err(Refusal::Invalid) => {
@@ -187,6 +258,9 @@ impl Balancer {
                     // leader at once; a leader still behind (just promoted)
                     // is asked again a tick later, not in a tight loop.
                     let Some(p) = self.pending.get_mut(&tag) else { return };
+                    if p.op.is_write() || p.sent_to != Some(r) {
+                        return;
+                    }
                     if p.to_leader {
                         self.retry_later(tag, r, now);
                     } else {
@@ -209,8 +283,19 @@ impl Balancer {
             .is_some_and(|t| now.saturating_sub(t) <= self.cfg.timing.dead_after_us)
     }
 
+    /// Raises the newest epoch seen, ignoring any above `MAX_EPOCH` (no
+    /// promotion may use one; a replica reporting it is lying or broken).
+    fn note_epoch(&mut self, e: Epoch) {
+        if e <= MAX_EPOCH {
+            self.highest_epoch = self.highest_epoch.max(e);
+        }
+    }
+
     fn on_pong(&mut self, now: Time, r: ReplicaId, status: Status, out: &mut Outbox) {
-        self.highest_epoch = self.highest_epoch.max(status.promised);
+        if !self.views.contains_key(&r) {
+            return;
+        }
+        self.note_epoch(status.promised);
         if let Some(v) = self.views.get_mut(&r) {
             v.last_pong = Some(now);
             v.status = status;
@@ -221,6 +306,11 @@ impl Balancer {
                     if e > epoch {
                         // Someone newer leads (a promotion we had forgotten).
                         self.adopt(now, r, e, out);
+                    } else if r == leader && e == epoch && status.cut_off {
+                        // Alive but cut off from its followers: it cannot
+                        // commit anything. Promote another, without it.
+                        out.event(Event::LeaderLost { leader, epoch });
+                        self.start_promotion(now, Some(leader), out);
                     }
                 } else if r == leader {
                     // Not leading. Just promoted: our Promote may have been
@@ -230,10 +320,10 @@ impl Balancer {
                     let recent =
                         promoted_at.is_some_and(|t| now.saturating_sub(t) <= 2 * self.cfg.timing.ping_us);
                     if status.promised == epoch && recent {
-                        out.send(NodeId::Replica(r), Msg::Promote { epoch });
+                        out.send(NodeId::Replica(r), Msg::Promote { epoch, ballot: self.ballot });
                     } else {
                         out.event(Event::LeaderLost { leader, epoch });
-                        self.start_promotion(now, out);
+                        self.start_promotion(now, None, out);
                     }
                 }
             }
@@ -251,71 +341,121 @@ impl Balancer {
         let leading = self
             .views
             .iter()
-            .filter(|(r, _)| self.alive(**r, now))
+            .filter(|(r, v)| self.alive(**r, now) && !v.status.cut_off)
             .filter_map(|(r, v)| v.status.leading.map(|e| (e, *r)))
             .max();
         match leading {
             Some((e, r)) if e >= self.highest_epoch => self.adopt(now, r, e, out),
-            _ => self.start_promotion(now, out),
+            _ => self.start_promotion(now, None, out),
         }
     }
 
     fn adopt(&mut self, now: Time, leader: ReplicaId, epoch: Epoch, out: &mut Outbox) {
         self.state = State::Leading { leader, epoch, promoted_at: None };
-        self.highest_epoch = self.highest_epoch.max(epoch);
+        self.note_epoch(epoch);
+        self.stalls = 0;
         out.event(Event::Adopted { leader, epoch });
         self.flush_waiting(now, out);
     }
 
-    fn start_promotion(&mut self, now: Time, out: &mut Outbox) {
-        let epoch = Epoch(self.highest_epoch.0 + 1);
-        self.highest_epoch = epoch;
+    /// Starts a promotion in an epoch above every one seen. `excluded`: a
+    /// replica whose promise must not count (see `State::Preparing`).
+    fn start_promotion(&mut self, now: Time, excluded: Option<ReplicaId>, out: &mut Outbox) {
         let patient = matches!(self.state, State::Discovering { .. });
+        // Checked: epochs come from the wire. At the limit the cluster stays
+        // without a leader (writes unavailable) rather than wrap to an epoch
+        // replicas have already promised.
+        let Some(epoch) = self.highest_epoch.0.checked_add(1).map(Epoch).filter(|e| *e <= MAX_EPOCH) else {
+            out.event(Event::PromotionStalled { epoch: self.highest_epoch, heard: 0, needed: 1 });
+            self.state = State::Preparing {
+                epoch: self.highest_epoch,
+                patient,
+                promises: BTreeMap::new(),
+                deadline: Time::MAX,
+                excluded,
+                resend_at: Time::MAX,
+            };
+            return;
+        };
+        self.highest_epoch = epoch;
         self.state = State::Preparing {
             epoch,
             patient,
             promises: BTreeMap::new(),
-            deadline: now + (self.cfg.timing.promote_timeout_us << self.stalls.min(3)),
+            deadline: now + (self.cfg.timing.promote_timeout_us << self.stalls.min(2)),
+            excluded,
+            resend_at: now + self.cfg.timing.ping_us,
         };
         out.event(Event::Promoting { epoch });
         for r in self.cfg.replicas.clone() {
-            out.send(NodeId::Replica(r), Msg::Prepare { epoch });
+            out.send(NodeId::Replica(r), Msg::Prepare { epoch, ballot: self.ballot });
         }
     }
 
-    fn on_promise(&mut self, now: Time, r: ReplicaId, e: Epoch, last: LogPos, out: &mut Outbox) {
-        let quorum = self.cfg.promotion_quorum();
+    #[allow(clippy::too_many_arguments)]
+    fn on_promise(
+        &mut self,
+        now: Time,
+        r: ReplicaId,
+        e: Epoch,
+        ballot: u64,
+        last: LogPos,
+        missing: bool,
+        out: &mut Outbox,
+    ) {
         let all = self.cfg.replicas.len();
+        if !self.views.contains_key(&r) || ballot != self.ballot {
+            return;
+        }
         let State::Preparing { epoch, promises, patient, .. } = &mut self.state else { return };
         if e != *epoch {
             return;
         }
-        promises.insert(r, last);
-        if promises.len() < quorum || (*patient && promises.len() < all) {
+        promises.insert(r, (last, missing));
+        let patient = *patient && promises.len() < all;
+        if patient || !self.quorum_met() {
             return;
         }
         self.conclude(now, out);
     }
 
+    /// Whether the promises gathered so far prove a promotion safe. A
+    /// quorum of replicas holding every row they confirmed always does; a
+    /// promise from a replica that may have lost confirmed rows counts only
+    /// when every replica has promised (then every acknowledged write still
+    /// held anywhere is held by the most up-to-date log). The excluded
+    /// replica never counts.
+    fn quorum_met(&self) -> bool {
+        let State::Preparing { promises, excluded, .. } = &self.state else { return false };
+        let counted = promises.iter().filter(|(r, _)| Some(**r) != *excluded);
+        let whole = counted.clone().filter(|(_, (_, missing))| !missing).count();
+        whole >= self.cfg.promotion_quorum()
+            || (excluded.is_none() && promises.len() == self.cfg.replicas.len())
+    }
+
     /// Promotes the most up-to-date replica among those that promised.
     fn conclude(&mut self, now: Time, out: &mut Outbox) {
-        let State::Preparing { epoch, promises, .. } = &self.state else { return };
+        let State::Preparing { epoch, promises, excluded, .. } = &self.state else { return };
         // The most up-to-date log wins; ties go to the lowest id (the first
         // replica listed, as in the original).
-        let (winner, last) = promises
+        let Some((winner, last)) = promises
             .iter()
-            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-            .map(|(r, l)| (*r, *l))
-            .expect("quorum is at least one");
+            .filter(|(r, _)| Some(**r) != *excluded)
+            .max_by(|a, b| (a.1).0.cmp(&(b.1).0).then(b.0.cmp(a.0)))
+            .map(|(r, (l, _))| (*r, *l))
+        else {
+            return;
+        };
         let epoch = *epoch;
         let heard = promises.len();
         out.event(Event::Promoted { leader: winner, epoch, last, heard });
-        out.send(NodeId::Replica(winner), Msg::Promote { epoch });
+        out.send(NodeId::Replica(winner), Msg::Promote { epoch, ballot: self.ballot });
         self.state = State::Leading { leader: winner, epoch, promoted_at: Some(now) };
         self.stalls = 0;
         // The new leader has not answered a ping yet; count from now.
         if let Some(v) = self.views.get_mut(&winner) {
             v.last_pong = Some(now);
+            v.status.cut_off = false;
         }
         self.flush_waiting(now, out);
     }
@@ -328,14 +468,39 @@ impl Balancer {
         now: Time,
         client: NodeId,
         id: RequestId,
+        attempt: u32,
         op: Op,
         read: ReadMode,
         min_lsn: Lsn,
         out: &mut Outbox,
     ) {
+        if NodeId::Client(id.client) != client || attempt == 0 {
+            return; // not this client's request to make
+        }
         if let Err(e) = validate_op(&op) {
-            out.send(client, Msg::Response { id, result: Err(e) });
+            out.send(client, Msg::Response { id, attempt, result: Err(e) });
             return;
+        }
+        // Stale copies (an older request, or an older attempt of this one)
+        // are never forwarded: an `Unavailable` answered for them must stay
+        // true. A repeat of the newest attempt joins it if still pending.
+        let seen = self.seen.get(&id.client).copied();
+        match seen {
+            Some(s) if s.seq > id.seq || (s.seq == id.seq && attempt < s.max_attempt) => return,
+            Some(s) if s.seq == id.seq && attempt == s.max_attempt && !self.by_request.contains_key(&id) => {
+                return
+            }
+            Some(s) if s.seq == id.seq => {
+                self.seen.insert(id.client, Seen { max_attempt: attempt, ..s });
+            }
+            _ => {
+                if self.seen.len() >= MAX_CLIENT_RECORDS {
+                    self.seen.clear();
+                }
+                let fresh =
+                    Seen { seq: id.seq, first_attempt: attempt, max_attempt: attempt, forwarded: false };
+                self.seen.insert(id.client, fresh);
+            }
         }
         if let Some(tag) = self.by_request.get(&id) {
             // A client retry of something still in progress.
@@ -344,8 +509,9 @@ impl Balancer {
             }
             return;
         }
-        if self.pending.len() >= MAX_PENDING_REQUESTS {
-            out.send(client, Msg::Response { id, result: Err(OpError::Overloaded) });
+        if self.stopping || self.pending.len() >= MAX_PENDING_REQUESTS {
+            let e = if self.stopping { self.unforwarded_error(id) } else { OpError::Overloaded };
+            out.send(client, Msg::Response { id, attempt, result: Err(e) });
             return;
         }
         let tag = self.next_tag;
@@ -362,12 +528,29 @@ impl Balancer {
                 deadline,
                 sent_to: None,
                 retry_at: Time::MAX,
-                forwarded: false,
                 to_leader: false,
             },
         );
         self.by_request.insert(id, tag);
+        // A promotion that has already stalled will not promote soon: a
+        // write that cannot be forwarded is refused at once, not held.
+        let stalled = self.stalls > 0 && matches!(self.state, State::Preparing { .. });
         self.dispatch(now, tag, out);
+        if stalled && self.pending.get(&tag).is_some_and(|p| p.sent_to.is_none()) {
+            let e = self.unforwarded_error(id);
+            self.respond(tag, Err(e), out);
+        }
+    }
+
+    /// The answer for a request this balancer gives up on: `Unavailable`
+    /// only if it saw the request's first attempt and never forwarded any
+    /// copy (so no copy can have been applied); otherwise the outcome is
+    /// unknown.
+    fn unforwarded_error(&self, id: RequestId) -> OpError {
+        match self.seen.get(&id.client) {
+            Some(s) if s.seq == id.seq && s.first_attempt == 1 && !s.forwarded => OpError::Unavailable,
+            _ => OpError::Timeout,
+        }
     }
 
     /// Forwards a pending request to the replica that should serve it, or
@@ -398,8 +581,11 @@ impl Balancer {
             }
         };
         p.sent_to = Some(target);
-        p.forwarded = true;
         p.retry_at = now + self.cfg.timing.forward_retry_us;
+        let id = p.id;
+        if let Some(s) = self.seen.get_mut(&id.client).filter(|s| s.seq == id.seq) {
+            s.forwarded = true;
+        }
         out.send(NodeId::Replica(target), msg);
     }
 
@@ -442,13 +628,22 @@ impl Balancer {
         }
     }
 
+    /// Answers every request that was never forwarded (a promotion stalled).
+    fn fail_unforwarded(&mut self, out: &mut Outbox) {
+        let waiting: Vec<(u64, RequestId)> =
+            self.pending.iter().filter(|(_, p)| p.sent_to.is_none()).map(|(t, p)| (*t, p.id)).collect();
+        for (tag, id) in waiting {
+            let e = self.unforwarded_error(id);
+            self.respond(tag, Err(e), out);
+        }
+    }
+
     fn expire_and_retry(&mut self, now: Time, out: &mut Outbox) {
-        let expired: Vec<u64> =
-            self.pending.iter().filter(|(_, p)| now >= p.deadline).map(|(t, _)| *t).collect();
-        for tag in expired {
-            let p = &self.pending[&tag];
-            let err = if p.forwarded { OpError::Timeout } else { OpError::Unavailable };
-            self.respond(tag, Err(err), out);
+        let expired: Vec<(u64, RequestId)> =
+            self.pending.iter().filter(|(_, p)| now >= p.deadline).map(|(t, p)| (*t, p.id)).collect();
+        for (tag, id) in expired {
+            let e = self.unforwarded_error(id);
+            self.respond(tag, Err(e), out);
         }
         let retry: Vec<u64> =
             self.pending.iter().filter(|(_, p)| now >= p.retry_at).map(|(t, _)| *t).collect();
@@ -460,6 +655,7 @@ impl Balancer {
     fn respond(&mut self, tag: u64, result: Result<Reply, OpError>, out: &mut Outbox) {
         let Some(p) = self.pending.remove(&tag) else { return };
         self.by_request.remove(&p.id);
-        out.send(p.client, Msg::Response { id: p.id, result });
+        let attempt = self.seen.get(&p.id.client).filter(|s| s.seq == p.id.seq).map_or(1, |s| s.max_attempt);
+        out.send(p.client, Msg::Response { id: p.id, attempt, result });
     }
 }

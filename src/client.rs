@@ -41,19 +41,21 @@ struct Inflight {
     seq: u64,
     op: Op,
     invoked: Time,
+    sent: Time,
     deadline: Time,
     retry_at: Time,
     attempts: u32,
-    /// Answers saying "not forwarded anywhere": if every attempt got one,
-    /// the request certainly was not applied.
-    unavailable_answers: u32,
+    /// The highest attempt a balancer has answered `Unavailable` for: it
+    /// promises that none of attempts 1 to this one was ever forwarded.
+    unavailable_upto: u32,
 }
 
 impl Inflight {
-    /// The error to report when the deadline passes: `Unavailable` only when
-    /// every attempt was answered so; otherwise the outcome is unknown.
+    /// The error to report when giving up: `Unavailable` only when every
+    /// attempt sent is covered by an `Unavailable` answer (certainly not
+    /// applied); otherwise the outcome is unknown.
     fn give_up_error(&self) -> OpError {
-        if self.unavailable_answers >= self.attempts {
+        if self.unavailable_upto >= self.attempts {
             OpError::Unavailable
         } else {
             OpError::Timeout
@@ -79,10 +81,11 @@ impl Client {
     pub fn oldest_unfinished(&self) -> Option<Time> {
         self.inflight.as_ref().map(|f| f.invoked).or(self.queue.front().map(|q| q.1))
     }
-    /// Every operation submitted and not yet finished, with when it was
-    /// submitted: the one in flight first, then the queue.
+    /// Every operation submitted and not yet finished, with the earliest
+    /// time it could take effect: the one in flight (since it was sent)
+    /// first, then the queue (since it was submitted).
     pub fn unfinished_ops(&self) -> Vec<(&Op, Time)> {
-        let inflight = self.inflight.iter().map(|f| (&f.op, f.invoked));
+        let inflight = self.inflight.iter().map(|f| (&f.op, f.sent));
         inflight.chain(self.queue.iter().map(|(op, t)| (op, *t))).collect()
     }
     /// Operations submitted and not yet finished.
@@ -112,27 +115,23 @@ impl Client {
     }
 
     pub fn on_message(&mut self, now: Time, _from: NodeId, msg: Msg, out: &mut Outbox) {
-        let Msg::Response { id, result } = msg else { return };
-        let Some(f) = &self.inflight else { return };
-        if id.seq != f.seq || id.client != self.cfg.id {
-            return; // an answer to an earlier attempt we gave up on
+        let Msg::Response { id, attempt, result } = msg else { return };
+        let Some(f) = &mut self.inflight else { return };
+        if id.seq != f.seq || id.client != self.cfg.id || attempt == 0 || attempt > f.attempts {
+            return; // an answer to an earlier request we gave up on, or forged
         }
         let retryable = matches!(result, Err(OpError::Unavailable | OpError::Timeout));
         if retryable {
             // The balancer gave up on this attempt; the request id makes a
-            // retry safe, so try again while our own deadline allows.
-            let f = self.inflight.as_mut().expect("checked");
-            // At most one "unavailable" per attempt sent so far: a duplicated
-            // answer must not make an attempt that was forwarded look
-            // refused. (Answers carry no attempt number, so a duplicate
-            // arriving after the next attempt still counts; the window is
-            // one retry interval.)
-            if matches!(result, Err(OpError::Unavailable)) && f.unavailable_answers < f.attempts {
-                f.unavailable_answers += 1;
+            // retry safe, so try again while our own deadline leaves time to
+            // hear the answer (an attempt sent and never answered makes the
+            // outcome unknown).
+            if matches!(result, Err(OpError::Unavailable)) {
+                f.unavailable_upto = f.unavailable_upto.max(attempt);
             }
             let again = now + self.cfg.retry_us / 4;
-            if again < f.deadline {
-                f.retry_at = again;
+            if again + self.cfg.retry_us / 4 < f.deadline {
+                f.retry_at = f.retry_at.min(again);
                 return;
             }
         }
@@ -141,18 +140,7 @@ impl Client {
             Err(OpError::Unavailable | OpError::Timeout) => Err(f.give_up_error()),
             r => r,
         };
-        if let Ok(reply) = &result {
-            self.last_lsn = self.last_lsn.max(reply.lsn);
-        }
-        out.effects.push(Effect::Done(Completion {
-            seq: f.seq,
-            op: f.op,
-            invoked: f.invoked,
-            completed: now,
-            result,
-            attempts: f.attempts,
-        }));
-        self.start_next(now, out);
+        self.finish(now, f, result, out);
     }
 
     pub fn on_tick(&mut self, now: Time, out: &mut Outbox) {
@@ -160,21 +148,35 @@ impl Client {
         if now >= f.deadline {
             let f = self.inflight.take().expect("checked");
             let err = f.give_up_error();
-            out.effects.push(Effect::Done(Completion {
-                seq: f.seq,
-                op: f.op,
-                invoked: f.invoked,
-                completed: now,
-                result: Err(err),
-                attempts: f.attempts,
-            }));
-            self.start_next(now, out);
+            self.finish(now, f, Err(err), out);
         } else if now >= f.retry_at {
             f.retry_at = now + self.cfg.retry_us;
             f.attempts += 1;
-            let msg = request(&self.cfg, self.last_lsn, f.seq, &f.op);
+            let msg = request(&self.cfg, self.last_lsn, f.seq, f.attempts, &f.op);
             out.send(NodeId::Balancer, msg);
         }
+    }
+
+    fn finish(
+        &mut self,
+        now: Time,
+        f: Inflight,
+        result: Result<crate::msg::Reply, OpError>,
+        out: &mut Outbox,
+    ) {
+        if let Ok(reply) = &result {
+            self.last_lsn = self.last_lsn.max(reply.lsn);
+        }
+        out.effects.push(Effect::Done(Completion {
+            seq: f.seq,
+            op: f.op,
+            invoked: f.invoked,
+            sent: f.sent,
+            completed: now,
+            result,
+            attempts: f.attempts,
+        }));
+        self.start_next(now, out);
     }
 
     fn start_next(&mut self, now: Time, out: &mut Outbox) {
@@ -184,15 +186,16 @@ impl Client {
         let Some((op, invoked)) = self.queue.pop_front() else { return };
         let seq = self.next_seq;
         self.next_seq += 1;
-        let msg = request(&self.cfg, self.last_lsn, seq, &op);
+        let msg = request(&self.cfg, self.last_lsn, seq, 1, &op);
         self.inflight = Some(Inflight {
             seq,
             op,
             invoked,
+            sent: now,
             deadline: now + self.cfg.timeout_us,
             retry_at: now + self.cfg.retry_us,
             attempts: 1,
-            unavailable_answers: 0,
+            unavailable_upto: 0,
         });
         out.send(NodeId::Balancer, msg);
     }
@@ -209,6 +212,7 @@ impl Client {
             seq,
             op,
             invoked: now,
+            sent: now,
             completed: now,
             result,
             attempts: 0,
@@ -216,6 +220,6 @@ impl Client {
     }
 }
 
-fn request(cfg: &ClientConfig, min_lsn: Lsn, seq: u64, op: &Op) -> Msg {
-    Msg::Request { id: RequestId { client: cfg.id, seq }, op: op.clone(), read: cfg.read, min_lsn }
+fn request(cfg: &ClientConfig, min_lsn: Lsn, seq: u64, attempt: u32, op: &Op) -> Msg {
+    Msg::Request { id: RequestId { client: cfg.id, seq }, attempt, op: op.clone(), read: cfg.read, min_lsn }
 }

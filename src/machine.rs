@@ -183,7 +183,12 @@ pub fn replay_op<'a>(
 pub struct Completion {
     pub seq: u64,
     pub op: Op,
+    /// When the application submitted it (it may have waited in the queue).
     pub invoked: Time,
+    /// When the client first sent it: nothing it asks can take effect
+    /// before. Checkers use this, not `invoked`, as the start of the
+    /// operation (an open-loop client queues operations behind each other).
+    pub sent: Time,
     pub completed: Time,
     pub result: Result<crate::msg::Reply, OpError>,
     /// How many times the request was sent.
@@ -235,6 +240,12 @@ pub enum Event {
         after: Lsn,
         dropped: u64,
         committed: u64,
+    },
+    /// A leader asked to drop rows this replica knows are committed (or
+    /// folded into its applied state); refused, nothing changed.
+    TruncateRefused {
+        after: Lsn,
+        commit: Lsn,
     },
     /// Balancer: started a promotion for `epoch`.
     Promoting {
@@ -291,6 +302,9 @@ impl std::fmt::Display for Event {
                 f,
                 "** drops {dropped} row(s) after lsn {after}, {committed} of them COMMITTED (unsafe failover)"
             ),
+            Event::TruncateRefused { after, commit } => {
+                write!(f, "** REFUSES to drop rows after lsn {after}: rows up to {commit} are committed")
+            }
             Event::Promoting { epoch } => write!(f, "** promotion for {epoch} starts"),
             Event::Promoted { leader, epoch, last, heard } => {
                 write!(f, "** promotes r{} for {epoch} (log ends {last}, heard from {heard})", leader.0)

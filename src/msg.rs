@@ -15,14 +15,23 @@ pub enum Msg {
     // ---- client <-> balancer ----
     /// A client operation. `min_lsn` is the highest LSN the client has seen,
     /// used by `session` reads.
+    /// `attempt` counts the client's sends of this request (from 1); the
+    /// balancer's answer names the attempt it covers, so a duplicated or
+    /// late answer is never mistaken for the answer to a later attempt.
     Request {
         id: RequestId,
+        attempt: u32,
         op: Op,
         read: ReadMode,
         min_lsn: Lsn,
     },
+    /// `attempt`: the highest attempt of `id` the answer covers. An
+    /// `Unavailable` answer promises that this balancer saw attempt 1 and
+    /// has never forwarded, and never will forward, any attempt up to
+    /// `attempt`: none of them can have been applied.
     Response {
         id: RequestId,
+        attempt: u32,
         result: Result<Reply, OpError>,
     },
 
@@ -58,34 +67,49 @@ pub enum Msg {
         status: Status,
     },
     /// Phase one of a promotion: promise to refuse anything older than `epoch`
-    /// (persisted before answering) and report the end of the log.
+    /// (persisted before answering) and report the end of the log. `ballot`
+    /// names the promotion attempt (the balancer's incarnation): a replica
+    /// promises each epoch at most once, ever, so two attempts that picked
+    /// the same epoch can never both gather a quorum.
     Prepare {
         epoch: Epoch,
+        ballot: u64,
     },
+    /// `missing`: this replica cut rows off its log (a torn or damaged tail,
+    /// a discarded disk) and has not caught up with a leader since, so it may
+    /// lack rows it once confirmed. Such a promise counts toward a quorum
+    /// only when every replica has promised.
     Promise {
         epoch: Epoch,
+        ballot: u64,
         last: LogPos,
+        missing: bool,
     },
-    /// The replica has promised a newer epoch than the one asked for.
+    /// The replica has already promised `promised` (at or above `epoch`).
     PrepareRefused {
         epoch: Epoch,
+        ballot: u64,
         promised: Epoch,
     },
-    /// Phase two: become leader of `epoch`.
+    /// Phase two: become leader of `epoch`, as promised to `ballot`.
     Promote {
         epoch: Epoch,
+        ballot: u64,
     },
 
     // ---- leader <-> followers ----
     /// Rows after `prev`, plus the leader's commit LSN. Empty `rows` is a
     /// heartbeat. `probe` numbers the leader's confirmation rounds for
-    /// linearizable reads.
+    /// linearizable reads. `end` is the end of the leader's log when sent: a
+    /// replica catching up after losing rows is whole again once it holds
+    /// everything up to there.
     Append {
         epoch: Epoch,
         prev: LogPos,
         rows: Vec<Row>,
         commit: Lsn,
         probe: u64,
+        end: Lsn,
     },
     /// `ok`: the follower's log matches the leader's up to `last` and those rows
     /// are durable. Not ok: it needs rows from `last + 1`, or (with a newer
@@ -134,6 +158,11 @@ pub struct Status {
     pub last: LogPos,
     pub commit: Lsn,
     pub applied: Lsn,
+    /// Leading, but fewer than `sync_acks` followers have answered within
+    /// `dead_after`: writes cannot commit, so the balancer fails it over.
+    pub cut_off: bool,
+    /// May lack rows it confirmed (see `Msg::Promise`).
+    pub missing: bool,
 }
 
 impl Msg {
@@ -173,12 +202,16 @@ impl fmt::Display for Msg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use crate::types::Abbrev;
         match self {
-            Msg::Request { id, op, read, min_lsn } => {
-                write!(f, "Request #{} {op} read={read} min_lsn={min_lsn}", id.seq)
+            Msg::Request { id, attempt, op, read, min_lsn } => {
+                write!(f, "Request #{}", id.seq)?;
+                if *attempt > 1 {
+                    write!(f, " try {attempt}")?;
+                }
+                write!(f, " {op} read={read} min_lsn={min_lsn}")
             }
-            Msg::Response { id, result } => match result {
+            Msg::Response { id, attempt, result } => match result {
                 Ok(r) => write!(f, "Response #{} ok {} lsn={}", id.seq, ShowValue(&r.value), r.lsn),
-                Err(e) => write!(f, "Response #{} error {e:?}", id.seq),
+                Err(e) => write!(f, "Response #{} error {e:?} (tries 1..{attempt})", id.seq),
             },
             Msg::Write { id, key, value } => match value {
                 Some(v) => write!(f, "Write c{}#{} set {key}={}", id.client.0, id.seq, Abbrev(v)),
@@ -204,13 +237,19 @@ impl fmt::Display for Msg {
                 status.last,
                 status.commit
             ),
-            Msg::Prepare { epoch } => write!(f, "Prepare {epoch}"),
-            Msg::Promise { epoch, last } => write!(f, "Promise {epoch} last={last}"),
-            Msg::PrepareRefused { epoch, promised } => {
-                write!(f, "PrepareRefused {epoch} promised={promised}")
+            Msg::Prepare { epoch, ballot } => write!(f, "Prepare {epoch} b{}", Ballot(*ballot)),
+            Msg::Promise { epoch, ballot, last, missing } => {
+                write!(f, "Promise {epoch} b{} last={last}", Ballot(*ballot))?;
+                if *missing {
+                    write!(f, " MISSING-ROWS")?;
+                }
+                Ok(())
             }
-            Msg::Promote { epoch } => write!(f, "Promote {epoch}"),
-            Msg::Append { epoch, prev, rows, commit, probe } => {
+            Msg::PrepareRefused { epoch, ballot, promised } => {
+                write!(f, "PrepareRefused {epoch} b{} promised={promised}", Ballot(*ballot))
+            }
+            Msg::Promote { epoch, ballot } => write!(f, "Promote {epoch} b{}", Ballot(*ballot)),
+            Msg::Append { epoch, prev, rows, commit, probe, .. } => {
                 write!(f, "Append {epoch} prev={prev} commit={commit}")?;
                 if *probe > 0 {
                     write!(f, " probe={probe}")?;
@@ -240,6 +279,16 @@ impl fmt::Display for Msg {
                 Ok(())
             }
         }
+    }
+}
+
+/// A ballot in a trace: its last four hex digits are enough to tell
+/// attempts apart by eye.
+struct Ballot(u64);
+
+impl fmt::Display for Ballot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04x}", self.0 & 0xffff)
     }
 }
 

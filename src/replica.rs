@@ -51,18 +51,22 @@ pub struct Replica {
     /// Messages that may only leave once a persist id is complete.
     after_persist: VecDeque<(u64, NodeId, Msg)>,
     /// Appends that arrived before the rows they follow, by `prev.lsn`.
-    held: BTreeMap<Lsn, Msg>,
+    held: BTreeMap<Lsn, Append>,
     /// The newest (epoch, matched, probe) this follower has acknowledged.
     last_ack: (Epoch, Lsn, u64),
-    /// The epoch this process (not its disk) promised in answer to a
-    /// Prepare: the only one it may be promoted to lead.
-    prepared: Option<Epoch>,
+    /// The epoch and ballot this process (not its disk) promised in answer
+    /// to a Prepare: the only one it may be promoted to lead, and the only
+    /// Prepare it answers again (with the same promise) if repeated.
+    prepared: Option<(Epoch, u64)>,
     /// Rows skipped by the last commit advance (leader only; see `set_commit`).
     skipped: Vec<Lsn>,
-    /// Set when this replica's disk was found corrupt and discarded: it
-    /// lost rows it may have confirmed, so it takes no part in promotions
-    /// until it has caught up with a leader. `Some(target)` once a leader's
-    /// commit point is known.
+    /// Set while this replica may lack rows it once confirmed (its disk was
+    /// discarded as corrupt, or recovery cut rows off its log's tail): its
+    /// promises say so (`missing`), and count only when every replica
+    /// promises, until it has caught up with a leader of an epoch at least
+    /// the one it had promised. `Some(target)`: the end of that leader's log
+    /// when it first reached us; holding everything up to there, we hold
+    /// every row we could have confirmed.
     resync: Option<Option<Lsn>>,
 }
 
@@ -82,6 +86,8 @@ struct Leading {
     probe: u64,
     /// The latest time this leader was told (inputs carry `now`).
     now: Time,
+    /// When it became leader: followers count as heard from then.
+    since: Time,
     next_heartbeat: Time,
 }
 
@@ -94,6 +100,8 @@ struct Peer {
     probe_acked: u64,
     /// The peer has answered in this epoch.
     heard: bool,
+    /// When the peer last answered in this epoch.
+    heard_at: Time,
     /// `matched` at the previous heartbeat: no progress since means resend.
     matched_at_tick: Lsn,
     /// When a snapshot was last sent and not yet acknowledged: they are big,
@@ -103,6 +111,35 @@ struct Peer {
 
 /// Heartbeats to wait for a snapshot's acknowledgement before sending again.
 pub const SNAPSHOT_RESEND_HEARTBEATS: u64 = 10;
+
+/// The fields of a `Msg::Append`, as a follower handles (or holds) them.
+struct Append {
+    epoch: Epoch,
+    prev: LogPos,
+    rows: Vec<Row>,
+    commit: Lsn,
+    probe: u64,
+    end: Lsn,
+}
+
+/// Whether an append is one a leader could have sent: at most
+/// `MAX_ROWS_PER_APPEND` rows, numbered on from `prev` without a gap, epochs
+/// never going down and never above the leader's own, and the leader's log
+/// reaching at least as far. Anything else is refused whole.
+fn valid_append(a: &Append) -> bool {
+    if a.rows.len() > MAX_ROWS_PER_APPEND || a.prev.epoch > a.epoch {
+        return false;
+    }
+    let Some(last) = a.prev.lsn.0.checked_add(a.rows.len() as u64) else { return false };
+    let mut at = a.prev;
+    for row in &a.rows {
+        if row.lsn.0 != at.lsn.0 + 1 || row.epoch < at.epoch || row.epoch > a.epoch {
+            return false;
+        }
+        at = row.pos();
+    }
+    a.end.0 >= last
+}
 
 struct PendingRead {
     from: NodeId,
@@ -156,10 +193,18 @@ impl Replica {
     }
 
     /// A replica whose stored log was found corrupt and discarded. It starts
-    /// empty and re-syncs from the leader; until then it makes no promises,
-    /// since rows it confirmed before may be gone.
-    pub fn resync(id: ReplicaId, cfg: ClusterConfig) -> Replica {
-        let mut r = Replica::new(id, cfg);
+    /// empty, keeping only the epoch it had promised (stored apart from the
+    /// log, so it survives the log's loss), and re-syncs from the leader;
+    /// until then its promises say it may lack confirmed rows.
+    pub fn resync(id: ReplicaId, cfg: ClusterConfig, promised: Epoch) -> Replica {
+        Replica::recover_missing(id, cfg, Stored { promised, ..Stored::default() })
+    }
+
+    /// A replica restarted from a log that recovery had to cut (a torn or
+    /// damaged tail): the rows cut off may include some it confirmed, so it
+    /// must not vote as if it still had them (see `resync`).
+    pub fn recover_missing(id: ReplicaId, cfg: ClusterConfig, stored: Stored) -> Replica {
+        let mut r = Replica::recover(id, cfg, stored);
         r.resync = Some(None);
         r
     }
@@ -178,16 +223,29 @@ impl Replica {
         matches!(self.role, Role::Leader(_))
     }
     pub fn status(&self) -> Status {
+        let (leading, cut_off) = match &self.role {
+            Role::Leader(l) => (Some(l.epoch), self.cut_off(l)),
+            Role::Follower { .. } => (None, false),
+        };
         Status {
             promised: self.promised,
-            leading: match &self.role {
-                Role::Leader(l) => Some(l.epoch),
-                Role::Follower { .. } => None,
-            },
+            leading,
             last: self.last_pos(),
             commit: self.commit,
             applied: self.applied,
+            cut_off,
+            missing: self.resync.is_some(),
         }
+    }
+
+    /// Fewer than `sync_acks` followers have answered within `dead_after`
+    /// (counting from the promotion): nothing new can commit.
+    fn cut_off(&self, l: &Leading) -> bool {
+        let k = self.cfg.sync_acks();
+        let window = self.cfg.timing.dead_after_us;
+        let heard =
+            l.peers.values().filter(|p| l.now.saturating_sub(p.heard_at.max(l.since)) <= window).count();
+        k > 0 && heard < k
     }
     pub fn applied(&self) -> Lsn {
         self.applied
@@ -229,7 +287,7 @@ impl Replica {
             return;
         }
         l.next_heartbeat = now + self.cfg.timing.heartbeat_us;
-        l.now = now;
+        l.now = l.now.max(now);
         // Reads that waited too long are dropped: the balancer has given up
         // on them and will retry.
         let timeout = self.cfg.timing.request_timeout_us;
@@ -276,19 +334,25 @@ impl Replica {
         }
         if self.is_leader() {
             self.advance_commit(out);
+        } else {
+            self.check_resynced(out);
         }
     }
 
     pub fn on_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Outbox) {
+        if let Role::Leader(l) = &mut self.role {
+            l.now = l.now.max(now);
+        }
         match msg {
             Msg::Ping { nonce } => out.send(from, Msg::Pong { nonce, status: self.status() }),
-            Msg::Prepare { epoch } => self.on_prepare(from, epoch, out),
-            Msg::Promote { epoch } => self.on_promote(now, epoch, out),
+            Msg::Prepare { epoch, ballot } => self.on_prepare(from, epoch, ballot, out),
+            Msg::Promote { epoch, ballot } => self.on_promote(now, epoch, ballot, out),
             Msg::Write { id, key, value } => self.on_write(from, id, key, value, out),
             Msg::Read { tag, key, mode, min_lsn } => self.on_read(now, from, tag, key, mode, min_lsn, out),
-            Msg::Append { epoch, prev, rows, commit, probe } => {
+            Msg::Append { epoch, prev, rows, commit, probe, end } => {
                 let NodeId::Replica(leader) = from else { return };
-                self.on_append(leader, epoch, prev, rows, commit, probe, out);
+                let append = Append { epoch, prev, rows, commit, probe, end };
+                self.on_append(leader, append, out);
             }
             Msg::InstallSnapshot { epoch, snapshot, commit } => {
                 let NodeId::Replica(leader) = from else { return };
@@ -311,33 +375,43 @@ impl Replica {
 
     // ---- promotion ----
 
-    fn on_prepare(&mut self, from: NodeId, epoch: Epoch, out: &mut Outbox) {
-        if self.resync.is_some() {
-            return; // not a trustworthy witness until caught up
+    fn on_prepare(&mut self, from: NodeId, epoch: Epoch, ballot: u64, out: &mut Outbox) {
+        // Each epoch is promised at most once, ever (the promise is durable):
+        // two promotion attempts that picked the same epoch can never both
+        // gather a quorum, since any two quorums share a replica. A repeat of
+        // the very Prepare this process answered, while nothing has happened
+        // since, gets the same promise again (it was lost, or is slow).
+        let repeat = self.prepared == Some((epoch, ballot))
+            && epoch == self.promised
+            && matches!(self.role, Role::Follower { leader: None });
+        if !repeat {
+            if epoch <= self.promised || epoch > crate::balancer::MAX_EPOCH {
+                out.send(from, Msg::PrepareRefused { epoch, ballot, promised: self.promised });
+                return;
+            }
+            self.adopt_epoch(epoch, out);
+            self.role = Role::Follower { leader: None };
+            self.prepared = Some((epoch, ballot));
+            // The promise must be durable before the balancer may count on it.
+            self.persist(PersistOp::Promise(epoch), out);
         }
-        let repeat = epoch == self.promised && matches!(self.role, Role::Follower { leader: None });
-        if epoch < self.promised || (epoch == self.promised && !repeat) {
-            out.send(from, Msg::PrepareRefused { epoch, promised: self.promised });
-            return;
-        }
-        self.adopt_epoch(epoch, out);
-        self.role = Role::Follower { leader: None };
-        self.prepared = Some(epoch);
-        // The promise must be durable before the balancer may count on it.
-        self.persist(PersistOp::Promise(epoch), out);
-        self.send_when_durable(from, Msg::Promise { epoch, last: self.last_pos() }, out);
+        let promise = Msg::Promise { epoch, ballot, last: self.last_pos(), missing: self.resync.is_some() };
+        self.send_when_durable(from, promise, out);
     }
 
-    fn on_promote(&mut self, now: Time, epoch: Epoch, out: &mut Outbox) {
-        // Only the epoch this very process promised: a restarted replica
-        // that once led `epoch` must never lead it again, since the log it
-        // would build could differ from what its followers hold for that
-        // epoch (rows it lost in the crash).
-        if epoch != self.promised || self.prepared != Some(epoch) || self.is_leader() {
+    fn on_promote(&mut self, now: Time, epoch: Epoch, ballot: u64, out: &mut Outbox) {
+        // Only the epoch and ballot this very process promised: a restarted
+        // replica that once led `epoch` must never lead it again, since the
+        // log it would build could differ from what its followers hold for
+        // that epoch (rows it lost in the crash).
+        if epoch != self.promised || self.prepared != Some((epoch, ballot)) || self.is_leader() {
             return;
         }
+        if !matches!(self.role, Role::Follower { leader: None }) {
+            return; // already following a leader of this epoch
+        }
         let last = self.last_pos();
-        let next = last.lsn.next();
+        let Some(next) = last.lsn.0.checked_add(1).map(Lsn) else { return };
         let peers = self
             .cfg
             .replicas
@@ -351,6 +425,7 @@ impl Replica {
                         next,
                         probe_acked: 0,
                         heard: false,
+                        heard_at: now,
                         matched_at_tick: Lsn(0),
                         snapshot_sent: None,
                     },
@@ -364,10 +439,17 @@ impl Replica {
             reads: VecDeque::new(),
             probe: 0,
             now,
+            since: now,
             next_heartbeat: now + self.cfg.timing.heartbeat_us,
         }));
         self.held.clear();
         out.event(Event::BecameLeader { epoch, last });
+        if self.resync.take().is_some() {
+            // Promoted from promises of every replica (or a quorum that
+            // holds every row): whatever we lost, no acknowledged row is
+            // missing from the most up-to-date log, which is ours.
+            out.event(Event::Resynced { applied: self.applied });
+        }
         // A row of our own epoch: once it commits, everything before it has.
         let row = Row { epoch, lsn: next, body: RowBody::Noop };
         self.append_local(row, out);
@@ -541,29 +623,28 @@ impl Replica {
 
     // ---- replication, follower side ----
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_append(
-        &mut self,
-        leader: ReplicaId,
-        epoch: Epoch,
-        prev: LogPos,
-        rows: Vec<Row>,
-        commit: Lsn,
-        probe: u64,
-        out: &mut Outbox,
-    ) {
+    fn on_append(&mut self, leader: ReplicaId, a: Append, out: &mut Outbox) {
         let to = NodeId::Replica(leader);
+        let Append { epoch, prev, commit, probe, end, .. } = a;
+        if !valid_append(&a) {
+            return; // rows that no leader sends: refuse them, change nothing
+        }
         if !self.accept_leader(leader, epoch, probe, out) {
             return;
+        }
+        if self.resync == Some(None) {
+            // The first word from a leader of an epoch at least the one we
+            // promised: we are whole once we hold its log up to here.
+            self.resync = Some(Some(end));
         }
         let last = self.last_pos().lsn;
         if prev.lsn > last {
             // Early: hold it and ask for what is missing.
-            if !rows.is_empty() {
+            if !a.rows.is_empty() {
                 if self.held.len() >= MAX_HELD_APPENDS {
                     self.held.pop_last();
                 }
-                self.held.insert(prev.lsn, Msg::Append { epoch, prev, rows, commit, probe });
+                self.held.insert(prev.lsn, a);
             }
             out.send(to, Msg::AppendAck { epoch, ok: false, last, probe });
             return;
@@ -571,17 +652,22 @@ impl Replica {
         if !self.log.matches(prev) {
             // Our row at `prev` came from a deposed leader: drop it and after.
             let keep = prev.lsn.prev();
-            self.truncate_after(keep, out);
-            out.send(to, Msg::AppendAck { epoch, ok: false, last: keep, probe });
+            if self.truncate_after(keep, out) {
+                out.send(to, Msg::AppendAck { epoch, ok: false, last: keep, probe });
+            }
             return;
         }
         let mut new_rows = Vec::new();
-        let covered = rows.len() as u64;
-        for row in rows {
+        let covered = a.rows.len() as u64;
+        for row in a.rows {
             match self.log.epoch_at(row.lsn) {
                 At::Compacted => continue,
                 At::Epoch(e) if e == row.epoch => continue,
-                At::Epoch(_) => self.truncate_after(row.lsn.prev(), out),
+                At::Epoch(_) => {
+                    if !self.truncate_after(row.lsn.prev(), out) {
+                        break;
+                    }
+                }
                 At::Missing => {}
             }
             self.log.push(row.clone());
@@ -589,12 +675,12 @@ impl Replica {
         }
         // Only what this append covered is known to match the leader; rows
         // beyond it may be a deposed leader's and are fixed by later appends.
-        let matched = Lsn(prev.lsn.0 + covered);
+        let matched = Lsn(prev.lsn.0 + covered).min(self.last_pos().lsn);
         if !new_rows.is_empty() {
             self.persist(PersistOp::Append(new_rows), out);
         }
         self.set_commit(commit.min(matched));
-        self.check_resynced(commit, out);
+        self.check_resynced(out);
         self.maybe_compact();
         // A heartbeat that tells the leader nothing new goes unanswered: the
         // leader only learns from acks that move `matched` or confirm a probe.
@@ -608,9 +694,8 @@ impl Replica {
             self.send_when_durable(to, ack, out);
         }
         // Held appends that now fit.
-        if let Some(Msg::Append { epoch, prev, rows, commit, probe }) = self.held.remove(&self.last_pos().lsn)
-        {
-            self.on_append(leader, epoch, prev, rows, commit, probe, out);
+        if let Some(next) = self.held.remove(&self.last_pos().lsn) {
+            self.on_append(leader, next, out);
         }
         self.held.retain(|k, _| *k > last);
     }
@@ -619,6 +704,9 @@ impl Replica {
     /// leader if so. Refuses (with our newer epoch) if not.
     fn accept_leader(&mut self, leader: ReplicaId, epoch: Epoch, probe: u64, out: &mut Outbox) -> bool {
         let to = NodeId::Replica(leader);
+        if leader == self.id || !self.cfg.replicas.contains(&leader) || epoch > crate::balancer::MAX_EPOCH {
+            return false;
+        }
         if epoch < self.promised {
             out.send(to, Msg::AppendAck { epoch: self.promised, ok: false, last: Lsn(0), probe });
             return false;
@@ -634,6 +722,10 @@ impl Replica {
         if !matches!(self.role, Role::Follower { leader: Some(l) } if l == leader) {
             self.role = Role::Follower { leader: Some(leader) };
             self.held.clear();
+            if self.resync.is_some() {
+                // A catch-up target belongs to one leader's log.
+                self.resync = Some(None);
+            }
             out.event(Event::Following { leader, epoch, last: self.last_pos() });
         }
         true
@@ -652,6 +744,9 @@ impl Replica {
             return;
         }
         let last = snapshot.last;
+        if last.epoch > epoch {
+            return; // no leader holds rows from a later epoch than its own
+        }
         if last.lsn > self.commit {
             self.log.reset(last);
             self.kv = snapshot.kv.clone();
@@ -664,17 +759,17 @@ impl Replica {
             self.persist(PersistOp::InstallSnapshot(snapshot), out);
         }
         self.set_commit(commit.min(last.lsn));
-        self.check_resynced(commit, out);
+        self.check_resynced(out);
         let ack = Msg::AppendAck { epoch, ok: true, last: last.lsn, probe: 0 };
         let to = NodeId::Replica(leader);
         self.send_when_durable(to, ack, out);
     }
 
-    fn check_resynced(&mut self, commit: Lsn, out: &mut Outbox) {
-        if let Some(target) = self.resync {
-            let target = target.unwrap_or(commit);
-            self.resync = Some(Some(target));
-            if self.applied >= target {
+    fn check_resynced(&mut self, out: &mut Outbox) {
+        if let Some(Some(target)) = self.resync {
+            // Applied (so it matches the leader's log) and on our own disk
+            // (so a crash now cannot lose it again).
+            if self.applied >= target && self.durable >= target {
                 self.resync = None;
                 out.event(Event::Resynced { applied: self.applied });
             }
@@ -718,6 +813,7 @@ impl Replica {
         let Some(p) = l.peers.get_mut(&peer) else { return };
         p.probe_acked = p.probe_acked.max(probe);
         p.heard = true;
+        p.heard_at = l.now;
         if ok {
             p.snapshot_sent = None;
             p.matched = p.matched.max(last.min(Lsn(leader_last)));
@@ -780,7 +876,8 @@ impl Replica {
         let prev_lsn = Lsn(from - 1);
         let prev = LogPos { lsn: prev_lsn, epoch: self.log.epoch_of(prev_lsn).unwrap_or_default() };
         p.next = Lsn(upto.max(from - 1) + 1);
-        let msg = Msg::Append { epoch: l.epoch, prev, rows, commit, probe: l.probe };
+        let end = Lsn(last);
+        let msg = Msg::Append { epoch: l.epoch, prev, rows, commit, probe: l.probe, end };
         out.send(NodeId::Replica(peer), msg);
     }
 
@@ -795,7 +892,10 @@ impl Replica {
         } else {
             let mut m: Vec<Lsn> = l.peers.values().map(|p| p.matched).collect();
             m.sort_unstable_by(|a, b| b.cmp(a));
-            m[k - 1].min(own)
+            // Fewer peers than `sync_acks` (a configuration listing a
+            // replica twice): nothing can commit.
+            let Some(kth) = m.get(k - 1) else { return };
+            (*kth).min(own)
         };
         if candidate <= self.commit || self.epoch_at(candidate) != Some(l.epoch) {
             return;
@@ -838,15 +938,21 @@ impl Replica {
         self.maybe_compact();
     }
 
-    fn truncate_after(&mut self, keep: Lsn, out: &mut Outbox) {
+    /// Drops the rows after `keep`. Refuses (returns false, changing
+    /// nothing) to drop a committed row or one folded into the applied
+    /// state, unless in unsafe mode: a safe promotion guarantees the new
+    /// leader holds every committed row, so a leader asking for that is
+    /// wrong or lying, and obeying would destroy acknowledged data.
+    fn truncate_after(&mut self, keep: Lsn, out: &mut Outbox) -> bool {
         let len = self.log.last().lsn.0;
         if keep.0 >= len {
-            return;
+            return true;
         }
         let committed_lost = self.commit.0.saturating_sub(keep.0);
-        // Only an unsafe failover can ask a replica to drop committed rows;
-        // safe promotion guarantees the new leader holds them all.
-        debug_assert!(committed_lost == 0 || self.cfg.unsafe_failover, "committed rows are never truncated");
+        if keep < self.log.base().lsn || (committed_lost > 0 && !self.cfg.unsafe_failover) {
+            out.event(Event::TruncateRefused { after: keep, commit: self.commit });
+            return false;
+        }
         self.log.truncate_after(keep);
         self.durable = self.durable.min(keep);
         out.event(Event::Truncated { after: keep, dropped: len - keep.0, committed: committed_lost });
@@ -859,6 +965,7 @@ impl Replica {
             self.set_commit(keep);
         }
         self.persist(PersistOp::TruncateAfter(keep), out);
+        true
     }
 
     fn persist(&mut self, op: PersistOp, out: &mut Outbox) -> u64 {
@@ -886,7 +993,10 @@ impl Replica {
         }
         self.commit = lsn;
         while self.applied < self.commit {
-            let row = self.log.get(self.applied.next()).expect("committed rows after the base are held");
+            // Commit never passes the log's end (above), and rows between
+            // the base and the end are held; should that ever not hold,
+            // stop applying rather than apply out of order.
+            let Some(row) = self.log.get(self.applied.next()) else { break };
             let stale = match &row.body {
                 RowBody::Put { req, .. } => {
                     self.sessions.get(&req.client).is_some_and(|(s, _)| *s >= req.seq)

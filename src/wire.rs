@@ -62,7 +62,7 @@ use std::io::{self, Read};
 /// The first four bytes of every hello.
 pub const MAGIC: [u8; 4] = *b"KVST";
 /// Bumped on any change to the frame layout or to the encoding of `Frame`.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Bytes of the length prefix.
 pub const LEN_BYTES: usize = 4;

@@ -5,19 +5,25 @@
 //! Writes complete one after another; each takes the scenario's write
 //! latency (write plus fsync). A crash loses every write not yet complete;
 //! with `torn_write_probability` the write in progress leaves a prefix of its
-//! bytes behind. `corrupt` flips a byte in the middle of the log, which the
-//! next recovery must notice.
+//! bytes behind. `corrupt` flips a byte anywhere in the log, the last record
+//! included, which the next recovery must notice.
+//!
+//! The newest promised epoch is also kept apart from the log (kvnode keeps
+//! it in its own small file with two checksummed copies): losing the log to
+//! corruption must not make a replica forget what it promised, or it could
+//! promise an epoch twice or follow a deposed leader.
 
 use kvstore::wal::{decode_records, encode_record, Tail};
-use kvstore::{PersistOp, Stored, Time};
+use kvstore::{Epoch, PersistOp, Stored, Time};
 use std::collections::VecDeque;
 
 #[derive(Default)]
 pub struct SimDisk {
     /// Everything completed (synced): survives a crash.
     durable: Vec<u8>,
-    /// Issued, not yet complete: (persist id, encoded bytes).
-    inflight: VecDeque<(u64, Vec<u8>)>,
+    /// Issued, not yet complete: (persist id, encoded bytes, the epoch it
+    /// promises, if any).
+    inflight: VecDeque<(u64, Vec<u8>, Option<Epoch>)>,
     busy_until: Time,
     /// Bumped by every crash, so completions from before it are ignored.
     pub incarnation: u64,
@@ -25,6 +31,12 @@ pub struct SimDisk {
     /// has caught up: a restart before then must not trust the partial copy
     /// (kvnode keeps the same fact in a durable marker file).
     pub resyncing: bool,
+    /// Set whenever recovery cut rows off the log (torn or damaged tail),
+    /// or discarded it, until the replica reports it has caught up: the
+    /// replica may lack rows it once confirmed, across restarts too.
+    pub missing: bool,
+    /// The newest epoch promised, stored apart from the log.
+    promised: Epoch,
 }
 
 /// What a restarting replica finds on its disk.
@@ -46,7 +58,12 @@ impl SimDisk {
         // Replicas never emit an op over the record limit (a compile-time
         // check in kvstore::wal ties the two); an oversized one is a bug.
         encode_record(op, &mut bytes).expect("persist op within the record limit");
-        self.inflight.push_back((id, bytes));
+        let promise = match op {
+            PersistOp::Promise(e) => Some(*e),
+            PersistOp::InstallSnapshot(s) => Some(s.promised),
+            _ => None,
+        };
+        self.inflight.push_back((id, bytes, promise));
         let done = self.busy_until.max(now) + latency_us;
         self.busy_until = done;
         done
@@ -57,9 +74,12 @@ impl SimDisk {
         if incarnation != self.incarnation {
             return false;
         }
-        let Some((first, bytes)) = self.inflight.pop_front() else { return false };
+        let Some((first, bytes, promise)) = self.inflight.pop_front() else { return false };
         debug_assert_eq!(first, id, "disk writes complete in order");
         self.durable.extend_from_slice(&bytes);
+        if let Some(e) = promise {
+            self.promised = self.promised.max(e);
+        }
         true
     }
 
@@ -70,7 +90,7 @@ impl SimDisk {
         self.busy_until = now;
         let first = self.inflight.pop_front();
         self.inflight.clear();
-        let (_, bytes) = first?;
+        let (_, bytes, _) = first?;
         let frac = torn_keep?;
         let keep = ((bytes.len() as f64 * frac) as usize).clamp(1, bytes.len().saturating_sub(1).max(1));
         self.durable.extend_from_slice(&bytes[..keep]);
@@ -81,7 +101,7 @@ impl SimDisk {
     /// off for good.
     pub fn recover(&mut self) -> Recovery {
         let d = decode_records(&self.durable);
-        let mut stored = Stored::default();
+        let mut stored = Stored { promised: self.promised, ..Stored::default() };
         match d.tail {
             Tail::Clean => {
                 d.ops.iter().for_each(|op| stored.apply(op));
@@ -91,6 +111,9 @@ impl SimDisk {
                 d.ops.iter().for_each(|op| stored.apply(op));
                 let dropped = self.durable.len() - d.valid_bytes;
                 self.durable.truncate(d.valid_bytes);
+                // A damaged last record looks just like a torn one, and it
+                // may hold rows this replica confirmed.
+                self.missing = true;
                 Recovery::TornTail(stored, dropped)
             }
             Tail::Corrupt { fault, .. } => {
@@ -105,22 +128,28 @@ impl SimDisk {
         self.inflight.clear();
         self.incarnation += 1;
         self.resyncing = true;
+        self.missing = true;
     }
 
-    /// Flips one byte in the first half of the log (never in the last
-    /// record, so it cannot pass for a torn write). Returns the offset.
+    /// The epoch promised, as stored apart from the log.
+    pub fn promised(&self) -> Epoch {
+        self.promised
+    }
+
+    /// Flips one byte anywhere in the log, the last record included (there
+    /// it looks like a torn write). Returns the offset.
     pub fn corrupt(&mut self, pick: f64) -> Option<usize> {
-        if self.durable.len() < 64 {
+        if self.durable.is_empty() {
             return None;
         }
-        let at = 8 + (pick * (self.durable.len() / 2 - 8) as f64) as usize;
+        let at = ((pick * self.durable.len() as f64) as usize).min(self.durable.len() - 1);
         self.durable[at] ^= 0x5a;
         Some(at)
     }
 
     /// What the disk holds now, read without changing it (for checkers).
     pub fn stored(&self) -> Stored {
-        let mut stored = Stored::default();
+        let mut stored = Stored { promised: self.promised, ..Stored::default() };
         decode_records(&self.durable).ops.iter().for_each(|op| stored.apply(op));
         stored
     }

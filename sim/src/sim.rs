@@ -326,18 +326,27 @@ impl<'a> Sim<'a> {
                 format_args!("** recovery: re-sync unfinished; discarding the partial copy"),
             );
             self.disks[i].wipe();
-            self.replicas[i] = Some(Replica::resync(id, cfg));
+            self.replicas[i] = Some(Replica::resync(id, cfg, self.disks[i].promised()));
             self.reschedule(NodeId::Replica(id));
             return;
         }
         let r = match self.disks[i].recover() {
+            Recovery::Clean(stored) if self.disks[i].missing => {
+                self.line_raw(
+                    &format!("r{}", id.0),
+                    format_args!(
+                        "** recovery: still missing rows cut before; catching up before it votes alone"
+                    ),
+                );
+                Replica::recover_missing(id, cfg, stored)
+            }
             Recovery::Clean(stored) => Replica::recover(id, cfg, stored),
             Recovery::TornTail(stored, dropped) => {
                 self.line_raw(
                     &format!("r{}", id.0),
-                    format_args!("** recovery: cut a torn write ({dropped} bytes) off the log tail"),
+                    format_args!("** recovery: cut a torn or damaged write ({dropped} bytes) off the log tail; may lack rows it confirmed"),
                 );
-                Replica::recover(id, cfg, stored)
+                Replica::recover_missing(id, cfg, stored)
             }
             Recovery::Corrupt { offset, why } => {
                 self.line_raw(
@@ -345,7 +354,7 @@ impl<'a> Sim<'a> {
                     format_args!("** recovery: log corrupt at byte {offset} ({why}); discarding it and re-syncing from the leader"),
                 );
                 self.disks[i].wipe();
-                Replica::resync(id, cfg)
+                Replica::resync(id, cfg, self.disks[i].promised())
             }
         };
         self.replicas[i] = Some(r);
@@ -480,7 +489,9 @@ impl<'a> Sim<'a> {
             Event::Promoted { .. } => self.promotions += 1,
             Event::Resynced { .. } => {
                 if let NodeId::Replica(r) = n {
-                    self.disks[r.0 as usize - 1].resyncing = false;
+                    let disk = &mut self.disks[r.0 as usize - 1];
+                    disk.resyncing = false;
+                    disk.missing = false;
                 }
             }
             _ => {}

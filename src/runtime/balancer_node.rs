@@ -14,8 +14,7 @@ use super::{Clock, NodeHandle};
 use crate::balancer::Balancer;
 use crate::config::ClusterConfig;
 use crate::machine::Outbox;
-use crate::msg::Msg;
-use crate::types::{NodeId, OpError, ReplicaId, Time};
+use crate::types::{NodeId, ReplicaId, Time};
 use crate::wire::{ClusterInfo, Frame};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,13 +35,6 @@ impl Role for BalancerNode {
 
     fn on_frame(&mut self, now: Time, from: NodeId, frame: Frame, out: &mut Outbox, _net: &mut Net) {
         let Frame::Msg(msg) = frame else { return };
-        if self.stopping {
-            if let Msg::Request { id, .. } = msg {
-                // Nothing was forwarded, so nothing was applied.
-                out.send(from, Msg::Response { id, result: Err(OpError::Unavailable) });
-                return;
-            }
-        }
         self.machine.on_message(now, from, msg, out);
     }
 
@@ -56,6 +48,8 @@ impl Role for BalancerNode {
 
     fn on_shutdown(&mut self, _now: Time, _out: &mut Outbox) {
         self.stopping = true;
+        // New requests are answered at once (`unavailable` where certain).
+        self.machine.stop_accepting();
     }
 
     /// Every request taken has been answered (the machine times out what

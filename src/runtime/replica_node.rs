@@ -87,7 +87,8 @@ impl ReplicaNode {
                         node = %self.me_node(),
                         "replica machine starts empty and re-syncs: {replicas} replicas, sync_acks {sync_acks}"
                     );
-                    Replica::resync(self.id, info.config.clone())
+                    // FIXME(runtime): the promised epoch must survive the log's loss.
+                    Replica::resync(self.id, info.config.clone(), crate::types::Epoch(0))
                 }
             };
             self.machine = Some(machine);
