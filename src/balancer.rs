@@ -180,14 +180,18 @@ impl Balancer {
         match &mut self.state {
             State::Discovering { until } if now >= *until => self.decide(now, out),
             State::Preparing { deadline, .. } if now >= *deadline && quorum_met => self.conclude(now, out),
-            State::Preparing { epoch, promises, deadline, excluded, .. } if now >= *deadline => {
-                let (epoch, heard, excluded) = (*epoch, promises.len(), *excluded);
+            State::Preparing { epoch, promises, deadline, .. } if now >= *deadline => {
+                let (epoch, heard) = (*epoch, promises.len());
                 out.event(Event::PromotionStalled { epoch, heard, needed: self.cfg.promotion_quorum() });
                 self.stalls = self.stalls.saturating_add(1);
                 // Nobody can be promoted right now: say so to the requests
                 // that were never forwarded rather than keep them waiting.
                 self.fail_unforwarded(out);
-                self.start_promotion(now, excluded, out);
+                // The next attempt counts every replica again: a leader
+                // excluded for being cut off may be the only way to a quorum
+                // (if it is still cut off once promoted, it is failed over
+                // again).
+                self.start_promotion(now, None, out);
             }
             State::Preparing { epoch, promises, resend_at, .. } if now >= *resend_at => {
                 // Prepare again to whoever has not answered: a lost Prepare

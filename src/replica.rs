@@ -297,7 +297,12 @@ impl Replica {
         // Reads still waiting: start a fresh confirmation round, in case an
         // acknowledgement of the last one was lost (followers answer a
         // probe number once).
-        if !l.reads.is_empty() && self.cfg.read_confirmations() > 0 {
+        // A follower that has not answered for half of `dead_after` is asked
+        // to (followers answer a new probe number even with nothing new), so
+        // an idle leader still knows whether it is cut off.
+        let quiet = self.cfg.timing.dead_after_us / 2;
+        let stale = l.peers.values().any(|p| now.saturating_sub(p.heard_at) > quiet);
+        if (!l.reads.is_empty() && self.cfg.read_confirmations() > 0) || stale {
             l.probe += 1;
         }
         // Go back to what each follower has confirmed: anything sent since and

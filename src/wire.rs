@@ -484,6 +484,7 @@ mod tests {
     fn request(key: &str, value: &str) -> Frame {
         Frame::Msg(Msg::Request {
             id: RequestId { client: ClientId(u64::MAX), seq: 7 },
+            attempt: 2,
             op: Op::Set { key: key.into(), value: value.into() },
             read: ReadMode::Session,
             min_lsn: Lsn(3),
@@ -504,6 +505,7 @@ mod tests {
             request("stephen", "zerfas"),
             Frame::Msg(Msg::Response {
                 id: RequestId { client: ClientId(9), seq: 1 },
+                attempt: 1,
                 result: Ok(Reply { value: None, lsn: Lsn(4) }),
             }),
             Frame::Msg(Msg::Append {
@@ -512,6 +514,7 @@ mod tests {
                 rows: vec![row(5), row(6)],
                 commit: Lsn(4),
                 probe: 3,
+                end: Lsn(6),
             }),
             Frame::Cluster(ClusterInfo {
                 config: ClusterConfig::new(3, 1),
@@ -555,8 +558,8 @@ mod tests {
     fn frame_layout_is_length_then_postcard() {
         let mut bytes = Vec::new();
         encode_hello(NodeId::Replica(ReplicaId(3)), &mut bytes);
-        // len=8: "KVST", version 2, NodeId::Replica tag 1, id 3
-        assert_eq!(bytes, [0, 0, 0, 8, b'K', b'V', b'S', b'T', 0, 2, 1, 3]);
+        // len=8: "KVST", version 3, NodeId::Replica tag 1, id 3
+        assert_eq!(bytes, [0, 0, 0, 8, b'K', b'V', b'S', b'T', 0, 3, 1, 3]);
         let mut bytes = Vec::new();
         encode_frame(&Frame::Msg(Msg::Ping { nonce: 5 }), MAX_FRAME_BYTES, &mut bytes).unwrap();
         // Frame::Msg tag 0, Msg::Ping tag 6, nonce 5
@@ -691,7 +694,7 @@ mod tests {
         assert!(accepts(b, c, &req));
         assert!(!accepts(b, NodeId::Client(ClientId(1)), &req), "request names another client");
         assert!(!accepts(r, c, &req));
-        let promote = Frame::Msg(Msg::Promote { epoch: Epoch(1) });
+        let promote = Frame::Msg(Msg::Promote { epoch: Epoch(1), ballot: 7 });
         assert!(accepts(r, b, &promote));
         assert!(!accepts(r, c, &promote));
         assert!(!accepts(r, r, &promote));

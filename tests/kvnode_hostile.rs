@@ -31,6 +31,7 @@ fn frame(f: &Frame) -> Vec<u8> {
 fn request(client: u64, op: Op) -> Frame {
     Frame::Msg(Msg::Request {
         id: RequestId { client: ClientId(client), seq: 1 },
+        attempt: 1,
         op,
         read: ReadMode::Session,
         min_lsn: Lsn(0),
@@ -88,7 +89,7 @@ fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
         ("spoofed client id", [hello(client), frame(&request(78, Op::Get { key: "k".into() }))].concat()),
         (
             "client sends replica traffic",
-            [hello(client), frame(&Frame::Msg(Msg::Promote { epoch: kvstore::Epoch(99) }))].concat(),
+            [hello(client), frame(&Frame::Msg(Msg::Promote { epoch: kvstore::Epoch(99), ballot: 1 }))].concat(),
         ),
         (
             "impostor replica",

@@ -40,14 +40,29 @@ fn put(epoch: u64, lsn: u64, key: &str, value: &str, client: u64, seq: u64) -> R
     }
 }
 
+/// An append as a leader sends it: `end`, the end of the leader's log, is
+/// the last row it carries.
 fn append(epoch: u64, prev: (u64, u64), rows: Vec<Row>, commit: u64) -> Msg {
+    let end = Lsn(prev.0 + rows.len() as u64);
     Msg::Append {
         epoch: Epoch(epoch),
         prev: LogPos { lsn: Lsn(prev.0), epoch: Epoch(prev.1) },
         rows,
         commit: Lsn(commit),
         probe: 0,
+        end,
     }
+}
+
+/// The ballot of the balancer these tests play.
+const BALLOT: u64 = 0xb0;
+
+fn prepare(epoch: u64) -> Msg {
+    Msg::Prepare { epoch: Epoch(epoch), ballot: BALLOT }
+}
+
+fn promote(epoch: u64) -> Msg {
+    Msg::Promote { epoch: Epoch(epoch), ballot: BALLOT }
 }
 
 const R1: NodeId = NodeId::Replica(ReplicaId(1));
@@ -57,17 +72,66 @@ const T: Time = Time(1000);
 fn prepare_is_answered_only_after_the_promise_is_durable() {
     let mut r = Replica::new(ReplicaId(2), cfg());
     let mut out = Outbox::new();
-    r.on_message(T, NodeId::Balancer, Msg::Prepare { epoch: Epoch(1) }, &mut out);
+    r.on_message(T, NodeId::Balancer, prepare(1), &mut out);
     let (sends, persists) = split(&mut out);
     assert!(sends.is_empty(), "answered before the promise was durable: {sends:?}");
     assert_eq!(persists, vec![(1, PersistOp::Promise(Epoch(1)))]);
     r.on_persisted(T, 1, &mut out);
     let (sends, _) = split(&mut out);
-    assert!(matches!(&sends[..], [(NodeId::Balancer, Msg::Promise { epoch: Epoch(1), .. })]));
-    // An older or equal epoch from elsewhere is refused once promised.
-    r.on_message(T, NodeId::Balancer, Msg::Prepare { epoch: Epoch(0) }, &mut out);
+    assert!(
+        matches!(&sends[..], [(NodeId::Balancer, Msg::Promise { epoch: Epoch(1), ballot: BALLOT, .. })]),
+        "{sends:?}"
+    );
+    // An older epoch from elsewhere is refused once promised.
+    r.on_message(T, NodeId::Balancer, prepare(0), &mut out);
     let (sends, _) = split(&mut out);
-    assert!(matches!(&sends[..], [(_, Msg::PrepareRefused { promised: Epoch(1), .. })]));
+    assert!(matches!(&sends[..], [(_, Msg::PrepareRefused { promised: Epoch(1), .. })]), "{sends:?}");
+}
+
+/// Each epoch is promised at most once: the same epoch under another ballot
+/// is refused, while a repeat of the very Prepare answered (its Promise was
+/// lost) gets the same promise again, without a second persist.
+#[test]
+fn an_epoch_is_promised_once_except_to_a_repeat_of_the_same_ballot() {
+    let mut r = Replica::new(ReplicaId(2), cfg());
+    let mut out = Outbox::new();
+    r.on_message(T, NodeId::Balancer, prepare(1), &mut out);
+    r.on_persisted(T, 1, &mut out);
+    out.drain();
+    // The same epoch from another promotion attempt: refused.
+    let other = Msg::Prepare { epoch: Epoch(1), ballot: BALLOT + 1 };
+    r.on_message(T, NodeId::Balancer, other, &mut out);
+    let (sends, persists) = split(&mut out);
+    assert!(persists.is_empty(), "{persists:?}");
+    assert!(
+        matches!(
+            &sends[..],
+            [(_, Msg::PrepareRefused { epoch: Epoch(1), ballot, promised: Epoch(1) })] if *ballot == BALLOT + 1
+        ),
+        "{sends:?}"
+    );
+    // A repeat of the Prepare it answered: the same promise again.
+    r.on_message(T, NodeId::Balancer, prepare(1), &mut out);
+    let (sends, persists) = split(&mut out);
+    assert!(persists.is_empty(), "a repeat persists nothing new: {persists:?}");
+    assert!(
+        matches!(&sends[..], [(NodeId::Balancer, Msg::Promise { epoch: Epoch(1), ballot: BALLOT, .. })]),
+        "{sends:?}"
+    );
+    // Once something has happened in that epoch (here: it follows a
+    // leader of it), a repeat is refused too.
+    r.on_message(T, R1, append(1, (0, 0), vec![], 0), &mut out);
+    out.drain();
+    r.on_message(T, NodeId::Balancer, prepare(1), &mut out);
+    let (sends, _) = split(&mut out);
+    assert!(matches!(&sends[..], [(_, Msg::PrepareRefused { promised: Epoch(1), .. })]), "{sends:?}");
+    // A promise the disk kept but this process did not make is not repeated
+    // either: a restarted replica refuses the epoch it had promised.
+    let stored = Stored { promised: Epoch(1), ..Stored::default() };
+    let mut r = Replica::recover(ReplicaId(2), cfg(), stored);
+    r.on_message(T, NodeId::Balancer, prepare(1), &mut out);
+    let (sends, _) = split(&mut out);
+    assert!(matches!(&sends[..], [(_, Msg::PrepareRefused { promised: Epoch(1), .. })]), "{sends:?}");
 }
 
 #[test]
@@ -105,7 +169,7 @@ fn follower_acknowledges_only_durable_rows_and_holds_early_ones() {
 fn rows_from_an_older_epoch_are_refused() {
     let mut r = Replica::new(ReplicaId(2), cfg());
     let mut out = Outbox::new();
-    r.on_message(T, NodeId::Balancer, Msg::Prepare { epoch: Epoch(3) }, &mut out);
+    r.on_message(T, NodeId::Balancer, prepare(3), &mut out);
     out.drain();
     r.on_message(T, R1, append(2, (0, 0), vec![put(2, 1, "a", "x", 9, 1)], 0), &mut out);
     let (sends, _) = split(&mut out);
@@ -141,10 +205,10 @@ impl Trio {
     fn new() -> Trio {
         let mut t = Trio { r: (1..=3).map(|i| Replica::new(ReplicaId(i), cfg())).collect(), to_lb: vec![] };
         for i in 0..3 {
-            t.input(i, NodeId::Balancer, Msg::Prepare { epoch: Epoch(1) });
+            t.input(i, NodeId::Balancer, prepare(1));
         }
         t.to_lb.clear();
-        t.input(0, NodeId::Balancer, Msg::Promote { epoch: Epoch(1) });
+        t.input(0, NodeId::Balancer, promote(1));
         t
     }
 
@@ -313,7 +377,9 @@ fn balancer_refuses_to_promote_without_a_safe_quorum() {
             let Effect::Send { to: NodeId::Replica(ReplicaId(3)), msg } = e else { continue };
             let reply = match msg {
                 Msg::Ping { nonce } => Msg::Pong { nonce, status: Default::default() },
-                Msg::Prepare { epoch } => Msg::Promise { epoch, last: LogPos::default() },
+                Msg::Prepare { epoch, ballot } => {
+                    Msg::Promise { epoch, ballot, last: LogPos::default(), missing: false }
+                }
                 Msg::Promote { .. } => {
                     promoted = true;
                     continue;
@@ -392,10 +458,14 @@ fn a_restarted_replica_never_leads_an_epoch_it_led_before() {
     let stored = Stored { promised: Epoch(1), snapshot: None, rows: t.r[0].log().rows().to_vec() };
     let mut r1 = Replica::recover(ReplicaId(1), cfg(), stored);
     let mut out = Outbox::new();
-    r1.on_message(T, NodeId::Balancer, Msg::Promote { epoch: Epoch(1) }, &mut out);
+    r1.on_message(T, NodeId::Balancer, promote(1), &mut out);
     assert!(!r1.is_leader(), "led e1 a second time");
-    // A fresh Prepare for a newer epoch, then Promote, is fine.
-    r1.on_message(T, NodeId::Balancer, Msg::Prepare { epoch: Epoch(2) }, &mut out);
-    r1.on_message(T, NodeId::Balancer, Msg::Promote { epoch: Epoch(2) }, &mut out);
+    // A fresh Prepare for a newer epoch, then Promote under another ballot
+    // than the one promised: refused.
+    r1.on_message(T, NodeId::Balancer, prepare(2), &mut out);
+    r1.on_message(T, NodeId::Balancer, Msg::Promote { epoch: Epoch(2), ballot: BALLOT + 1 }, &mut out);
+    assert!(!r1.is_leader(), "promoted under a ballot it never promised");
+    // Promote with the ballot that was promised is fine.
+    r1.on_message(T, NodeId::Balancer, promote(2), &mut out);
     assert!(r1.is_leader());
 }

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 pub struct BalancerNode {
     machine: Balancer,
-    stopping: bool,
     drain: Duration,
     _dialers: Vec<Dialer>,
 }
@@ -47,7 +46,6 @@ impl Role for BalancerNode {
     }
 
     fn on_shutdown(&mut self, _now: Time, _out: &mut Outbox) {
-        self.stopping = true;
         // New requests are answered at once (`unavailable` where certain).
         self.machine.stop_accepting();
     }
@@ -119,7 +117,6 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
     let drain = Duration::from_micros(timing.request_timeout_us + 2 * crate::balancer::TICK_US);
     let role = BalancerNode {
         machine: Balancer::new(info.config.clone(), clock.now(), incarnation()),
-        stopping: false,
         drain,
         _dialers: dialers,
     };
