@@ -109,6 +109,8 @@ struct Pending {
     /// Where it was last forwarded, and when to forward again.
     sent_to: Option<ReplicaId>,
     retry_at: Time,
+    /// This entry was sent to a replica (only bug D judges by it).
+    forwarded: bool,
     /// A session read a follower refused as behind goes to the leader.
     to_leader: bool,
 }
@@ -226,7 +228,7 @@ impl Balancer {
                 // Our epoch is taken (or passed): a promotion never goes on
                 // in an epoch some replica has refused; it moves above it.
                 let ours = matches!(self.state, State::Preparing { epoch: e, .. } if e == epoch);
-                if ours && ballot == self.ballot && promised >= epoch {
+                if ours && ballot == self.ballot && promised >= epoch && !self.cfg.bugs.epochs_promised_twice {
                     let excluded = match self.state {
                         State::Preparing { excluded, .. } => excluded,
                         _ => None,
@@ -310,7 +312,7 @@ impl Balancer {
                     if e > epoch {
                         // Someone newer leads (a promotion we had forgotten).
                         self.adopt(now, r, e, out);
-                    } else if r == leader && e == epoch && status.cut_off {
+                    } else if r == leader && e == epoch && status.cut_off && !self.cfg.bugs.leader_judged_by_pongs {
                         // Alive but cut off from its followers: it cannot
                         // commit anything. Promote another, without it.
                         out.event(Event::LeaderLost { leader, epoch });
@@ -489,9 +491,10 @@ impl Balancer {
         // are never forwarded: an `Unavailable` answered for them must stay
         // true. A repeat of the newest attempt joins it if still pending.
         let seen = self.seen.get(&id.client).copied();
+        let drop_stale = !self.cfg.bugs.unavailable_counts_answers;
         match seen {
-            Some(s) if s.seq > id.seq || (s.seq == id.seq && attempt < s.max_attempt) => return,
-            Some(s) if s.seq == id.seq && attempt == s.max_attempt && !self.by_request.contains_key(&id) => {
+            Some(s) if drop_stale && (s.seq > id.seq || (s.seq == id.seq && attempt < s.max_attempt)) => return,
+            Some(s) if drop_stale && s.seq == id.seq && attempt == s.max_attempt && !self.by_request.contains_key(&id) => {
                 return
             }
             Some(s) if s.seq == id.seq => {
@@ -532,6 +535,7 @@ impl Balancer {
                 deadline,
                 sent_to: None,
                 retry_at: Time::MAX,
+                forwarded: false,
                 to_leader: false,
             },
         );
@@ -540,9 +544,9 @@ impl Balancer {
         // write that cannot be forwarded is refused at once, not held.
         let stalled = self.stalls > 0 && matches!(self.state, State::Preparing { .. });
         self.dispatch(now, tag, out);
-        if stalled && self.pending.get(&tag).is_some_and(|p| p.sent_to.is_none()) {
-            let e = self.unforwarded_error(id);
-            self.respond(tag, Err(e), out);
+        let unsent = self.pending.get(&tag).is_some_and(|p| p.sent_to.is_none());
+        if stalled && unsent && self.unforwarded_error(id) == OpError::Unavailable {
+            self.respond(tag, Err(OpError::Unavailable), out);
         }
     }
 
@@ -551,6 +555,11 @@ impl Balancer {
     /// copy (so no copy can have been applied); otherwise the outcome is
     /// unknown.
     fn unforwarded_error(&self, id: RequestId) -> OpError {
+        if self.cfg.bugs.unavailable_counts_answers {
+            // Bug D as it was: judged by the one pending entry alone.
+            let forwarded = self.by_request.get(&id).and_then(|t| self.pending.get(t)).is_some_and(|p| p.forwarded);
+            return if forwarded { OpError::Timeout } else { OpError::Unavailable };
+        }
         match self.seen.get(&id.client) {
             Some(s) if s.seq == id.seq && s.first_attempt == 1 && !s.forwarded => OpError::Unavailable,
             _ => OpError::Timeout,
@@ -585,6 +594,7 @@ impl Balancer {
             }
         };
         p.sent_to = Some(target);
+        p.forwarded = true;
         p.retry_at = now + self.cfg.timing.forward_retry_us;
         let id = p.id;
         if let Some(s) = self.seen.get_mut(&id.client).filter(|s| s.seq == id.seq) {
@@ -632,13 +642,17 @@ impl Balancer {
         }
     }
 
-    /// Answers every request that was never forwarded (a promotion stalled).
+    /// A promotion stalled: answers `Unavailable` to every request that was
+    /// never forwarded anywhere (certainly not applied). Requests forwarded
+    /// before stay, for the next leader: answering them now could only say
+    /// "timed out", which helps no one.
     fn fail_unforwarded(&mut self, out: &mut Outbox) {
         let waiting: Vec<(u64, RequestId)> =
             self.pending.iter().filter(|(_, p)| p.sent_to.is_none()).map(|(t, p)| (*t, p.id)).collect();
         for (tag, id) in waiting {
-            let e = self.unforwarded_error(id);
-            self.respond(tag, Err(e), out);
+            if self.unforwarded_error(id) == OpError::Unavailable {
+                self.respond(tag, Err(OpError::Unavailable), out);
+            }
         }
     }
 

@@ -20,11 +20,20 @@ pub struct ClientConfig {
     pub timeout_us: Micros,
     /// Operations waiting behind the one in flight, at most.
     pub max_queue: usize,
+    /// Bug D, re-planted for tests (`Bugs::unavailable_counts_answers`).
+    pub bug_counts_unavailable_answers: bool,
 }
 
 impl ClientConfig {
     pub fn new(id: ClientId, read: ReadMode) -> ClientConfig {
-        ClientConfig { id, read, retry_us: 400_000, timeout_us: 2_000_000, max_queue: 1024 }
+        ClientConfig {
+            id,
+            read,
+            retry_us: 400_000,
+            timeout_us: 2_000_000,
+            max_queue: 1024,
+            bug_counts_unavailable_answers: false,
+        }
     }
 }
 
@@ -127,7 +136,11 @@ impl Client {
             // hear the answer (an attempt sent and never answered makes the
             // outcome unknown).
             if matches!(result, Err(OpError::Unavailable)) {
-                f.unavailable_upto = f.unavailable_upto.max(attempt);
+                f.unavailable_upto = if self.cfg.bug_counts_unavailable_answers {
+                    f.unavailable_upto + 1
+                } else {
+                    f.unavailable_upto.max(attempt)
+                };
             }
             let again = now + self.cfg.retry_us / 4;
             if again + self.cfg.retry_us / 4 < f.deadline {

@@ -26,8 +26,12 @@ pub struct ClusterConfig {
 }
 
 /// Deliberate bugs, for showing that the simulator's checkers catch real
-/// violations. Never set outside tests and demonstration scenarios.
+/// violations. Never set outside tests and demonstration scenarios (a
+/// scenario's `[bugs]` table). Each of the last six re-plants one bug that
+/// an adversarial review found (issue 8), so a test can show the checkers
+/// catching it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Bugs {
     /// The leader acknowledges writes before its own copy is durable.
     pub ack_before_durable: bool,
@@ -40,6 +44,24 @@ pub struct Bugs {
     /// `session` reads ignore the client's last seen LSN (balancer and
     /// replicas alike), so they behave like `any`.
     pub session_ignores_lsn: bool,
+    /// Bug A: a replica with no leader promises its current epoch again to
+    /// any ballot, and a refused promotion carries on in its epoch.
+    pub epochs_promised_twice: bool,
+    /// Bug C: a replica that discarded its disk forgets the epoch it had
+    /// promised, so it may follow (and re-sync from) a deposed leader.
+    pub resync_forgets_promise: bool,
+    /// Bug B: a replica whose recovery cut its log's tail votes as if it had
+    /// lost nothing it confirmed.
+    pub cut_tail_trusted: bool,
+    /// Bug D: the client counts `unavailable` answers instead of matching
+    /// them to attempts, so a duplicated answer covers an attempt that was
+    /// forwarded.
+    pub unavailable_counts_answers: bool,
+    /// Bug E: the balancer judges the leader by pongs alone, never by
+    /// whether it still reaches its followers.
+    pub leader_judged_by_pongs: bool,
+    /// Bug F: a follower obeys a leader asking it to drop committed rows.
+    pub truncates_committed: bool,
 }
 
 /// Timeouts, all in microseconds.

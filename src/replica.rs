@@ -197,6 +197,7 @@ impl Replica {
     /// log, so it survives the log's loss), and re-syncs from the leader;
     /// until then its promises say it may lack confirmed rows.
     pub fn resync(id: ReplicaId, cfg: ClusterConfig, promised: Epoch) -> Replica {
+        let promised = if cfg.bugs.resync_forgets_promise { Epoch(0) } else { promised };
         Replica::recover_missing(id, cfg, Stored { promised, ..Stored::default() })
     }
 
@@ -386,9 +387,12 @@ impl Replica {
         // gather a quorum, since any two quorums share a replica. A repeat of
         // the very Prepare this process answered, while nothing has happened
         // since, gets the same promise again (it was lost, or is slow).
-        let repeat = self.prepared == Some((epoch, ballot))
-            && epoch == self.promised
-            && matches!(self.role, Role::Follower { leader: None });
+        let same_ballot = self.prepared == Some((epoch, ballot)) || self.cfg.bugs.epochs_promised_twice;
+        let repeat =
+            same_ballot && epoch == self.promised && matches!(self.role, Role::Follower { leader: None });
+        if repeat && self.cfg.bugs.epochs_promised_twice {
+            self.prepared = Some((epoch, ballot));
+        }
         if !repeat {
             if epoch <= self.promised || epoch > crate::balancer::MAX_EPOCH {
                 out.send(from, Msg::PrepareRefused { epoch, ballot, promised: self.promised });
@@ -954,7 +958,8 @@ impl Replica {
             return true;
         }
         let committed_lost = self.commit.0.saturating_sub(keep.0);
-        if keep < self.log.base().lsn || (committed_lost > 0 && !self.cfg.unsafe_failover) {
+        let may = self.cfg.unsafe_failover || self.cfg.bugs.truncates_committed;
+        if keep < self.log.base().lsn || (committed_lost > 0 && !may) {
             out.event(Event::TruncateRefused { after: keep, commit: self.commit });
             return false;
         }

@@ -91,12 +91,18 @@
 //! [`Recovered`].
 
 mod codec;
+mod promise;
 
 pub use codec::{
     check_magic_and_version, decode_records, decode_segment_header, decode_snapshot_header, encode_record,
     encode_segment_header, encode_snapshot_header, DecodeResult, EncodeError, HeaderFault, RecordFault,
     SnapshotHeader, Tail, FORMAT_VERSION, MAX_RECORD_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
     SEGMENT_MAGIC, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC, TAIL_SCAN_CRC_BYTES_MAX,
+};
+
+pub use promise::{
+    decode_slot, encode_file, encode_slot, PromiseFile, PromiseLoad, SlotFault, PROMISE_FILE_BYTES,
+    PROMISE_FORMAT_VERSION, PROMISE_MAGIC, PROMISE_SLOT1_OFFSET, PROMISE_SLOT_BYTES,
 };
 
 use crate::machine::{PersistOp, Stored};
@@ -263,6 +269,13 @@ pub enum WalError {
     /// An earlier write or fsync failed; after that nothing is known about
     /// what reached the disk, so the `Wal` refuses everything until reopened.
     Poisoned,
+    /// Neither copy in a promise file is valid ([`PromiseFile`]): the newest
+    /// promised epoch is unknown, so the replica must not start. Nothing
+    /// was changed.
+    PromiseLost {
+        file: PathBuf,
+        why: String,
+    },
 }
 
 impl fmt::Display for WalError {
@@ -289,6 +302,14 @@ impl fmt::Display for WalError {
             WalError::Poisoned => {
                 f.write_str("WAL unusable after an earlier write or fsync failure; reopen it")
             }
+            WalError::PromiseLost { file, why } => write!(
+                f,
+                "{}: both copies of the newest promised epoch are damaged ({why}); refusing to start, \
+                 since a replica that forgets a promise could promise an epoch twice. Nothing was \
+                 changed. Restore the file from a backup; or, accepting that risk, move it away and the \
+                 replica falls back to the epoch its log records",
+                file.display()
+            ),
         }
     }
 }
@@ -364,8 +385,32 @@ impl Wal {
         dir: impl AsRef<Path>,
         config: WalConfig,
     ) -> Result<(Wal, Recovered, RecoveryReport), WalError> {
+        Wal::open_checked(dir, config, |_| Ok(()))
+    }
+
+    /// Like [`Wal::open_with`], calling `before_changes` once everything
+    /// has been read and judged and before recovery changes anything (cuts
+    /// a torn tail, rewrites a torn segment header, removes covered files).
+    /// The report it sees has `torn_tail` set if a tail is about to be cut
+    /// (`removed` is still empty). An error from it aborts the open with
+    /// the directory untouched. A runtime uses this to record durably that
+    /// rows are about to be cut before they are.
+    pub fn open_checked(
+        dir: impl AsRef<Path>,
+        config: WalConfig,
+        before_changes: impl FnOnce(&RecoveryReport) -> Result<(), WalError>,
+    ) -> Result<(Wal, Recovered, RecoveryReport), WalError> {
         config.validate()?;
-        recovery::open(dir.as_ref(), config)
+        recovery::open(dir.as_ref(), config, before_changes)
+    }
+
+    /// Best effort, for a directory already judged corrupt: the newest
+    /// epoch anything readable in it shows this replica promised (a
+    /// `Promise` record, a row's epoch, a snapshot's promise or last row),
+    /// reading every snapshot and every record that still checks out, even
+    /// past damage. Never fails; zero when nothing is readable.
+    pub fn salvage_promised(dir: impl AsRef<Path>) -> Epoch {
+        recovery::salvage_promised(dir.as_ref())
     }
 
     // ---- getters ----

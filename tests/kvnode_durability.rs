@@ -295,6 +295,7 @@ fn corrupt_follower_sets_its_log_aside_and_resyncs() {
     let load = Load::start(&c);
     std::thread::sleep(Duration::from_millis(1000));
     let acked = load.finish();
+    let promised = Probe::connect(&c.replica_addrs[f as usize - 1], f).status().promised;
     c.replica(f).kill9();
 
     let data = c.dir.path().to_path_buf();
@@ -315,6 +316,12 @@ fn corrupt_follower_sets_its_log_aside_and_resyncs() {
     let stderr = p.stderr_lines().join("\n");
     assert!(resynced, "r{f} never re-synced; stderr:\n{stderr}");
     assert!(stderr.contains("write-ahead log damaged"), "{stderr}");
+    // It starts empty, but keeps the epoch it promised (from its promise file).
+    let kept = stderr
+        .lines()
+        .find_map(|l| l.split("replica machine starts empty and re-syncs").nth(1)?.split(", promised e").nth(1))
+        .and_then(|e| e.trim().parse::<u64>().ok());
+    assert!(kept.is_some_and(|e| e >= promised.0), "promised {promised} before; stderr:\n{stderr}");
     assert!(data.join(format!("replica-{f}.corrupt-1")).is_dir(), "the damaged directory was not kept");
     let marker = data.join(format!("replica-{f}.resyncing"));
     assert!(wait_until(Duration::from_secs(5), || !marker.exists()), "the re-sync marker is still there");
@@ -325,5 +332,88 @@ fn corrupt_follower_sets_its_log_aside_and_resyncs() {
     c.restart_replica(f);
     let recovered = recovered_log_end(c.replica(f), Duration::from_secs(10));
     assert!(recovered >= top_lsn(&acked), "r{f} recovered only up to {recovered}");
+    assert!(c.all_alive());
+}
+
+/// A promise file with neither copy valid: the replica refuses to start
+/// (exit status 2, the file named) rather than guess its promised epoch, and
+/// changes nothing.
+#[test]
+fn replica_refuses_a_promise_file_with_both_copies_damaged() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let (mut wal, _, _) = kvstore::wal::Wal::open(tmp.path().join("replica-1")).unwrap();
+        wal.append(&[kvstore::PersistOp::Promise(kvstore::Epoch(3))]).unwrap();
+        wal.sync().unwrap();
+    }
+    let promise = tmp.path().join("replica-1.promise");
+    let mut bytes = kvstore::wal::encode_file(kvstore::Epoch(3));
+    bytes[26] ^= 0x04;
+    bytes[kvstore::wal::PROMISE_SLOT1_OFFSET as usize + 26] ^= 0x04;
+    std::fs::write(&promise, &bytes).unwrap();
+    assert_refused(1, tmp.path(), "replica-1.promise: both copies of the newest promised epoch are damaged");
+    assert_eq!(std::fs::read(&promise).unwrap(), bytes, "the promise file was changed");
+}
+
+/// A follower whose log tail is cut at recovery (what a torn write leaves,
+/// and what a damaged last record looks like) starts as a replica that may
+/// lack rows; its `replica-N.missing` marker survives a restart before it
+/// caught up (here: no balancer, so no cluster configuration), and goes once
+/// it has. Then it recovers as a whole replica again.
+#[test]
+fn follower_with_a_cut_log_tail_stays_missing_until_caught_up() {
+    let mut c = TestCluster::start(3, true);
+    let f = a_follower(&c);
+    let load = Load::start(&c);
+    std::thread::sleep(Duration::from_millis(800));
+    let acked = load.finish();
+    c.replica(f).kill9();
+    // No balancer: a restarted replica gets no configuration, so no machine.
+    c.lb.kill9();
+
+    let data = c.dir.path().to_path_buf();
+    let wal_dir = data.join(format!("replica-{f}"));
+    let mut segments: Vec<_> = std::fs::read_dir(&wal_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    segments.sort();
+    let last = segments.pop().unwrap();
+    // Half a record: a length of 9 and two bytes of its checksum.
+    let mut file = std::fs::OpenOptions::new().append(true).open(&last).unwrap();
+    std::io::Write::write_all(&mut file, &[9, 0, 0, 0, 1, 2]).unwrap();
+    drop(file);
+    let marker = data.join(format!("replica-{f}.missing"));
+
+    c.restart_replica(f);
+    let stderr = c.replica(f).stderr_lines().join("\n");
+    assert!(stderr.contains("recovery cut 6 bytes off the end of"), "{stderr}");
+    assert!(stderr.contains("may lack rows it confirmed"), "{stderr}");
+    let text = std::fs::read_to_string(&marker).expect("the marker is written before the machine starts");
+    assert!(text.contains(last.file_name().unwrap().to_str().unwrap()), "{text}");
+
+    // Restarted again before it caught up: still missing, from the marker.
+    c.replica(f).kill9();
+    c.restart_replica(f);
+    let stderr = c.replica(f).stderr_lines().join("\n");
+    assert!(stderr.contains("rows cut off the log at an earlier recovery may still be missing"), "{stderr}");
+    assert!(marker.exists());
+
+    // With a balancer again, it catches up, says so, and the marker goes.
+    c.restart_balancer();
+    let p = c.replica(f);
+    let resynced = wait_until(Duration::from_secs(30), || {
+        p.stderr_lines().iter().any(|l| l.contains("re-synced from the leader"))
+    });
+    let stderr = p.stderr_lines().join("\n");
+    assert!(resynced, "r{f} never caught up; stderr:\n{stderr}");
+    assert!(stderr.contains("replica machine starts") && stderr.contains("may lack rows"), "{stderr}");
+    assert!(wait_until(Duration::from_secs(5), || !marker.exists()), "the marker is still there");
+    caught_up(&c, f, &acked);
+
+    // Whole again: the next start trusts its log.
+    c.replica(f).kill9();
+    c.restart_replica(f);
+    let recovered = recovered_log_end(c.replica(f), Duration::from_secs(10));
+    assert!(recovered >= top_lsn(&acked), "r{f} recovered only up to {recovered}");
+    let stderr = c.replica(f).stderr_lines().join("\n");
+    assert!(!stderr.contains("may lack rows"), "{stderr}");
     assert!(c.all_alive());
 }

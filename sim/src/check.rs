@@ -5,12 +5,16 @@
 //! - After the quiet period every live replica holds identical data.
 //! - No read returns a value that was never written for that key.
 //! - Liveness: operations invoked after the last fault succeed in bounded time.
-//! - `leader` reads are linearizable (with every write, per key).
+//! - `leader` reads are linearizable (with every write, per key), or, when
+//!   the search runs out of its budget, the run is reported inconclusive.
 //! - `session` reads give read-your-writes and monotonic reads.
+//!
+//! An operation starts when its client first sent it (`Completion::sent`),
+//! not when the application queued it: nothing can take effect before.
 
-use crate::check_lin::{check_linearizable, check_session, HistOp, Kind, SessionOp};
+use crate::check_lin::{check_linearizable, check_session, HistOp, Kind, LinVerdict, SessionOp, WrittenAt};
 use kvstore::replica::Replica;
-use kvstore::{ClientId, Completion, Lsn, Op, ReadMode, Row, RowBody, Stored, Time};
+use kvstore::{Abbrev, ClientId, Completion, Lsn, Op, ReadMode, Row, RowBody, Stored, Time};
 use std::collections::BTreeSet;
 
 /// One finished client operation.
@@ -26,6 +30,7 @@ pub struct Input<'a> {
     /// Every (key, value) any client asked to write, whatever the outcome,
     /// as [`pair_hash`]es.
     pub written: &'a BTreeSet<u64>,
+    /// Every live replica, in id order.
     pub replicas: &'a [&'a Replica],
     pub disks: &'a [&'a Stored],
     pub check_convergence: bool,
@@ -46,6 +51,9 @@ pub struct Report {
     pub lost_acked_writes: u64,
     /// Operations the linearizability check looked at (0: no `leader` reads).
     pub lin_ops: u64,
+    /// Checks that could not decide within their budget, one line each:
+    /// neither a pass nor a violation.
+    pub inconclusive: Vec<String>,
 }
 
 /// At most this many lines per kind of violation; the count says the rest.
@@ -72,7 +80,7 @@ fn leader_reads_linearizable(input: &Input<'_>, report: &mut Report) {
         return;
     }
     let mut ops = Vec::new();
-    let write = |client: u32, op: &Op, invoked: Time, completed: Option<Time>| {
+    let write = |client: u32, op: &Op, sent: Time, completed: Option<Time>| {
         let (key, value) = match op {
             Op::Set { key, value } => (key, Some(value.clone())),
             Op::Del { key } => (key, None),
@@ -82,7 +90,7 @@ fn leader_reads_linearizable(input: &Input<'_>, report: &mut Report) {
             client: client as u64,
             key: key.clone(),
             kind: Kind::Write { value },
-            invoked_us: invoked.0,
+            invoked_us: sent.0,
             completed_us: completed.map(|t| t.0),
         })
     };
@@ -92,13 +100,13 @@ fn leader_reads_linearizable(input: &Input<'_>, report: &mut Report) {
                 client: r.client as u64,
                 key: key.clone(),
                 kind: Kind::Read { value: reply.value.clone() },
-                invoked_us: r.c.invoked.0,
+                invoked_us: r.c.sent.0,
                 completed_us: Some(r.c.completed.0),
             }),
             (Op::Get { .. }, _) => {}
-            (op, Ok(_)) => ops.extend(write(r.client, op, r.c.invoked, Some(r.c.completed))),
-            // Maybe applied, at any time after it was invoked.
-            (op, Err(e)) if e.is_ambiguous() => ops.extend(write(r.client, op, r.c.invoked, None)),
+            (op, Ok(_)) => ops.extend(write(r.client, op, r.c.sent, Some(r.c.completed))),
+            // Maybe applied, at any time after it was sent.
+            (op, Err(e)) if e.is_ambiguous() => ops.extend(write(r.client, op, r.c.sent, None)),
             // Certainly not applied (refused, unavailable everywhere).
             (_, Err(_)) => {}
         }
@@ -107,13 +115,21 @@ fn leader_reads_linearizable(input: &Input<'_>, report: &mut Report) {
         ops.extend(write(*client, op, *at, None));
     }
     report.lin_ops = ops.len() as u64;
-    if let Err(v) = check_linearizable(&ops) {
-        report.violations.push(format!("linearizability: {v}"));
+    match check_linearizable(&ops) {
+        LinVerdict::Linearizable(_) => {}
+        LinVerdict::Violation(v) => report.violations.push(format!("linearizability: {v}")),
+        LinVerdict::Inconclusive(keys) => {
+            report.inconclusive.extend(keys.iter().map(|k| format!("linearizability: {k}")));
+        }
     }
 }
 
-/// `session` clients: read-your-writes and monotonic reads, in LSNs.
+/// `session` clients: read-your-writes and monotonic reads, in LSNs and in
+/// the values read (judged against every client's writes).
 fn session_guarantees(input: &Input<'_>, report: &mut Report) {
+    if !input.history.iter().any(|r| r.read == ReadMode::Session) {
+        return;
+    }
     let ops: Vec<SessionOp> = input
         .history
         .iter()
@@ -129,13 +145,32 @@ fn session_guarantees(input: &Input<'_>, report: &mut Report) {
                 client: r.client as u64,
                 key: r.c.op.key().to_string(),
                 kind,
-                invoked_us: r.c.invoked.0,
+                invoked_us: r.c.sent.0,
                 completed_us: Some(r.c.completed.0),
                 lsn: reply.lsn.0,
             })
         })
         .collect();
-    push_limited(report, check_session(&ops).into_iter().map(|v| format!("session: {v}")).collect());
+    let written = |op: &Op, lsn: Option<Lsn>| match op {
+        Op::Set { key, value } => {
+            Some(WrittenAt { key: key.clone(), value: Some(value.clone()), lsn: lsn.map(|l| l.0) })
+        }
+        Op::Del { key } => Some(WrittenAt { key: key.clone(), value: None, lsn: lsn.map(|l| l.0) }),
+        Op::Get { .. } => None,
+    };
+    let mut writes: Vec<WrittenAt> = input
+        .history
+        .iter()
+        .filter_map(|r| match &r.c.result {
+            Ok(reply) => written(&r.c.op, Some(reply.lsn)),
+            Err(e) if e.is_ambiguous() => written(&r.c.op, None),
+            // Certainly not applied.
+            Err(_) => None,
+        })
+        .collect();
+    writes.extend(input.unfinished_writes.iter().filter_map(|(_, op, _)| written(op, None)));
+    let violations = check_session(&ops, &writes);
+    push_limited(report, violations.into_iter().map(|v| format!("session: {v}")).collect());
 }
 
 /// Every write a client was told succeeded is in the log at the LSN it was
@@ -182,16 +217,33 @@ fn acked_writes_survive(input: &Input<'_>, report: &mut Report) {
 }
 
 /// After the quiet period, one leader, and every live replica has applied the
-/// same rows to the same data.
+/// same rows to the same data (see [`replicas_differ`]).
 fn replicas_converge(input: &Input<'_>, report: &mut Report) {
-    let Some(first) = input.replicas.first() else {
+    if input.replicas.is_empty() {
         report.violations.push("no replica is up at the end".into());
         return;
-    };
+    }
     if !input.replicas.iter().any(|r| r.is_leader()) {
         report.violations.push("no leader at the end of the quiet period".into());
     }
-    for r in &input.replicas[1..] {
+    let differ = replicas_differ(input.replicas);
+    push_limited(report, differ);
+}
+
+/// How the replicas differ, one line per difference found (empty: none):
+///
+/// - applied LSN and data: every replica against the first;
+/// - logs, pair by pair: every row both still hold in memory (after their
+///   compaction points) must be the same row where their LSN ranges overlap,
+///   and a replica's compaction point (committed by construction) must match
+///   the epoch of the other's row there; the first differing row is shown;
+/// - at-most-once tables: every replica that applied as far as the first
+///   must have the same one.
+pub fn replicas_differ(replicas: &[&Replica]) -> Vec<String> {
+    const PREFIX: &str = "replicas differ after the quiet period";
+    let mut found = Vec::new();
+    let Some(first) = replicas.first() else { return found };
+    for r in &replicas[1..] {
         if r.applied() != first.applied() || r.data() != first.data() {
             let diff = first
                 .data()
@@ -207,8 +259,8 @@ fn replicas_converge(input: &Input<'_>, report: &mut Report) {
                         .map(|k| format!("; key {k} only on r{}", r.id().0))
                 })
                 .unwrap_or_default();
-            report.violations.push(format!(
-                "replicas differ after the quiet period: r{} applied {} ({} keys), r{} applied {} ({} keys){diff}",
+            found.push(format!(
+                "{PREFIX}: r{} applied {} ({} keys), r{} applied {} ({} keys){diff}",
                 first.id().0,
                 first.applied(),
                 first.data().len(),
@@ -216,6 +268,97 @@ fn replicas_converge(input: &Input<'_>, report: &mut Report) {
                 r.applied(),
                 r.data().len()
             ));
+        } else if let Some(diff) = sessions_difference(first, r) {
+            found.push(format!("{PREFIX}: {diff}"));
+        }
+    }
+    for (i, a) in replicas.iter().enumerate() {
+        for b in &replicas[i + 1..] {
+            if let Some(diff) = log_difference(a, b) {
+                found.push(format!("{PREFIX}: {diff}"));
+            }
+        }
+    }
+    found
+}
+
+/// The first position where two replicas' logs disagree, described.
+fn log_difference(a: &Replica, b: &Replica) -> Option<String> {
+    // A compaction point is a committed row: the other replica, if it still
+    // holds that position, must hold a row of the same epoch there.
+    for (x, y) in [(a, b), (b, a)] {
+        let base = x.log().base();
+        if base.lsn == Lsn(0) || base.lsn < y.log().base().lsn {
+            continue;
+        }
+        if let Some(epoch) = y.log().epoch_of(base.lsn).filter(|e| *e != base.epoch) {
+            let held = y.log().get(base.lsn).map_or_else(|| format!("its compaction point, {epoch}"), show_row);
+            return Some(format!(
+                "r{} compacted its log through lsn {} of {}, but r{} holds {held} there",
+                x.id().0,
+                base.lsn,
+                base.epoch,
+                y.id().0
+            ));
+        }
+    }
+    let (la, lb) = (a.log(), b.log());
+    let from = la.base().lsn.max(lb.base().lsn).next();
+    let to = la.last().lsn.min(lb.last().lsn);
+    if from > to {
+        return None;
+    }
+    let (x, y) = la.range(from, to).iter().zip(lb.range(from, to)).find(|(x, y)| x != y)?;
+    let lsn = x.lsn;
+    let (ca, cb) = (a.status().commit, b.status().commit);
+    let committed = match (lsn <= ca, lsn <= cb) {
+        (true, true) => "committed on both".to_owned(),
+        (true, false) => format!("committed on r{}", a.id().0),
+        (false, true) => format!("committed on r{}", b.id().0),
+        (false, false) => format!("above both commit points, {ca} and {cb}"),
+    };
+    Some(format!(
+        "r{} and r{} hold different rows at lsn {lsn} ({committed}): r{} has {}, r{} has {}",
+        a.id().0,
+        b.id().0,
+        a.id().0,
+        show_row(x),
+        b.id().0,
+        show_row(y)
+    ))
+}
+
+/// The first client whose at-most-once entry differs between two replicas.
+fn sessions_difference(a: &Replica, b: &Replica) -> Option<String> {
+    let (sa, sb) = (a.sessions(), b.sessions());
+    if sa == sb {
+        return None;
+    }
+    let client = sa.keys().chain(sb.keys()).filter(|c| sa.get(c) != sb.get(c)).min()?;
+    let show = |entry: Option<&(u64, Lsn)>| {
+        entry.map_or_else(|| "no entry".to_owned(), |(seq, lsn)| format!("#{seq} applied at lsn {lsn}"))
+    };
+    Some(format!(
+        "at-most-once tables differ ({} and {} clients): for c{}, r{} has {}, r{} has {}",
+        sa.len(),
+        sb.len(),
+        client.0,
+        a.id().0,
+        show(sa.get(client)),
+        b.id().0,
+        show(sb.get(client))
+    ))
+}
+
+/// `e3 set k1=abc (c2 #5)`: a row, briefly.
+fn show_row(row: &Row) -> String {
+    match &row.body {
+        RowBody::Noop => format!("{} noop", row.epoch),
+        RowBody::Put { key, value: Some(v), req } => {
+            format!("{} set {key}={} (c{} #{})", row.epoch, Abbrev(v), req.client.0, req.seq)
+        }
+        RowBody::Put { key, value: None, req } => {
+            format!("{} del {key} (c{} #{})", row.epoch, req.client.0, req.seq)
         }
     }
 }

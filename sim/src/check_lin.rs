@@ -5,14 +5,22 @@
 //! - [`check_linearizable`]: every key behaves as one atomic register
 //!   (Wing & Gong search with Lowe's memoization, shaped like porcupine).
 //! - [`check_session`]: per-client session guarantees stated in log positions
-//!   (read-your-writes, monotonic reads).
+//!   and in the values read (read-your-writes, monotonic reads).
+//!
+//! The linearizability search is exponential in the worst case, so it runs
+//! within a [`LinBudget`]: a number of search steps and an estimate of the
+//! memory its states hold, both counted, never timed, so a verdict depends on
+//! the history alone. A key that exhausts either is reported as undecided
+//! ([`LinVerdict::Inconclusive`]), never as a pass.
 //!
 //! It must never know the kvstore core types, a clock, a socket or an RNG:
 //! histories come in as plain data defined here, and every output is built
 //! from ordered containers so the same history always yields the same bytes.
 //!
 //! Real-time order: operation A precedes B only if `A.completed_us <
-//! B.invoked_us`. Operations that touch at the same microsecond count as
+//! B.invoked_us`, where `invoked_us` is when the operation was first *sent*
+//! (nothing it asks can take effect before), not when the application queued
+//! it. Operations that touch at the same microsecond count as
 //! concurrent, which is the lenient reading (porcupine orders a call before a
 //! return at equal times for the same reason).
 
@@ -37,6 +45,7 @@ pub struct HistOp {
     pub client: u64,
     pub key: String,
     pub kind: Kind,
+    /// When the client first sent it: the earliest it can take effect.
     pub invoked_us: u64,
     /// `None`: outcome unknown. For a write this means it may have taken
     /// effect at any time after `invoked_us`, or never. A read without a
@@ -58,6 +67,10 @@ pub struct LinStats {
     /// Keys whose depth-first search ran past its state budget and were
     /// decided by the exhaustive sweep instead (see `sweep`).
     pub keys_swept: usize,
+    /// The most search steps one key took (see [`LinBudget`]).
+    pub steps_max: u64,
+    /// The most one key's search states were estimated to hold at once.
+    pub memory_bytes_max: usize,
     /// Ambiguous writes left out because no read ever returned their value:
     /// such a write can always be placed last, or never, without effect.
     pub ambiguous_writes_dropped: usize,
@@ -85,26 +98,197 @@ impl fmt::Display for LinViolation {
 
 impl std::error::Error for LinViolation {}
 
+/// Limits on the work the linearizability check does for one key. Both are
+/// counted, never timed: the simulator must give the same verdict for the
+/// same history on any machine, under any load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinBudget {
+    /// Search steps per key: one per move of the depth-first search (a try
+    /// or an undo) and one per state the breadth-first sweep generates.
+    pub steps: u64,
+    /// Estimated bytes the search states of one key may hold at once (the
+    /// depth-first memo, or the sweep's two layers; see `Memo::remember`).
+    pub memory_bytes: usize,
+}
+
+/// Default step budget per key. The heaviest shape in the `figures` test
+/// that is still decided (10,000 operations on one key from 12 clients, with
+/// one stale read, so the search must be exhaustive) takes about 8.6 million
+/// steps and a second; simulator histories take far fewer (seconds of
+/// traffic, a few hundred operations per key). 100 million steps is about
+/// 5 to 20 seconds of checking, ten times that shape: generous for any
+/// history a person can still read, and a hard stop for the exponential ones
+/// (tens of operations on one key all overlapping in time).
+pub const LIN_STEPS_MAX: u64 = 100_000_000;
+
+/// Default memory budget per key: 1 GiB of estimated search states. Before
+/// there was one, a history of 60 to 80 mutually overlapping operations on
+/// one key (long-tailed network delays, `leader` readers) made the sweep
+/// hold over 12 GB and the whole `kvsim sweep` was killed. The estimate
+/// counts the states' heap words and a fixed overhead per entry, and runs
+/// about 10 to 30% below what the allocator actually holds (see
+/// `Memo::remember`); at the default, a check stays well under 2 GB.
+pub const LIN_MEMORY_BYTES_MAX: usize = 1 << 30;
+
+impl LinBudget {
+    /// The budget [`check_linearizable`] runs with.
+    pub const DEFAULT: LinBudget = LinBudget { steps: LIN_STEPS_MAX, memory_bytes: LIN_MEMORY_BYTES_MAX };
+}
+
+impl Default for LinBudget {
+    fn default() -> LinBudget {
+        LinBudget::DEFAULT
+    }
+}
+
+/// Which part of a [`LinBudget`] ran out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BudgetKind {
+    Steps,
+    Memory,
+}
+
+/// A key the check could not decide within its budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinUndecided {
+    pub key: String,
+    /// Operations on the key that took part in the search.
+    pub ops: usize,
+    pub exhausted: BudgetKind,
+    pub budget: LinBudget,
+    /// Steps taken before giving up.
+    pub steps: u64,
+    /// The most the search states were estimated to hold at once.
+    pub memory_bytes_peak: usize,
+    /// The most operations any partial linearization placed: how far the
+    /// search got.
+    pub placed_max: usize,
+}
+
+impl fmt::Display for LinUndecided {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.exhausted {
+            BudgetKind::Steps => format!("its step budget ({} steps)", self.budget.steps),
+            BudgetKind::Memory => {
+                format!("its memory budget ({} MiB of search states)", self.budget.memory_bytes >> 20)
+            }
+        };
+        write!(
+            f,
+            "key {:?} is undecided: the search ran out of {what} after {} steps, holding at most \
+             {} MiB, with at most {} of {} operations linearized",
+            self.key,
+            self.steps,
+            self.memory_bytes_peak >> 20,
+            self.placed_max,
+            self.ops
+        )
+    }
+}
+
+/// The outcome of [`check_linearizable`].
+#[must_use]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinVerdict {
+    /// Every key is linearizable.
+    Linearizable(LinStats),
+    /// The first key (in key order) found not to be linearizable.
+    Violation(LinViolation),
+    /// No key was found not linearizable, but these keys (in key order) ran
+    /// out of budget undecided. Not a pass.
+    Inconclusive(Vec<LinUndecided>),
+}
+
+impl LinVerdict {
+    pub fn is_linearizable(&self) -> bool {
+        matches!(self, LinVerdict::Linearizable(_))
+    }
+
+    pub fn is_violation(&self) -> bool {
+        matches!(self, LinVerdict::Violation(_))
+    }
+
+    /// The figures of a passing check.
+    ///
+    /// # Panics
+    ///
+    /// If the verdict is not [`LinVerdict::Linearizable`].
+    pub fn expect_linearizable(self) -> LinStats {
+        match self {
+            LinVerdict::Linearizable(stats) => stats,
+            other => panic!("expected a linearizable history, got {other}"),
+        }
+    }
+
+    /// The violation found.
+    ///
+    /// # Panics
+    ///
+    /// If the verdict is not [`LinVerdict::Violation`].
+    pub fn expect_violation(self) -> LinViolation {
+        match self {
+            LinVerdict::Violation(violation) => violation,
+            other => panic!("expected a violation, got {other}"),
+        }
+    }
+
+    /// The keys left undecided.
+    ///
+    /// # Panics
+    ///
+    /// If the verdict is not [`LinVerdict::Inconclusive`].
+    pub fn expect_inconclusive(self) -> Vec<LinUndecided> {
+        match self {
+            LinVerdict::Inconclusive(undecided) => undecided,
+            other => panic!("expected an inconclusive check, got {other}"),
+        }
+    }
+}
+
+impl fmt::Display for LinVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinVerdict::Linearizable(stats) => write!(f, "linearizable ({stats:?})"),
+            LinVerdict::Violation(violation) => violation.fmt(f),
+            LinVerdict::Inconclusive(undecided) => {
+                for (i, key) in undecided.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    key.fmt(f)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Checks that every key of `history` behaves as a linearizable register whose
-/// initial value is `None`.
+/// initial value is `None`, within [`LinBudget::DEFAULT`].
 ///
 /// Keys are independent (P-compositionality), so each key is searched on its
-/// own; the first failing key in key order is reported.
+/// own; the first failing key in key order is reported. A key that runs out
+/// of budget is set aside as undecided and the other keys are still checked:
+/// a violation elsewhere is still found.
 ///
 /// Each key is decided by a porcupine-style depth-first search (see
 /// `search`); past a state budget of a few states per operation, that key is
 /// decided instead by an exhaustive breadth-first sweep (see `sweep`), which
-/// visits each reachable state at most once. Both are exact, and there is no
-/// budget on the sweep: a pathological history makes this slow, never wrong.
-/// The cost grows exponentially with how many operations on one key overlap
-/// in time; it does not grow with history length beyond linearly.
+/// visits each reachable state at most once. Both are exact within the
+/// budget. The cost grows exponentially with how many operations on one key
+/// overlap in time; it does not grow with history length beyond linearly.
 ///
 /// # Panics
 ///
 /// If an operation completes before it was invoked: that is a recording bug,
 /// not a consistency verdict.
-pub fn check_linearizable(history: &[HistOp]) -> Result<LinStats, LinViolation> {
-    check_linearizable_with(history, Strategy::Default)
+pub fn check_linearizable(history: &[HistOp]) -> LinVerdict {
+    check_linearizable_within(history, LinBudget::DEFAULT)
+}
+
+/// [`check_linearizable`] with another budget.
+pub fn check_linearizable_within(history: &[HistOp], budget: LinBudget) -> LinVerdict {
+    check_linearizable_with(history, Strategy::Default, budget)
 }
 
 /// Which search decides each key. Only tests choose anything but `Default`,
@@ -137,7 +321,7 @@ impl Strategy {
     }
 }
 
-fn check_linearizable_with(history: &[HistOp], strategy: Strategy) -> Result<LinStats, LinViolation> {
+fn check_linearizable_with(history: &[HistOp], strategy: Strategy, budget: LinBudget) -> LinVerdict {
     let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (index, op) in history.iter().enumerate() {
         if let Some(completed_us) = op.completed_us {
@@ -151,17 +335,31 @@ fn check_linearizable_with(history: &[HistOp], strategy: Strategy) -> Result<Lin
     }
 
     let mut stats = LinStats::default();
+    let mut undecided = Vec::new();
     for (key, indexes) in &by_key {
-        let key_stats = check_key(key, history, indexes, strategy)?;
+        let key_stats = match check_key(key, history, indexes, strategy, budget) {
+            Ok(key_stats) => key_stats,
+            Err(KeyFailure::Violation(violation)) => return LinVerdict::Violation(violation),
+            Err(KeyFailure::Undecided(key)) => {
+                undecided.push(key);
+                continue;
+            }
+        };
         stats.keys_swept += usize::from(key_stats.swept);
         stats.keys_checked += 1;
         stats.ops_checked += key_stats.ops_checked;
         stats.states_explored_max = stats.states_explored_max.max(key_stats.states_explored);
         stats.states_explored_total += key_stats.states_explored;
+        stats.steps_max = stats.steps_max.max(key_stats.steps);
+        stats.memory_bytes_max = stats.memory_bytes_max.max(key_stats.memory_bytes_peak);
         stats.ambiguous_writes_dropped += key_stats.ambiguous_writes_dropped;
         stats.ambiguous_writes_bounded += key_stats.ambiguous_writes_bounded;
     }
-    Ok(stats)
+    if undecided.is_empty() {
+        LinVerdict::Linearizable(stats)
+    } else {
+        LinVerdict::Inconclusive(undecided)
+    }
 }
 
 /// A client operation with the log position its answer reflects.
@@ -170,6 +368,7 @@ pub struct SessionOp {
     pub client: u64,
     pub key: String,
     pub kind: Kind,
+    /// When the client first sent it.
     pub invoked_us: u64,
     /// `None`: outcome unknown; such an operation neither counts as a write
     /// the client saw acknowledged nor as a read it observed.
@@ -178,18 +377,110 @@ pub struct SessionOp {
     pub lsn: u64,
 }
 
+/// A write by any client, in any read mode, that may have taken effect, with
+/// the log position it took: what the value checks of [`check_session`] use
+/// to tell how new the value a read returned is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrittenAt {
+    pub key: String,
+    /// `None`: a delete.
+    pub value: Option<String>,
+    /// The row's LSN from the write's acknowledgement; `None` when unknown
+    /// (the outcome was ambiguous, or the write was still unfinished).
+    pub lsn: Option<u64>,
+}
+
+/// The LSNs at which one value was written to one key.
+#[derive(Clone, Copy, Debug)]
+struct Writers {
+    min: u64,
+    max: u64,
+    /// Some write of it has an unknown LSN: nothing can be concluded.
+    unknown: bool,
+}
+
+impl Writers {
+    fn add(&mut self, lsn: Option<u64>) {
+        match lsn {
+            Some(lsn) => {
+                self.min = self.min.min(lsn);
+                self.max = self.max.max(lsn);
+            }
+            None => self.unknown = true,
+        }
+    }
+}
+
+/// Where each (key, value) was written, for the value checks: `known(key,
+/// value)` is the (lowest, highest) LSN that wrote it, when every write of
+/// it has a known LSN and there is at least one.
+struct WriteIndex<'a> {
+    by_value: BTreeMap<(&'a str, Option<&'a str>), Writers>,
+}
+
+impl<'a> WriteIndex<'a> {
+    fn new(writes: &'a [WrittenAt]) -> WriteIndex<'a> {
+        let mut by_value: BTreeMap<(&str, Option<&str>), Writers> = BTreeMap::new();
+        for w in writes {
+            // Every key starts missing, as if deleted at LSN 0.
+            let initial = Writers { min: 0, max: 0, unknown: false };
+            let empty = Writers { min: u64::MAX, max: 0, unknown: false };
+            let start = if w.value.is_none() { initial } else { empty };
+            by_value.entry((w.key.as_str(), w.value.as_deref())).or_insert(start).add(w.lsn);
+        }
+        WriteIndex { by_value }
+    }
+
+    fn known(&self, key: &str, value: &Option<String>) -> Option<(u64, u64)> {
+        match self.by_value.get(&(key, value.as_deref())) {
+            Some(w) if w.unknown => None,
+            Some(w) => Some((w.min, w.max)),
+            // Missing with no delete anywhere: only the initial state.
+            None if value.is_none() => Some((0, 0)),
+            // Never written: `reads_come_from_writes` reports that.
+            None => None,
+        }
+    }
+}
+
+/// `Some("a") (written at lsn 3)`, for the value checks' messages.
+fn show_written(value: &Option<String>, (min, max): (u64, u64)) -> String {
+    let at = match (value, min, max) {
+        (None, _, 0) => "missing since the start".to_owned(),
+        (None, 0, max) => format!("missing since the start or a delete at lsn {max} at the latest"),
+        (_, min, max) if min == max => format!("written at lsn {max}"),
+        (_, min, max) => format!("written at lsns {min} to {max}"),
+    };
+    format!("{} ({at})", show_value(value))
+}
+
 /// Checks per-client session guarantees and returns one line per violation
-/// (empty: none found).
+/// (empty: none found). `history` holds the operations of session clients;
+/// `writes` every write of any client that may have taken effect.
 ///
-/// - Read-your-writes: a read invoked at or after the completion of the
+/// In log positions:
+///
+/// - Read-your-writes: a read sent at or after the completion of the
 ///   client's own write to the same key reflects an LSN at least that write's.
-/// - Monotonic reads: a read invoked at or after the completion of an earlier
+/// - Monotonic reads: a read sent at or after the completion of an earlier
 ///   read by the same client, on any key (LSNs are positions in one log),
 ///   reflects an LSN at least that earlier read's.
 ///
-/// "At or after" is program order: a client may issue its next request in the
+/// In values, per key, since a replica can claim a new enough LSN and still
+/// answer from old data: the value a read returns must have been written at
+/// an LSN no lower than the client's own last completed write to that key,
+/// and no lower than the lowest LSN that could have written the value an
+/// earlier read of the key returned. A value with any write of unknown LSN
+/// (an ambiguous or unfinished write) is never judged, so writes of equal
+/// values, and timeouts, make the check weaker, never wrong. LSNs order
+/// writes only while acknowledged rows are never truncated: a run that loses
+/// acknowledged writes (reported as such) may also report reads that missed
+/// them here.
+///
+/// "At or after" is program order: a client may send its next request in the
 /// microsecond its previous answer arrived.
-pub fn check_session(history: &[SessionOp]) -> Vec<String> {
+pub fn check_session(history: &[SessionOp], writes: &[WrittenAt]) -> Vec<String> {
+    let written_at = WriteIndex::new(writes);
     let mut by_client: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
     for (index, op) in history.iter().enumerate() {
         by_client.entry(op.client).or_default().push(index);
@@ -219,6 +510,10 @@ pub fn check_session(history: &[SessionOp]) -> Vec<String> {
         // each with the operation that set it (for the message).
         let mut writes_seen: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
         let mut read_seen: Option<(u64, usize)> = None;
+        // Per key, the lowest LSN a value read from now on may have been
+        // written at, and the operation that set it: the client's own write,
+        // or a read whose value was written at that LSN or later.
+        let mut value_floor: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
         for (_, event, index) in events {
             let op = &history[index];
             match (event, &op.kind) {
@@ -227,19 +522,30 @@ pub fn check_session(history: &[SessionOp]) -> Vec<String> {
                     if op.lsn > seen.0 {
                         *seen = (op.lsn, index);
                     }
+                    let floor = value_floor.entry(op.key.as_str()).or_insert((op.lsn, index));
+                    if op.lsn > floor.0 {
+                        *floor = (op.lsn, index);
+                    }
                 }
-                (COMPLETION, Kind::Read { .. }) => {
+                (COMPLETION, Kind::Read { value }) => {
                     if read_seen.is_none_or(|(lsn, _)| op.lsn > lsn) {
                         read_seen = Some((op.lsn, index));
                     }
+                    if let Some((min, _)) = written_at.known(&op.key, value) {
+                        let floor = value_floor.entry(op.key.as_str()).or_insert((min, index));
+                        if min > floor.0 {
+                            *floor = (min, index);
+                        }
+                    }
                 }
                 (_, Kind::Read { value }) => {
+                    let reported = violations.len();
                     if let Some(&(lsn, w)) = writes_seen.get(op.key.as_str()) {
                         if op.lsn < lsn {
                             let write = &history[w];
                             violations.push(format!(
                                 "client {client}: read-your-writes violated on key {:?}: read \
-                                 invoked at {}us returned {} at lsn {}, but the client's own \
+                                 sent at {}us returned {} at lsn {}, but the client's own \
                                  write of {} completed at {}us with lsn {lsn}",
                                 op.key,
                                 op.invoked_us,
@@ -255,7 +561,7 @@ pub fn check_session(history: &[SessionOp]) -> Vec<String> {
                             let earlier = &history[r];
                             violations.push(format!(
                                 "client {client}: monotonic reads violated: read of key {:?} \
-                                 invoked at {}us returned {} at lsn {}, but an earlier read of \
+                                 sent at {}us returned {} at lsn {}, but an earlier read of \
                                  key {:?} completed at {}us at lsn {lsn}",
                                 op.key,
                                 op.invoked_us,
@@ -266,6 +572,43 @@ pub fn check_session(history: &[SessionOp]) -> Vec<String> {
                             ));
                         }
                     }
+                    if violations.len() > reported {
+                        continue; // One account of a read is enough.
+                    }
+                    let (Some(&(floor, by)), Some(written)) =
+                        (value_floor.get(op.key.as_str()), written_at.known(&op.key, value))
+                    else {
+                        continue;
+                    };
+                    if written.1 >= floor {
+                        continue;
+                    }
+                    let cause = &history[by];
+                    let why = match &cause.kind {
+                        Kind::Write { value: own } => format!(
+                            "read-your-writes violated on key {:?}: read sent at {}us at lsn {} \
+                             returned {}, older than the client's own write of {} that \
+                             completed at {}us with lsn {floor}",
+                            op.key,
+                            op.invoked_us,
+                            op.lsn,
+                            show_written(value, written),
+                            show_value(own),
+                            cause.completed_us.unwrap_or_default(),
+                        ),
+                        Kind::Read { value: seen } => format!(
+                            "monotonic reads violated on key {:?}: read sent at {}us at lsn {} \
+                             returned {}, older than {} an earlier read of the key returned, \
+                             completing at {}us",
+                            op.key,
+                            op.invoked_us,
+                            op.lsn,
+                            show_written(value, written),
+                            show_written(seen, written_at.known(&cause.key, seen).unwrap_or((floor, floor))),
+                            cause.completed_us.unwrap_or_default(),
+                        ),
+                    };
+                    violations.push(format!("client {client}: {why}"));
                 }
                 (_, Kind::Write { .. }) => unreachable!("write invocations are not swept"),
             }
@@ -300,9 +643,60 @@ struct KeyOp {
 struct KeyStats {
     ops_checked: usize,
     states_explored: usize,
+    steps: u64,
+    memory_bytes_peak: usize,
     ambiguous_writes_dropped: usize,
     ambiguous_writes_bounded: usize,
     swept: bool,
+}
+
+/// Why one key did not pass.
+enum KeyFailure {
+    Violation(LinViolation),
+    Undecided(LinUndecided),
+}
+
+/// Counts one key's search against its budget.
+struct Meter {
+    budget: LinBudget,
+    steps: u64,
+    /// Estimated bytes the states of the running search hold.
+    held: usize,
+    held_peak: usize,
+}
+
+impl Meter {
+    fn new(budget: LinBudget) -> Meter {
+        Meter { budget, steps: 0, held: 0, held_peak: 0 }
+    }
+
+    /// Counts one step; `Err` once past the budget.
+    fn step(&mut self) -> Result<(), BudgetKind> {
+        self.steps += 1;
+        if self.steps > self.budget.steps {
+            Err(BudgetKind::Steps)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Notes that the running search now holds `bytes`; `Err` past the budget.
+    fn hold(&mut self, bytes: usize) -> Result<(), BudgetKind> {
+        self.held = bytes;
+        self.held_peak = self.held_peak.max(bytes);
+        if bytes > self.budget.memory_bytes {
+            Err(BudgetKind::Memory)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// How a search ended.
+enum SearchEnd {
+    Decided(Result<(), Partial>),
+    /// Out of the budget; the most operations a partial linearization placed.
+    Exhausted(BudgetKind, usize),
 }
 
 /// The deepest point the search reached: the most operations it managed to
@@ -318,7 +712,8 @@ fn check_key(
     history: &[HistOp],
     indexes: &[usize],
     strategy: Strategy,
-) -> Result<KeyStats, LinViolation> {
+    budget: LinBudget,
+) -> Result<KeyStats, KeyFailure> {
     // Intern values. Ids follow string order, not history order, so nothing
     // downstream depends on how the history was arranged.
     let mut values: BTreeMap<&str, ValueId> = BTreeMap::new();
@@ -362,14 +757,14 @@ fn check_key(
     if let Some(bad) =
         ops.iter().filter(|op| op.read && !written[op.value as usize]).min_by_key(|op| (op.call_us, op.hist))
     {
-        return Err(LinViolation {
+        return Err(KeyFailure::Violation(LinViolation {
             key: key.to_owned(),
             op_index: bad.hist,
             explanation: format!(
                 "{} returned a value no write to this key ever wrote",
                 show_op(history, bad.hist)
             ),
-        });
+        }));
     }
 
     let (ambiguous_writes_dropped, ambiguous_writes_bounded) = prune_ambiguous(&mut ops, values.len());
@@ -387,22 +782,36 @@ fn check_key(
     }
 
     let states_max = strategy.search_states_max(ops.len());
-    let (mut states_explored, mut outcome) = search(&ops, states_max);
+    let mut meter = Meter::new(budget);
+    let (mut states_explored, mut outcome) = search(&ops, states_max, &mut meter);
     let swept = outcome.is_none();
     if swept {
-        let (swept_states, swept_outcome) = sweep(&ops);
+        // The search's memo is gone: the sweep starts from nothing held.
+        meter.held = 0;
+        let (swept_states, swept_outcome) = sweep(&ops, &mut meter);
         states_explored += swept_states;
         outcome = Some(swept_outcome);
     }
-    match outcome.expect("the sweep always decides") {
-        Ok(()) => Ok(KeyStats {
+    match outcome.expect("the sweep always ends") {
+        SearchEnd::Decided(Ok(())) => Ok(KeyStats {
             ops_checked,
             states_explored,
+            steps: meter.steps,
+            memory_bytes_peak: meter.held_peak,
             ambiguous_writes_dropped,
             ambiguous_writes_bounded,
             swept,
         }),
-        Err(partial) => Err(explain(key, history, &ops, &partial)),
+        SearchEnd::Decided(Err(partial)) => Err(KeyFailure::Violation(explain(key, history, &ops, &partial))),
+        SearchEnd::Exhausted(exhausted, placed_max) => Err(KeyFailure::Undecided(LinUndecided {
+            key: key.to_owned(),
+            ops: ops_checked,
+            exhausted,
+            budget,
+            steps: meter.steps.min(budget.steps),
+            memory_bytes_peak: meter.held_peak,
+            placed_max,
+        })),
     }
 }
 
@@ -482,8 +891,8 @@ fn prune_ambiguous(ops: &mut Vec<KeyOp>, value_count: usize) -> (usize, usize) {
 ///
 /// Returns the number of states visited, and on failure the deepest partial
 /// linearization found; or no verdict once more than `states_max` states
-/// were visited.
-fn search(ops: &[KeyOp], states_max: usize) -> (usize, Option<Result<(), Partial>>) {
+/// were visited (the sweep takes over), or the budget ran out.
+fn search(ops: &[KeyOp], states_max: usize, meter: &mut Meter) -> (usize, Option<SearchEnd>) {
     let n = ops.len();
     let mut entries: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * n);
     for (i, op) in ops.iter().enumerate().filter(|(_, op)| !op.ambiguous) {
@@ -531,10 +940,13 @@ fn search(ops: &[KeyOp], states_max: usize) -> (usize, Option<Result<(), Partial
 
     loop {
         if definite_left == 0 {
-            return (memo.states, Some(Ok(())));
+            return (memo.states, Some(SearchEnd::Decided(Ok(()))));
         }
         if memo.states > states_max {
             return (memo.states, None);
+        }
+        if let Err(kind) = meter.step() {
+            return (memo.states, Some(SearchEnd::Exhausted(kind, best.len())));
         }
 
         // Choose the next step to try, or find there is none.
@@ -606,6 +1018,9 @@ fn search(ops: &[KeyOp], states_max: usize) -> (usize, Option<Result<(), Partial
             };
             frontier.key(value_after, &mut key);
             if memo.remember(&key, &used) {
+                if let Err(kind) = meter.hold(memo.bytes) {
+                    return (memo.states, Some(SearchEnd::Exhausted(kind, best.len().max(stack.len() + 1))));
+                }
                 stack.push(step);
                 value = value_after;
                 if let Step::Place { op, .. } = step {
@@ -642,7 +1057,8 @@ fn search(ops: &[KeyOp], states_max: usize) -> (usize, Option<Result<(), Partial
         // alternative (a forced read has none), and resume after it.
         loop {
             let Some(step) = stack.pop() else {
-                return (memo.states, Some(Err(Partial::from_steps(ops, &pools, &best, best_value))));
+                let partial = Partial::from_steps(ops, &pools, &best, best_value);
+                return (memo.states, Some(SearchEnd::Decided(Err(partial))));
             };
             low_water = low_water.min(stack.len());
             match step {
@@ -746,8 +1162,40 @@ impl Partial {
 /// linearization is easy to find, which is why it is the fallback.
 ///
 /// Returns the number of states kept, and on failure the deepest partial
-/// linearization (the smallest state of the last non-empty layer).
-fn sweep(ops: &[KeyOp]) -> (usize, Result<(), Partial>) {
+/// linearization (the smallest state of the last non-empty layer); or, once
+/// the budget ran out, how deep it got.
+fn sweep(ops: &[KeyOp], meter: &mut Meter) -> (usize, SearchEnd) {
+    let mut states = 0;
+    let mut depth = 0;
+    match sweep_layers(ops, meter, &mut states, &mut depth) {
+        Ok(outcome) => (states, SearchEnd::Decided(outcome)),
+        Err(kind) => (states, SearchEnd::Exhausted(kind, depth)),
+    }
+}
+
+/// Adds a successor to the next layer, counting it against the budget
+/// (`held` is what the current layer holds). True if it was added.
+fn admit(
+    next_layer: &mut Layer,
+    held: usize,
+    key: &[u64],
+    used: &[u32],
+    meter: &mut Meter,
+) -> Result<bool, BudgetKind> {
+    meter.step()?;
+    let added = next_layer.insert(key, used);
+    meter.hold(held + next_layer.bytes)?;
+    Ok(added)
+}
+
+/// The sweep proper; `states` and `depth` (layers completed) are kept up to
+/// date for when the budget runs out.
+fn sweep_layers(
+    ops: &[KeyOp],
+    meter: &mut Meter,
+    states: &mut usize,
+    depth: &mut usize,
+) -> Result<Result<(), Partial>, BudgetKind> {
     let mut order: Vec<usize> = (0..ops.len()).filter(|&i| !ops[i].ambiguous).collect();
     order.sort_unstable_by_key(|&i| (ops[i].call_us, i));
     let definite_count = order.len();
@@ -761,10 +1209,12 @@ fn sweep(ops: &[KeyOp]) -> (usize, Result<(), Partial>) {
     let start = vec![u64::from(MISSING), 0];
     let mut layer = Layer::default();
     layer.insert(&start, &vec![0; pools.len()]);
-    let mut states = 1;
+    *states = 1;
     let mut candidates: Vec<usize> = Vec::new();
     let mut successor: Vec<u64> = Vec::new();
-    for _ in 0..definite_count {
+    for layer_index in 0..definite_count {
+        *depth = layer_index;
+        let held = layer.bytes;
         let mut next_layer = Layer::default();
         for key in &layer.order {
             let value = key[0] as ValueId;
@@ -782,12 +1232,12 @@ fn sweep(ops: &[KeyOp]) -> (usize, Result<(), Partial>) {
             for used in layer.usages(key) {
                 if let Some(&r) = forced {
                     place_rank(key, r, value, &mut successor);
-                    states += usize::from(next_layer.insert(&successor, used));
+                    *states += usize::from(admit(&mut next_layer, held, &successor, used, meter)?);
                     continue;
                 }
                 for &r in candidates.iter().filter(|&&r| !ops[order[r]].read) {
                     place_rank(key, r, ops[order[r]].value, &mut successor);
-                    states += usize::from(next_layer.insert(&successor, used));
+                    *states += usize::from(admit(&mut next_layer, held, &successor, used, meter)?);
                 }
                 // An ambiguous write, fused with the read it is for.
                 for (p, pool) in pools.iter().enumerate() {
@@ -803,7 +1253,7 @@ fn sweep(ops: &[KeyOp]) -> (usize, Result<(), Partial>) {
                     let mut used_after = used.to_vec();
                     used_after[p] += 1;
                     place_rank(key, r, pool.value, &mut successor);
-                    states += usize::from(next_layer.insert(&successor, &used_after));
+                    *states += usize::from(admit(&mut next_layer, held, &successor, &used_after, meter)?);
                 }
             }
         }
@@ -823,11 +1273,11 @@ fn sweep(ops: &[KeyOp]) -> (usize, Result<(), Partial>) {
             }
             let count = placed.iter().filter(|&&p| p).count();
             let partial = Partial { placed, value: key[0] as ValueId, count };
-            return (states, Err(partial));
+            return Ok(Err(partial));
         }
         layer = next_layer;
     }
-    (states, Ok(()))
+    Ok(Ok(()))
 }
 
 /// Writes into `out` the key for `key`'s state with rank `r` placed and the
@@ -853,15 +1303,20 @@ fn place_rank(key: &[u64], r: usize, value: ValueId, out: &mut Vec<u64>) {
 struct Layer {
     memo: Memo,
     order: Vec<Vec<u64>>,
+    /// Estimated bytes held: the memo's, and the keys in `order`.
+    bytes: usize,
 }
 
 impl Layer {
     /// Adds the state unless one in the layer subsumes it; true if added.
     fn insert(&mut self, key: &[u64], used: &[u32]) -> bool {
         let new_key = !self.memo.seen.contains_key(key);
+        let memo_before = self.memo.bytes;
         let added = self.memo.remember(key, used);
+        self.bytes += self.memo.bytes - memo_before;
         if new_key {
             self.order.push(key.to_vec());
+            self.bytes += VEC_BYTES + WORD_BYTES * key.len();
         }
         added
     }
@@ -951,10 +1406,29 @@ impl Frontier {
 struct Memo {
     seen: HashMap<Vec<u64>, Vec<Vec<u32>>, BuildHasherDefault<WordHasher>>,
     states: usize,
+    /// Estimated bytes held (see `remember`).
+    bytes: usize,
 }
+
+/// A `Vec`'s own size (pointer, capacity, length).
+const VEC_BYTES: usize = 24;
+const WORD_BYTES: usize = 8;
+/// What a memo entry costs beyond its key's words: its slot in the hash
+/// table (a key and a list of usages, two `Vec`s, at a load factor between
+/// 7/16 and 7/8), one control byte, and the allocator's rounding of the key.
+const MEMO_ENTRY_OVERHEAD_BYTES: usize = 96;
+/// What one kept usage costs beyond its counts: its `Vec` in the entry's
+/// list (lists grow by doubling) and the allocator's rounding.
+const MEMO_USAGE_OVERHEAD_BYTES: usize = 48;
 
 impl Memo {
     /// Records the state and returns true, unless a visited state subsumes it.
+    ///
+    /// Keeps `bytes` up to date: a new key costs its words and
+    /// `MEMO_ENTRY_OVERHEAD_BYTES`, each kept usage its counts and
+    /// `MEMO_USAGE_OVERHEAD_BYTES`. Usages dropped as redundant are not
+    /// subtracted (their list keeps its capacity), so the estimate only
+    /// grows while the memo lives.
     fn remember(&mut self, key: &[u64], used: &[u32]) -> bool {
         let within = |small: &[u32], large: &[u32]| small.iter().zip(large).all(|(s, l)| s <= l);
         match self.seen.get_mut(key) {
@@ -969,8 +1443,10 @@ impl Memo {
             }
             None => {
                 self.seen.insert(key.to_vec(), vec![used.to_vec()]);
+                self.bytes += MEMO_ENTRY_OVERHEAD_BYTES + WORD_BYTES * key.len();
             }
         }
+        self.bytes += MEMO_USAGE_OVERHEAD_BYTES + std::mem::size_of::<u32>() * used.len();
         self.states += 1;
         true
     }
@@ -1189,13 +1665,13 @@ mod tests {
 
     #[test]
     fn empty_history_is_linearizable() {
-        assert_eq!(check_linearizable(&[]), Ok(LinStats::default()));
+        assert_eq!(check_linearizable(&[]), LinVerdict::Linearizable(LinStats::default()));
     }
 
     #[test]
     fn stale_read_after_completed_write_is_rejected() {
         let history = [w(1, "x", some("1"), 0, Some(10)), r(2, "x", None, 20, 30)];
-        let violation = check_linearizable(&history).unwrap_err();
+        let violation = check_linearizable(&history).expect_violation();
         assert_eq!(violation.key, "x");
         assert_eq!(violation.op_index, 1);
         assert!(violation.explanation.contains("client 2 read -> None"), "{violation}");
@@ -1206,14 +1682,14 @@ mod tests {
     fn read_concurrent_with_write_may_see_either_value() {
         for seen in [None, some("1")] {
             let history = [w(1, "x", some("1"), 0, Some(10)), r(2, "x", seen, 5, 30)];
-            assert!(check_linearizable(&history).is_ok());
+            assert!(check_linearizable(&history).is_linearizable());
         }
     }
 
     #[test]
     fn ops_touching_at_the_same_microsecond_are_concurrent() {
         let history = [w(1, "x", some("1"), 0, Some(10)), r(2, "x", None, 10, 30)];
-        assert!(check_linearizable(&history).is_ok());
+        assert!(check_linearizable(&history).is_linearizable());
     }
 
     #[test]
@@ -1227,7 +1703,7 @@ mod tests {
             r(3, "x", some("1"), 40, 50),
             r(4, "x", some("1"), 120, 130),
         ];
-        let stats = check_linearizable(&history).unwrap();
+        let stats = check_linearizable(&history).expect_linearizable();
         assert_eq!(stats.ops_checked, 5);
         assert_eq!(stats.keys_checked, 1);
     }
@@ -1243,7 +1719,7 @@ mod tests {
             r(3, "x", some("1"), 40, 50),
             r(4, "x", some("2"), 120, 130),
         ];
-        let violation = check_linearizable(&history).unwrap_err();
+        let violation = check_linearizable(&history).expect_violation();
         assert_eq!(violation.op_index, 4, "{violation}");
     }
 
@@ -1256,14 +1732,14 @@ mod tests {
             r(2, "x", some("1"), 500, 510),
             r(3, "x", some("1"), 600, 610),
         ];
-        let stats = check_linearizable(&history).unwrap();
+        let stats = check_linearizable(&history).expect_linearizable();
         assert_eq!(stats.ambiguous_writes_bounded, 1);
     }
 
     #[test]
     fn ambiguous_write_that_did_not_take_effect_is_accepted() {
         let history = [w(1, "x", some("1"), 0, None), r(2, "x", None, 10, 20), r(2, "x", None, 500, 510)];
-        let stats = check_linearizable(&history).unwrap();
+        let stats = check_linearizable(&history).expect_linearizable();
         assert_eq!(stats.ambiguous_writes_dropped, 1);
         assert_eq!(stats.ops_checked, 2);
     }
@@ -1280,19 +1756,19 @@ mod tests {
             r(4, "x", some("2"), 50, 60),
             r(4, "x", some("1"), 70, 80),
         ];
-        let stats = check_linearizable(&history).unwrap();
+        let stats = check_linearizable(&history).expect_linearizable();
         assert_eq!(stats.ambiguous_writes_bounded, 0);
         assert_eq!(stats.ambiguous_writes_dropped, 0);
         // One ambiguous write cannot take effect twice.
         let mut once = history.to_vec();
         once.remove(1);
-        assert!(check_linearizable(&once).is_err());
+        assert!(check_linearizable(&once).is_violation());
     }
 
     #[test]
     fn ambiguous_write_cannot_take_effect_before_its_invocation() {
         let history = [r(2, "x", some("1"), 0, 10), w(1, "x", some("1"), 20, None)];
-        let violation = check_linearizable(&history).unwrap_err();
+        let violation = check_linearizable(&history).expect_violation();
         assert_eq!(violation.op_index, 0, "{violation}");
     }
 
@@ -1300,7 +1776,7 @@ mod tests {
     fn ambiguous_delete_is_handled() {
         let took_effect =
             [w(1, "x", some("1"), 0, Some(10)), w(1, "x", None, 20, None), r(2, "x", None, 30, 40)];
-        assert!(check_linearizable(&took_effect).is_ok());
+        assert!(check_linearizable(&took_effect).is_linearizable());
         let overwritten = [
             w(1, "x", some("1"), 0, Some(10)),
             w(1, "x", None, 20, None),
@@ -1308,18 +1784,18 @@ mod tests {
             w(1, "x", some("2"), 50, Some(60)),
             r(2, "x", None, 70, 80),
         ];
-        assert!(check_linearizable(&overwritten).is_err());
+        assert!(check_linearizable(&overwritten).is_violation());
     }
 
     #[test]
     fn read_of_a_value_never_written_is_rejected() {
         let history = [w(1, "x", some("1"), 0, Some(10)), r(2, "x", some("7"), 20, 30)];
-        let violation = check_linearizable(&history).unwrap_err();
+        let violation = check_linearizable(&history).expect_violation();
         assert_eq!(violation.op_index, 1);
         assert!(violation.explanation.contains("no write to this key ever wrote"), "{violation}");
         // A value written to another key does not count.
         let other_key = [w(1, "y", some("7"), 0, Some(10)), r(2, "x", some("7"), 20, 30)];
-        assert_eq!(check_linearizable(&other_key).unwrap_err().key, "x");
+        assert_eq!(check_linearizable(&other_key).expect_violation().key, "x");
     }
 
     #[test]
@@ -1332,7 +1808,7 @@ mod tests {
             // Each key alone is fine for this read: it only sees its own key.
             r(3, "c", None, 20, 30),
         ];
-        let violation = check_linearizable(&history).unwrap_err();
+        let violation = check_linearizable(&history).expect_violation();
         assert_eq!(violation.key, "b");
         assert_eq!(violation.op_index, 3);
         assert!(violation.to_string().starts_with("key \"b\" is not linearizable"));
@@ -1350,7 +1826,7 @@ mod tests {
                 completed_us: None,
             },
         ];
-        assert_eq!(check_linearizable(&history).unwrap().ops_checked, 1);
+        assert_eq!(check_linearizable(&history).expect_linearizable().ops_checked, 1);
     }
 
     #[test]
@@ -1367,7 +1843,7 @@ mod tests {
             w(3, "x", some("3"), 35, Some(90)),
             r(2, "x", some("1"), 40, 50),
         ];
-        let violation = check_linearizable(&history).unwrap_err();
+        let violation = check_linearizable(&history).expect_violation();
         assert_eq!(violation.op_index, 3);
         let text = &violation.explanation;
         assert!(text.contains("\n  client 2 read -> Some(\"1\") [40us..50us] (history[3])\n"), "{text}");
@@ -1489,9 +1965,8 @@ mod tests {
             let history =
                 generate(&GenConfig { seed, clients: 4, keys: 3, ops: 300, ambiguous_per_mille: 100 });
             for strategy in [Strategy::SearchOnly, Strategy::SweepOnly] {
-                if let Err(violation) = check_linearizable_with(&history, strategy) {
-                    panic!("seed {seed}, {strategy:?}: {violation}");
-                }
+                let verdict = check_linearizable_with(&history, strategy, LinBudget::DEFAULT);
+                assert!(verdict.is_linearizable(), "seed {seed}, {strategy:?}: {verdict}");
             }
         }
     }
@@ -1501,7 +1976,7 @@ mod tests {
         let history = generate(&LARGE);
         let ambiguous = history.iter().filter(|op| op.completed_us.is_none()).count();
         let started = std::time::Instant::now();
-        let stats = check_linearizable(&history).unwrap_or_else(|v| panic!("{v}"));
+        let stats = check_linearizable(&history).expect_linearizable();
         let elapsed = started.elapsed();
         // A benchmark figure, not an assertion: run with --release --nocapture.
         println!(
@@ -1548,14 +2023,14 @@ mod tests {
         // A hot key: its failing search is the longest.
         let ri = make_stale_read(&mut history, "k0");
         let started = std::time::Instant::now();
-        let violation = check_linearizable(&history).unwrap_err();
+        let violation = check_linearizable(&history).expect_violation();
         // A benchmark figure, not an assertion: the failing search is the
         // exhaustive one.
         println!("check_lin: stale read found in {:?}:\n{violation}", started.elapsed());
         assert_eq!(violation.key, "k0");
         assert_eq!(violation.op_index, ri, "{violation}");
         for strategy in [Strategy::SearchOnly, Strategy::SweepOnly] {
-            let violation = check_linearizable_with(&history, strategy).unwrap_err();
+            let violation = check_linearizable_with(&history, strategy, LinBudget::DEFAULT).expect_violation();
             assert_eq!((violation.key.as_str(), violation.op_index), ("k0", ri), "{strategy:?}");
         }
     }
@@ -1626,8 +2101,8 @@ mod tests {
                 .collect();
             let expected = brute_force(&history);
             for strategy in [Strategy::Default, Strategy::SearchOnly, Strategy::SweepOnly] {
-                let verdict = check_linearizable_with(&history, strategy);
-                assert_eq!(verdict.is_ok(), expected, "case {case}, {strategy:?}: {history:#?}\n{verdict:?}");
+                let verdict = check_linearizable_with(&history, strategy, LinBudget::DEFAULT);
+                assert_eq!(verdict.is_linearizable(), expected, "case {case}, {strategy:?}: {history:#?}\n{verdict:?}");
             }
             if expected {
                 pass += 1;
@@ -1645,7 +2120,7 @@ mod tests {
         let read = history.iter().rposition(|op| matches!(op.kind, Kind::Read { .. })).unwrap();
         history[read].kind = Kind::Read { value: Some("c0n0".to_owned()) };
         let first = check_linearizable(&history);
-        assert!(first.is_err());
+        assert!(first.is_violation());
         assert_eq!(first, check_linearizable(&history));
         let clean = generate(&GenConfig { seed: 3, clients: 4, keys: 5, ops: 400, ambiguous_per_mille: 50 });
         assert_eq!(check_linearizable(&clean), check_linearizable(&clean));
@@ -1683,14 +2158,19 @@ mod tests {
             }
             for strategy in [Strategy::Default, Strategy::SweepOnly] {
                 let started = std::time::Instant::now();
-                let verdict = check_linearizable_with(&history, strategy);
+                let verdict = check_linearizable_with(&history, strategy, LinBudget::DEFAULT);
                 let elapsed = started.elapsed();
                 let summary = match verdict {
-                    Ok(stats) => format!(
-                        "ok, states max {} total {}, keys swept {}",
-                        stats.states_explored_max, stats.states_explored_total, stats.keys_swept
+                    LinVerdict::Linearizable(stats) => format!(
+                        "ok, states max {} total {}, steps max {}, memory max {} KiB, keys swept {}",
+                        stats.states_explored_max,
+                        stats.states_explored_total,
+                        stats.steps_max,
+                        stats.memory_bytes_max >> 10,
+                        stats.keys_swept
                     ),
-                    Err(violation) => format!("violation at history[{}]", violation.op_index),
+                    LinVerdict::Violation(violation) => format!("violation at history[{}]", violation.op_index),
+                    LinVerdict::Inconclusive(keys) => format!("inconclusive: {}", keys[0]),
                 };
                 println!("{name:<45} {strategy:<10?} {elapsed:>12.1?}  {summary}");
             }
@@ -1722,6 +2202,115 @@ mod tests {
         }
     }
 
+    /// The writes of `history` as the value checks see them.
+    fn writes_of(history: &[SessionOp]) -> Vec<WrittenAt> {
+        history
+            .iter()
+            .filter_map(|op| match &op.kind {
+                Kind::Write { value } => Some(WrittenAt {
+                    key: op.key.clone(),
+                    value: value.clone(),
+                    lsn: op.completed_us.map(|_| op.lsn),
+                }),
+                Kind::Read { .. } => None,
+            })
+            .collect()
+    }
+
+    fn session(history: &[SessionOp]) -> Vec<String> {
+        check_session(history, &writes_of(history))
+    }
+
+    fn with_value(mut op: SessionOp, value: Option<&str>) -> SessionOp {
+        let value = value.map(str::to_owned);
+        op.kind = match op.kind {
+            Kind::Read { .. } => Kind::Read { value },
+            Kind::Write { .. } => Kind::Write { value },
+        };
+        op
+    }
+
+    #[test]
+    fn read_of_a_value_older_than_the_clients_own_write_is_detected() {
+        // The replica claims lsn 7, past the client's last write at 5, yet
+        // answers with the value that write replaced.
+        let history = [
+            with_value(sw(1, "x", 3, 0, Some(10)), Some("old")),
+            with_value(sw(1, "x", 5, 20, Some(30)), Some("new")),
+            with_value(sr(1, "x", 7, 40, 50), Some("old")),
+        ];
+        let violations = session(&history);
+        assert_eq!(
+            violations,
+            ["client 1: read-your-writes violated on key \"x\": read sent at 40us at lsn 7 returned \
+              Some(\"old\") (written at lsn 3), older than the client's own write of Some(\"new\") \
+              that completed at 30us with lsn 5"],
+        );
+    }
+
+    #[test]
+    fn values_written_later_by_anyone_explain_a_read() {
+        let history = [
+            with_value(sw(1, "x", 3, 0, Some(10)), Some("a")),
+            with_value(sw(2, "x", 6, 0, Some(15)), Some("b")),
+            with_value(sw(2, "y", 7, 20, Some(25)), None),
+            // Client 1 sees client 2's later write, then its own (lsn 3 is
+            // no older than its own last write), then a delete of y.
+            with_value(sr(1, "x", 6, 20, 30), Some("b")),
+            with_value(sr(1, "y", 8, 40, 50), None),
+            // Client 3 is bound by nothing it did not see.
+            with_value(sr(3, "x", 8, 40, 50), Some("a")),
+        ];
+        assert_eq!(session(&history), Vec::<String>::new());
+    }
+
+    #[test]
+    fn values_with_a_write_of_unknown_lsn_are_not_judged() {
+        let history = [
+            with_value(sw(1, "x", 3, 0, Some(10)), Some("old")),
+            with_value(sw(1, "x", 5, 20, Some(30)), Some("new")),
+            // Someone else's timed-out write of the same value: it may have
+            // landed after lsn 5.
+            with_value(sw(2, "x", 0, 0, None), Some("old")),
+            with_value(sr(1, "x", 7, 40, 50), Some("old")),
+        ];
+        assert_eq!(session(&history), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_missing_key_after_the_clients_own_write_is_detected_unless_deleted_later() {
+        let set = with_value(sw(1, "x", 5, 0, Some(10)), Some("a"));
+        let missing = with_value(sr(1, "x", 9, 20, 30), None);
+        let violations = session(&[set.clone(), missing.clone()]);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(violations[0].contains("returned None (missing since the start)"), "{violations:?}");
+        let delete = with_value(sw(2, "x", 7, 0, Some(15)), None);
+        assert_eq!(session(&[set, delete, missing]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_read_older_than_an_earlier_read_of_the_key_is_detected() {
+        let history = [
+            with_value(sw(2, "x", 3, 0, Some(5)), Some("a")),
+            with_value(sw(2, "x", 6, 6, Some(9)), Some("b")),
+            with_value(sr(1, "x", 6, 10, 20), Some("b")),
+            with_value(sr(1, "x", 8, 30, 40), Some("a")),
+        ];
+        let violations = session(&history);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(
+            violations[0].starts_with(
+                "client 1: monotonic reads violated on key \"x\": read sent at 30us at lsn 8 returned \
+                 Some(\"a\") (written at lsn 3), older than Some(\"b\") (written at lsn 6)"
+            ),
+            "{violations:?}"
+        );
+        // Pipelined, the two reads are not ordered.
+        let mut overlapping = history.to_vec();
+        overlapping[3].invoked_us = 15;
+        assert_eq!(session(&overlapping), Vec::<String>::new());
+    }
+
     #[test]
     fn clean_session_has_no_violations() {
         let history = [
@@ -1732,13 +2321,13 @@ mod tests {
             // Other clients are not bound by client 1's session.
             sr(2, "x", 1, 70, 80),
         ];
-        assert_eq!(check_session(&history), Vec::<String>::new());
+        assert_eq!(session(&history), Vec::<String>::new());
     }
 
     #[test]
     fn read_your_writes_violation_is_detected() {
         let history = [sw(1, "x", 5, 0, Some(10)), sr(1, "x", 4, 20, 30)];
-        let violations = check_session(&history);
+        let violations = session(&history);
         assert_eq!(violations.len(), 1, "{violations:?}");
         assert!(
             violations[0].starts_with("client 1: read-your-writes violated on key \"x\""),
@@ -1756,7 +2345,7 @@ mod tests {
             sw(1, "z", 9, 200, None), // never acknowledged
             sr(1, "z", 4, 1200, 1210),
         ];
-        let violations = check_session(&history);
+        let violations = session(&history);
         assert_eq!(violations.len(), 1, "{violations:?}");
         assert!(violations[0].contains("monotonic reads"), "{violations:?}");
     }
@@ -1764,7 +2353,7 @@ mod tests {
     #[test]
     fn monotonic_reads_violation_is_detected_across_keys() {
         let history = [sr(1, "x", 9, 0, 10), sr(1, "y", 3, 20, 30), sr(1, "y", 9, 40, 50)];
-        let violations = check_session(&history);
+        let violations = session(&history);
         assert_eq!(violations.len(), 1, "{violations:?}");
         assert!(
             violations[0].starts_with("client 1: monotonic reads violated: read of key \"y\""),
@@ -1778,6 +2367,6 @@ mod tests {
         // A pipelining client: the second read was issued before the first
         // answered, so they may reflect LSNs in either order.
         let history = [sr(1, "x", 9, 0, 50), sr(1, "y", 3, 20, 30)];
-        assert_eq!(check_session(&history), Vec::<String>::new());
+        assert_eq!(session(&history), Vec::<String>::new());
     }
 }

@@ -42,13 +42,23 @@ pub fn summary_text(s: &Summary, path: &str) -> String {
         "failovers: {}, slowest {fo}; stalest `any` read {} lsn / {:.3}ms behind",
         s.failovers, s.stale_reads_max_lsn, s.stale_reads_max_ms
     );
-    if s.violations.is_empty() {
+    if s.violations.is_empty() && s.inconclusive.is_empty() {
         let _ = writeln!(t, "invariants: all hold");
-    } else {
+    }
+    if !s.violations.is_empty() {
         let _ = writeln!(t, "VIOLATIONS ({}):", s.violations.len());
         for v in &s.violations {
             let _ = writeln!(t, "  - {v}");
         }
+    }
+    if !s.inconclusive.is_empty() {
+        // Not a pass: these checks could not decide within their budget.
+        let _ = writeln!(t, "INCONCLUSIVE ({}):", s.inconclusive.len());
+        for v in &s.inconclusive {
+            let _ = writeln!(t, "  - {v}");
+        }
+    }
+    if !s.violations.is_empty() || !s.inconclusive.is_empty() {
         let _ = writeln!(t, "reproduce: kvsim run {path} --seed {}", s.seed);
     }
     t

@@ -83,6 +83,9 @@ pub struct Group {
     pub rate_per_s: Option<f64>,
     pub think_us: u64,
     pub start_us: u64,
+    /// No new operation starts at or after this (the workload's end when
+    /// not given).
+    pub stop_us: Option<u64>,
     pub script: Option<Vec<Op>>,
 }
 
@@ -201,7 +204,7 @@ struct File {
     #[serde(default)]
     run: RunFile,
     #[serde(default)]
-    bugs: BugsFile,
+    bugs: kvstore::config::Bugs,
 }
 
 #[derive(Deserialize, Default)]
@@ -292,6 +295,7 @@ struct GroupFile {
     rate_per_s: Option<f64>,
     think_ms: Option<f64>,
     start_ms: Option<f64>,
+    stop_ms: Option<f64>,
     script: Option<Vec<Spanned<String>>>,
 }
 
@@ -312,21 +316,6 @@ struct RunFile {
     quiet_ms: Option<f64>,
     liveness_ms: Option<f64>,
     check_convergence: Option<bool>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct BugsFile {
-    #[serde(default)]
-    ack_before_durable: bool,
-    #[serde(default)]
-    follower_skips_deletes: bool,
-    #[serde(default)]
-    reads_wrong_key: bool,
-    #[serde(default)]
-    leader_reads_anywhere: bool,
-    #[serde(default)]
-    session_ignores_lsn: bool,
 }
 
 fn ms(v: f64) -> u64 {
@@ -475,6 +464,7 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
             rate_per_s: g.rate_per_s.filter(|r| *r > 0.0),
             think_us: g.think_ms.map(ms).unwrap_or(0),
             start_us: g.start_ms.map(ms).unwrap_or(0),
+            stop_us: g.stop_ms.map(ms),
             script,
         });
     }
@@ -485,6 +475,7 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
             rate_per_s: None,
             think_us: 0,
             start_us: 0,
+            stop_us: None,
             script: None,
         });
     }
@@ -557,13 +548,7 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
         liveness_us: raw.run.liveness_ms.map(ms).unwrap_or(5_000_000),
         check_convergence: raw.run.check_convergence.unwrap_or(true),
     };
-    cluster.bugs = kvstore::config::Bugs {
-        ack_before_durable: raw.bugs.ack_before_durable,
-        follower_skips_deletes: raw.bugs.follower_skips_deletes,
-        reads_wrong_key: raw.bugs.reads_wrong_key,
-        leader_reads_anywhere: raw.bugs.leader_reads_anywhere,
-        session_ignores_lsn: raw.bugs.session_ignores_lsn,
-    };
+    cluster.bugs = raw.bugs;
     Ok(Scenario {
         name: raw.name.unwrap_or_else(|| default_name.to_string()),
         cluster,

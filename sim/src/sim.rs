@@ -56,6 +56,9 @@ pub struct Summary {
     pub messages_sent: u64,
     pub messages_dropped: u64,
     pub violations: Vec<String>,
+    /// Checks that ran out of their budget undecided (see
+    /// `check_lin::LinBudget`): neither a pass nor a violation.
+    pub inconclusive: Vec<String>,
 }
 
 pub struct Outcome {
@@ -179,7 +182,8 @@ impl<'a> Sim<'a> {
         for (gi, g) in sc.workload.groups.iter().enumerate() {
             for _ in 0..g.clients {
                 let id = ClientId(clients.len() as u64 + 1);
-                let cfg = ClientConfig::new(id, g.read);
+                let mut cfg = ClientConfig::new(id, g.read);
+                cfg.bug_counts_unavailable_answers = sc.cluster.bugs.unavailable_counts_answers;
                 clients.push(ClientSlot {
                     machine: Client::new(cfg),
                     group: gi,
@@ -363,6 +367,14 @@ impl<'a> Sim<'a> {
                 Replica::recover_missing(id, cfg, stored)
             }
             Recovery::Clean(stored) => Replica::recover(id, cfg, stored),
+            Recovery::TornTail(stored, dropped) if cfg.bugs.cut_tail_trusted => {
+                self.disks[i].missing = false;
+                self.line_raw(
+                    &format!("r{}", id.0),
+                    format_args!("** recovery: cut a torn write ({dropped} bytes) off the log tail (trusted: bug)"),
+                );
+                Replica::recover(id, cfg, stored)
+            }
             Recovery::TornTail(stored, dropped) => {
                 self.line_raw(
                     &format!("r{}", id.0),
@@ -689,10 +701,10 @@ impl<'a> Sim<'a> {
     // ---- workload ----
 
     fn client_op(&mut self, i: usize) {
-        if self.now >= self.workload_end {
+        let g = &self.sc.workload.groups[self.clients[i].group];
+        if self.now >= self.workload_end || g.stop_us.is_some_and(|t| self.now.0 >= t) {
             return;
         }
-        let g = &self.sc.workload.groups[self.clients[i].group];
         let op = match &g.script {
             Some(script) => {
                 let slot = &mut self.clients[i];
@@ -870,6 +882,7 @@ impl<'a> Sim<'a> {
             messages_sent: self.messages_sent,
             messages_dropped: self.messages_dropped,
             violations: self.violations.clone(),
+            inconclusive: report.inconclusive,
         }
     }
 }

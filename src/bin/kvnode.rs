@@ -227,7 +227,12 @@ fn open_store(s: &StorageArgs, n: u8) -> Result<Box<dyn Store>, Failure> {
     let opts = WalOptions { sync, snapshot_log_bytes: s.snapshot_log_bytes };
     match WalStore::open(dir, ReplicaId(n), opts) {
         Ok(store) => Ok(Box::new(store)),
-        Err(e @ (WalError::Foreign { .. } | WalError::NewerVersion { .. } | WalError::Locked { .. })) => {
+        Err(
+            e @ (WalError::Foreign { .. }
+            | WalError::NewerVersion { .. }
+            | WalError::Locked { .. }
+            | WalError::PromiseLost { .. }),
+        ) => {
             Err(Failure::Refused(format!("replica {n} cannot use its data directory: {e}")))
         }
         Err(WalError::Io { path, source }) => {

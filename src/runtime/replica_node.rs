@@ -71,24 +71,27 @@ impl ReplicaNode {
                 Start::Recovered(stored) => {
                     info!(
                         node = %self.me_node(),
-                        "replica machine starts: {replicas} replicas, sync_acks {sync_acks}; stored: {}, {} rows after it, log ends {}, promised {}",
-                        match &stored.snapshot {
-                            Some(s) => format!("snapshot up to {} ({} keys)", s.last, s.kv.len()),
-                            None => "no snapshot".to_string(),
-                        },
-                        stored.rows.len(),
-                        stored.last(),
-                        stored.promised
+                        "replica machine starts: {replicas} replicas, sync_acks {sync_acks}; stored: {}",
+                        describe_stored(&stored)
                     );
                     Replica::recover(self.id, info.config.clone(), stored)
                 }
-                Start::Resync => {
+                Start::Missing(stored) => {
                     warn!(
                         node = %self.me_node(),
-                        "replica machine starts empty and re-syncs: {replicas} replicas, sync_acks {sync_acks}"
+                        "replica machine starts: {replicas} replicas, sync_acks {sync_acks}; stored: {}; \
+                         may lack rows it confirmed, so it catches up with a leader before it takes part \
+                         in promotions as a whole replica",
+                        describe_stored(&stored)
                     );
-                    // FIXME(runtime): the promised epoch must survive the log's loss.
-                    Replica::resync(self.id, info.config.clone(), crate::types::Epoch(0))
+                    Replica::recover_missing(self.id, info.config.clone(), stored)
+                }
+                Start::Resync { promised } => {
+                    warn!(
+                        node = %self.me_node(),
+                        "replica machine starts empty and re-syncs: {replicas} replicas, sync_acks {sync_acks}, promised {promised}"
+                    );
+                    Replica::resync(self.id, info.config.clone(), promised)
                 }
             };
             self.machine = Some(machine);
@@ -128,6 +131,19 @@ impl ReplicaNode {
         }
         self.info = Some(info);
     }
+}
+
+fn describe_stored(stored: &crate::machine::Stored) -> String {
+    format!(
+        "{}, {} rows after it, log ends {}, promised {}",
+        match &stored.snapshot {
+            Some(s) => format!("snapshot up to {} ({} keys)", s.last, s.kv.len()),
+            None => "no snapshot".to_string(),
+        },
+        stored.rows.len(),
+        stored.last(),
+        stored.promised
+    )
 }
 
 /// A replica that cannot persist must not go on acknowledging anything.

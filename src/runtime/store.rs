@@ -16,6 +16,10 @@
 //!
 //! ```text
 //! DIR/replica-N/              the WAL directory (segments and snapshot; see crate::wal)
+//! DIR/replica-N.promise       the newest promised epoch, two checksummed copies
+//!                             (crate::wal::PromiseFile); also the replica's lock
+//! DIR/replica-N.missing       present while rows cut off the log tail at a
+//!                             recovery may still be missing (text: what was cut)
 //! DIR/replica-N.resyncing     present while a re-sync after corruption is unfinished
 //! DIR/replica-N.corrupt-K/    a WAL directory found corrupt, set aside (never deleted)
 //! DIR/replica-N.resync-partial-K/  a re-sync's partial copy, set aside at the next start
@@ -23,11 +27,42 @@
 //!
 //! Several replicas may share one `DIR`. Nothing here ever deletes a
 //! directory: what is set aside stays for an operator to look at and remove.
+//!
+//! # The promised epoch survives the log
+//!
+//! Every `PersistOp::Promise` goes to the log as before, and the newest one
+//! also to `replica-N.promise`, inside the same [`Store::sync`] that makes
+//! the batch durable, so before the machine hears `on_persisted` and sends
+//! its `Promise` or acknowledgement. At open the replica takes the larger
+//! of the file's epoch and whatever its log (or, for a log set aside, what
+//! can still be read of it) shows, and raises the file to that. A data
+//! directory from before promise files has none: the file is created from
+//! the log's value. A file with no valid copy refuses the start
+//! ([`crate::wal::WalError::PromiseLost`]).
+//!
+//! # Markers: a replica that may lack rows it confirmed
+//!
+//! A marker is a small file whose *presence* is what counts (its text is
+//! for people); it is created and fsynced, and the directory fsynced,
+//! before the replica machine starts, and removed only once the machine
+//! reports it has caught up (`Replica::is_resyncing` turns false).
+//!
+//! - `replica-N.missing`: recovery cut something off the log's tail (a torn
+//!   write; but a fsynced last record that was damaged, or a segment cut
+//!   short, looks the same). Written before the cut. Starts with
+//!   `Replica::recover_missing` on what the log holds, at this and every
+//!   later start until caught up.
+//! - `replica-N.resyncing`: the log was set aside as corrupt. Starts with
+//!   `Replica::resync` and the promised epoch, at this and every later start
+//!   (each setting aside the partial copy) until caught up.
 
 use crate::machine::{PersistOp, Snapshot, Stored};
 use crate::replica::Replica;
-use crate::types::{NodeId, ReplicaId, RowBody};
-use crate::wal::{RecoveryReport, Wal, WalConfig, WalError, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN};
+use crate::types::{Epoch, NodeId, ReplicaId, RowBody};
+use crate::wal::{
+    PromiseFile, RecoveryReport, TornTail, Wal, WalConfig, WalError, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,
+};
+use std::io::Write;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -39,10 +74,15 @@ use tracing::{error, info, warn};
 pub enum Start {
     /// Everything durable: `Replica::recover`.
     Recovered(Stored),
+    /// Recovery cut rows off the log's tail (now, or at an earlier start
+    /// since which the replica has not caught up): `Replica::recover_missing`,
+    /// since the rows cut may include some it confirmed.
+    Missing(Stored),
     /// The disk was found corrupt (now, or at an earlier start whose re-sync
     /// never finished): start empty with `Replica::resync`, which takes no
-    /// part in promotions until it has caught up with a leader.
-    Resync,
+    /// part in promotions until it has caught up with a leader. `promised`
+    /// is the newest epoch it ever promised (kept apart from the log).
+    Resync { promised: Epoch },
 }
 
 pub trait Store: Send {
@@ -129,13 +169,21 @@ impl Default for WalOptions {
 pub struct WalStore {
     id: ReplicaId,
     dir: PathBuf,
-    marker: PathBuf,
+    /// `DIR/replica-N.resyncing`: the log was discarded, a re-sync is unfinished.
+    resync_marker: PathBuf,
+    /// `DIR/replica-N.missing`: rows cut off the log tail may be missing.
+    missing_marker: PathBuf,
+    /// `DIR/replica-N.promise`, open and locked for the store's life.
+    promise: PromiseFile,
+    /// The newest promise written (queued or in the log), at least the file's.
+    promise_written: Epoch,
     opts: WalOptions,
     wal: Option<Wal>,
     /// What the last open found, until the machine takes it.
     start: Option<Start>,
-    /// The machine started from `Start::Resync` and has not caught up yet.
-    resyncing: bool,
+    /// The machine started from `Start::Resync` or `Start::Missing` and has
+    /// not caught up yet: the markers stay until it has.
+    catching_up: bool,
     pending: Vec<PersistOp>,
     /// Log bytes (estimated from the rows) written since the last snapshot.
     log_bytes: u64,
@@ -148,35 +196,78 @@ pub struct WalStore {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalStats {
     pub ops: u64,
+    /// Log fsyncs (promise file writes are counted apart).
     pub fsyncs: u64,
+    pub promise_writes: u64,
     pub snapshots: u64,
     pub snapshot_ms_max: u64,
 }
 
 impl WalStore {
-    /// Opens (creating if needed) `data_dir/replica-N`, recovering what it
-    /// holds. A directory that is not ours or has a newer format is refused
-    /// untouched (`WalError::Foreign`, `NewerVersion`, `Locked`); one found
-    /// corrupt is set aside and replaced by an empty one, and the replica
-    /// will re-sync (see [`Start::Resync`]).
+    /// Opens (creating if needed) `data_dir/replica-N` and its promise file,
+    /// recovering what they hold. A directory that is not ours or has a
+    /// newer format, a promise file with no valid copy, or a replica already
+    /// open elsewhere is refused untouched (`WalError::Foreign`,
+    /// `NewerVersion`, `PromiseLost`, `Locked`); a log found corrupt is set
+    /// aside and replaced by an empty one, and the replica will re-sync (see
+    /// [`Start::Resync`]); a log whose tail recovery cut starts the replica
+    /// as [`Start::Missing`].
     pub fn open(data_dir: &Path, replica: ReplicaId, opts: WalOptions) -> Result<WalStore, WalError> {
-        let dir = data_dir.join(format!("replica-{}", replica.0));
-        let marker = data_dir.join(format!("replica-{}.resyncing", replica.0));
+        let n = replica.0;
+        let dir = data_dir.join(format!("replica-{n}"));
+        // The promise file first: it is also the lock that keeps a second
+        // process from touching anything of this replica's.
+        let (promise, load) = PromiseFile::open(&data_dir.join(format!("replica-{n}.promise")))?;
+        let node = NodeId::Replica(replica);
+        if let Some((slot, fault)) = load.repaired {
+            warn!(
+                node = %node,
+                "promise file {}: copy {slot} was damaged ({fault}); rewrote it from the other copy ({})",
+                promise.path().display(),
+                promise.epoch()
+            );
+        }
+        let created = load.created;
         let mut store = WalStore {
             id: replica,
             dir,
-            marker,
+            resync_marker: data_dir.join(format!("replica-{n}.resyncing")),
+            missing_marker: data_dir.join(format!("replica-{n}.missing")),
+            promise_written: promise.epoch(),
+            promise,
             opts,
             wal: None,
             start: None,
-            resyncing: false,
+            catching_up: false,
             pending: Vec::new(),
             log_bytes: 0,
             snapshot_bytes: 0,
             stats: WalStats::default(),
         };
-        store.open_wal()?;
+        if let Err(e) = store.open_wal() {
+            if created {
+                // Refused (or failed): leave the data directory as found.
+                if let Err(rm) = store.promise.remove_created() {
+                    warn!(node = %node, "could not remove {}: {rm}", store.promise.path().display());
+                }
+            }
+            return Err(e);
+        }
+        if created {
+            info!(
+                node = %node,
+                "no promise file yet (a new replica, or a data directory from before promise files): \
+                 created {} with the epoch the log records ({})",
+                store.promise.path().display(),
+                store.promise.epoch()
+            );
+        }
         Ok(store)
+    }
+
+    /// The promise file (`DIR/replica-N.promise`).
+    pub fn promise_path(&self) -> &Path {
+        self.promise.path()
     }
 
     /// The WAL directory (`DIR/replica-N`).
@@ -201,32 +292,77 @@ impl WalStore {
         debug_assert!(self.wal.is_none() && self.pending.is_empty());
         let began = Instant::now();
         let node = self.node();
-        if self.marker.exists() {
+        if self.resync_marker.exists() {
             // A re-sync after corruption was cut short: what the directory
             // holds is a partial copy from a leader, and the rows this
             // replica confirmed before the corruption are still lost, so it
             // must not start as a trustworthy replica. Start the re-sync over.
+            let mut salvaged = Epoch(0);
             if self.dir.exists() {
                 let aside = set_aside(&self.dir, "resync-partial")?;
+                salvaged = Wal::salvage_promised(&aside);
                 warn!(
                     node = %node,
                     "a re-sync from the leader did not finish before the last stop ({} exists); \
                      its partial copy is set aside at {} (safe to delete) and the re-sync starts over",
-                    self.marker.display(),
+                    self.resync_marker.display(),
                     aside.display()
                 );
             }
             let (wal, _, _) = Wal::open_with(&self.dir, self.wal_config())?;
-            return self.opened(wal, Start::Resync, 0);
+            let promised = self.settle_promise(salvaged)?;
+            return self.opened(wal, Start::Resync { promised }, 0);
         }
-        match Wal::open_with(&self.dir, self.wal_config()) {
+        let missing_marker = self.missing_marker.clone();
+        let opened = Wal::open_checked(&self.dir, self.wal_config(), |report| match &report.torn_tail {
+            // Recorded before the cut: should we stop in between, the next
+            // start still knows rows may be missing.
+            Some(t) => add_to_marker(&missing_marker, &describe_cut(t)),
+            None => Ok(()),
+        });
+        match opened {
             Ok((wal, recovered, report)) => {
                 log_recovery(node, &self.dir, &report, began);
                 let snapshot_bytes =
                     report.snapshot_file.as_ref().and_then(|p| fs::metadata(p).ok()).map_or(0, |m| m.len());
                 self.snapshot_bytes = snapshot_bytes;
                 let log_bytes = segment_bytes_on_disk(&self.dir);
-                self.opened(wal, Start::Recovered(recovered.into_stored()), log_bytes)
+                let mut stored = recovered.into_stored();
+                let in_log = stored_promised(&stored);
+                let promised = self.settle_promise(in_log)?;
+                if promised > in_log {
+                    // A promise the log lost (or never had, under --no-fsync).
+                    info!(
+                        node = %node,
+                        "promised {promised} (from {}; the log records {in_log})",
+                        self.promise.path().display()
+                    );
+                    stored.promised = promised;
+                }
+                let start = if let Some(t) = &report.torn_tail {
+                    warn!(
+                        node = %node,
+                        "recovery {}. This is what a crash mid-write leaves, but a damaged last record \
+                         or a segment cut short look the same, so this replica may lack rows it \
+                         confirmed: it takes part in promotions as a whole replica only once it has \
+                         caught up with a leader ({} records this until then)",
+                        describe_cut(t),
+                        self.missing_marker.display()
+                    );
+                    Start::Missing(stored)
+                } else if self.missing_marker.exists() {
+                    warn!(
+                        node = %node,
+                        "{} exists: rows cut off the log at an earlier recovery may still be missing ({}); \
+                         this replica catches up with a leader before it takes part in promotions as whole",
+                        self.missing_marker.display(),
+                        marker_text(&self.missing_marker)
+                    );
+                    Start::Missing(stored)
+                } else {
+                    Start::Recovered(stored)
+                };
+                self.opened(wal, start, log_bytes)
             }
             Err(e @ WalError::Corrupt { .. }) => {
                 error!(
@@ -237,21 +373,50 @@ impl WalStore {
                 );
                 // The marker goes first: should we stop between the two, the
                 // next start still knows not to trust this directory.
-                write_marker(&self.marker)?;
+                add_to_marker(&self.resync_marker, &format!("log set aside as corrupt: {e}"))?;
                 let aside = set_aside(&self.dir, "corrupt")?;
                 error!(node = %node, "the damaged directory is kept at {} for inspection", aside.display());
+                let salvaged = Wal::salvage_promised(&aside);
                 let (wal, _, _) = Wal::open_with(&self.dir, self.wal_config())?;
-                self.opened(wal, Start::Resync, 0)
+                let promised = self.settle_promise(salvaged)?;
+                warn!(
+                    node = %node,
+                    "keeps its promised epoch {promised} ({} holds {}, the readable rest of the damaged log shows {salvaged})",
+                    self.promise.path().display(),
+                    self.promise.epoch()
+                );
+                self.opened(wal, Start::Resync { promised }, 0)
             }
             Err(e) => Err(e),
         }
     }
 
+    /// The newest promised epoch: the promise file's or `in_log`, whichever
+    /// is larger; the file is raised to it (durably, unless `--no-fsync`).
+    fn settle_promise(&mut self, in_log: Epoch) -> Result<Epoch, WalError> {
+        let durable = self.opts.sync != SyncMode::Off;
+        let path = self.promise.path().to_path_buf();
+        if self.promise.store(in_log, durable).map_err(|source| WalError::Io { path, source })? {
+            self.stats.promise_writes += 1;
+        }
+        self.promise_written = self.promise_written.max(self.promise.epoch());
+        Ok(self.promise.epoch())
+    }
+
     fn opened(&mut self, wal: Wal, start: Start, log_bytes: u64) -> Result<(), WalError> {
-        self.resyncing = matches!(start, Start::Resync);
+        self.catching_up = matches!(start, Start::Resync { .. } | Start::Missing(_));
         self.wal = Some(wal);
         self.start = Some(start);
         self.log_bytes = log_bytes;
+        Ok(())
+    }
+
+    /// Makes the newest promise written durable in the promise file, if it
+    /// is newer than what the file holds. Part of every sync.
+    fn sync_promise(&mut self) -> io::Result<()> {
+        if self.promise.store(self.promise_written, self.opts.sync != SyncMode::Off)? {
+            self.stats.promise_writes += 1;
+        }
         Ok(())
     }
 
@@ -279,7 +444,7 @@ impl WalStore {
             self.wal().sync()?;
             self.stats.fsyncs += 1;
         }
-        Ok(())
+        self.sync_promise()
     }
 
     /// Log bytes since the last snapshot at which the next one is taken.
@@ -326,6 +491,11 @@ impl Store for WalStore {
     }
 
     fn write(&mut self, op: PersistOp) -> io::Result<()> {
+        match &op {
+            PersistOp::Promise(e) => self.promise_written = self.promise_written.max(*e),
+            PersistOp::InstallSnapshot(snap) => self.promise_written = self.promise_written.max(snap.promised),
+            _ => {}
+        }
         match op {
             PersistOp::InstallSnapshot(snap) => {
                 // Everything before it goes first (Wal::snapshot syncs it).
@@ -358,23 +528,39 @@ impl Store for WalStore {
         Ok(())
     }
 
+    /// Makes everything written durable: the log's new records (one
+    /// `fdatasync`), then the promise file if a newer promise was written.
+    /// Both before returning, so before the machine hears `on_persisted`
+    /// and releases the batch's acknowledgements and promises.
     fn sync(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             // EveryOp mode wrote and synced each op already; otherwise there
-            // is nothing new.
-            return Ok(());
+            // is nothing new in the log (the promise file may still be behind
+            // after a write error; sync_promise is a no-op otherwise).
+            return self.sync_promise();
         }
         self.append_pending()?;
         self.fsync()
     }
 
     fn maintain(&mut self, replica: &Replica) -> io::Result<()> {
-        if self.resyncing && !replica.is_resyncing() {
+        if self.catching_up && !replica.is_resyncing() {
             // Caught up: what the directory holds is now a trustworthy copy.
             self.sync()?;
-            remove_marker(&self.marker)?;
-            self.resyncing = false;
-            info!(node = %self.node(), "re-sync finished; {} removed", self.marker.display());
+            let mut removed = Vec::new();
+            // The stronger marker first: stopped in between, the next start
+            // only catches up from the log instead of re-syncing in full.
+            for marker in [&self.resync_marker, &self.missing_marker] {
+                if remove_marker(marker)? {
+                    removed.push(marker.display().to_string());
+                }
+            }
+            self.catching_up = false;
+            info!(
+                node = %self.node(),
+                "caught up with the leader: holds every row it may have lost; removed {}",
+                if removed.is_empty() { "no marker".to_string() } else { removed.join(", ") }
+            );
         }
         if self.log_bytes < self.snapshot_threshold(replica.is_leader()) || !self.pending.is_empty() {
             return Ok(());
@@ -447,16 +633,6 @@ fn log_recovery(node: NodeId, dir: &Path, r: &RecoveryReport, began: Instant) {
         r.records_replayed,
         r.segments_replayed
     );
-    if let Some(t) = &r.torn_tail {
-        warn!(
-            node = %node,
-            "cut a torn write off {} at byte {} ({} bytes: {}); a crash mid-write, nothing acknowledged",
-            t.file.display(),
-            t.offset,
-            t.bytes_discarded,
-            t.fault
-        );
-    }
     for (path, why) in &r.snapshots_skipped {
         warn!(node = %node, "snapshot {} unreadable ({why}); recovered from an older one and the log", path.display());
     }
@@ -530,20 +706,75 @@ fn set_aside(dir: &Path, tag: &str) -> Result<PathBuf, WalError> {
     })
 }
 
-fn write_marker(marker: &Path) -> Result<(), WalError> {
+/// The newest epoch a recovered log shows was promised (what
+/// `Replica::recover` would take).
+fn stored_promised(stored: &Stored) -> Epoch {
+    let snap = stored.snapshot.as_ref().map_or(Epoch(0), |s| s.promised);
+    stored.promised.max(stored.last().epoch).max(snap)
+}
+
+fn describe_cut(t: &TornTail) -> String {
+    format!(
+        "cut {} bytes off the end of {} at byte {} ({})",
+        t.bytes_discarded,
+        t.file.display(),
+        t.offset,
+        t.fault
+    )
+}
+
+/// Longest marker text kept (older lines are dropped first).
+const MARKER_TEXT_BYTES_MAX: usize = 16 * 1024;
+
+/// Creates `marker` (or adds to it) with one more line of `text`, durably:
+/// the file and its directory entry are fsynced before this returns. What
+/// counts is that the file exists; the text is for people.
+fn add_to_marker(marker: &Path, text: &str) -> Result<(), WalError> {
     let io_err = |source| WalError::Io { path: marker.to_path_buf(), source };
-    let f = OpenOptions::new().write(true).create(true).truncate(true).open(marker).map_err(io_err)?;
+    let mut content = fs::read(marker).unwrap_or_default();
+    content.extend_from_slice(format!("{}: {text}\n", unix_seconds()).as_bytes());
+    if content.len() > MARKER_TEXT_BYTES_MAX {
+        let cut = content.len() - MARKER_TEXT_BYTES_MAX;
+        let from = content[cut..].iter().position(|b| *b == b'\n').map_or(cut, |p| cut + p + 1);
+        content.drain(..from);
+    }
+    // Rewritten in place: the file exists throughout, and a torn rewrite
+    // still leaves a marker.
+    let mut f = OpenOptions::new().write(true).create(true).truncate(false).open(marker).map_err(io_err)?;
+    f.write_all(&content).map_err(io_err)?;
+    f.set_len(content.len() as u64).map_err(io_err)?;
     f.sync_all().map_err(io_err)?;
     sync_dir(parent_of(marker))
 }
 
-fn remove_marker(marker: &Path) -> io::Result<()> {
+/// The marker's text, for a log line (lines joined, at most ~1 KiB).
+fn marker_text(marker: &Path) -> String {
+    let text = fs::read(marker).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let joined = text.lines().collect::<Vec<_>>().join("; ");
+    match joined.char_indices().nth(1024) {
+        Some((at, _)) => format!("{}...", &joined[..at]),
+        None if joined.is_empty() => "no details recorded".to_string(),
+        None => joined,
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // a timestamp for people reading a marker, not for the machine
+fn unix_seconds() -> String {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => format!("unix time {}", d.as_secs()),
+        Err(_) => "unix time unknown".to_string(),
+    }
+}
+
+/// Removes `marker` if present (durably); returns whether it was there.
+fn remove_marker(marker: &Path) -> io::Result<bool> {
     match fs::remove_file(marker) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     }
-    File::open(parent_of(marker))?.sync_all()
+    File::open(parent_of(marker))?.sync_all()?;
+    Ok(true)
 }
 
 #[cfg(test)]

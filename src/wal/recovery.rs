@@ -22,7 +22,11 @@ enum Fix {
     Remove(PathBuf),
 }
 
-pub(super) fn open(dir: &Path, config: WalConfig) -> Result<(Wal, Recovered, RecoveryReport), WalError> {
+pub(super) fn open(
+    dir: &Path,
+    config: WalConfig,
+    before_changes: impl FnOnce(&RecoveryReport) -> Result<(), WalError>,
+) -> Result<(Wal, Recovered, RecoveryReport), WalError> {
     let mut report = RecoveryReport::default();
     ensure_dir(dir)?;
     let dir_file = File::open(dir).map_err(io_err(dir))?;
@@ -187,6 +191,7 @@ pub(super) fn open(dir: &Path, config: WalConfig) -> Result<(Wal, Recovered, Rec
     }
 
     // ---- everything judged: now change things ----
+    before_changes(&report)?;
     let mut removed_any = false;
     for fix in fixes {
         match fix {
@@ -372,5 +377,48 @@ fn load_snapshot(path: &Path, name_seq: u64) -> Result<Result<Snapshot, (u64, St
         Ok((snap, [])) => Ok(Ok(snap)),
         Ok(_) => Ok(Err((at, "payload has trailing bytes".into()))),
         Err(e) => Ok(Err((at, format!("payload does not decode: {e}")))),
+    }
+}
+
+/// See [`Wal::salvage_promised`]. Reads without a lock and changes nothing.
+pub(super) fn salvage_promised(dir: &Path) -> Epoch {
+    let mut promised = Epoch(0);
+    let Ok(entries) = fs::read_dir(dir) else { return promised };
+    for entry in entries.filter_map(Result::ok).take(DIR_ENTRIES_MAX) {
+        let path = entry.path();
+        match entry.file_name().to_str().and_then(parse_name) {
+            Some(FileKind::Snapshot(seq)) => {
+                if let Ok(Ok(snap)) = load_snapshot(&path, seq) {
+                    promised = promised.max(snap.promised).max(snap.last.epoch);
+                }
+            }
+            Some(FileKind::Segment(_)) => {
+                let Ok(bytes) = read_limited(&path, SEGMENT_FILE_BYTES_MAX) else { continue };
+                // Records may still check out behind a damaged header.
+                let mut at = SEGMENT_HEADER_BYTES.min(bytes.len());
+                while at < bytes.len() {
+                    let decoded = decode_records(&bytes[at..]);
+                    for op in &decoded.ops {
+                        promised = promised.max(op_promised(op));
+                    }
+                    match decoded.tail {
+                        Tail::Corrupt { next_valid: Some(next), .. } if next > 0 => at += next,
+                        _ => break,
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    promised
+}
+
+/// The newest epoch one persisted op shows its replica had promised.
+fn op_promised(op: &PersistOp) -> Epoch {
+    match op {
+        PersistOp::Promise(e) => *e,
+        PersistOp::Append(rows) => rows.iter().map(|r| r.epoch).max().unwrap_or_default(),
+        PersistOp::TruncateAfter(_) => Epoch(0),
+        PersistOp::InstallSnapshot(s) => s.promised.max(s.last.epoch),
     }
 }

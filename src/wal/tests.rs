@@ -822,3 +822,74 @@ fn crash_between_snapshot_and_cleanup_is_finished_on_open() {
     );
     assert_eq!(rec.rows, w.model.rows[snap.last.lsn.0 as usize..]);
 }
+
+// ---- open_checked and salvage ----
+
+#[test]
+fn open_checked_sees_the_cut_before_it_is_made_and_can_stop_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut wal, _, _) = Wal::open(tmp.path()).expect("open");
+    wal.append(&sample_ops()).expect("append");
+    wal.sync().expect("sync");
+    drop(wal);
+    let seg = segment_paths(tmp.path())[0].clone();
+    let len = fs::metadata(&seg).expect("meta").len();
+    OpenOptions::new().write(true).open(&seg).expect("open").set_len(len - 2).expect("cut");
+    let before = dir_contents(tmp.path());
+
+    // The hook sees the cut while the file is still whole, and its error
+    // leaves the directory untouched.
+    let mut seen = None;
+    let refused = Wal::open_checked(tmp.path(), WalConfig::default(), |report| {
+        seen = report.torn_tail.clone();
+        assert_eq!(fs::metadata(&seg).expect("meta").len(), len - 2, "nothing cut yet");
+        Err(WalError::Config("stop".into()))
+    });
+    assert!(matches!(refused, Err(WalError::Config(_))));
+    assert_eq!(seen.as_ref().map(|t| &t.file), Some(&seg));
+    assert_eq!(dir_contents(tmp.path()), before);
+
+    // Allowed, the cut is made as in a plain open.
+    let mut calls = 0;
+    let (_, rec, report) = Wal::open_checked(tmp.path(), WalConfig::default(), |r| {
+        calls += 1;
+        assert!(r.torn_tail.is_some());
+        Ok(())
+    })
+    .expect("open");
+    assert_eq!(calls, 1);
+    assert_eq!(report.torn_tail, seen);
+    assert_eq!(rec.rows.len(), 2, "the last append (row 3 of e2) was cut");
+
+    // A clean log: called once, with nothing to cut.
+    let (_, _, _) = Wal::open_checked(tmp.path(), WalConfig::default(), |r| {
+        assert!(r.torn_tail.is_none());
+        Ok(())
+    })
+    .expect("open");
+}
+
+#[test]
+fn salvage_reads_promises_past_damage() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut wal, _, _) = Wal::open_with(tmp.path(), small_segments()).expect("open");
+    let mut ops = vec![PersistOp::Append(vec![put(1, 1, "a", Some("1"), 1, 1)])];
+    ops.push(PersistOp::Promise(Epoch(4)));
+    ops.push(PersistOp::Append(vec![put(3, 2, "b", Some("2"), 1, 2)]));
+    wal.append(&ops).expect("append");
+    wal.sync().expect("sync");
+    drop(wal);
+    assert_eq!(Wal::salvage_promised(tmp.path()), Epoch(4));
+    // Damage the first record: the promise after it still counts.
+    let seg = segment_paths(tmp.path())[0].clone();
+    let mut bytes = fs::read(&seg).expect("read");
+    bytes[SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES + 1] ^= 0x01;
+    bytes[3] ^= 0x01; // and the segment header
+    fs::write(&seg, &bytes).expect("write");
+    assert!(matches!(Wal::open(tmp.path()), Err(WalError::Corrupt { .. })));
+    assert_eq!(Wal::salvage_promised(tmp.path()), Epoch(4));
+    // Nothing readable, or no directory at all: zero, never an error.
+    fs::write(&seg, [0xAB; 100]).expect("write");
+    assert_eq!(Wal::salvage_promised(tmp.path()), Epoch(0));
+    assert_eq!(Wal::salvage_promised(tmp.path().join("absent")), Epoch(0));
+}
