@@ -224,7 +224,8 @@ pub enum Event {
         last: LogPos,
         keys: u64,
     },
-    /// A replica that discarded a corrupt disk has caught up with a leader.
+    /// A replica that may have lacked rows it confirmed (a cut or discarded
+    /// log) holds them all again: up to `applied`, durably.
     Resynced {
         applied: Lsn,
     },
@@ -290,7 +291,7 @@ impl std::fmt::Display for Event {
                 write!(f, "** installs the leader's snapshot up to {last} ({keys} keys)")
             }
             Event::Resynced { applied } => {
-                write!(f, "** re-synced from the leader up to lsn {applied}; takes part in promotions again")
+                write!(f, "** whole again (holds every row it confirmed, up to lsn {applied}): its promises count on their own")
             }
             Event::Following { leader, epoch, last } => {
                 write!(f, "** follows r{} in {epoch} (log ends {last})", leader.0)

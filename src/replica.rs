@@ -457,7 +457,7 @@ impl Replica {
             // Promoted from promises of every replica (or a quorum that
             // holds every row): whatever we lost, no acknowledged row is
             // missing from the most up-to-date log, which is ours.
-            out.event(Event::Resynced { applied: self.applied });
+            out.event(Event::Resynced { applied: last.lsn });
         }
         // A row of our own epoch: once it commits, everything before it has.
         let row = Row { epoch, lsn: next, body: RowBody::Noop };

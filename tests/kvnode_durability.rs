@@ -311,7 +311,7 @@ fn corrupt_follower_sets_its_log_aside_and_resyncs() {
     c.restart_replica(f);
     let p = c.replica(f);
     let resynced = wait_until(Duration::from_secs(30), || {
-        p.stderr_lines().iter().any(|l| l.contains("re-synced from the leader"))
+        p.stderr_lines().iter().any(|l| l.contains("caught up: holds every row"))
     });
     let stderr = p.stderr_lines().join("\n");
     assert!(resynced, "r{f} never re-synced; stderr:\n{stderr}");
@@ -319,8 +319,10 @@ fn corrupt_follower_sets_its_log_aside_and_resyncs() {
     // It starts empty, but keeps the epoch it promised (from its promise file).
     let kept = stderr
         .lines()
-        .find_map(|l| l.split("replica machine starts empty and re-syncs").nth(1)?.split(", promised e").nth(1))
-        .and_then(|e| e.trim().parse::<u64>().ok());
+        .find_map(|l| {
+            l.split("replica machine starts empty and re-syncs").nth(1)?.split(", promised e").nth(1)
+        })
+        .and_then(|e| e.split_whitespace().next()?.parse::<u64>().ok());
     assert!(kept.is_some_and(|e| e >= promised.0), "promised {promised} before; stderr:\n{stderr}");
     assert!(data.join(format!("replica-{f}.corrupt-1")).is_dir(), "the damaged directory was not kept");
     let marker = data.join(format!("replica-{f}.resyncing"));
@@ -400,7 +402,7 @@ fn follower_with_a_cut_log_tail_stays_missing_until_caught_up() {
     c.restart_balancer();
     let p = c.replica(f);
     let resynced = wait_until(Duration::from_secs(30), || {
-        p.stderr_lines().iter().any(|l| l.contains("re-synced from the leader"))
+        p.stderr_lines().iter().any(|l| l.contains("caught up: holds every row"))
     });
     let stderr = p.stderr_lines().join("\n");
     assert!(resynced, "r{f} never caught up; stderr:\n{stderr}");

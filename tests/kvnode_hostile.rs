@@ -89,7 +89,8 @@ fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
         ("spoofed client id", [hello(client), frame(&request(78, Op::Get { key: "k".into() }))].concat()),
         (
             "client sends replica traffic",
-            [hello(client), frame(&Frame::Msg(Msg::Promote { epoch: kvstore::Epoch(99), ballot: 1 }))].concat(),
+            [hello(client), frame(&Frame::Msg(Msg::Promote { epoch: kvstore::Epoch(99), ballot: 1 }))]
+                .concat(),
         ),
         (
             "impostor replica",

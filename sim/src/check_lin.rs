@@ -663,11 +663,13 @@ struct Meter {
     /// Estimated bytes the states of the running search hold.
     held: usize,
     held_peak: usize,
+    /// The most operations any partial linearization placed so far.
+    placed_max: usize,
 }
 
 impl Meter {
     fn new(budget: LinBudget) -> Meter {
-        Meter { budget, steps: 0, held: 0, held_peak: 0 }
+        Meter { budget, steps: 0, held: 0, held_peak: 0, placed_max: 0 }
     }
 
     /// Counts one step; `Err` once past the budget.
@@ -695,8 +697,8 @@ impl Meter {
 /// How a search ended.
 enum SearchEnd {
     Decided(Result<(), Partial>),
-    /// Out of the budget; the most operations a partial linearization placed.
-    Exhausted(BudgetKind, usize),
+    /// Out of the budget.
+    Exhausted(BudgetKind),
 }
 
 /// The deepest point the search reached: the most operations it managed to
@@ -803,14 +805,14 @@ fn check_key(
             swept,
         }),
         SearchEnd::Decided(Err(partial)) => Err(KeyFailure::Violation(explain(key, history, &ops, &partial))),
-        SearchEnd::Exhausted(exhausted, placed_max) => Err(KeyFailure::Undecided(LinUndecided {
+        SearchEnd::Exhausted(exhausted) => Err(KeyFailure::Undecided(LinUndecided {
             key: key.to_owned(),
             ops: ops_checked,
             exhausted,
             budget,
             steps: meter.steps.min(budget.steps),
             memory_bytes_peak: meter.held_peak,
-            placed_max,
+            placed_max: meter.placed_max,
         })),
     }
 }
@@ -946,7 +948,7 @@ fn search(ops: &[KeyOp], states_max: usize, meter: &mut Meter) -> (usize, Option
             return (memo.states, None);
         }
         if let Err(kind) = meter.step() {
-            return (memo.states, Some(SearchEnd::Exhausted(kind, best.len())));
+            return (memo.states, Some(SearchEnd::Exhausted(kind)));
         }
 
         // Choose the next step to try, or find there is none.
@@ -1019,7 +1021,7 @@ fn search(ops: &[KeyOp], states_max: usize, meter: &mut Meter) -> (usize, Option
             frontier.key(value_after, &mut key);
             if memo.remember(&key, &used) {
                 if let Err(kind) = meter.hold(memo.bytes) {
-                    return (memo.states, Some(SearchEnd::Exhausted(kind, best.len().max(stack.len() + 1))));
+                    return (memo.states, Some(SearchEnd::Exhausted(kind)));
                 }
                 stack.push(step);
                 value = value_after;
@@ -1032,6 +1034,7 @@ fn search(ops: &[KeyOp], states_max: usize, meter: &mut Meter) -> (usize, Option
                     best.extend_from_slice(&stack[low_water..]);
                     best_value = value;
                     low_water = stack.len();
+                    meter.placed_max = meter.placed_max.max(best.len());
                 }
                 fresh = true;
                 continue;
@@ -1169,7 +1172,10 @@ fn sweep(ops: &[KeyOp], meter: &mut Meter) -> (usize, SearchEnd) {
     let mut depth = 0;
     match sweep_layers(ops, meter, &mut states, &mut depth) {
         Ok(outcome) => (states, SearchEnd::Decided(outcome)),
-        Err(kind) => (states, SearchEnd::Exhausted(kind, depth)),
+        Err(kind) => {
+            meter.placed_max = meter.placed_max.max(depth);
+            (states, SearchEnd::Exhausted(kind))
+        }
     }
 }
 
@@ -2368,5 +2374,103 @@ mod tests {
         // answered, so they may reflect LSNs in either order.
         let history = [sr(1, "x", 9, 0, 50), sr(1, "y", 3, 20, 30)];
         assert_eq!(session(&history), Vec::<String>::new());
+    }
+
+    /// `writes` writes of distinct values and `reads` reads of them, all
+    /// overlapping in time on key `k`, then a write and a read of a value it
+    /// overwrote: not linearizable, but only an exhaustive search can tell,
+    /// and the states it must visit grow as 2^writes. This is the shape that
+    /// needed over 12 GB before there was a budget (tens of operations on
+    /// one key under long-tailed delays).
+    fn pathological(writes: u64, reads: u64) -> Vec<HistOp> {
+        let mut history = Vec::new();
+        for i in 0..writes {
+            history.push(w(i, "k", Some(format!("v{i}")), i, Some(10_000 + i)));
+        }
+        for j in 0..reads {
+            history.push(r(writes + j, "k", Some(format!("v{}", j % writes)), j, 10_000 + j));
+        }
+        history.push(w(0, "k", some("last"), 20_000, Some(20_001)));
+        history.push(r(1, "k", some("v0"), 20_002, 20_003));
+        history
+    }
+
+    #[test]
+    fn pathological_history_runs_out_of_memory_budget_and_is_inconclusive() {
+        let history = pathological(48, 24);
+        #[allow(clippy::disallowed_methods)] // a figure for the log, not asserted
+        let started = std::time::Instant::now();
+        let undecided = check_linearizable(&history).expect_inconclusive();
+        println!("pathological: {:?}: {}", started.elapsed(), undecided[0]);
+        assert_eq!(undecided.len(), 1);
+        let key = &undecided[0];
+        assert_eq!((key.key.as_str(), key.ops, key.exhausted), ("k", 74, BudgetKind::Memory), "{key}");
+        assert!(key.memory_bytes_peak > LIN_MEMORY_BYTES_MAX && key.steps < LIN_STEPS_MAX, "{key}");
+        assert!(key.placed_max < key.ops, "{key}");
+        assert!(
+            key.to_string().starts_with(
+                "key \"k\" is undecided: the search ran out of its memory budget (1024 MiB of search states)"
+            ),
+            "{key}"
+        );
+    }
+
+    #[test]
+    fn pathological_history_runs_out_of_step_budget_and_is_inconclusive() {
+        let budget = LinBudget { steps: 100_000, memory_bytes: LIN_MEMORY_BYTES_MAX };
+        for strategy in [Strategy::Default, Strategy::SearchOnly, Strategy::SweepOnly] {
+            let verdict = check_linearizable_with(&pathological(48, 24), strategy, budget);
+            let undecided = verdict.expect_inconclusive();
+            assert_eq!(undecided.len(), 1, "{strategy:?}");
+            assert_eq!(undecided[0].exhausted, BudgetKind::Steps, "{strategy:?}: {}", undecided[0]);
+            assert_eq!(undecided[0].steps, 100_000, "{strategy:?}");
+        }
+    }
+
+    #[test]
+    fn an_undecided_key_hides_no_violation_elsewhere() {
+        let budget = LinBudget { steps: 100_000, memory_bytes: LIN_MEMORY_BYTES_MAX };
+        let mut history = pathological(48, 24);
+        // Keys on both sides of "k" in key order.
+        history.push(w(1, "a", some("1"), 0, Some(10)));
+        history.push(r(2, "a", some("1"), 20, 30));
+        history.push(w(1, "z", some("1"), 0, Some(10)));
+        let clean = history.clone();
+        let undecided = check_linearizable_within(&clean, budget).expect_inconclusive();
+        assert_eq!(undecided.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(), ["k"]);
+        history.push(r(2, "z", None, 20, 30));
+        let violation = check_linearizable_within(&history, budget).expect_violation();
+        assert_eq!(violation.key, "z");
+    }
+
+    /// How the memory estimate compares with what the allocator holds, on
+    /// the pathological shape. Linux only (reads the peak resident set).
+    /// Run with `cargo test --release -p kvsim check_lin::tests::memory_figures
+    /// -- --ignored --nocapture --test-threads 1`.
+    #[test]
+    #[ignore = "figures, not a check"]
+    fn memory_figures() {
+        let peak_kib = || -> u64 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: 0 kB");
+            line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+        };
+        for mib in [64usize, 256, 1024] {
+            let before = peak_kib();
+            let budget = LinBudget { steps: u64::MAX, memory_bytes: mib << 20 };
+            #[allow(clippy::disallowed_methods)] // a figure, not asserted
+            let started = std::time::Instant::now();
+            let undecided = check_linearizable_within(&pathological(48, 24), budget).expect_inconclusive();
+            let after = peak_kib();
+            println!(
+                "budget {mib} MiB: estimated peak {} MiB, resident peak grew {} MiB (to {} MiB), \
+                 {} steps, {:?}",
+                undecided[0].memory_bytes_peak >> 20,
+                after.saturating_sub(before) >> 10,
+                after >> 10,
+                undecided[0].steps,
+                started.elapsed()
+            );
+        }
     }
 }

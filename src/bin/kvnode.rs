@@ -232,9 +232,7 @@ fn open_store(s: &StorageArgs, n: u8) -> Result<Box<dyn Store>, Failure> {
             | WalError::NewerVersion { .. }
             | WalError::Locked { .. }
             | WalError::PromiseLost { .. }),
-        ) => {
-            Err(Failure::Refused(format!("replica {n} cannot use its data directory: {e}")))
-        }
+        ) => Err(Failure::Refused(format!("replica {n} cannot use its data directory: {e}"))),
         Err(WalError::Io { path, source }) => {
             Err(Failure::Io(io::Error::new(source.kind(), format!("{}: {source}", path.display()))))
         }

@@ -62,9 +62,9 @@ use crate::types::{Epoch, NodeId, ReplicaId, RowBody};
 use crate::wal::{
     PromiseFile, RecoveryReport, TornTail, Wal, WalConfig, WalError, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,
 };
-use std::io::Write;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tracing::{error, info, warn};
@@ -215,6 +215,7 @@ impl WalStore {
     pub fn open(data_dir: &Path, replica: ReplicaId, opts: WalOptions) -> Result<WalStore, WalError> {
         let n = replica.0;
         let dir = data_dir.join(format!("replica-{n}"));
+        ensure_data_dir(data_dir)?;
         // The promise file first: it is also the lock that keeps a second
         // process from touching anything of this replica's.
         let (promise, load) = PromiseFile::open(&data_dir.join(format!("replica-{n}.promise")))?;
@@ -493,7 +494,9 @@ impl Store for WalStore {
     fn write(&mut self, op: PersistOp) -> io::Result<()> {
         match &op {
             PersistOp::Promise(e) => self.promise_written = self.promise_written.max(*e),
-            PersistOp::InstallSnapshot(snap) => self.promise_written = self.promise_written.max(snap.promised),
+            PersistOp::InstallSnapshot(snap) => {
+                self.promise_written = self.promise_written.max(snap.promised)
+            }
             _ => {}
         }
         match op {
@@ -558,7 +561,7 @@ impl Store for WalStore {
             self.catching_up = false;
             info!(
                 node = %self.node(),
-                "caught up with the leader: holds every row it may have lost; removed {}",
+                "caught up: holds every row it may have lost (or was promoted on every replica's promise); removed {}",
                 if removed.is_empty() { "no marker".to_string() } else { removed.join(", ") }
             );
         }
@@ -683,6 +686,20 @@ fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(|source| WalError::Io { path: dir.to_path_buf(), source })
+}
+
+/// Creates `DIR` (and its parents) if missing, with its entry made durable.
+fn ensure_data_dir(data_dir: &Path) -> Result<(), WalError> {
+    match fs::metadata(data_dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(WalError::Foreign { path: data_dir.to_path_buf(), why: "not a directory".into() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(data_dir)
+                .map_err(|source| WalError::Io { path: data_dir.to_path_buf(), source })?;
+            sync_dir(parent_of(data_dir))
+        }
+        Err(source) => Err(WalError::Io { path: data_dir.to_path_buf(), source }),
+    }
 }
 
 /// Renames `dir` to `dir.TAG-K` with the first free K, durably.

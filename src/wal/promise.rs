@@ -67,14 +67,22 @@ pub const PROMISE_FILE_BYTES: u64 = PROMISE_SLOT1_OFFSET + PROMISE_SLOT_BYTES as
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotFault {
     /// The file ends before this copy does.
-    Short { available_bytes: usize },
+    Short {
+        available_bytes: usize,
+    },
     Magic,
-    NewerVersion { found: u32 },
-    UnknownVersion { found: u32 },
+    NewerVersion {
+        found: u32,
+    },
+    UnknownVersion {
+        found: u32,
+    },
     Checksum,
     Reserved,
     /// A valid copy in the wrong slot.
-    WrongSlot { seq: u64 },
+    WrongSlot {
+        seq: u64,
+    },
 }
 
 impl std::fmt::Display for SlotFault {
@@ -345,8 +353,10 @@ mod tests {
     }
 
     fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> =
-            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     }

@@ -445,10 +445,7 @@ fn a_second_open_is_refused_before_anything_is_set_aside() {
     // The re-sync marker is there now: a second process would set aside the
     // first one's live directory, were it not refused first.
     let before = names(tmp.path());
-    assert!(matches!(
-        WalStore::open(tmp.path(), R1, WalOptions::default()),
-        Err(WalError::Locked { .. })
-    ));
+    assert!(matches!(WalStore::open(tmp.path(), R1, WalOptions::default()), Err(WalError::Locked { .. })));
     assert_eq!(names(tmp.path()), before);
 }
 
@@ -517,4 +514,19 @@ fn a_rebuild_of_a_missing_replica_stays_missing() {
     assert!(matches!(start(&mut s), Start::Missing(_)));
     // The machine is rebuilt (a new cluster configuration) before it caught up.
     assert!(matches!(start(&mut s), Start::Missing(_)));
+}
+
+#[test]
+fn a_missing_data_dir_is_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("a/b");
+    let mut s = open(&data, WalOptions::default());
+    assert_eq!(recovered(&mut s), Stored::default());
+    assert_eq!(names(&data), ["replica-1", "replica-1.promise"]);
+    // A file where the directory should be is refused.
+    fs::write(tmp.path().join("file"), b"x").unwrap();
+    assert!(matches!(
+        WalStore::open(&tmp.path().join("file"), R1, WalOptions::default()),
+        Err(WalError::Foreign { .. })
+    ));
 }
