@@ -81,8 +81,10 @@ pub struct Epoch(pub u64);
 pub struct Lsn(pub u64);
 
 impl Lsn {
+    /// The next position. Saturates: LSNs from the wire may be anything,
+    /// and a log never gets near `u64::MAX` rows.
     pub fn next(self) -> Lsn {
-        Lsn(self.0 + 1)
+        Lsn(self.0.saturating_add(1))
     }
     pub fn prev(self) -> Lsn {
         Lsn(self.0.saturating_sub(1))

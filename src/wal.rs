@@ -70,6 +70,21 @@
 //! [`WalError::Corrupt`]: the replica must not serve from this directory and
 //! should be re-synced from its peers.
 //!
+//! A crash can cut only the last write short, but recovery cannot tell
+//! that from a damaged, fsynced last record or a segment cut short: all
+//! three are a bad tail with nothing valid after it. [`Wal::open_checked`]
+//! lets a runtime record durably that rows are about to be cut before the
+//! cut is made, so the replica can start as one that may lack rows it
+//! confirmed.
+//!
+//! # The promise file
+//!
+//! [`PromiseFile`] keeps the newest promised epoch outside the log
+//! directory (two checksummed copies, updated alternately in place; layout
+//! in `src/wal/promise.rs`), so it survives the log being set aside as
+//! corrupt. [`Wal::salvage_promised`] reads what it can of a log already
+//! judged corrupt, for data directories from before promise files.
+//!
 //! # Group commit
 //!
 //! [`Wal::append`] only writes; [`Wal::sync`] makes everything written so far

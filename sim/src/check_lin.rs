@@ -111,24 +111,27 @@ pub struct LinBudget {
     pub memory_bytes: usize,
 }
 
-/// Default step budget per key. The heaviest shape in the `figures` test
-/// that is still decided (10,000 operations on one key from 12 clients, with
-/// one stale read, so the search must be exhaustive) takes about 8.6 million
-/// steps and a second; simulator histories take far fewer (seconds of
-/// traffic, a few hundred operations per key). 100 million steps is about
-/// 5 to 20 seconds of checking, ten times that shape: generous for any
-/// history a person can still read, and a hard stop for the exponential ones
-/// (tens of operations on one key all overlapping in time).
-pub const LIN_STEPS_MAX: u64 = 100_000_000;
+/// Default step budget per key: 50 million, about 5 to 15 seconds of
+/// checking. The heaviest shape in the `figures` test that is still decided
+/// (10,000 operations on one key from 12 clients with one stale read, so the
+/// search must be exhaustive) takes between 4 and 8.4 million steps, and
+/// simulator histories far fewer (seconds of traffic, a few hundred
+/// operations per key): six times that shape is room for any history a
+/// person could still read, and a stop for sweeps that stay small in memory
+/// but go on for very many layers.
+pub const LIN_STEPS_MAX: u64 = 50_000_000;
 
-/// Default memory budget per key: 1 GiB of estimated search states. Before
-/// there was one, a history of 60 to 80 mutually overlapping operations on
-/// one key (long-tailed network delays, `leader` readers) made the sweep
-/// hold over 12 GB and the whole `kvsim sweep` was killed. The estimate
-/// counts the states' heap words and a fixed overhead per entry, and runs
-/// about 10 to 30% below what the allocator actually holds (see
-/// `Memo::remember`); at the default, a check stays well under 2 GB.
-pub const LIN_MEMORY_BYTES_MAX: usize = 1 << 30;
+/// Default memory budget per key: 128 MiB of estimated search states, four
+/// times the most the heaviest decided `figures` shape holds (30 MiB).
+/// Before there was a budget, histories of 60 to 80 mutually overlapping
+/// operations on one key (long-tailed network delays, `leader` readers) made
+/// the sweep hold over 12 GB until the whole `kvsim sweep` was killed. The
+/// estimate counts each state's words and a fixed overhead per entry (see
+/// `Memo::remember`) and came within 1% of the resident set's growth under
+/// glibc's allocator at 64 MiB to 1 GiB (see `memory_figures`). Filling it
+/// takes a fraction of a second, so the exponential histories end quickly,
+/// as `Inconclusive`.
+pub const LIN_MEMORY_BYTES_MAX: usize = 128 << 20;
 
 impl LinBudget {
     /// The budget [`check_linearizable`] runs with.
@@ -1316,15 +1319,14 @@ struct Layer {
 impl Layer {
     /// Adds the state unless one in the layer subsumes it; true if added.
     fn insert(&mut self, key: &[u64], used: &[u32]) -> bool {
-        let new_key = !self.memo.seen.contains_key(key);
         let memo_before = self.memo.bytes;
-        let added = self.memo.remember(key, used);
+        let noted = self.memo.note(key, used);
         self.bytes += self.memo.bytes - memo_before;
-        if new_key {
+        if noted == Noted::NewKey {
             self.order.push(key.to_vec());
             self.bytes += VEC_BYTES + WORD_BYTES * key.len();
         }
-        added
+        noted != Noted::Subsumed
     }
 
     /// The usages kept for `key`: none subsumes another.
@@ -1436,26 +1438,44 @@ impl Memo {
     /// subtracted (their list keeps its capacity), so the estimate only
     /// grows while the memo lives.
     fn remember(&mut self, key: &[u64], used: &[u32]) -> bool {
+        self.note(key, used) != Noted::Subsumed
+    }
+
+    /// [`Memo::remember`], saying whether the key itself was new.
+    fn note(&mut self, key: &[u64], used: &[u32]) -> Noted {
         let within = |small: &[u32], large: &[u32]| small.iter().zip(large).all(|(s, l)| s <= l);
-        match self.seen.get_mut(key) {
+        let noted = match self.seen.get_mut(key) {
             Some(usages) => {
                 if usages.iter().any(|seen| within(seen, used)) {
-                    return false;
+                    return Noted::Subsumed;
                 }
                 // Usages this one is within are now redundant: drop them to
                 // keep the scan short.
                 usages.retain(|seen| !within(used, seen));
                 usages.push(used.to_vec());
+                Noted::Added
             }
             None => {
                 self.seen.insert(key.to_vec(), vec![used.to_vec()]);
                 self.bytes += MEMO_ENTRY_OVERHEAD_BYTES + WORD_BYTES * key.len();
+                Noted::NewKey
             }
-        }
+        };
         self.bytes += MEMO_USAGE_OVERHEAD_BYTES + std::mem::size_of::<u32>() * used.len();
         self.states += 1;
-        true
+        noted
     }
+}
+
+/// What [`Memo::note`] did with a state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Noted {
+    /// A visited state subsumes it: nothing recorded.
+    Subsumed,
+    /// Recorded, with a key already present.
+    Added,
+    /// Recorded under a new key.
+    NewKey,
 }
 
 /// The memo's hasher: unkeyed, so the memo does the same work on every run,
@@ -2396,7 +2416,7 @@ mod tests {
     }
 
     #[test]
-    fn pathological_history_runs_out_of_memory_budget_and_is_inconclusive() {
+    fn pathological_history_runs_out_of_the_default_memory_budget_and_is_inconclusive() {
         let history = pathological(48, 24);
         #[allow(clippy::disallowed_methods)] // a figure for the log, not asserted
         let started = std::time::Instant::now();
@@ -2409,7 +2429,7 @@ mod tests {
         assert!(key.placed_max < key.ops, "{key}");
         assert!(
             key.to_string().starts_with(
-                "key \"k\" is undecided: the search ran out of its memory budget (1024 MiB of search states)"
+                "key \"k\" is undecided: the search ran out of its memory budget (128 MiB of search states)"
             ),
             "{key}"
         );

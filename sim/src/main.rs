@@ -111,12 +111,11 @@ fn main() -> ExitCode {
         }
         Cmd::Sweep { files, from, to } => {
             if from > to {
-                Cli::command()
-                    .error(
-                        clap::error::ErrorKind::InvalidValue,
-                        format!("--from {from} is after --to {to}: no seed to run"),
-                    )
-                    .exit();
+                let mut cli = Cli::command();
+                cli.build();
+                let sweep = cli.find_subcommand_mut("sweep").expect("the sweep subcommand exists");
+                let why = format!("--from {from} is after --to {to}: no seed to run");
+                sweep.error(clap::error::ErrorKind::InvalidValue, why).exit();
             }
             let mut scenarios = Vec::new();
             for f in &files {
@@ -224,9 +223,10 @@ impl Tally {
 
 impl std::fmt::Display for Tally {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = if self.runs == 1 { "" } else { "s" };
         write!(
             f,
-            "{} runs: {} passed, {} failed ({} panicked), {} inconclusive",
+            "{} run{s}: {} passed, {} failed ({} panicked), {} inconclusive",
             self.runs, self.passed, self.failed, self.panicked, self.inconclusive
         )
     }

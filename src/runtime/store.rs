@@ -246,8 +246,14 @@ impl WalStore {
             stats: WalStats::default(),
         };
         if let Err(e) = store.open_wal() {
-            if created {
-                // Refused (or failed): leave the data directory as found.
+            let refused = matches!(
+                e,
+                WalError::Foreign { .. } | WalError::NewerVersion { .. } | WalError::Locked { .. }
+            );
+            if created && refused {
+                // Refused before anything was changed: leave the data
+                // directory as found. (After other errors the file stays:
+                // it may already hold what a set-aside log showed.)
                 if let Err(rm) = store.promise.remove_created() {
                     warn!(node = %node, "could not remove {}: {rm}", store.promise.path().display());
                 }
@@ -610,10 +616,11 @@ impl Drop for WalStore {
             };
             info!(
                 node = %self.node(),
-                "WAL: {} ops in {fsyncs}, {} snapshots (longest {} ms)",
+                "WAL: {} ops in {fsyncs}, {} snapshots (longest {} ms), {} promise file writes",
                 s.ops,
                 s.snapshots,
-                s.snapshot_ms_max
+                s.snapshot_ms_max,
+                s.promise_writes
             );
         }
     }
