@@ -40,7 +40,9 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 // ---------------------------------------------------------------- settings
 
@@ -1301,12 +1303,11 @@ fn balancer_cfg() -> impl Strategy<Value = ClusterConfig> {
     cluster().prop_map(|(cfg, _)| cfg)
 }
 
-fn run_balancer(cfg: ClusterConfig, incarnation: u64, acts: &[BAct]) -> Result<(), String> {
+fn run_balancer(cfg: ClusterConfig, incarnation: u64, acts: &[BAct], trace: &mut Vec<String>) -> Result<(), String> {
     let mut now = Time(5_000);
     let mut b = Balancer::new(cfg.clone(), now, incarnation);
     let mut views: BTreeMap<ReplicaId, ReplicaView> = BTreeMap::new();
     let mut sent: VecDeque<(NodeId, Msg)> = VecDeque::new();
-    let mut trace: Vec<String> = Vec::new();
     let fail = |trace: &[String], what: String| {
         format!("{what}\n  config: replicas {:?} sync_acks {}\n  trace:\n    {}", cfg.replicas, cfg.sync_acks, trace.join("\n    "))
     };
@@ -1425,7 +1426,7 @@ proptest! {
     /// No panic; after `on_tick(now)`, the next wakeup is later than `now`.
     #[test]
     fn balancer_survives_anything(cfg in balancer_cfg(), inc in big(), acts in prop::collection::vec(bact(), 1..=max_len())) {
-        if let Err(e) = run_balancer(cfg, inc, &acts) {
+        if let Err(e) = run_balancer(cfg, inc, &acts, &mut Vec::new()) {
             return Err(TestCaseError::fail(e));
         }
     }
@@ -1463,14 +1464,13 @@ fn client_cfg() -> impl Strategy<Value = ClientConfig> {
     })
 }
 
-fn run_client(cfg: ClientConfig, acts: &[CAct]) -> Result<(), String> {
+fn run_client(cfg: ClientConfig, acts: &[CAct], trace: &mut Vec<String>) -> Result<(), String> {
     let mut now = Time(0);
     let mut c = Client::new(cfg.clone());
     // Submitted and not finished: (op, invoked).
     let mut open: Vec<(Op, Time)> = Vec::new();
     let mut last_seq = 0u64;
     let mut newest: Option<(RequestId, u32)> = None;
-    let mut trace: Vec<String> = Vec::new();
     let fail = |trace: &[String], what: String| {
         format!("{what}\n  client config: {cfg:?}\n  trace:\n    {}", trace.join("\n    "))
     };
@@ -1548,7 +1548,7 @@ fn run_client(cfg: ClientConfig, acts: &[CAct]) -> Result<(), String> {
         if tracing() {
             eprintln!("  {}", trace.last().map_or("", String::as_str));
         }
-        handle(&mut out, &mut open, &trace, &mut newest)?;
+        handle(&mut out, &mut open, trace, &mut newest)?;
     }
     // Nobody answers any more: ticking past every deadline finishes all.
     trace.push("...then on_tick at every next_wakeup".into());
@@ -1560,7 +1560,7 @@ fn run_client(cfg: ClientConfig, acts: &[CAct]) -> Result<(), String> {
         if let Some(w) = c.next_wakeup().filter(|w| *w <= now) {
             return Err(fail(&trace, format!("after on_tick({now:?}) next_wakeup is {w:?}")));
         }
-        handle(&mut out, &mut open, &trace, &mut newest)?;
+        handle(&mut out, &mut open, trace, &mut newest)?;
     }
     if !open.is_empty() || !c.is_idle() {
         return Err(fail(&trace, format!("never finished: {open:?} (client idle: {})", c.is_idle())));
@@ -1575,8 +1575,176 @@ proptest! {
     /// in order; nothing finishes that was not submitted.
     #[test]
     fn client_finishes_every_op_once(cfg in client_cfg(), acts in prop::collection::vec(cact(), 1..=max_len())) {
-        if let Err(e) = run_client(cfg, &acts) {
+        if let Err(e) = run_client(cfg, &acts, &mut Vec::new()) {
             return Err(TestCaseError::fail(e));
         }
     }
+}
+
+// ---------------------------------------------------------- exploration
+//
+// proptest stops at a property's first failure. These (ignored) tests run
+// many cases, sort every failure by its kind (the panic's place and message,
+// or the property violated, numbers left out), shrink the first case of each
+// kind keeping that kind, and print each with its concrete input sequence:
+// `cargo test --release --test machine_fuzz -- --ignored --nocapture`
+// (`MACHINE_FUZZ_CASES`, default 20000 here; `MACHINE_FUZZ_SEED`).
+
+thread_local! {
+    static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Panics are recorded (place and message), not printed, while this lives.
+struct QuietPanics;
+
+impl QuietPanics {
+    fn new() -> QuietPanics {
+        std::panic::set_hook(Box::new(|info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let place = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+            PANIC.with(|p| *p.borrow_mut() = Some(format!("panicked at {place}: {msg}")));
+        }));
+        QuietPanics
+    }
+}
+
+impl Drop for QuietPanics {
+    fn drop(&mut self) {
+        let _ = std::panic::take_hook();
+    }
+}
+
+/// A failure's kind: its first line up to the first number.
+fn kind(report: &str) -> String {
+    let first = report.lines().next().unwrap_or_default();
+    let cut = first.find(|c: char| c.is_ascii_digit() || c == '(').unwrap_or(first.len());
+    if first.starts_with("panic") {
+        // The place (file:line) and the message's words.
+        let at = first.find(": ").unwrap_or(first.len());
+        let words: String = first[at..].chars().filter(|c| !c.is_ascii_digit()).collect();
+        format!("{}{words}", &first[..at])
+    } else {
+        first[..cut].to_string()
+    }
+}
+
+/// Runs `f` on `trace`, turning a panic into a failure report.
+fn outcome(trace: &mut Vec<String>, f: impl FnOnce(&mut Vec<String>) -> Result<(), String>) -> Option<String> {
+    PANIC.with(|p| p.borrow_mut().take());
+    match catch_unwind(AssertUnwindSafe(|| f(&mut *trace))) {
+        Ok(Ok(())) => None,
+        Ok(Err(report)) => Some(report),
+        Err(_) => {
+            let p = PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "panicked".into());
+            Some(format!("{p}\n  trace ({} inputs):\n    {}", trace.len(), trace.join("\n    ")))
+        }
+    }
+}
+
+fn explore<S: Strategy>(name: &str, strategy: S, run: impl Fn(&S::Value) -> Option<String>) -> Vec<String>
+where
+    S::Value: std::fmt::Debug,
+{
+    let _quiet = QuietPanics::new();
+    let seed = env_num("MACHINE_FUZZ_SEED", 1);
+    let cases = env_num("MACHINE_FUZZ_CASES", 20_000);
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let rng = proptest::test_runner::TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &seed_bytes);
+    let mut runner = TestRunner::new_with_rng(ProptestConfig::default(), rng);
+    let mut found: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for _ in 0..cases {
+        let mut tree = strategy.new_tree(&mut runner).expect("strategy");
+        let Some(report) = run(&tree.current()) else { continue };
+        let k = kind(&report);
+        if found.contains_key(&k) {
+            continue;
+        }
+        let mut best = (report, format!("{:?}", tree.current()));
+        let mut tries = 0;
+        'shrink: while tree.simplify() {
+            loop {
+                tries += 1;
+                if tries > 20_000 {
+                    break 'shrink;
+                }
+                if let Some(r) = run(&tree.current()).filter(|r| kind(r) == k) {
+                    best = (r, format!("{:?}", tree.current()));
+                    continue 'shrink;
+                }
+                if !tree.complicate() {
+                    break 'shrink;
+                }
+            }
+        }
+        found.insert(k, best);
+    }
+    let mut out = Vec::new();
+    for (k, (report, input)) in &found {
+        let text = format!("=== {name}: {k}\n{report}\n  shrunk abstract input: {input}\n");
+        eprintln!("{text}");
+        out.push(text);
+    }
+    eprintln!("{name}: {cases} cases from seed {seed}, {} kind(s) of failure", found.len());
+    out
+}
+
+fn replica_outcome(garbage: bool) -> impl Fn(&((ClusterConfig, ReplicaId), Vec<RAct>)) -> Option<String> {
+    move |((cfg, id), acts)| {
+        let mut s = Subject::new(cfg.clone(), *id);
+        PANIC.with(|p| p.borrow_mut().take());
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            for a in acts {
+                s.act(a)?;
+            }
+            Ok(())
+        }));
+        match r {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) if garbage => None,
+            Ok(Err(report)) => Some(report),
+            Err(_) => {
+                let p = PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "panicked".into());
+                Some(s.fail(p))
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore]
+fn explore_replica() {
+    let found = explore("replica", replica_case(false), replica_outcome(false));
+    assert!(found.is_empty(), "{} kind(s) of failure, printed above", found.len());
+}
+
+#[test]
+#[ignore]
+fn explore_replica_garbage_persist_ids() {
+    let found = explore("replica (garbage persist ids)", replica_case(true), replica_outcome(true));
+    assert!(found.is_empty(), "{} kind(s) of failure, printed above", found.len());
+}
+
+#[test]
+#[ignore]
+fn explore_balancer() {
+    let strategy = (balancer_cfg(), big(), prop::collection::vec(bact(), 1..=max_len()));
+    let found = explore("balancer", strategy, |(cfg, inc, acts)| {
+        outcome(&mut Vec::new(), |t| run_balancer(cfg.clone(), *inc, acts, t))
+    });
+    assert!(found.is_empty(), "{} kind(s) of failure, printed above", found.len());
+}
+
+#[test]
+#[ignore]
+fn explore_client() {
+    let strategy = (client_cfg(), prop::collection::vec(cact(), 1..=max_len()));
+    let found =
+        explore("client", strategy, |(cfg, acts)| outcome(&mut Vec::new(), |t| run_client(cfg.clone(), acts, t)));
+    assert!(found.is_empty(), "{} kind(s) of failure, printed above", found.len());
 }

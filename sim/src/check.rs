@@ -292,7 +292,8 @@ fn log_difference(a: &Replica, b: &Replica) -> Option<String> {
             continue;
         }
         if let Some(epoch) = y.log().epoch_of(base.lsn).filter(|e| *e != base.epoch) {
-            let held = y.log().get(base.lsn).map_or_else(|| format!("its compaction point, {epoch}"), show_row);
+            let held =
+                y.log().get(base.lsn).map_or_else(|| format!("its compaction point, {epoch}"), show_row);
             return Some(format!(
                 "r{} compacted its log through lsn {} of {}, but r{} holds {held} there",
                 x.id().0,

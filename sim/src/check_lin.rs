@@ -1461,7 +1461,7 @@ impl Memo {
                 Noted::NewKey
             }
         };
-        self.bytes += MEMO_USAGE_OVERHEAD_BYTES + std::mem::size_of::<u32>() * used.len();
+        self.bytes += MEMO_USAGE_OVERHEAD_BYTES + std::mem::size_of_val(used);
         self.states += 1;
         noted
     }
@@ -2056,7 +2056,8 @@ mod tests {
         assert_eq!(violation.key, "k0");
         assert_eq!(violation.op_index, ri, "{violation}");
         for strategy in [Strategy::SearchOnly, Strategy::SweepOnly] {
-            let violation = check_linearizable_with(&history, strategy, LinBudget::DEFAULT).expect_violation();
+            let violation =
+                check_linearizable_with(&history, strategy, LinBudget::DEFAULT).expect_violation();
             assert_eq!((violation.key.as_str(), violation.op_index), ("k0", ri), "{strategy:?}");
         }
     }
@@ -2128,7 +2129,11 @@ mod tests {
             let expected = brute_force(&history);
             for strategy in [Strategy::Default, Strategy::SearchOnly, Strategy::SweepOnly] {
                 let verdict = check_linearizable_with(&history, strategy, LinBudget::DEFAULT);
-                assert_eq!(verdict.is_linearizable(), expected, "case {case}, {strategy:?}: {history:#?}\n{verdict:?}");
+                assert_eq!(
+                    verdict.is_linearizable(),
+                    expected,
+                    "case {case}, {strategy:?}: {history:#?}\n{verdict:?}"
+                );
             }
             if expected {
                 pass += 1;
@@ -2195,7 +2200,9 @@ mod tests {
                         stats.memory_bytes_max >> 10,
                         stats.keys_swept
                     ),
-                    LinVerdict::Violation(violation) => format!("violation at history[{}]", violation.op_index),
+                    LinVerdict::Violation(violation) => {
+                        format!("violation at history[{}]", violation.op_index)
+                    }
                     LinVerdict::Inconclusive(keys) => format!("inconclusive: {}", keys[0]),
                 };
                 println!("{name:<45} {strategy:<10?} {elapsed:>12.1?}  {summary}");

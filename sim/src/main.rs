@@ -335,8 +335,14 @@ mod tests {
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert!(lines[0].starts_with("FAIL kvsim run a.toml --seed 2   # panicked at "), "{lines:?}");
         assert!(lines[0].contains("main.rs") && lines[0].ends_with(": replica r2 fell over"), "{lines:?}");
-        assert_eq!(lines[1], "FAIL kvsim run b.toml --seed 3   # acknowledged write lost: c1 #2\n    second line");
-        assert_eq!(lines[2], "INCONCLUSIVE kvsim run b.toml --seed 4   # linearizability: key \"k0\" is undecided");
+        assert_eq!(
+            lines[1],
+            "FAIL kvsim run b.toml --seed 3   # acknowledged write lost: c1 #2\n    second line"
+        );
+        assert_eq!(
+            lines[2],
+            "INCONCLUSIVE kvsim run b.toml --seed 4   # linearizability: key \"k0\" is undecided"
+        );
         assert_eq!(tally.exit_code(), ExitCode::from(EXIT_VIOLATION));
         assert_eq!(tally.to_string(), "8 runs: 5 passed, 2 failed (1 panicked), 1 inconclusive");
     }

@@ -323,7 +323,14 @@ fn a_compaction_point_the_other_replica_disagrees_with_is_reported() {
 }
 
 /// A finished operation of `client`, sent (and first queued) when given.
-fn done(client: u32, read: ReadMode, op: Op, times: (u64, u64, u64), value: Option<&str>, lsn: u64) -> Record {
+fn done(
+    client: u32,
+    read: ReadMode,
+    op: Op,
+    times: (u64, u64, u64),
+    value: Option<&str>,
+    lsn: u64,
+) -> Record {
     let (invoked, sent, completed) = times;
     Record {
         client,
@@ -403,7 +410,14 @@ fn a_linearizability_check_out_of_budget_is_inconclusive_not_a_pass() {
     // exponential in the overlap, which runs out of memory budget.
     let mut history = Vec::new();
     for i in 0..48u64 {
-        history.push(done(i as u32 + 1, ReadMode::Leader, set("k", &format!("v{i}")), (i, i, 10_000 + i), None, i + 1));
+        history.push(done(
+            i as u32 + 1,
+            ReadMode::Leader,
+            set("k", &format!("v{i}")),
+            (i, i, 10_000 + i),
+            None,
+            i + 1,
+        ));
     }
     for j in 0..24u64 {
         let value = format!("v{}", j % 48);
@@ -415,9 +429,8 @@ fn a_linearizability_check_out_of_budget_is_inconclusive_not_a_pass() {
     assert_eq!(report.violations, Vec::<String>::new());
     assert_eq!(report.inconclusive.len(), 1, "{:?}", report.inconclusive);
     assert!(
-        report.inconclusive[0].starts_with(
-            "linearizability: key \"k\" is undecided: the search ran out of its memory budget"
-        ),
+        report.inconclusive[0]
+            .starts_with("linearizability: key \"k\" is undecided: the search ran out of its memory budget"),
         "{:?}",
         report.inconclusive
     );

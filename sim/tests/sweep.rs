@@ -58,7 +58,8 @@ fn each_failing_seed_is_printed_with_the_command_that_reproduces_it() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{stdout}");
     for (line, seed) in lines.iter().zip(2..=4) {
-        let expected = format!("FAIL kvsim run {bad} --seed {seed}   # replicas differ after the quiet period: ");
+        let expected =
+            format!("FAIL kvsim run {bad} --seed {seed}   # replicas differ after the quiet period: ");
         assert!(line.starts_with(&expected), "{line}");
     }
     assert_eq!(lines[3], "6 runs: 3 passed, 3 failed (0 panicked), 0 inconclusive");
