@@ -127,10 +127,10 @@ pub const LIN_STEPS_MAX: u64 = 50_000_000;
 /// operations on one key (long-tailed network delays, `leader` readers) made
 /// the sweep hold over 12 GB until the whole `kvsim sweep` was killed. The
 /// estimate counts each state's words and a fixed overhead per entry (see
-/// `Memo::remember`) and came within 1% of the resident set's growth under
-/// glibc's allocator at 64 MiB to 1 GiB (see `memory_figures`). Filling it
-/// takes a fraction of a second, so the exponential histories end quickly,
-/// as `Inconclusive`.
+/// `Memo::remember`); at budgets of 64 MiB to 1 GiB it came within 1% of the
+/// process's peak resident set under glibc's allocator (see the
+/// `memory_figures` test). Filling 128 MiB takes a fraction of a second, so
+/// the exponential histories end quickly, as `Inconclusive`.
 pub const LIN_MEMORY_BYTES_MAX: usize = 128 << 20;
 
 impl LinBudget {
@@ -307,6 +307,17 @@ enum Strategy {
 }
 
 impl Strategy {
+    /// Whether a search that ran out of memory may give way to the sweep.
+    fn may_sweep(self) -> bool {
+        match self {
+            Strategy::Default => true,
+            #[cfg(test)]
+            Strategy::SearchOnly => false,
+            #[cfg(test)]
+            Strategy::SweepOnly => true,
+        }
+    }
+
     /// States the depth-first search may visit on a key of `ops` operations
     /// before giving way to the sweep. Passing histories need a few per
     /// operation; a failing search needs every reachable state, which the
@@ -789,7 +800,13 @@ fn check_key(
     let states_max = strategy.search_states_max(ops.len());
     let mut meter = Meter::new(budget);
     let (mut states_explored, mut outcome) = search(&ops, states_max, &mut meter);
-    let swept = outcome.is_none();
+    // The depth-first memo keeps every state it visits, the sweep only two
+    // layers: a search out of memory gives way to the sweep too.
+    let swept = match outcome {
+        None => true,
+        Some(SearchEnd::Exhausted(BudgetKind::Memory)) => strategy.may_sweep(),
+        Some(_) => false,
+    };
     if swept {
         // The search's memo is gone: the sweep starts from nothing held.
         meter.held = 0;
@@ -896,7 +913,8 @@ fn prune_ambiguous(ops: &mut Vec<KeyOp>, value_count: usize) -> (usize, usize) {
 ///
 /// Returns the number of states visited, and on failure the deepest partial
 /// linearization found; or no verdict once more than `states_max` states
-/// were visited (the sweep takes over), or the budget ran out.
+/// were visited (the sweep takes over); or that the budget ran out (out of
+/// memory, the sweep may take over too: it holds less).
 fn search(ops: &[KeyOp], states_max: usize, meter: &mut Meter) -> (usize, Option<SearchEnd>) {
     let n = ops.len();
     let mut entries: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * n);
@@ -2490,11 +2508,11 @@ mod tests {
             let undecided = check_linearizable_within(&pathological(48, 24), budget).expect_inconclusive();
             let after = peak_kib();
             println!(
-                "budget {mib} MiB: estimated peak {} MiB, resident peak grew {} MiB (to {} MiB), \
+                "budget {mib} MiB: estimated peak {} MiB, process resident peak {} MiB (was {} MiB), \
                  {} steps, {:?}",
                 undecided[0].memory_bytes_peak >> 20,
-                after.saturating_sub(before) >> 10,
                 after >> 10,
+                before >> 10,
                 undecided[0].steps,
                 started.elapsed()
             );

@@ -16,9 +16,21 @@ pub struct Scenario {
     pub cluster: ClusterConfig,
     pub network: Network,
     pub disk: Disk,
+    pub clock: Clock,
     pub workload: Workload,
     pub faults: Vec<Fault>,
     pub run: Run,
+}
+
+/// How far the replicas' and the balancer's clocks stray from simulated
+/// time: each draws a rate in `1 ± drift_max_ppm / 10^6` and an offset in
+/// `0..=skew_max_us` from the seed, so its timers fire early or late.
+/// Clients keep true time: their observations are the history the
+/// checkers judge.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Clock {
+    pub drift_max_ppm: u32,
+    pub skew_max_us: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -108,9 +120,13 @@ pub enum Action {
         to: Vec<Node>,
     },
     Heal,
-    /// Flip a byte in the middle of a replica's stored log; noticed at its
-    /// next restart.
+    /// Flip a byte anywhere in a replica's stored log; noticed at its next
+    /// restart.
     Corrupt(u8),
+    /// The node handles nothing for `for_us` (a stopped process, a long GC
+    /// pause), then resumes with its state: what arrived meanwhile is
+    /// handled then, in order; its disk writes complete meanwhile.
+    Pause { node: Node, for_us: u64 },
 }
 
 /// A node named in a scenario.
@@ -149,6 +165,9 @@ impl fmt::Display for Action {
             }
             Action::Heal => write!(f, "heal all partitions"),
             Action::Corrupt(r) => write!(f, "corrupt the disk of r{r}"),
+            Action::Pause { node, for_us } => {
+                write!(f, "pause {node} for {}.{:03}ms", for_us / 1000, for_us % 1000)
+            }
         }
     }
 }
@@ -197,6 +216,8 @@ struct File {
     network: NetworkFile,
     #[serde(default)]
     disk: DiskFile,
+    #[serde(default)]
+    clock: ClockFile,
     #[serde(default)]
     workload: WorkloadFile,
     #[serde(default)]
@@ -305,9 +326,18 @@ struct FaultFile {
     at_ms: f64,
     action: Spanned<String>,
     node: Option<Spanned<String>>,
+    for_ms: Option<f64>,
     groups: Option<Vec<Vec<Spanned<String>>>>,
     from: Option<Vec<Spanned<String>>>,
     to: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ClockFile {
+    /// Largest rate error, as a fraction (0.05: 5% fast or slow).
+    drift_max: Option<f64>,
+    skew_max_ms: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -427,6 +457,15 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
         write_mean_us: raw.disk.write_mean_ms.map(ms).unwrap_or(100),
         torn_write_probability: prob(raw.disk.torn_write_probability, "torn_write_probability")?,
     };
+    let drift_max = raw.clock.drift_max.unwrap_or(0.0);
+    if !(0.0..=0.5).contains(&drift_max) {
+        return Err(at(None, format!("field `clock.drift_max`: {drift_max} is not between 0 and 0.5")));
+    }
+    let skew_max_ms = raw.clock.skew_max_ms.unwrap_or(0.0);
+    if !(0.0..=60_000.0).contains(&skew_max_ms) {
+        return Err(at(None, format!("field `clock.skew_max_ms`: {skew_max_ms} is not between 0 and 60000")));
+    }
+    let clock = Clock { drift_max_ppm: (drift_max * 1e6).round() as u32, skew_max_us: ms(skew_max_ms) };
 
     // workload
     let w = raw.workload;
@@ -524,10 +563,20 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
                 Node::Replica(r) => Action::Corrupt(r),
                 _ => return Err(at(f.node.as_ref().map(|n| n.span()), "field `node`: only a replica's disk can be corrupted".into())),
             },
+            "pause" => {
+                let node = need_node()?;
+                if !matches!(node, Node::Replica(_) | Node::Balancer) {
+                    return Err(at(f.node.as_ref().map(|n| n.span()), "field `node`: only a replica or the balancer can be paused".into()));
+                }
+                let Some(for_ms) = f.for_ms.filter(|v| v.is_finite() && *v > 0.0 && *v <= 600_000.0) else {
+                    return Err(at(Some(f.action.span()), "field `for_ms`: a pause needs a length in milliseconds (0 to 600000)".into()));
+                };
+                Action::Pause { node, for_us: ms(for_ms) }
+            }
             other => {
                 return Err(at(
                     Some(f.action.span()),
-                    format!("field `action`: unknown action `{other}` (expected crash, restart, partition, partition_one_way, heal or corrupt)"),
+                    format!("field `action`: unknown action `{other}` (expected crash, restart, partition, partition_one_way, heal, corrupt or pause)"),
                 ))
             }
         };
@@ -554,6 +603,7 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
         cluster,
         network,
         disk,
+        clock,
         workload,
         faults,
         run,

@@ -82,6 +82,13 @@ enum Ev {
         incarnation: u64,
         id: u64,
     },
+    /// A disk write that completed while its replica was paused: the
+    /// replica hears of it when it resumes (unless it crashed meanwhile).
+    Persisted {
+        replica: usize,
+        incarnation: u64,
+        id: u64,
+    },
     Fault(usize),
     /// A client's next workload operation is due.
     ClientOp(usize),
@@ -138,6 +145,10 @@ pub struct Sim<'a> {
     rng_ids: ChaCha8Rng,
     /// Bumped by every balancer crash (see `Ev::Deliver::link`).
     balancer_incarnation: u64,
+    /// Nodes paused until then (`Action::Pause`).
+    paused_until: BTreeMap<NodeId, Time>,
+    /// Each replica's and the balancer's clock: (rate in ppm, offset).
+    clocks: BTreeMap<NodeId, (u64, u64)>,
     replicas: Vec<Option<Replica>>,
     disks: Vec<SimDisk>,
     balancer: Option<Balancer>,
@@ -177,7 +188,18 @@ impl<'a> Sim<'a> {
         let rng_disk = child();
         let mut rng_work = child();
         let rng_ids = child();
+        let mut rng_clock = child();
         let n = sc.cluster.replicas.len();
+        let mut clocks = BTreeMap::new();
+        if sc.clock.drift_max_ppm > 0 || sc.clock.skew_max_us > 0 {
+            let d = sc.clock.drift_max_ppm as i64;
+            let nodes = sc.cluster.replicas.iter().map(|r| NodeId::Replica(*r)).chain([NodeId::Balancer]);
+            for node in nodes {
+                let rate = (1_000_000 + rng_clock.random_range(-d..=d)) as u64;
+                let offset = rng_clock.random_range(0..=sc.clock.skew_max_us);
+                clocks.insert(node, (rate, offset));
+            }
+        }
         let mut clients = Vec::new();
         for (gi, g) in sc.workload.groups.iter().enumerate() {
             for _ in 0..g.clients {
@@ -206,6 +228,8 @@ impl<'a> Sim<'a> {
             rng_work,
             rng_ids,
             balancer_incarnation: 0,
+            paused_until: BTreeMap::new(),
+            clocks,
             replicas: (0..n).map(|_| None).collect(),
             disks: (0..n).map(|_| SimDisk::default()).collect(),
             balancer: None,
@@ -242,7 +266,8 @@ impl<'a> Sim<'a> {
         for i in 0..self.replicas.len() {
             self.start_replica(i);
         }
-        self.balancer = Some(Balancer::new(sc.cluster.clone(), self.now, self.rng_ids.random()));
+        let lb_now = self.clock(NodeId::Balancer);
+        self.balancer = Some(Balancer::new(sc.cluster.clone(), lb_now, self.rng_ids.random()));
         self.reschedule(NodeId::Balancer);
         for (i, f) in sc.faults.iter().enumerate() {
             self.push(Time(f.at_us), Ev::Fault(i));
@@ -308,6 +333,22 @@ impl<'a> Sim<'a> {
     }
 
     fn step(&mut self, ev: Ev) {
+        let target = match &ev {
+            Ev::Deliver { to, .. } => Some(*to),
+            Ev::Tick(n) => Some(*n),
+            Ev::Persisted { replica, .. } => Some(NodeId::Replica(ReplicaId(*replica as u8 + 1))),
+            _ => None,
+        };
+        if let Some(until) = target.and_then(|n| self.paused_until.get(&n).copied()) {
+            if until > self.now {
+                // Paused: it handles this when it resumes, in arrival order.
+                if let (Ev::Tick(n), true) = (&ev, true) {
+                    self.ticks.insert(*n, until);
+                }
+                self.push(until, ev);
+                return;
+            }
+        }
         match ev {
             Ev::Deliver { from, to, msg, link } => {
                 let broken = matches!((from, to), (NodeId::Client(_), NodeId::Balancer))
@@ -325,12 +366,19 @@ impl<'a> Sim<'a> {
                 if !self.disks[replica].complete(incarnation, id) {
                     return; // lost in a crash
                 }
-                let now = self.now;
-                let mut out = std::mem::take(&mut self.out);
-                if let Some(r) = &mut self.replicas[replica] {
-                    r.on_persisted(now, id, &mut out);
+                let node = NodeId::Replica(ReplicaId(replica as u8 + 1));
+                if self.paused_until.get(&node).is_some_and(|t| *t > self.now) {
+                    // On disk now; the paused process hears of it later.
+                    let until = self.paused_until[&node];
+                    self.push(until, Ev::Persisted { replica, incarnation, id });
+                    return;
                 }
-                self.handle(NodeId::Replica(ReplicaId(replica as u8 + 1)), out);
+                self.persisted(replica, id);
+            }
+            Ev::Persisted { replica, incarnation, id } => {
+                if self.disks[replica].incarnation == incarnation {
+                    self.persisted(replica, id);
+                }
             }
             Ev::Fault(i) => {
                 let f = self.sc.faults[i].clone();
@@ -341,6 +389,39 @@ impl<'a> Sim<'a> {
     }
 
     // ---- nodes ----
+
+    /// A replica hears that its writes up to `id` are durable.
+    fn persisted(&mut self, replica: usize, id: u64) {
+        let node = NodeId::Replica(ReplicaId(replica as u8 + 1));
+        let now = self.clock(node);
+        let mut out = std::mem::take(&mut self.out);
+        if let Some(r) = &mut self.replicas[replica] {
+            r.on_persisted(now, id, &mut out);
+        }
+        self.handle(node, out);
+    }
+
+    /// The time on `n`'s own clock (see `scenario::Clock`).
+    fn clock(&self, n: NodeId) -> Time {
+        match self.clocks.get(&n) {
+            Some(&(rate, offset)) => {
+                Time(((self.now.0 as u128 * rate as u128) / 1_000_000) as u64 + offset)
+            }
+            None => self.now,
+        }
+    }
+
+    /// The simulated time at which `n`'s clock first reads `t` (or now).
+    fn sim_time(&self, n: NodeId, t: Time) -> Time {
+        match self.clocks.get(&n) {
+            Some(&(rate, offset)) => {
+                let local = t.0.saturating_sub(offset) as u128;
+                let at = (local * 1_000_000).div_ceil(rate as u128).min(u64::MAX as u128) as u64;
+                Time(at).max(self.now)
+            }
+            None => t.max(self.now),
+        }
+    }
 
     fn start_replica(&mut self, i: usize) {
         let id = ReplicaId(i as u8 + 1);
@@ -413,10 +494,11 @@ impl<'a> Sim<'a> {
 
     fn reschedule(&mut self, n: NodeId) {
         let Some(w) = self.next_wakeup(n) else { return };
+        let w = self.sim_time(n, w);
         if self.ticks.get(&n).is_some_and(|t| *t <= w && *t >= self.now) {
             return;
         }
-        let at = w.max(self.now);
+        let at = w;
         self.ticks.insert(n, at);
         self.push(at, Ev::Tick(n));
     }
@@ -425,7 +507,7 @@ impl<'a> Sim<'a> {
         if self.ticks.get(&n) == Some(&self.now) {
             self.ticks.remove(&n);
         }
-        let now = self.now;
+        let now = self.clock(n);
         if self.next_wakeup(n).is_none_or(|w| w > now) {
             self.reschedule(n);
             return;
@@ -460,7 +542,7 @@ impl<'a> Sim<'a> {
         if self.level == TraceLevel::All || (self.level == TraceLevel::Messages && !msg.is_chatter()) {
             self.line(to, format_args!("<- {from} {msg}"));
         }
-        let now = self.now;
+        let now = self.clock(to);
         let mut out = std::mem::take(&mut self.out);
         match to {
             NodeId::Balancer => self.balancer.as_mut().expect("up").on_message(now, from, msg, &mut out),
@@ -609,7 +691,9 @@ impl<'a> Sim<'a> {
                     // Nothing sent while it was down reaches the new one.
                     self.balancer_incarnation += 1;
                     let incarnation = self.rng_ids.random();
-                    self.balancer = Some(Balancer::new(self.sc.cluster.clone(), self.now, incarnation));
+                    let now = self.clock(NodeId::Balancer);
+                    self.balancer = Some(Balancer::new(self.sc.cluster.clone(), now, incarnation));
+                    self.paused_until.remove(&NodeId::Balancer);
                     self.ticks.remove(&NodeId::Balancer);
                     self.reschedule(NodeId::Balancer);
                 }
@@ -617,6 +701,7 @@ impl<'a> Sim<'a> {
             Action::Restart(Node::Replica(r)) => {
                 let i = *r as usize - 1;
                 if self.replicas[i].is_none() {
+                    self.paused_until.remove(&NodeId::Replica(ReplicaId(*r)));
                     self.start_replica(i);
                 }
             }
@@ -649,6 +734,16 @@ impl<'a> Sim<'a> {
                     Some(at) => self.line_raw(&format!("r{r}"), format_args!("** disk byte {at} flipped")),
                     None => self.line_raw(&format!("r{r}"), format_args!("** disk too small to corrupt")),
                 }
+            }
+            Action::Pause { node, for_us } => {
+                let n = match node {
+                    Node::Balancer => NodeId::Balancer,
+                    Node::Replica(r) => NodeId::Replica(ReplicaId(*r)),
+                    Node::Client(_) | Node::Clients => return,
+                };
+                let until = self.now + *for_us;
+                let prev = self.paused_until.get(&n).copied().unwrap_or(Time::ZERO);
+                self.paused_until.insert(n, until.max(prev));
             }
             Action::Crash(_) | Action::Restart(_) => {}
         }
