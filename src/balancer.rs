@@ -175,6 +175,16 @@ impl Balancer {
         if now < self.next_tick {
             return;
         }
+        // Woken long after the tick was due (the process was paused, or
+        // starved): pongs that arrived meanwhile have not been read yet, so
+        // the silence is ours, not the replicas'. Credit it to every view
+        // instead of failing over a leader that answered all along.
+        let late = now.saturating_sub(self.next_tick);
+        if late > self.cfg.timing.dead_after_us / 4 {
+            for v in self.views.values_mut() {
+                v.last_pong = v.last_pong.map(|t| t + late);
+            }
+        }
         self.next_tick = now + TICK_US;
         let quorum_met = self.quorum_met();
         let leader_dead = self.leader().is_some_and(|(l, _)| !self.alive(l, now));

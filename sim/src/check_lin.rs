@@ -2473,6 +2473,22 @@ mod tests {
     }
 
     #[test]
+    fn a_search_out_of_memory_gives_way_to_the_sweep() {
+        // The depth-first memo keeps every state; the sweep two layers.
+        let history =
+            generate(&GenConfig { seed: 5, clients: 4, keys: 1, ops: 2_000, ambiguous_per_mille: 0 });
+        let roomy = check_linearizable(&history).expect_linearizable();
+        assert_eq!(roomy.keys_swept, 0);
+        let memory_bytes = 64 << 10;
+        assert!(roomy.memory_bytes_max > memory_bytes, "{roomy:?}");
+        let tight = LinBudget { memory_bytes, ..LinBudget::DEFAULT };
+        let stats = check_linearizable_within(&history, tight).expect_linearizable();
+        assert_eq!(stats.keys_swept, 1, "{stats:?}");
+        let undecided = check_linearizable_with(&history, Strategy::SearchOnly, tight).expect_inconclusive();
+        assert_eq!(undecided[0].exhausted, BudgetKind::Memory);
+    }
+
+    #[test]
     fn an_undecided_key_hides_no_violation_elsewhere() {
         let budget = LinBudget { steps: 100_000, memory_bytes: LIN_MEMORY_BYTES_MAX };
         let mut history = pathological(48, 24);
