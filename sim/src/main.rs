@@ -8,11 +8,14 @@
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use kvsim::{run, summary_text, Scenario, Summary, TraceLevel};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ops::RangeInclusive;
-use std::panic::{self, AssertUnwindSafe};
+use std::panic::{self, AssertUnwindSafe, PanicHookInfo};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+type PanicHook = Box<dyn Fn(&PanicHookInfo<'_>) + Sync + Send + 'static>;
 
 /// A violation.
 const EXIT_VIOLATION: u8 = 1;
@@ -233,18 +236,21 @@ impl std::fmt::Display for Tally {
 }
 
 thread_local! {
-    /// Where and why the last panic on this thread happened, as the sweep's
-    /// quiet panic hook recorded it.
+    /// Whether this thread is running a seed of a sweep: its panics are
+    /// recorded quietly, not printed.
+    static IN_SEED: Cell<bool> = const { Cell::new(false) };
+    /// Where and why the last panic of a seed on this thread happened, as
+    /// the sweep's quiet panic hook recorded it.
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 /// Runs every scenario with every seed in `seeds`, one at a time. Each
 /// failure is reported through `print` the moment it happens, as the exact
 /// command that reproduces it and the first violation (or the panic). A seed
-/// that panics is caught and counted as failed; the default panic hook,
-/// which would print a backtrace per seed, is replaced for the duration by
-/// one that only records the location for the failure line. `progress`
-/// sees the tally after every run.
+/// that panics is caught and counted as failed; while a seed runs, the panic
+/// hook, which would print a backtrace per seed, only records where the
+/// panic happened, for the failure line (any other panic, say in `print`,
+/// is still shown as usual). `progress` sees the tally after every run.
 fn sweep<S>(
     scenarios: &[(String, S)],
     seeds: RangeInclusive<u64>,
@@ -252,16 +258,22 @@ fn sweep<S>(
     mut print: impl FnMut(&str),
     mut progress: impl FnMut(&Tally),
 ) -> Tally {
-    let default_hook = panic::take_hook();
-    panic::set_hook(Box::new(|info| {
+    let previous_hook: Arc<PanicHook> = panic::take_hook().into();
+    let otherwise = Arc::clone(&previous_hook);
+    panic::set_hook(Box::new(move |info| {
+        if !IN_SEED.get() {
+            return otherwise(info);
+        }
         let message = panic_message(info.payload());
         let at = info.location().map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()));
-        LAST_PANIC.with(|p| *p.borrow_mut() = Some(format!("panicked{}: {message}", at.unwrap_or_default())));
+        LAST_PANIC.set(Some(format!("panicked{}: {message}", at.unwrap_or_default())));
     }));
     let mut tally = Tally::default();
     for (path, sc) in scenarios {
         for seed in seeds.clone() {
+            IN_SEED.set(true);
             let result = panic::catch_unwind(AssertUnwindSafe(|| run_one(sc, seed)));
+            IN_SEED.set(false);
             tally.runs += 1;
             let reproduce = format!("kvsim run {path} --seed {seed}");
             match result {
@@ -278,7 +290,7 @@ fn sweep<S>(
                     tally.failed += 1;
                     tally.panicked += 1;
                     let why = LAST_PANIC
-                        .with(|p| p.borrow_mut().take())
+                        .take()
                         .unwrap_or_else(|| format!("panicked: {}", panic_message(payload.as_ref())));
                     print(&format!("FAIL {reproduce}   # {}", indent(&why)));
                 }
@@ -286,7 +298,7 @@ fn sweep<S>(
             progress(&tally);
         }
     }
-    panic::set_hook(default_hook);
+    panic::set_hook(Box::new(move |info| previous_hook(info)));
     tally
 }
 
