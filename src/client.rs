@@ -90,12 +90,11 @@ impl Client {
     pub fn oldest_unfinished(&self) -> Option<Time> {
         self.inflight.as_ref().map(|f| f.invoked).or(self.queue.front().map(|q| q.1))
     }
-    /// Every operation submitted and not yet finished, with the earliest
-    /// time it could take effect: the one in flight (since it was sent)
-    /// first, then the queue (since it was submitted).
+    /// The operations submitted, not yet finished, that may still take
+    /// effect, each with when it was sent: only the one in flight (those
+    /// still queued were never sent).
     pub fn unfinished_ops(&self) -> Vec<(&Op, Time)> {
-        let inflight = self.inflight.iter().map(|f| (&f.op, f.sent));
-        inflight.chain(self.queue.iter().map(|(op, t)| (op, *t))).collect()
+        self.inflight.iter().map(|f| (&f.op, f.sent)).collect()
     }
     /// Operations submitted and not yet finished.
     pub fn unfinished(&self) -> usize {

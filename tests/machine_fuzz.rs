@@ -1066,7 +1066,9 @@ impl Subject {
                 let Some(&id) = others.get(*leader as usize % others.len().max(1)) else { return Ok(()) };
                 let st = self.r.status();
                 let epoch = Epoch(st.promised.0.saturating_add(*delta as u64));
-                if epoch > MAX_EPOCH || epoch == Epoch(0) {
+                // (No real leader's log reaches near u64::MAX: the model's
+                // own arithmetic would overflow.)
+                if epoch > MAX_EPOCH || epoch == Epoch(0) || st.last.lsn.0 > u64::MAX / 2 {
                     return Ok(());
                 }
                 let log = self.r.log();

@@ -383,23 +383,26 @@ fn liveness(input: &Input<'_>, report: &mut Report) {
     if input.liveness_us == 0 {
         return;
     }
+    // Measured from when the client sent it: time an open-loop client's
+    // operation waited in that client's own queue says how fast the
+    // workload arrives, not how fast the cluster answers.
     let mut slow = Vec::new();
     for r in input.history {
-        if r.c.invoked < input.last_fault_at {
+        if r.c.sent < input.last_fault_at {
             continue;
         }
-        let took = r.c.completed.saturating_sub(r.c.invoked);
+        let took = r.c.completed.saturating_sub(r.c.sent);
         if r.c.result.is_err() || took > input.liveness_us {
             let what = match &r.c.result {
                 Ok(_) => "ok".to_string(),
                 Err(e) => e.to_string(),
             };
             slow.push(format!(
-                "liveness: c{} #{} `{}` invoked at {} after the last fault took {}.{:03}ms ({what})",
+                "liveness: c{} #{} `{}` sent at {} after the last fault took {}.{:03}ms ({what})",
                 r.client,
                 r.c.seq,
                 r.c.op,
-                r.c.invoked,
+                r.c.sent,
                 took / 1000,
                 took % 1000
             ));
