@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 
 /// Client requests the balancer holds at most; more are refused `Overloaded`.
 pub const MAX_PENDING_REQUESTS: usize = 100_000;
+/// ... and the bytes of their keys and values, at most.
+pub const MAX_PENDING_BYTES: usize = 64 << 20;
 /// How often the balancer looks at its timers (microseconds).
 pub const TICK_US: u64 = 10_000;
 /// Clients whose newest request the balancer remembers at most.
@@ -54,6 +56,8 @@ pub struct Balancer {
     /// Set when the node shuts down: new requests are answered at once.
     stopping: bool,
     pending: BTreeMap<u64, Pending>,
+    /// Key and value bytes held in `pending`.
+    pending_bytes: usize,
     by_request: BTreeMap<RequestId, u64>,
     next_tag: u64,
     rr: usize,
@@ -129,6 +133,7 @@ impl Balancer {
             ballot: incarnation,
             seen: BTreeMap::new(),
             stopping: false,
+            pending_bytes: 0,
             pending: BTreeMap::new(),
             by_request: BTreeMap::new(),
             next_tag: incarnation,
@@ -238,7 +243,8 @@ impl Balancer {
                 // Our epoch is taken (or passed): a promotion never goes on
                 // in an epoch some replica has refused; it moves above it.
                 let ours = matches!(self.state, State::Preparing { epoch: e, .. } if e == epoch);
-                if ours && ballot == self.ballot && promised >= epoch && !self.cfg.bugs.epochs_promised_twice {
+                if ours && ballot == self.ballot && promised >= epoch && !self.cfg.bugs.epochs_promised_twice
+                {
                     let excluded = match self.state {
                         State::Preparing { excluded, .. } => excluded,
                         _ => None,
@@ -322,7 +328,11 @@ impl Balancer {
                     if e > epoch {
                         // Someone newer leads (a promotion we had forgotten).
                         self.adopt(now, r, e, out);
-                    } else if r == leader && e == epoch && status.cut_off && !self.cfg.bugs.leader_judged_by_pongs {
+                    } else if r == leader
+                        && e == epoch
+                        && status.cut_off
+                        && !self.cfg.bugs.leader_judged_by_pongs
+                    {
                         // Alive but cut off from its followers: it cannot
                         // commit anything. Promote another, without it.
                         out.event(Event::LeaderLost { leader, epoch });
@@ -503,8 +513,15 @@ impl Balancer {
         let seen = self.seen.get(&id.client).copied();
         let drop_stale = !self.cfg.bugs.unavailable_counts_answers;
         match seen {
-            Some(s) if drop_stale && (s.seq > id.seq || (s.seq == id.seq && attempt < s.max_attempt)) => return,
-            Some(s) if drop_stale && s.seq == id.seq && attempt == s.max_attempt && !self.by_request.contains_key(&id) => {
+            Some(s) if drop_stale && (s.seq > id.seq || (s.seq == id.seq && attempt < s.max_attempt)) => {
+                return
+            }
+            Some(s)
+                if drop_stale
+                    && s.seq == id.seq
+                    && attempt == s.max_attempt
+                    && !self.by_request.contains_key(&id) =>
+            {
                 return
             }
             Some(s) if s.seq == id.seq => {
@@ -526,7 +543,10 @@ impl Balancer {
             }
             return;
         }
-        if self.stopping || self.pending.len() >= MAX_PENDING_REQUESTS {
+        let bytes = op_bytes(&op);
+        let full =
+            self.pending.len() >= MAX_PENDING_REQUESTS || self.pending_bytes + bytes > MAX_PENDING_BYTES;
+        if self.stopping || full {
             let e = if self.stopping { self.unforwarded_error(id) } else { OpError::Overloaded };
             out.send(client, Msg::Response { id, attempt, result: Err(e) });
             return;
@@ -534,6 +554,7 @@ impl Balancer {
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1);
         let deadline = now + self.cfg.timing.request_timeout_us;
+        self.pending_bytes += bytes;
         self.pending.insert(
             tag,
             Pending {
@@ -567,7 +588,8 @@ impl Balancer {
     fn unforwarded_error(&self, id: RequestId) -> OpError {
         if self.cfg.bugs.unavailable_counts_answers {
             // Bug D as it was: judged by the one pending entry alone.
-            let forwarded = self.by_request.get(&id).and_then(|t| self.pending.get(t)).is_some_and(|p| p.forwarded);
+            let forwarded =
+                self.by_request.get(&id).and_then(|t| self.pending.get(t)).is_some_and(|p| p.forwarded);
             return if forwarded { OpError::Timeout } else { OpError::Unavailable };
         }
         match self.seen.get(&id.client) {
@@ -682,8 +704,17 @@ impl Balancer {
 
     fn respond(&mut self, tag: u64, result: Result<Reply, OpError>, out: &mut Outbox) {
         let Some(p) = self.pending.remove(&tag) else { return };
+        self.pending_bytes -= op_bytes(&p.op);
         self.by_request.remove(&p.id);
         let attempt = self.seen.get(&p.id.client).filter(|s| s.seq == p.id.seq).map_or(1, |s| s.max_attempt);
         out.send(p.client, Msg::Response { id: p.id, attempt, result });
+    }
+}
+
+/// The bytes a pending request holds (its key and value).
+fn op_bytes(op: &Op) -> usize {
+    match op {
+        Op::Get { key } | Op::Del { key } => key.len(),
+        Op::Set { key, value } => key.len() + value.len(),
     }
 }

@@ -22,8 +22,11 @@ use std::collections::{BTreeMap, VecDeque};
 
 /// Rows per `Append` message at most.
 pub const MAX_ROWS_PER_APPEND: usize = 256;
-/// Early (out-of-order) appends a follower holds at most.
+/// Early (out-of-order) appends a follower holds at most, by count and by
+/// the bytes of their keys and values (a peer must not be able to park
+/// gigabytes in a follower's memory).
 pub const MAX_HELD_APPENDS: usize = 1024;
+pub const MAX_HELD_BYTES: usize = 32 << 20;
 /// Linearizable reads a leader keeps waiting at most.
 pub const MAX_PENDING_READS: usize = 65_536;
 
@@ -51,7 +54,7 @@ pub struct Replica {
     /// Messages that may only leave once a persist id is complete.
     after_persist: VecDeque<(u64, NodeId, Msg)>,
     /// Appends that arrived before the rows they follow, by `prev.lsn`.
-    held: BTreeMap<Lsn, Append>,
+    held: Held,
     /// The newest (epoch, matched, probe) this follower has acknowledged.
     last_ack: (Epoch, Lsn, u64),
     /// The epoch and ballot this process (not its disk) promised in answer
@@ -122,6 +125,66 @@ struct Append {
     end: Lsn,
 }
 
+/// Early appends, by `prev.lsn`, with the bytes they hold.
+#[derive(Default)]
+struct Held {
+    appends: BTreeMap<Lsn, Append>,
+    bytes: usize,
+}
+
+impl Held {
+    fn size(a: &Append) -> usize {
+        let row = |r: &Row| match &r.body {
+            RowBody::Put { key, value, .. } => 64 + key.len() + value.as_ref().map_or(0, String::len),
+            RowBody::Noop => 64,
+        };
+        a.rows.iter().map(row).sum()
+    }
+
+    /// Holds `a`, dropping the furthest-ahead appends to stay within the
+    /// limits (they are asked for again later). One too big to fit is not
+    /// held at all.
+    fn insert(&mut self, at: Lsn, a: Append) {
+        let size = Held::size(&a);
+        if size > MAX_HELD_BYTES {
+            return;
+        }
+        if let Some(old) = self.appends.remove(&at) {
+            self.bytes -= Held::size(&old);
+        }
+        while self.appends.len() >= MAX_HELD_APPENDS || self.bytes + size > MAX_HELD_BYTES {
+            // The furthest ahead goes first: the new one, if it is that.
+            match self.appends.last_key_value() {
+                Some((last, _)) if *last > at => {
+                    let (_, dropped) = self.appends.pop_last().expect("not empty");
+                    self.bytes -= Held::size(&dropped);
+                }
+                _ => return,
+            }
+        }
+        self.bytes += size;
+        self.appends.insert(at, a);
+    }
+
+    fn remove(&mut self, at: &Lsn) -> Option<Append> {
+        let a = self.appends.remove(at)?;
+        self.bytes -= Held::size(&a);
+        Some(a)
+    }
+
+    /// Forgets appends that follow a position at or before `lsn`.
+    fn keep_after(&mut self, lsn: Lsn) {
+        let later = self.appends.split_off(&lsn.next());
+        let earlier = std::mem::replace(&mut self.appends, later);
+        self.bytes -= earlier.values().map(Held::size).sum::<usize>();
+    }
+
+    fn clear(&mut self) {
+        self.appends.clear();
+        self.bytes = 0;
+    }
+}
+
 /// Whether an append is one a leader could have sent: at most
 /// `MAX_ROWS_PER_APPEND` rows, numbered on from `prev` without a gap, epochs
 /// never going down and never above the leader's own, and the leader's log
@@ -184,7 +247,7 @@ impl Replica {
             next_persist: 1,
             persisting: VecDeque::new(),
             after_persist: VecDeque::new(),
-            held: BTreeMap::new(),
+            held: Held::default(),
             last_ack: (Epoch(0), Lsn(0), 0),
             prepared: None,
             skipped: Vec::new(),
@@ -650,9 +713,6 @@ impl Replica {
         if prev.lsn > last {
             // Early: hold it and ask for what is missing.
             if !a.rows.is_empty() {
-                if self.held.len() >= MAX_HELD_APPENDS {
-                    self.held.pop_last();
-                }
                 self.held.insert(prev.lsn, a);
             }
             out.send(to, Msg::AppendAck { epoch, ok: false, last, probe });
@@ -706,7 +766,7 @@ impl Replica {
         if let Some(next) = self.held.remove(&self.last_pos().lsn) {
             self.on_append(leader, next, out);
         }
-        self.held.retain(|k, _| *k > last);
+        self.held.keep_after(last);
     }
 
     /// Checks the sender may lead us in `epoch`, adopting the epoch and the
@@ -1033,5 +1093,56 @@ impl Replica {
             }
             self.applied = row.lsn;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::ClientId;
+
+    fn append(prev: u64, rows: usize, value_bytes: usize) -> Append {
+        let rows = (0..rows as u64)
+            .map(|i| Row {
+                epoch: Epoch(1),
+                lsn: Lsn(prev + 1 + i),
+                body: RowBody::Put {
+                    key: "k".into(),
+                    value: Some("v".repeat(value_bytes)),
+                    req: RequestId { client: ClientId(1), seq: prev + 1 + i },
+                },
+            })
+            .collect();
+        let prev = LogPos { epoch: Epoch(1), lsn: Lsn(prev) };
+        Append { epoch: Epoch(1), prev, rows, commit: Lsn(0), probe: 0, end: Lsn(u64::MAX) }
+    }
+
+    #[test]
+    fn held_appends_are_bounded_in_bytes_and_keep_the_nearest() {
+        let mut h = Held::default();
+        // 64 appends of 256 rows of 64 KiB would be a gigabyte.
+        for i in 0..64u64 {
+            h.insert(Lsn(10 + i * 256), append(10 + i * 256, 256, 64 * 1024));
+            assert!(h.bytes <= MAX_HELD_BYTES, "{} bytes held", h.bytes);
+        }
+        assert!(!h.appends.is_empty(), "the nearest appends are still held");
+        assert!(h.appends.contains_key(&Lsn(10)), "the nearest append is the one kept");
+        assert_eq!(h.bytes, h.appends.values().map(Held::size).sum::<usize>());
+        h.keep_after(Lsn(10));
+        assert!(!h.appends.contains_key(&Lsn(10)));
+        assert_eq!(h.bytes, h.appends.values().map(Held::size).sum::<usize>());
+        h.clear();
+        assert_eq!(h.bytes, 0);
+    }
+
+    #[test]
+    fn held_appends_are_bounded_in_count() {
+        let mut h = Held::default();
+        for i in 0..(MAX_HELD_APPENDS as u64 + 50) {
+            h.insert(Lsn(100 + i), append(100 + i, 1, 1));
+        }
+        assert_eq!(h.appends.len(), MAX_HELD_APPENDS);
+        assert!(h.remove(&Lsn(100)).is_some());
+        assert_eq!(h.bytes, h.appends.values().map(Held::size).sum::<usize>());
     }
 }

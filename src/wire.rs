@@ -227,6 +227,8 @@ impl FrameDecoder {
             self.end = 0;
         }
         let want = self.pending_len().map_or(0, |len| LEN_BYTES + len);
+        // Move what is held to the front when the room behind it is short,
+        // or when the frame it begins would not fit where it starts.
         if self.start > 0
             && (self.buf.len() - self.end < MIN_READ_BYTES || self.start + want > self.buf.len())
         {
@@ -234,14 +236,18 @@ impl FrameDecoder {
             self.end -= self.start;
             self.start = 0;
         }
-        if self.buf.len() - self.end < MIN_READ_BYTES || want > self.buf.len() {
-            // Never more than one whole frame plus one read's worth.
+        if self.buf.len() - self.end < MIN_READ_BYTES {
+            // Grow with the bytes held, never with the number of reads nor
+            // straight to the announced length: room for one more read, or
+            // twice what is buffered (so copying stays amortized), and never
+            // past one whole frame plus one read's worth. A peer that
+            // announces a huge frame and trickles it a byte at a time costs
+            // about twice the bytes it sent.
             let cap = LEN_BYTES + self.max_body + MIN_READ_BYTES;
-            // Grow with the bytes that actually arrive (at most doubling per
-            // read), never straight to the announced length: a peer that
-            // announces a huge frame and sends ten bytes costs ten bytes.
-            let grown = (self.buf.len() * 2).max(INITIAL_BUFFER_BYTES).min(cap);
-            let len = grown.max(self.end + MIN_READ_BYTES);
+            let doubled = (2 * self.end).max(INITIAL_BUFFER_BYTES).min(cap);
+            let len = doubled.max(self.end + MIN_READ_BYTES);
+            // `resize` alone may double the capacity again; ask for exactly this.
+            self.buf.reserve_exact(len - self.buf.len());
             self.buf.resize(len, 0);
         }
         let n = r.read(&mut self.buf[self.end..])?;
@@ -673,6 +679,36 @@ mod tests {
         dec.feed(&bytes);
         assert_eq!(dec.next_frame(), Ok(None), "incomplete, not an error");
         assert!(dec.buf.len() <= 1 << 20, "buffer grew to {} bytes for 14 received", dec.buf.len());
+    }
+
+    #[test]
+    fn a_frame_trickled_a_byte_at_a_time_costs_about_its_bytes() {
+        // Issue 10, finding 4: the buffer used to double on every read of an
+        // incomplete frame, so 29 bytes after a hello cost 1 GiB.
+        let mut dec = FrameDecoder::with_limit(MAX_REPLICA_FRAME_BYTES);
+        let body = 300_000usize;
+        let mut bytes = (body as u32).to_be_bytes().to_vec();
+        bytes.extend((0..body).map(|i| i as u8));
+        for (i, b) in bytes.iter().enumerate() {
+            let n = dec.fill(&mut &[*b][..]).unwrap();
+            assert_eq!(n, 1);
+            let received = i + 1;
+            assert!(
+                dec.buf.capacity() <= 2 * received + INITIAL_BUFFER_BYTES + MIN_READ_BYTES,
+                "{} bytes of buffer after {received} bytes received",
+                dec.buf.capacity()
+            );
+            if received < bytes.len() {
+                assert_eq!(dec.next_frame(), Ok(None));
+            }
+        }
+        // The same holds for a frame that arrives in reads of a few bytes.
+        let mut dec = FrameDecoder::with_limit(MAX_REPLICA_FRAME_BYTES);
+        for (i, piece) in bytes.chunks(7).enumerate() {
+            dec.feed(piece);
+            let received = (i + 1) * 7;
+            assert!(dec.buf.capacity() <= 2 * received + INITIAL_BUFFER_BYTES + MIN_READ_BYTES);
+        }
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::path::Path;
 use toml::Spanned;
 
 /// A scenario after validation: everything the simulator needs.
-#[derive(Clone, Debug)]
+/// [`Scenario::to_toml`] writes it back as a file that parses to an equal
+/// scenario.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Scenario {
     pub name: String,
     pub cluster: ClusterConfig,
@@ -40,6 +42,9 @@ pub struct Network {
     pub distribution: Distribution,
     pub drop_probability: f64,
     pub duplicate_probability: f64,
+    /// Random drops and duplicates stop at this simulated time (`None`:
+    /// never). Partitions are faults of their own and end with a `heal`.
+    pub faults_until_us: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -60,7 +65,7 @@ pub struct Disk {
     pub torn_write_probability: f64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Workload {
     pub duration_us: u64,
     pub keys: u32,
@@ -86,7 +91,7 @@ fn d50() -> u32 {
     50
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Group {
     pub clients: u32,
     pub read: ReadMode,
@@ -101,7 +106,7 @@ pub struct Group {
     pub script: Option<Vec<Op>>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Fault {
     pub at_us: u64,
     pub action: Action,
@@ -126,7 +131,10 @@ pub enum Action {
     /// The node handles nothing for `for_us` (a stopped process, a long GC
     /// pause), then resumes with its state: what arrived meanwhile is
     /// handled then, in order; its disk writes complete meanwhile.
-    Pause { node: Node, for_us: u64 },
+    Pause {
+        node: Node,
+        for_us: u64,
+    },
 }
 
 /// A node named in a scenario.
@@ -172,7 +180,7 @@ impl fmt::Display for Action {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Run {
     /// After the workload stops: time for the cluster to settle before the
     /// convergence check.
@@ -181,6 +189,10 @@ pub struct Run {
     /// within this long.
     pub liveness_us: u64,
     pub check_convergence: bool,
+    /// A run that handles this many events stops there and is reported
+    /// inconclusive (`None`: no limit): a storm of events is found, not
+    /// waited out.
+    pub max_events: Option<u64>,
 }
 
 /// A scenario file that could not be used.
@@ -264,6 +276,7 @@ struct NetworkFile {
     distribution: Option<Distribution>,
     drop_probability: Option<Spanned<f64>>,
     duplicate_probability: Option<Spanned<f64>>,
+    faults_until_ms: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -346,6 +359,7 @@ struct RunFile {
     quiet_ms: Option<f64>,
     liveness_ms: Option<f64>,
     check_convergence: Option<bool>,
+    max_events: Option<Spanned<u64>>,
 }
 
 fn ms(v: f64) -> u64 {
@@ -451,6 +465,7 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
         distribution: n.distribution.unwrap_or(Distribution::Exponential),
         drop_probability: prob(n.drop_probability, "drop_probability")?,
         duplicate_probability: prob(n.duplicate_probability, "duplicate_probability")?,
+        faults_until_us: n.faults_until_ms.map(ms),
     };
     let disk = Disk {
         write_min_us: raw.disk.write_min_ms.map(ms).unwrap_or(50),
@@ -596,6 +611,12 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
         quiet_us: raw.run.quiet_ms.map(ms).unwrap_or(2_000_000),
         liveness_us: raw.run.liveness_ms.map(ms).unwrap_or(5_000_000),
         check_convergence: raw.run.check_convergence.unwrap_or(true),
+        max_events: match raw.run.max_events {
+            Some(m) if *m.get_ref() == 0 => {
+                return Err(at(Some(m.span()), "field `max_events`: must be at least 1".into()))
+            }
+            m => m.map(|m| *m.get_ref()),
+        },
     };
     cluster.bugs = raw.bugs;
     Ok(Scenario {
@@ -608,6 +629,185 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
         faults,
         run,
     })
+}
+
+impl Scenario {
+    /// The scenario as a scenario file: [`parse`] reads it back to an equal
+    /// `Scenario` (every field is written out, defaults included, so the
+    /// file keeps meaning the same if a default changes).
+    pub fn to_toml(&self) -> String {
+        use std::fmt::Write as _;
+        let mut t = String::new();
+        let c = &self.cluster;
+        let tm = &c.timing;
+        let _ = writeln!(t, "name = {}", quote(&self.name));
+        let _ = writeln!(t, "\n[cluster]");
+        let _ = writeln!(t, "replicas = {}", c.replicas.len());
+        let _ = writeln!(t, "sync_acks = {}", c.sync_acks);
+        let _ = writeln!(t, "unsafe_failover = {}", c.unsafe_failover);
+        let _ = writeln!(t, "log_rows_max = {}", c.log_rows_max);
+        let _ = writeln!(t, "heartbeat_ms = {}", ms_text(tm.heartbeat_us));
+        let _ = writeln!(t, "ping_ms = {}", ms_text(tm.ping_us));
+        let _ = writeln!(t, "dead_after_ms = {}", ms_text(tm.dead_after_us));
+        let _ = writeln!(t, "promote_timeout_ms = {}", ms_text(tm.promote_timeout_us));
+        let _ = writeln!(t, "forward_retry_ms = {}", ms_text(tm.forward_retry_us));
+        let _ = writeln!(t, "request_timeout_ms = {}", ms_text(tm.request_timeout_us));
+        let n = &self.network;
+        let _ = writeln!(t, "\n[network]");
+        let _ = writeln!(t, "delay_min_ms = {}", ms_text(n.delay_min_us));
+        let _ = writeln!(t, "delay_mean_ms = {}", ms_text(n.delay_mean_us));
+        let dist = match n.distribution {
+            Distribution::Constant => "constant",
+            Distribution::Uniform => "uniform",
+            Distribution::Exponential => "exponential",
+            Distribution::Pareto => "pareto",
+        };
+        let _ = writeln!(t, "distribution = \"{dist}\"");
+        let _ = writeln!(t, "drop_probability = {}", n.drop_probability);
+        let _ = writeln!(t, "duplicate_probability = {}", n.duplicate_probability);
+        if let Some(u) = n.faults_until_us {
+            let _ = writeln!(t, "faults_until_ms = {}", ms_text(u));
+        }
+        let d = &self.disk;
+        let _ = writeln!(t, "\n[disk]");
+        let _ = writeln!(t, "write_min_ms = {}", ms_text(d.write_min_us));
+        let _ = writeln!(t, "write_mean_ms = {}", ms_text(d.write_mean_us));
+        let _ = writeln!(t, "torn_write_probability = {}", d.torn_write_probability);
+        let _ = writeln!(t, "\n[clock]");
+        let _ = writeln!(t, "drift_max = {}", self.clock.drift_max_ppm as f64 / 1e6);
+        let _ = writeln!(t, "skew_max_ms = {}", ms_text(self.clock.skew_max_us));
+        let w = &self.workload;
+        let _ = writeln!(t, "\n[workload]");
+        let _ = writeln!(t, "duration_ms = {}", ms_text(w.duration_us));
+        let _ = writeln!(t, "keys = {}", w.keys);
+        if let Some(z) = w.zipf_exponent {
+            let _ = writeln!(t, "zipf_exponent = {z}");
+        }
+        let _ = writeln!(t, "value_bytes_min = {}", w.value_bytes_min);
+        let _ = writeln!(t, "value_bytes_max = {}", w.value_bytes_max);
+        let _ = writeln!(t, "mix = {{ set = {}, get = {}, del = {} }}", w.mix.set, w.mix.get, w.mix.del);
+        for g in &w.groups {
+            let _ = writeln!(t, "\n[[workload.groups]]");
+            let _ = writeln!(t, "clients = {}", g.clients);
+            let read = match g.read {
+                ReadMode::Any => "any",
+                ReadMode::Session => "session",
+                ReadMode::Leader => "leader",
+            };
+            let _ = writeln!(t, "read = \"{read}\"");
+            if let Some(r) = g.rate_per_s {
+                let _ = writeln!(t, "rate_per_s = {r}");
+            }
+            let _ = writeln!(t, "think_ms = {}", ms_text(g.think_us));
+            let _ = writeln!(t, "start_ms = {}", ms_text(g.start_us));
+            if let Some(s) = g.stop_us {
+                let _ = writeln!(t, "stop_ms = {}", ms_text(s));
+            }
+            if let Some(script) = &g.script {
+                let lines: Vec<String> = script
+                    .iter()
+                    .map(|op| match op {
+                        Op::Get { key } => quote(&format!("get {key}")),
+                        Op::Set { key, value } => quote(&format!("set {key}={value}")),
+                        Op::Del { key } => quote(&format!("del {key}")),
+                    })
+                    .collect();
+                let _ = writeln!(t, "script = [{}]", lines.join(", "));
+            }
+        }
+        let nodes = |v: &[Node]| v.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
+        for f in &self.faults {
+            let _ = writeln!(t, "\n[[faults]]");
+            let _ = writeln!(t, "at_ms = {}", ms_text(f.at_us));
+            match &f.action {
+                Action::Crash(n) => {
+                    let _ = writeln!(t, "action = \"crash\"\nnode = \"{n}\"");
+                }
+                Action::Restart(n) => {
+                    let _ = writeln!(t, "action = \"restart\"\nnode = \"{n}\"");
+                }
+                Action::Partition(groups) => {
+                    let gs: Vec<String> = groups.iter().map(|g| format!("[{}]", nodes(g))).collect();
+                    let _ = writeln!(t, "action = \"partition\"\ngroups = [{}]", gs.join(", "));
+                }
+                Action::PartitionOneWay { from, to } => {
+                    let _ = writeln!(
+                        t,
+                        "action = \"partition_one_way\"\nfrom = [{}]\nto = [{}]",
+                        nodes(from),
+                        nodes(to)
+                    );
+                }
+                Action::Heal => {
+                    let _ = writeln!(t, "action = \"heal\"");
+                }
+                Action::Corrupt(r) => {
+                    let _ = writeln!(t, "action = \"corrupt\"\nnode = \"r{r}\"");
+                }
+                Action::Pause { node, for_us } => {
+                    let _ =
+                        writeln!(t, "action = \"pause\"\nnode = \"{node}\"\nfor_ms = {}", ms_text(*for_us));
+                }
+            }
+        }
+        let r = &self.run;
+        let _ = writeln!(t, "\n[run]");
+        let _ = writeln!(t, "quiet_ms = {}", ms_text(r.quiet_us));
+        let _ = writeln!(t, "liveness_ms = {}", ms_text(r.liveness_us));
+        let _ = writeln!(t, "check_convergence = {}", r.check_convergence);
+        if let Some(m) = r.max_events {
+            let _ = writeln!(t, "max_events = {m}");
+        }
+        let bugs = bugs_on(&c.bugs);
+        if !bugs.is_empty() {
+            let _ = writeln!(t, "\n[bugs]");
+            for b in bugs {
+                let _ = writeln!(t, "{b} = true");
+            }
+        }
+        t
+    }
+}
+
+/// The names of the bugs switched on, as in a scenario's `[bugs]` table.
+pub fn bugs_on(bugs: &kvstore::config::Bugs) -> Vec<String> {
+    match toml::Value::try_from(bugs) {
+        Ok(toml::Value::Table(table)) => {
+            table.into_iter().filter(|(_, v)| v.as_bool() == Some(true)).map(|(k, _)| k).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Switches on the bug named as in a scenario's `[bugs]` table; an unknown
+/// name is an error listing the known ones.
+pub fn plant_bug(bugs: &mut kvstore::config::Bugs, name: &str) -> Result<(), String> {
+    let mut table = match toml::Value::try_from(&*bugs) {
+        Ok(toml::Value::Table(t)) => t,
+        _ => return Err("bugs do not serialize".into()),
+    };
+    if !table.contains_key(name) {
+        let known: Vec<&str> = table.keys().map(String::as_str).collect();
+        return Err(format!("unknown bug `{name}` (known: {})", known.join(", ")));
+    }
+    table.insert(name.to_string(), toml::Value::Boolean(true));
+    *bugs = toml::Value::Table(table).try_into().map_err(|e| format!("bug `{name}`: {e}"))?;
+    Ok(())
+}
+
+/// Microseconds as milliseconds, exactly (`1.5`, `30`, `0.001`).
+fn ms_text(us: u64) -> String {
+    if us % 1000 == 0 {
+        format!("{}", us / 1000)
+    } else {
+        let frac = format!("{:03}", us % 1000);
+        format!("{}.{}", us / 1000, frac.trim_end_matches('0'))
+    }
+}
+
+/// A TOML basic string.
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }
 
 /// `r1`, `lb`, `c3` or `clients`.

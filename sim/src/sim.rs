@@ -57,8 +57,11 @@ pub struct Summary {
     pub messages_dropped: u64,
     pub violations: Vec<String>,
     /// Checks that ran out of their budget undecided (see
-    /// `check_lin::LinBudget`): neither a pass nor a violation.
+    /// `check_lin::LinBudget`), or a run stopped at its event budget
+    /// (`[run] max_events`): neither a pass nor a violation.
     pub inconclusive: Vec<String>,
+    /// Of `wall_ms`, the time the end-of-run checks took (`check::run_all`).
+    pub check_wall_ms: f64,
 }
 
 pub struct Outcome {
@@ -178,6 +181,11 @@ pub struct Sim<'a> {
     /// When a client operation last finished.
     last_done: Time,
     out: Outbox,
+    /// Events at the same time are handled in reverse insertion order
+    /// (`kvsim check-determinism`): a run must not depend on that order.
+    reverse_ties: bool,
+    /// The run stopped at `[run] max_events`.
+    out_of_events: bool,
 }
 
 impl<'a> Sim<'a> {
@@ -254,7 +262,18 @@ impl<'a> Sim<'a> {
             first_applied_at: Vec::new(),
             last_done: Time::ZERO,
             out: Outbox::new(),
+            reverse_ties: false,
+            out_of_events: false,
         }
+    }
+
+    /// Events due at the same time are handled in the reverse of the order
+    /// they were queued in (scenario faults at one time still happen in
+    /// file order: that order is part of the scenario). The run may differ;
+    /// it must not break an invariant.
+    pub fn with_reversed_ties(mut self) -> Self {
+        self.reverse_ties = true;
+        self
     }
 
     /// Runs the scenario to the end of its quiet period and checks it.
@@ -269,8 +288,13 @@ impl<'a> Sim<'a> {
         let lb_now = self.clock(NodeId::Balancer);
         self.balancer = Some(Balancer::new(sc.cluster.clone(), lb_now, self.rng_ids.random()));
         self.reschedule(NodeId::Balancer);
-        for (i, f) in sc.faults.iter().enumerate() {
-            self.push(Time(f.at_us), Ev::Fault(i));
+        let faults: Vec<usize> = if self.reverse_ties {
+            (0..sc.faults.len()).rev().collect()
+        } else {
+            (0..sc.faults.len()).collect()
+        };
+        for i in faults {
+            self.push(Time(sc.faults[i].at_us), Ev::Fault(i));
         }
         for i in 0..self.clients.len() {
             let start = sc.workload.groups[self.clients[i].group].start_us;
@@ -310,8 +334,14 @@ impl<'a> Sim<'a> {
             if self.violations.len() > 100 {
                 break;
             }
+            if sc.run.max_events.is_some_and(|m| self.events >= m) {
+                self.out_of_events = true;
+                break;
+            }
         }
-        self.now = self.now.max(end);
+        if !self.out_of_events {
+            self.now = self.now.max(end);
+        }
         let mut summary = self.finish(seed);
         summary.wall_ms = wall.elapsed().as_secs_f64() * 1000.0;
         Outcome { summary, trace: self.trace }
@@ -329,7 +359,8 @@ impl<'a> Sim<'a> {
                 self.slab.len() as u32 - 1
             }
         };
-        self.queue.push(Entry { at, seq: self.seq, slot });
+        let seq = if self.reverse_ties { u64::MAX - self.seq } else { self.seq };
+        self.queue.push(Entry { at, seq, slot });
     }
 
     fn step(&mut self, ev: Ev) {
@@ -355,7 +386,10 @@ impl<'a> Sim<'a> {
                     && link != self.balancer_incarnation;
                 if broken {
                     if self.level >= TraceLevel::Messages {
-                        self.line(to, format_args!("<- {from} {msg} (lost: sent to a balancer since restarted)"));
+                        self.line(
+                            to,
+                            format_args!("<- {from} {msg} (lost: sent to a balancer since restarted)"),
+                        );
                     }
                     return;
                 }
@@ -404,9 +438,7 @@ impl<'a> Sim<'a> {
     /// The time on `n`'s own clock (see `scenario::Clock`).
     fn clock(&self, n: NodeId) -> Time {
         match self.clocks.get(&n) {
-            Some(&(rate, offset)) => {
-                Time(((self.now.0 as u128 * rate as u128) / 1_000_000) as u64 + offset)
-            }
+            Some(&(rate, offset)) => Time(((self.now.0 as u128 * rate as u128) / 1_000_000) as u64 + offset),
             None => self.now,
         }
     }
@@ -452,7 +484,9 @@ impl<'a> Sim<'a> {
                 self.disks[i].missing = false;
                 self.line_raw(
                     &format!("r{}", id.0),
-                    format_args!("** recovery: cut a torn write ({dropped} bytes) off the log tail (trusted: bug)"),
+                    format_args!(
+                        "** recovery: cut a torn write ({dropped} bytes) off the log tail (trusted: bug)"
+                    ),
                 );
                 Replica::recover(id, cfg, stored)
             }
@@ -571,8 +605,11 @@ impl<'a> Sim<'a> {
                     let NodeId::Replica(r) = n else { continue };
                     let i = r.0 as usize - 1;
                     let d = &self.sc.disk;
-                    let latency = d.write_min_us
-                        + sample_exp(&mut self.rng_disk, d.write_mean_us.saturating_sub(d.write_min_us));
+                    // At least a microsecond, so writes complete one after
+                    // another in time, whatever the order of ties.
+                    let latency = (d.write_min_us
+                        + sample_exp(&mut self.rng_disk, d.write_mean_us.saturating_sub(d.write_min_us)))
+                    .max(1);
                     let disk = &mut self.disks[i];
                     let done = disk.submit(id, &op, self.now, latency);
                     let incarnation = disk.incarnation;
@@ -625,14 +662,16 @@ impl<'a> Sim<'a> {
             return;
         }
         let net = &self.sc.network;
-        if net.drop_probability > 0.0 && self.rng_net.random_bool(net.drop_probability) {
+        // Random loss and duplication end at `faults_until_us`.
+        let faulty = net.faults_until_us.is_none_or(|t| self.now.0 < t);
+        if faulty && net.drop_probability > 0.0 && self.rng_net.random_bool(net.drop_probability) {
             self.messages_dropped += 1;
             if show {
                 self.line(from, format_args!("-x {to} {msg} (dropped)"));
             }
             return;
         }
-        if net.duplicate_probability > 0.0 && self.rng_net.random_bool(net.duplicate_probability) {
+        if faulty && net.duplicate_probability > 0.0 && self.rng_net.random_bool(net.duplicate_probability) {
             let delay = self.delay();
             let link = self.balancer_incarnation;
             self.push(self.now + delay, Ev::Deliver { from, to, msg: msg.clone(), link });
@@ -943,19 +982,36 @@ impl<'a> Sim<'a> {
                     .map(move |(op, t)| (i as u32 + 1, op.clone(), t))
             })
             .collect();
+        // Measured only, for the summary (never fed to the run).
+        #[allow(clippy::disallowed_methods)]
+        let check_wall = std::time::Instant::now();
+        // A run stopped at its event budget is judged on safety alone: it
+        // never reached its end, so convergence and liveness cannot be.
+        let cut = self.out_of_events;
         let report = check::run_all(&check::Input {
             history: &self.history,
             written: &self.written,
             replicas: &replicas,
             disks: &disks,
-            check_convergence: self.sc.run.check_convergence,
-            liveness_us: self.sc.run.liveness_us,
+            check_convergence: self.sc.run.check_convergence && !cut,
+            liveness_us: if cut { 0 } else { self.sc.run.liveness_us },
             last_fault_at: self.last_fault_at,
             unfinished: &unfinished,
             end: self.now,
             unfinished_writes: &unfinished_writes,
         });
+        let check_wall_ms = check_wall.elapsed().as_secs_f64() * 1000.0;
         self.violations.extend(report.violations);
+        let mut inconclusive = report.inconclusive;
+        if cut {
+            inconclusive.insert(
+                0,
+                format!(
+                    "event budget: stopped after {} events at {}, before the run's end",
+                    self.events, self.now
+                ),
+            );
+        }
         let ops_ok = self.history.iter().filter(|r| r.c.result.is_ok()).count() as u64;
         let ops_ambiguous = self.history.iter().filter(|r| r.c.is_ambiguous()).count() as u64;
         Summary {
@@ -977,7 +1033,8 @@ impl<'a> Sim<'a> {
             messages_sent: self.messages_sent,
             messages_dropped: self.messages_dropped,
             violations: self.violations.clone(),
-            inconclusive: report.inconclusive,
+            inconclusive,
+            check_wall_ms,
         }
     }
 }

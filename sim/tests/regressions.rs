@@ -20,7 +20,8 @@ fn regression_traces_match_snapshots() {
         let sc = load(path).unwrap_or_else(|e| panic!("{e}"));
         let out = run(&sc, 42, TraceLevel::Ops);
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let text = format!("{}{}", out.trace, summary_text(&out.summary, &format!("scenarios/regressions/{name}")));
+        let text =
+            format!("{}{}", out.trace, summary_text(&out.summary, &format!("scenarios/regressions/{name}")));
         assert!(out.summary.violations.is_empty(), "{name}: {:?}", out.summary.violations);
         insta::assert_snapshot!(text);
     });
@@ -59,7 +60,10 @@ fn with_bug(file: &str, bug: &str, seeds: std::ops::RangeInclusive<u64>) -> Vec<
 fn caught(file: &str, bug: &str, seeds: std::ops::RangeInclusive<u64>, expect: &str) {
     let found = with_bug(file, bug, seeds);
     assert!(!found.is_empty(), "{file} with `{bug}`: no checker fired");
-    assert!(found.iter().any(|v| v.contains(expect)), "{file} with `{bug}`: expected `{expect}` among {found:?}");
+    assert!(
+        found.iter().any(|v| v.contains(expect)),
+        "{file} with `{bug}`: expected `{expect}` among {found:?}"
+    );
 }
 
 #[test]

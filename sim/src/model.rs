@@ -1,0 +1,1168 @@
+//! Exhaustive bounded model checking of the real machines.
+//!
+//! A breadth-first search over every interleaving of a small cluster's
+//! inputs, up to a number of actions, driving the very `Replica`, `Balancer`
+//! and `Client` the simulator and kvnode run. The machines are neither
+//! `Clone` nor `Hash`, so a state keeps, for each node, what it was started
+//! from and the inputs it has had since: a node is rebuilt by replaying
+//! them (a few dozen calls at these bounds) whenever an action needs it.
+//!
+//! **Actions** (each one step of a path): deliver any message in flight (in
+//! any order), duplicate or drop one (bounded counts), complete a replica's
+//! oldest pending persist, tick a node (its clock jumps to its
+//! `next_wakeup`: every node has a clock of its own that only goes forward,
+//! so timers are abstract), crash a replica (its volatile state and unsynced
+//! persists are lost; it restarts from what completed, through
+//! `Stored::apply` and `Replica::recover`), crash and restart the balancer
+//! (a new incarnation, hence a new ballot; client requests in flight to the
+//! old one are lost, as in the simulator), and submit a client's next
+//! scripted operation.
+//!
+//! **Fingerprint** (for deduplication): per node, a hash chain of the inputs
+//! it has had (machines are deterministic, so the chain determines the
+//! state; a crash or restart is an input too, so the chain also covers past
+//! incarnations); the multiset of messages in flight, by content; the fault
+//! counters; and the order of client invocations and completions (what
+//! linearizability depends on). Everything the properties look at (leaders
+//! of each epoch, committed rows, acknowledged writes) is a function of
+//! these. One input is treated as changing nothing: a `Ping` delivered to a
+//! replica (`Replica::on_message` only answers it), and only when the
+//! replica's status is the same after and its only effect is the `Pong`.
+//!
+//! **Properties**, checked after every action: an epoch is led by one
+//! replica incarnation at most, over the whole path; a log position once
+//! committed anywhere holds the same row everywhere it is ever committed
+//! (which covers "logs agree up to the smaller commit point" and "every
+//! later leader that committed past an acknowledged write holds it"); an
+//! acknowledged write is committed at the LSN it was given; the completed
+//! client operations are linearizable (brute force over the few there are;
+//! a timed-out or unfinished write may take effect or not); no machine asks
+//! to be woken at or before `now` after a tick; no machine panics.
+//!
+//! Pings and pongs on one link supersede each other (an older one still in
+//! flight counts as lost: the network may lose messages, so this only
+//! removes paths, and it keeps one timer tick from adding three messages to
+//! every later state). Dropping a message is offered too, but for safety it
+//! adds nothing a message left in flight forever does not.
+
+// The visited set is a HashSet of fingerprints: membership only, never
+// iterated into output. The search's wall time is measured for the report,
+// never fed to a machine.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use kvstore::balancer::Balancer;
+use kvstore::client::{Client, ClientConfig};
+use kvstore::config::Timing;
+use kvstore::msg::{Reply, ShowValue, Status};
+use kvstore::replica::Replica;
+use kvstore::{
+    ClientId, ClusterConfig, Effect, Epoch, Event, Lsn, Msg, NodeId, Op, OpError, Outbox, ReadMode,
+    ReplicaId, RequestId, Row, RowBody, Stored, Time,
+};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::fmt::{self, Write as _};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------- bounds
+
+/// One client: its read mode and the operations it submits, in order (one
+/// at a time: the next only once the previous finished).
+#[derive(Clone, Debug)]
+pub struct ClientSpec {
+    pub read: ReadMode,
+    pub ops: Vec<Op>,
+}
+
+/// What the search explores.
+#[derive(Clone, Debug)]
+pub struct Bounds {
+    /// Actions per path at most.
+    pub depth: usize,
+    /// The cluster (its replicas, timing and `[bugs]`).
+    pub cfg: ClusterConfig,
+    pub clients: Vec<ClientSpec>,
+    pub client_retry_us: u64,
+    pub client_timeout_us: u64,
+    /// Fault budgets, per path.
+    pub max_duplicates: u32,
+    pub max_drops: u32,
+    pub max_replica_crashes: u32,
+    pub max_balancer_restarts: u32,
+    /// No node's clock goes past this (a tick that would is not taken).
+    pub horizon_us: u64,
+    /// Stop (inconclusive) after this many distinct states.
+    pub max_states: u64,
+    /// Print a line per depth level to stderr.
+    pub progress: bool,
+}
+
+/// Small timeouts: the balancer looks at its timers every 10 ms
+/// (`balancer::TICK_US`), so a fresh balancer decides after 3 ticks, a
+/// promotion times out after 1 more, and a leader is presumed dead 3 ticks
+/// after its last pong.
+pub fn small_timing() -> Timing {
+    Timing {
+        heartbeat_us: 10_000,
+        ping_us: 10_000,
+        dead_after_us: 20_000,
+        promote_timeout_us: 10_000,
+        forward_retry_us: 20_000,
+        request_timeout_us: 40_000,
+    }
+}
+
+fn set(key: &str, value: &str) -> Op {
+    Op::Set { key: key.into(), value: value.into() }
+}
+
+impl Bounds {
+    /// Three replicas (semi-synchronous), one balancer, no clients.
+    pub fn cluster(depth: usize) -> Bounds {
+        let mut cfg = ClusterConfig::new(3, 1);
+        cfg.timing = small_timing();
+        Bounds {
+            depth,
+            cfg,
+            clients: Vec::new(),
+            client_retry_us: 30_000,
+            client_timeout_us: 60_000,
+            max_duplicates: 0,
+            max_drops: 0,
+            max_replica_crashes: 0,
+            max_balancer_restarts: 0,
+            horizon_us: u64::MAX,
+            max_states: 50_000_000,
+            progress: false,
+        }
+    }
+
+    /// The workload of the issue: two clients set the same key, and the
+    /// first then reads it in `leader` mode.
+    pub fn with_workload(mut self) -> Bounds {
+        self.clients = vec![
+            ClientSpec { read: ReadMode::Leader, ops: vec![set("x", "a"), Op::Get { key: "x".into() }] },
+            ClientSpec { read: ReadMode::Leader, ops: vec![set("x", "b")] },
+        ];
+        self
+    }
+
+    /// Bounds the CI test runs (debug build): the workload from a cluster
+    /// that has already elected r1 (see `check`), every fault once.
+    pub fn small() -> Bounds {
+        let mut b = Bounds::cluster(9).with_workload();
+        b.max_duplicates = 1;
+        b.max_drops = 0;
+        b.max_replica_crashes = 1;
+        b.max_balancer_restarts = 1;
+        b
+    }
+
+    /// Bug A re-planted (`[bugs] epochs_promised_twice`), with a balancer
+    /// restart allowed and nothing else: the shortest path to two leaders of
+    /// one epoch.
+    pub fn bug_a() -> Bounds {
+        let mut b = Bounds::cluster(22);
+        b.cfg.bugs.epochs_promised_twice = true;
+        b.max_balancer_restarts = 1;
+        b.horizon_us = 60_000;
+        b
+    }
+}
+
+// ---------------------------------------------------------------- report
+
+/// A violation and the shortest path to it.
+#[derive(Clone, Debug)]
+pub struct Counterexample {
+    pub violation: String,
+    /// One line per action (numbered), with its notable effects on lines
+    /// of their own below it.
+    pub trace: Vec<String>,
+    /// Actions on the path.
+    pub depth: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Distinct states reached (the initial one included).
+    pub states: u64,
+    /// Actions taken (each an edge of the state graph).
+    pub transitions: u64,
+    /// Every path this long was explored (or ended earlier).
+    pub depth: usize,
+    pub max_depth: usize,
+    /// New states per depth level.
+    pub levels: Vec<u64>,
+    /// No state was left with an action to explore: every reachable state
+    /// within the budgets was seen, whatever the depth bound.
+    pub exhausted: bool,
+    /// Stopped at `max_states`: inconclusive beyond `depth`.
+    pub truncated: bool,
+    pub elapsed: Duration,
+    pub violation: Option<Counterexample>,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "model: {} distinct states, {} transitions, depth {} of {}{}{}, {:.2?}",
+            self.states,
+            self.transitions,
+            self.depth,
+            self.max_depth,
+            if self.exhausted { " (state space exhausted)" } else { "" },
+            if self.truncated { " (TRUNCATED at the state cap)" } else { "" },
+            self.elapsed
+        )?;
+        writeln!(f, "states per depth: {:?}", self.levels)?;
+        match &self.violation {
+            None => writeln!(f, "no violation"),
+            Some(c) => {
+                writeln!(f, "VIOLATION after {} actions: {}", c.depth, c.violation)?;
+                for l in &c.trace {
+                    writeln!(f, "{l}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- hashing
+
+/// 128-bit hashes from two SipHash instances with different salts (the std
+/// hasher with its fixed keys: the same on every run).
+struct H2(std::hash::DefaultHasher, std::hash::DefaultHasher);
+
+impl H2 {
+    fn new(salt: u64) -> H2 {
+        let mut a = std::hash::DefaultHasher::new();
+        let mut b = std::hash::DefaultHasher::new();
+        a.write_u64(salt);
+        b.write_u64(!salt ^ 0x9e37_79b9_7f4a_7c15);
+        H2(a, b)
+    }
+    fn u128(&mut self, x: u128) -> &mut H2 {
+        self.0.write_u128(x);
+        self.1.write_u128(x);
+        self
+    }
+    fn u64(&mut self, x: u64) -> &mut H2 {
+        self.0.write_u64(x);
+        self.1.write_u64(x);
+        self
+    }
+    fn finish(&self) -> u128 {
+        (u128::from(self.0.finish()) << 64) | u128::from(self.1.finish())
+    }
+}
+
+impl fmt::Write for H2 {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.write(s.as_bytes());
+        self.1.write(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Fingerprints are hashes already: the visited set uses their low bits.
+#[derive(Default)]
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, x: u128) {
+        self.0 = x as u64;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Visited = HashSet<u128, BuildHasherDefault<Identity>>;
+
+fn node_code(n: NodeId) -> u64 {
+    match n {
+        NodeId::Balancer => 0,
+        NodeId::Replica(r) => 0x100 + u64::from(r.0),
+        NodeId::Client(c) => 0x10000 + c.0,
+    }
+}
+
+/// A message's identity: sender, receiver, the balancer incarnation of a
+/// client's connection, and the content.
+fn msg_key(from: NodeId, to: NodeId, link: u32, msg: &Msg) -> u128 {
+    let mut h = H2::new(1);
+    h.u64(node_code(from)).u64(node_code(to)).u64(u64::from(link));
+    let _ = write!(h, "{msg:?}");
+    h.finish()
+}
+
+// ---------------------------------------------------------------- state
+
+/// An input a machine has had, as it is replayed.
+#[derive(Clone)]
+enum Input {
+    Msg { now: Time, from: NodeId, msg: Rc<Msg> },
+    Tick(Time),
+    Persisted { now: Time, id: u64 },
+    Submit { now: Time, op: Op },
+}
+
+/// A node's inputs since it started, newest first, shared between states.
+struct Cons {
+    input: Input,
+    prev: Option<Rc<Cons>>,
+}
+
+#[derive(Clone)]
+enum Start {
+    Replica(Rc<Stored>),
+    Balancer { at: Time, incarnation: u64 },
+    Client,
+}
+
+#[derive(Clone)]
+struct NodeBook {
+    chain: u128,
+    clock: Time,
+    start: Start,
+    inputs: Option<Rc<Cons>>,
+    wake: Option<Time>,
+    /// Replicas: the status after the last input.
+    status: Status,
+    /// Balancer: who it sends requests to.
+    leader: Option<(ReplicaId, Epoch)>,
+    /// Clients: nothing in flight or queued.
+    idle: bool,
+}
+
+#[derive(Clone)]
+struct InFlight {
+    key: u128,
+    from: NodeId,
+    to: NodeId,
+    link: u32,
+    msg: Rc<Msg>,
+    count: u32,
+}
+
+#[derive(Clone, Default)]
+struct Disk {
+    stored: Rc<Stored>,
+    pending: VecDeque<(u64, kvstore::PersistOp)>,
+}
+
+/// A client operation, for the linearizability check; times are positions
+/// in the sequence of client events along the path.
+#[derive(Clone)]
+struct OpRec {
+    client: usize,
+    op: Op,
+    invoked: u32,
+    done: Option<(u32, Result<Reply, OpError>)>,
+}
+
+/// Everything about a state except the live machines: cheap to clone.
+#[derive(Clone)]
+struct Book {
+    nodes: Vec<NodeBook>,
+    net: Vec<InFlight>,
+    disks: Vec<Disk>,
+    dups_used: u32,
+    drops_used: u32,
+    crashes_used: u32,
+    restarts_used: u32,
+    /// The balancer's incarnation (0 first).
+    lb_incarnation: u32,
+    replica_incarnation: Vec<u32>,
+    /// Hash of the order of client invocations and completions.
+    client_log: u128,
+    client_events: u32,
+    next_op: Vec<usize>,
+    history: Vec<OpRec>,
+    /// (epoch, replica, incarnation) of every `BecameLeader` on the path.
+    leaders: Vec<(Epoch, ReplicaId, u32)>,
+    /// Every position ever committed by any replica, with its row and who
+    /// committed it first.
+    committed: Rc<BTreeMap<u64, (Row, ReplicaId)>>,
+    /// Per replica: committed rows already checked.
+    checked: Vec<u64>,
+    acked: Vec<(RequestId, Lsn)>,
+}
+
+enum Machine {
+    R(Replica),
+    B(Balancer),
+    C(Client),
+}
+
+impl Machine {
+    fn input(&mut self, i: &Input, out: &mut Outbox) {
+        match (self, i) {
+            (Machine::R(r), Input::Msg { now, from, msg }) => r.on_message(*now, *from, (**msg).clone(), out),
+            (Machine::R(r), Input::Tick(t)) => r.on_tick(*t, out),
+            (Machine::R(r), Input::Persisted { now, id }) => r.on_persisted(*now, *id, out),
+            (Machine::B(b), Input::Msg { now, from, msg }) => b.on_message(*now, *from, (**msg).clone(), out),
+            (Machine::B(b), Input::Tick(t)) => b.on_tick(*t, out),
+            (Machine::C(c), Input::Msg { now, from, msg }) => c.on_message(*now, *from, (**msg).clone(), out),
+            (Machine::C(c), Input::Tick(t)) => c.on_tick(*t, out),
+            (Machine::C(c), Input::Submit { now, op }) => c.submit(*now, op.clone(), out),
+            _ => unreachable!("an input this machine does not take"),
+        }
+    }
+    fn wake(&self) -> Option<Time> {
+        match self {
+            Machine::R(r) => r.next_wakeup(),
+            Machine::B(b) => b.next_wakeup(),
+            Machine::C(c) => c.next_wakeup(),
+        }
+    }
+}
+
+/// What one step of a path does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Action {
+    Deliver(u128),
+    Duplicate(u128),
+    Drop(u128),
+    /// The oldest pending persist of replica index i completes.
+    Persist(usize),
+    /// Node index (0 balancer, then replicas, then clients).
+    Tick(usize),
+    Submit(usize),
+    Crash(usize),
+    RestartBalancer,
+}
+
+/// Balancer incarnations: distinct, and their ballots read `b0001`, `b0002`.
+fn incarnation(k: u32) -> u64 {
+    let k = u64::from(k) + 1;
+    (k << 48) | k
+}
+
+struct Model<'a> {
+    b: &'a Bounds,
+    n: usize,
+}
+
+impl Model<'_> {
+    fn node_id(&self, x: usize) -> NodeId {
+        if x == 0 {
+            NodeId::Balancer
+        } else if x <= self.n {
+            NodeId::Replica(ReplicaId(x as u8))
+        } else {
+            NodeId::Client(ClientId((x - self.n) as u64))
+        }
+    }
+    fn index(&self, id: NodeId) -> usize {
+        match id {
+            NodeId::Balancer => 0,
+            NodeId::Replica(r) => r.0 as usize,
+            NodeId::Client(c) => self.n + c.0 as usize,
+        }
+    }
+    fn client_cfg(&self, c: usize) -> ClientConfig {
+        let spec = &self.b.clients[c];
+        let mut cfg = ClientConfig::new(ClientId(c as u64 + 1), spec.read);
+        cfg.retry_us = self.b.client_retry_us;
+        cfg.timeout_us = self.b.client_timeout_us;
+        cfg.bug_counts_unavailable_answers = self.b.cfg.bugs.unavailable_counts_answers;
+        cfg
+    }
+
+    /// Node `x` as it is in `book`: started afresh and replayed.
+    fn build(&self, book: &Book, x: usize) -> Machine {
+        let nb = &book.nodes[x];
+        let mut m = match &nb.start {
+            Start::Replica(stored) => {
+                Machine::R(Replica::recover(ReplicaId(x as u8), self.b.cfg.clone(), (**stored).clone()))
+            }
+            Start::Balancer { at, incarnation } => {
+                Machine::B(Balancer::new(self.b.cfg.clone(), *at, *incarnation))
+            }
+            Start::Client => Machine::C(Client::new(self.client_cfg(x - self.n - 1))),
+        };
+        let mut inputs = Vec::new();
+        let mut p = nb.inputs.as_deref();
+        while let Some(c) = p {
+            inputs.push(&c.input);
+            p = c.prev.as_deref();
+        }
+        let mut out = Outbox::new();
+        for i in inputs.into_iter().rev() {
+            m.input(i, &mut out);
+            out.effects.clear();
+        }
+        m
+    }
+
+    fn initial(&self) -> Book {
+        let nodes_n = 1 + self.n + self.b.clients.len();
+        let mut nodes = Vec::new();
+        for x in 0..nodes_n {
+            let start = if x == 0 {
+                Start::Balancer { at: Time::ZERO, incarnation: incarnation(0) }
+            } else if x <= self.n {
+                Start::Replica(Rc::new(Stored::default()))
+            } else {
+                Start::Client
+            };
+            nodes.push(NodeBook {
+                chain: H2::new(2).u64(x as u64).finish(),
+                clock: Time::ZERO,
+                start,
+                inputs: None,
+                wake: None,
+                status: Status::default(),
+                leader: None,
+                idle: true,
+            });
+        }
+        let mut book = Book {
+            nodes,
+            net: Vec::new(),
+            disks: vec![Disk::default(); self.n],
+            dups_used: 0,
+            drops_used: 0,
+            crashes_used: 0,
+            restarts_used: 0,
+            lb_incarnation: 0,
+            replica_incarnation: vec![0; self.n],
+            client_log: 0,
+            client_events: 0,
+            next_op: vec![0; self.b.clients.len()],
+            history: Vec::new(),
+            leaders: Vec::new(),
+            committed: Rc::new(BTreeMap::new()),
+            checked: vec![0; self.n],
+            acked: Vec::new(),
+        };
+        for x in 0..nodes_n {
+            let m = self.build(&book, x);
+            self.observe(&mut book, x, &m);
+        }
+        book
+    }
+
+    fn observe(&self, book: &mut Book, x: usize, m: &Machine) {
+        let nb = &mut book.nodes[x];
+        nb.wake = m.wake();
+        match m {
+            Machine::R(r) => nb.status = r.status(),
+            Machine::B(b) => nb.leader = b.leader(),
+            Machine::C(c) => nb.idle = c.is_idle(),
+        }
+    }
+
+    fn fingerprint(&self, book: &Book) -> u128 {
+        let mut h = H2::new(3);
+        for nb in &book.nodes {
+            h.u128(nb.chain);
+        }
+        let net =
+            book.net.iter().fold(0u128, |acc, m| acc.wrapping_add(m.key.wrapping_mul(u128::from(m.count))));
+        h.u128(net);
+        h.u64(u64::from(book.dups_used) | u64::from(book.drops_used) << 16);
+        h.u128(book.client_log);
+        h.finish()
+    }
+
+    /// Every action enabled in `book`, in a fixed order.
+    fn actions(&self, book: &Book) -> Vec<Action> {
+        let b = self.b;
+        let mut v = Vec::new();
+        for m in &book.net {
+            v.push(Action::Deliver(m.key));
+        }
+        for (i, d) in book.disks.iter().enumerate() {
+            if !d.pending.is_empty() {
+                v.push(Action::Persist(i));
+            }
+        }
+        for (x, nb) in book.nodes.iter().enumerate() {
+            if nb.wake.is_some_and(|w| w.0 <= b.horizon_us) {
+                v.push(Action::Tick(x));
+            }
+        }
+        for (c, spec) in b.clients.iter().enumerate() {
+            if book.nodes[1 + self.n + c].idle && book.next_op[c] < spec.ops.len() {
+                v.push(Action::Submit(c));
+            }
+        }
+        if book.crashes_used < b.max_replica_crashes {
+            v.extend((0..self.n).map(Action::Crash));
+        }
+        if book.restarts_used < b.max_balancer_restarts {
+            v.push(Action::RestartBalancer);
+        }
+        if book.dups_used < b.max_duplicates {
+            v.extend(book.net.iter().map(|m| Action::Duplicate(m.key)));
+        }
+        if book.drops_used < b.max_drops {
+            v.extend(book.net.iter().map(|m| Action::Drop(m.key)));
+        }
+        v
+    }
+
+    fn chain(nb: &mut NodeBook, what: impl FnOnce(&mut H2)) {
+        let mut h = H2::new(4);
+        h.u128(nb.chain);
+        what(&mut h);
+        nb.chain = h.finish();
+    }
+
+    fn push_input(nb: &mut NodeBook, input: Input) {
+        let prev = nb.inputs.take();
+        nb.inputs = Some(Rc::new(Cons { input, prev }));
+    }
+
+    /// Takes action `a` in `book`. `Err` is a violation. With `log`, writes
+    /// the action's trace lines.
+    fn apply(&self, book: &mut Book, a: &Action, mut log: Option<&mut Vec<String>>) -> Result<(), String> {
+        match a {
+            Action::Deliver(key) => {
+                let i = book.net.iter().position(|m| m.key == *key).expect("enabled");
+                let m = book.net[i].clone();
+                if m.count > 1 {
+                    book.net[i].count -= 1;
+                } else {
+                    book.net.remove(i);
+                }
+                let x = self.index(m.to);
+                if let Some(l) = log.as_deref_mut() {
+                    l.push(format!("{:<4} -> {:<4} {}", m.from.to_string(), m.to.to_string(), m.msg));
+                }
+                let now = book.nodes[x].clock;
+                let input = Input::Msg { now, from: m.from, msg: m.msg.clone() };
+                let neutral_candidate = matches!(*m.msg, Msg::Ping { .. }) && x >= 1 && x <= self.n;
+                let key = m.key;
+                self.step(book, x, input, neutral_candidate, log, |h| {
+                    h.u64(1).u128(key);
+                })
+            }
+            Action::Duplicate(key) => {
+                let m = book.net.iter_mut().find(|m| m.key == *key).expect("enabled");
+                m.count += 1;
+                book.dups_used += 1;
+                if let Some(l) = log {
+                    l.push(format!("net  duplicates {} -> {} {}", m.from, m.to, m.msg));
+                }
+                Ok(())
+            }
+            Action::Drop(key) => {
+                let i = book.net.iter().position(|m| m.key == *key).expect("enabled");
+                let m = book.net[i].clone();
+                if m.count > 1 {
+                    book.net[i].count -= 1;
+                } else {
+                    book.net.remove(i);
+                }
+                book.drops_used += 1;
+                if let Some(l) = log {
+                    l.push(format!("net  drops {} -> {} {}", m.from, m.to, m.msg));
+                }
+                Ok(())
+            }
+            Action::Persist(r) => {
+                let (id, op) = book.disks[*r].pending.pop_front().expect("enabled");
+                Rc::make_mut(&mut book.disks[*r].stored).apply(&op);
+                let x = r + 1;
+                if let Some(l) = log.as_deref_mut() {
+                    l.push(format!(
+                        "{:<12} disk: persist #{id} durable: {}",
+                        self.node_id(x).to_string(),
+                        show_op(&op)
+                    ));
+                }
+                let now = book.nodes[x].clock;
+                self.step(book, x, Input::Persisted { now, id }, false, log, |h| {
+                    h.u64(2).u64(id);
+                })
+            }
+            Action::Tick(x) => {
+                let x = *x;
+                let nb = &mut book.nodes[x];
+                let now = nb.clock.max(nb.wake.expect("enabled"));
+                nb.clock = now;
+                if let Some(l) = log.as_deref_mut() {
+                    l.push(format!("{:<12} tick, clock {now}", self.node_id(x).to_string()));
+                }
+                self.step(book, x, Input::Tick(now), false, log, |h| {
+                    h.u64(3).u64(now.0);
+                })?;
+                let nb = &book.nodes[x];
+                if nb.wake.is_some_and(|w| w <= now) {
+                    return Err(format!(
+                        "{} asked to be woken at or before now after a tick (busy loop)",
+                        self.node_id(x)
+                    ));
+                }
+                Ok(())
+            }
+            Action::Submit(c) => {
+                let c = *c;
+                let op = self.b.clients[c].ops[book.next_op[c]].clone();
+                book.next_op[c] += 1;
+                let x = 1 + self.n + c;
+                if let Some(l) = log.as_deref_mut() {
+                    l.push(format!("{:<12} invoke {op}", self.node_id(x).to_string()));
+                }
+                book.client_events += 1;
+                book.client_log = H2::new(5).u128(book.client_log).u64(c as u64).u64(0).finish();
+                book.history.push(OpRec {
+                    client: c,
+                    op: op.clone(),
+                    invoked: book.client_events,
+                    done: None,
+                });
+                let now = book.nodes[x].clock;
+                let idx = book.next_op[c] as u64;
+                self.step(book, x, Input::Submit { now, op }, false, log, |h| {
+                    h.u64(4).u64(idx);
+                })
+            }
+            Action::Crash(r) => {
+                let r = *r;
+                let x = r + 1;
+                book.crashes_used += 1;
+                book.replica_incarnation[r] += 1;
+                let lost = book.disks[r].pending.len();
+                book.disks[r].pending.clear();
+                let nb = &mut book.nodes[x];
+                Self::chain(nb, |h| {
+                    h.u64(5);
+                });
+                nb.start = Start::Replica(book.disks[r].stored.clone());
+                nb.inputs = None;
+                let m = self.build(book, x);
+                self.observe(book, x, &m);
+                let Machine::R(rep) = &m else { unreachable!() };
+                book.checked[r] = rep.status().commit.0;
+                if let Some(l) = log {
+                    let s = rep.status();
+                    l.push(format!(
+                        "{:<12} CRASH + restart: {lost} unsynced persist(s) lost; recovers promised={} last={}",
+                        self.node_id(x).to_string(),
+                        s.promised,
+                        s.last
+                    ));
+                }
+                Ok(())
+            }
+            Action::RestartBalancer => {
+                book.restarts_used += 1;
+                book.lb_incarnation += 1;
+                let before = book.net.len();
+                book.net.retain(|m| !matches!((m.from, m.to), (NodeId::Client(_), NodeId::Balancer)));
+                let lost = before - book.net.len();
+                let inc = incarnation(book.lb_incarnation);
+                let nb = &mut book.nodes[0];
+                Self::chain(nb, |h| {
+                    h.u64(6);
+                });
+                nb.start = Start::Balancer { at: nb.clock, incarnation: inc };
+                nb.inputs = None;
+                let m = self.build(book, 0);
+                self.observe(book, 0, &m);
+                if let Some(l) = log {
+                    l.push(format!(
+                        "lb           CRASH + restart as incarnation b{:04x}; {lost} client request(s) in flight to it lost",
+                        inc & 0xffff
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Feeds `input` to node `x` (rebuilt from `book`), records it, and
+    /// carries out the effects.
+    fn step(
+        &self,
+        book: &mut Book,
+        x: usize,
+        input: Input,
+        neutral_candidate: bool,
+        mut log: Option<&mut Vec<String>>,
+        desc: impl FnOnce(&mut H2),
+    ) -> Result<(), String> {
+        let mut m = self.build(book, x);
+        let mut out = Outbox::new();
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            m.input(&input, &mut out);
+            m
+        }));
+        let m = match ran {
+            Ok(m) => m,
+            Err(p) => {
+                let what = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                return Err(format!("{} panicked: {what}", self.node_id(x)));
+            }
+        };
+        let before = (book.nodes[x].status, book.nodes[x].wake);
+        self.observe(book, x, &m);
+        let neutral = neutral_candidate
+            && (book.nodes[x].status, book.nodes[x].wake) == before
+            && matches!(&out.effects[..], [Effect::Send { msg: Msg::Pong { .. }, .. }]);
+        if !neutral {
+            let nb = &mut book.nodes[x];
+            Self::chain(nb, desc);
+            Self::push_input(nb, input);
+        }
+        self.handle(book, x, &m, out, log.as_deref_mut())
+    }
+
+    fn handle(
+        &self,
+        book: &mut Book,
+        x: usize,
+        m: &Machine,
+        out: Outbox,
+        mut log: Option<&mut Vec<String>>,
+    ) -> Result<(), String> {
+        let me = self.node_id(x);
+        let mut violation = None;
+        for e in out.effects {
+            match e {
+                Effect::Send { to, msg } => self.send(book, me, to, msg),
+                Effect::Persist { id, op } => {
+                    let NodeId::Replica(r) = me else { continue };
+                    book.disks[r.0 as usize - 1].pending.push_back((id, op));
+                }
+                Effect::Event(ev) => {
+                    if let Some(l) = log.as_deref_mut() {
+                        l.push(format!("              {me} {ev}"));
+                    }
+                    if let (Event::BecameLeader { epoch, .. }, NodeId::Replica(r)) = (&ev, me) {
+                        let inc = book.replica_incarnation[r.0 as usize - 1];
+                        let twice =
+                            book.leaders.iter().find(|(e, rr, i)| e == epoch && (*rr, *i) != (r, inc));
+                        if let Some((_, r0, i0)) = twice {
+                            violation.get_or_insert(format!(
+                                "{epoch} led twice: by r{} (incarnation {i0}) and by r{} (incarnation {inc})",
+                                r0.0, r.0
+                            ));
+                        }
+                        book.leaders.push((*epoch, r, inc));
+                    }
+                }
+                Effect::Done(c) => {
+                    let ci = x - self.n - 1;
+                    if let Some(l) = log.as_deref_mut() {
+                        let what = match &c.result {
+                            Ok(r) if c.op.is_write() => format!("ok lsn={}", r.lsn),
+                            Ok(r) => format!("{} lsn={}", ShowValue(&r.value), r.lsn),
+                            Err(e) if c.is_ambiguous() => format!("ambiguous: {e}"),
+                            Err(e) => format!("error: {e}"),
+                        };
+                        l.push(format!("              {me} done {} -> {what}", c.op));
+                    }
+                    book.client_events += 1;
+                    book.client_log = H2::new(5).u128(book.client_log).u64(ci as u64).u64(1).finish();
+                    let at = book.client_events;
+                    if let Some(rec) = book.history.iter_mut().find(|h| h.client == ci && h.done.is_none()) {
+                        rec.done = Some((at, c.result.clone()));
+                    }
+                    if let (Ok(reply), true) = (&c.result, c.op.is_write()) {
+                        let id = RequestId { client: ClientId(ci as u64 + 1), seq: c.seq };
+                        book.acked.push((id, reply.lsn));
+                        let held = book.committed.get(&reply.lsn.0);
+                        let ok = held.is_some_and(
+                            |(row, _)| matches!(&row.body, RowBody::Put { req, .. } if *req == id),
+                        );
+                        if !ok {
+                            let now = held.map_or("nothing committed".to_string(), |(r, by)| {
+                                format!("{} committed (first by r{})", show_row(r), by.0)
+                            });
+                            violation.get_or_insert(format!(
+                                "acknowledged write lost: c{}#{} ({}) acknowledged at lsn {}, where {now}",
+                                ci + 1,
+                                c.seq,
+                                c.op,
+                                reply.lsn
+                            ));
+                        }
+                    }
+                    if let Err(v) = linearizable(&book.history) {
+                        violation.get_or_insert(v);
+                    }
+                }
+            }
+        }
+        if let (Machine::R(r), NodeId::Replica(id)) = (m, me) {
+            let i = id.0 as usize - 1;
+            let commit = r.status().commit.0;
+            let mut lsn = book.checked[i] + 1;
+            while lsn <= commit {
+                if let Some(row) = r.log().get(Lsn(lsn)) {
+                    match book.committed.get(&lsn) {
+                        None => {
+                            Rc::make_mut(&mut book.committed).insert(lsn, (row.clone(), id));
+                        }
+                        Some((first, by)) if first != row => {
+                            violation.get_or_insert(format!(
+                                "lsn {lsn} committed as {} by r{} and as {} by r{}",
+                                show_row(first),
+                                by.0,
+                                show_row(row),
+                                id.0
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                lsn += 1;
+            }
+            book.checked[i] = book.checked[i].max(commit);
+        }
+        match violation {
+            Some(v) => Err(v),
+            None => Ok(()),
+        }
+    }
+
+    fn send(&self, book: &mut Book, from: NodeId, to: NodeId, msg: Msg) {
+        let link =
+            if matches!((from, to), (NodeId::Client(_), NodeId::Balancer)) { book.lb_incarnation } else { 0 };
+        if matches!(msg, Msg::Ping { .. } | Msg::Pong { .. }) {
+            let kind = msg.kind();
+            book.net.retain(|m| !(m.from == from && m.to == to && m.msg.kind() == kind));
+        }
+        let key = msg_key(from, to, link, &msg);
+        match book.net.iter_mut().find(|m| m.key == key) {
+            Some(m) => m.count += 1,
+            None => book.net.push(InFlight { key, from, to, link, msg: Rc::new(msg), count: 1 }),
+        }
+    }
+}
+
+fn show_op(op: &kvstore::PersistOp) -> String {
+    match op {
+        kvstore::PersistOp::Promise(e) => format!("Promise({e})"),
+        kvstore::PersistOp::Append(rows) => {
+            let rows: Vec<String> = rows.iter().map(show_row).collect();
+            format!("Append[{}]", rows.join(", "))
+        }
+        kvstore::PersistOp::TruncateAfter(l) => format!("TruncateAfter({l})"),
+        kvstore::PersistOp::InstallSnapshot(s) => format!("InstallSnapshot(last={})", s.last),
+    }
+}
+
+fn show_row(r: &Row) -> String {
+    match &r.body {
+        RowBody::Noop => format!("{}:noop", r.pos()),
+        RowBody::Put { key, value: Some(v), req } => {
+            format!("{}:set {key}={v} (c{}#{})", r.pos(), req.client.0, req.seq)
+        }
+        RowBody::Put { key, value: None, req } => {
+            format!("{}:del {key} (c{}#{})", r.pos(), req.client.0, req.seq)
+        }
+    }
+}
+
+// ---------------------------------------------------------------- linearizability
+
+/// Whether the client operations so far can be put in one order that
+/// respects real time (an operation that finished before another began
+/// comes first) and the semantics of a register per key. Writes that
+/// finished ok took effect; writes that timed out or have not finished may
+/// or may not have; writes refused (unavailable, invalid) did not. Reads
+/// that did not finish ok say nothing.
+fn linearizable(history: &[OpRec]) -> Result<(), String> {
+    let mut keys: Vec<&str> = history.iter().map(|h| h.op.key()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        let ops: Vec<&OpRec> = history.iter().filter(|h| h.op.key() == key).collect();
+        let mut must = Vec::new();
+        let mut maybe = Vec::new();
+        for h in &ops {
+            match (&h.done, h.op.is_write()) {
+                (Some((_, Ok(_))), _) => must.push(*h),
+                (Some((_, Err(e))), true) if e.is_ambiguous() => maybe.push(*h),
+                (None, true) => maybe.push(*h),
+                _ => {}
+            }
+        }
+        let found = (0u32..1 << maybe.len()).any(|mask| {
+            let mut set: Vec<&OpRec> = must.clone();
+            set.extend(maybe.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, h)| *h));
+            let mut used = vec![false; set.len()];
+            order_exists(&set, &mut used, None)
+        });
+        if !found {
+            let lines: Vec<String> = ops
+                .iter()
+                .map(|h| {
+                    let res = match &h.done {
+                        None => "unfinished".to_string(),
+                        Some((at, Ok(r))) if h.op.is_write() => format!("ok lsn={} (done at {at})", r.lsn),
+                        Some((at, Ok(r))) => format!("{} (done at {at})", ShowValue(&r.value)),
+                        Some((at, Err(e))) => format!("{e} (done at {at})"),
+                    };
+                    format!("c{} {} invoked at {} -> {res}", h.client + 1, h.op, h.invoked)
+                })
+                .collect();
+            return Err(format!("not linearizable on key {key}: {}", lines.join("; ")));
+        }
+    }
+    Ok(())
+}
+
+/// Depth-first over orders of `set`: the next operation must have no
+/// unplaced operation that finished before it was invoked, and a read must
+/// see the value of the last write placed.
+fn order_exists(set: &[&OpRec], used: &mut [bool], value: Option<&str>) -> bool {
+    if used.iter().all(|u| *u) {
+        return true;
+    }
+    for i in 0..set.len() {
+        if used[i] {
+            continue;
+        }
+        let blocked = (0..set.len())
+            .any(|j| !used[j] && j != i && set[j].done.as_ref().is_some_and(|(d, _)| *d < set[i].invoked));
+        if blocked {
+            continue;
+        }
+        let next = match &set[i].op {
+            Op::Set { value: v, .. } => Some(v.as_str()),
+            Op::Del { .. } => None,
+            Op::Get { .. } => {
+                let seen = match &set[i].done {
+                    Some((_, Ok(r))) => r.value.as_deref(),
+                    _ => None,
+                };
+                if seen != value {
+                    continue;
+                }
+                value
+            }
+        };
+        used[i] = true;
+        if order_exists(set, used, next) {
+            used[i] = false;
+            return true;
+        }
+        used[i] = false;
+    }
+    false
+}
+
+// ---------------------------------------------------------------- search
+
+/// Explores every path of at most `bounds.depth` actions from a fresh
+/// cluster (nothing on any disk, every clock at zero), breadth first, and
+/// stops at the first violation: its path is a shortest one.
+pub fn check(bounds: &Bounds) -> Report {
+    let started = Instant::now();
+    let model = Model { b: bounds, n: bounds.cfg.replicas.len() };
+    let init = model.initial();
+    let mut visited = Visited::default();
+    visited.insert(model.fingerprint(&init));
+    // Every state reached: its parent and the action that reached it.
+    let mut arena: Vec<(u32, Action)> = vec![(u32::MAX, Action::RestartBalancer)];
+    let mut frontier: Vec<(u32, Book)> = vec![(0, init)];
+    let mut report = Report {
+        states: 1,
+        transitions: 0,
+        depth: 0,
+        max_depth: bounds.depth,
+        levels: vec![1],
+        exhausted: false,
+        truncated: false,
+        elapsed: Duration::ZERO,
+        violation: None,
+    };
+    'levels: while report.depth < bounds.depth && !frontier.is_empty() {
+        let last_level = report.depth + 1 == bounds.depth;
+        let mut next = Vec::new();
+        let mut new = 0u64;
+        for (idx, book) in frontier.drain(..) {
+            for a in model.actions(&book) {
+                let mut child = book.clone();
+                let res = model.apply(&mut child, &a, None);
+                report.transitions += 1;
+                if res.is_ok() && !visited.insert(model.fingerprint(&child)) {
+                    continue;
+                }
+                arena.push((idx, a));
+                report.states += 1;
+                new += 1;
+                if let Err(v) = res {
+                    report.depth += 1;
+                    report.levels.push(new);
+                    report.violation = Some(model.counterexample(&arena, arena.len() - 1, v));
+                    break 'levels;
+                }
+                if !last_level {
+                    next.push((arena.len() as u32 - 1, child));
+                }
+                if report.states >= bounds.max_states {
+                    report.truncated = true;
+                    report.depth += 1;
+                    report.levels.push(new);
+                    break 'levels;
+                }
+            }
+        }
+        report.depth += 1;
+        report.levels.push(new);
+        if bounds.progress {
+            eprintln!(
+                "model: depth {} done: {new} new states ({} in all), {:.1?}",
+                report.depth,
+                report.states,
+                started.elapsed()
+            );
+        }
+        if new == 0 {
+            report.exhausted = true;
+        }
+        frontier = next;
+    }
+    if report.violation.is_none() && !report.truncated && frontier.is_empty() && report.depth < bounds.depth {
+        report.exhausted = true;
+    }
+    report.elapsed = started.elapsed();
+    report
+}
+
+impl Model<'_> {
+    /// Replays the path to `at`, writing one numbered line per action.
+    fn counterexample(&self, arena: &[(u32, Action)], at: usize, violation: String) -> Counterexample {
+        let mut path = Vec::new();
+        let mut i = at;
+        while i != 0 {
+            path.push(arena[i].1.clone());
+            i = arena[i].0 as usize;
+        }
+        path.reverse();
+        let mut book = self.initial();
+        let mut trace = Vec::new();
+        for (n, a) in path.iter().enumerate() {
+            let mut lines = Vec::new();
+            let res = self.apply(&mut book, a, Some(&mut lines));
+            for (k, l) in lines.into_iter().enumerate() {
+                trace.push(if k == 0 { format!("{:>3}. {l}", n + 1) } else { format!("    {l}") });
+            }
+            if let Err(v) = res {
+                trace.push(format!("    !!! {v}"));
+            }
+        }
+        Counterexample { violation, trace, depth: path.len() }
+    }
+}
