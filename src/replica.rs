@@ -871,6 +871,9 @@ impl Replica {
         out: &mut Outbox,
     ) {
         let Role::Leader(l) = &mut self.role else { return };
+        if epoch > crate::balancer::MAX_EPOCH {
+            return; // no promotion can use it: a broken or lying peer
+        }
         if epoch > l.epoch {
             self.adopt_epoch(epoch, out);
             return;

@@ -10,6 +10,7 @@ pub mod check;
 #[allow(clippy::disallowed_types, clippy::disallowed_methods)]
 pub mod check_lin;
 pub mod disk;
+pub mod fuzz;
 pub mod model;
 pub mod scenario;
 pub mod sim;

@@ -75,10 +75,25 @@ pub struct ClientSpec {
     pub ops: Vec<Op>,
 }
 
+/// Where the search starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Nothing on any disk, every clock at zero, nothing in flight.
+    Fresh,
+    /// From `Fresh`, a fault-free run (oldest message first, then the
+    /// oldest persist, then the earliest timer) up to the moment r1 has
+    /// become leader of e1 and the balancer sends it requests: r1's first
+    /// appends and its no-op row's persist are still under way, r2 and r3
+    /// have promised e1 and follow no one yet. The setup's actions head the
+    /// counterexample's trace.
+    Elected,
+}
+
 /// What the search explores.
 #[derive(Clone, Debug)]
 pub struct Bounds {
-    /// Actions per path at most.
+    pub origin: Origin,
+    /// Actions per path at most (after the setup).
     pub depth: usize,
     /// The cluster (its replicas, timing and `[bugs]`).
     pub cfg: ClusterConfig,
@@ -92,6 +107,8 @@ pub struct Bounds {
     pub max_balancer_restarts: u32,
     /// No node's clock goes past this (a tick that would is not taken).
     pub horizon_us: u64,
+    /// Timer ticks per path at most (all nodes together).
+    pub max_ticks: u32,
     /// Stop (inconclusive) after this many distinct states.
     pub max_states: u64,
     /// Print a line per depth level to stderr.
@@ -123,6 +140,7 @@ impl Bounds {
         let mut cfg = ClusterConfig::new(3, 1);
         cfg.timing = small_timing();
         Bounds {
+            origin: Origin::Fresh,
             depth,
             cfg,
             clients: Vec::new(),
@@ -133,6 +151,7 @@ impl Bounds {
             max_replica_crashes: 0,
             max_balancer_restarts: 0,
             horizon_us: u64::MAX,
+            max_ticks: u32::MAX,
             max_states: 50_000_000,
             progress: false,
         }
@@ -380,6 +399,7 @@ struct Book {
     drops_used: u32,
     crashes_used: u32,
     restarts_used: u32,
+    ticks_used: u32,
     /// The balancer's incarnation (0 first).
     lb_incarnation: u32,
     replica_incarnation: Vec<u32>,
@@ -535,6 +555,7 @@ impl Model<'_> {
             drops_used: 0,
             crashes_used: 0,
             restarts_used: 0,
+            ticks_used: 0,
             lb_incarnation: 0,
             replica_incarnation: vec![0; self.n],
             client_log: 0,
@@ -571,7 +592,7 @@ impl Model<'_> {
         let net =
             book.net.iter().fold(0u128, |acc, m| acc.wrapping_add(m.key.wrapping_mul(u128::from(m.count))));
         h.u128(net);
-        h.u64(u64::from(book.dups_used) | u64::from(book.drops_used) << 16);
+        h.u64(u64::from(book.dups_used) | u64::from(book.drops_used) << 16 | u64::from(book.ticks_used) << 32);
         h.u128(book.client_log);
         h.finish()
     }
@@ -589,7 +610,7 @@ impl Model<'_> {
             }
         }
         for (x, nb) in book.nodes.iter().enumerate() {
-            if nb.wake.is_some_and(|w| w.0 <= b.horizon_us) {
+            if book.ticks_used < b.max_ticks && nb.wake.is_some_and(|w| w.0 <= b.horizon_us) {
                 v.push(Action::Tick(x));
             }
         }
@@ -690,6 +711,7 @@ impl Model<'_> {
             }
             Action::Tick(x) => {
                 let x = *x;
+                book.ticks_used += 1;
                 let nb = &mut book.nodes[x];
                 let now = nb.clock.max(nb.wake.expect("enabled"));
                 nb.clock = now;
@@ -1070,7 +1092,24 @@ fn order_exists(set: &[&OpRec], used: &mut [bool], value: Option<&str>) -> bool 
 pub fn check(bounds: &Bounds) -> Report {
     let started = Instant::now();
     let model = Model { b: bounds, n: bounds.cfg.replicas.len() };
-    let init = model.initial();
+    let (init, setup) = match model.setup() {
+        Ok(x) => x,
+        Err(v) => {
+            let mut r = Report {
+                states: 0,
+                transitions: 0,
+                depth: 0,
+                max_depth: bounds.depth,
+                levels: Vec::new(),
+                exhausted: false,
+                truncated: false,
+                elapsed: started.elapsed(),
+                violation: None,
+            };
+            r.violation = Some(Counterexample { violation: v, trace: Vec::new(), depth: 0 });
+            return r;
+        }
+    };
     let mut visited = Visited::default();
     visited.insert(model.fingerprint(&init));
     // Every state reached: its parent and the action that reached it.
@@ -1105,7 +1144,7 @@ pub fn check(bounds: &Bounds) -> Report {
                 if let Err(v) = res {
                     report.depth += 1;
                     report.levels.push(new);
-                    report.violation = Some(model.counterexample(&arena, arena.len() - 1, v));
+                    report.violation = Some(model.counterexample(&setup, &arena, arena.len() - 1, v));
                     break 'levels;
                 }
                 if !last_level {
@@ -1142,8 +1181,47 @@ pub fn check(bounds: &Bounds) -> Report {
 }
 
 impl Model<'_> {
-    /// Replays the path to `at`, writing one numbered line per action.
-    fn counterexample(&self, arena: &[(u32, Action)], at: usize, violation: String) -> Counterexample {
+    /// The start state of the search, and the actions of the setup that
+    /// led to it (none from `Origin::Fresh`).
+    fn setup(&self) -> Result<(Book, Vec<Action>), String> {
+        let mut book = self.initial();
+        let mut done = Vec::new();
+        if self.b.origin == Origin::Fresh {
+            return Ok((book, done));
+        }
+        let r1 = ReplicaId(1);
+        while !(book.nodes[0].leader == Some((r1, Epoch(1))) && book.nodes[1].status.leading == Some(Epoch(1))) {
+            if done.len() > 1000 {
+                return Err("setup: r1 was not elected within 1000 fault-free actions".into());
+            }
+            let a = if let Some(m) = book.net.first() {
+                Action::Deliver(m.key)
+            } else if let Some(r) = book.disks.iter().position(|d| !d.pending.is_empty()) {
+                Action::Persist(r)
+            } else {
+                let x = (0..book.nodes.len())
+                    .filter(|x| book.nodes[*x].wake.is_some())
+                    .min_by_key(|x| book.nodes[*x].wake)
+                    .ok_or("setup: nothing to do and r1 not elected")?;
+                Action::Tick(x)
+            };
+            self.apply(&mut book, &a, None).map_err(|v| format!("setup: {v}"))?;
+            done.push(a);
+        }
+        // The setup's ticks do not count against the budget.
+        book.ticks_used = 0;
+        Ok((book, done))
+    }
+
+    /// Replays the setup and the path to `at`, writing one numbered line per
+    /// action.
+    fn counterexample(
+        &self,
+        setup: &[Action],
+        arena: &[(u32, Action)],
+        at: usize,
+        violation: String,
+    ) -> Counterexample {
         let mut path = Vec::new();
         let mut i = at;
         while i != 0 {
@@ -1153,14 +1231,28 @@ impl Model<'_> {
         path.reverse();
         let mut book = self.initial();
         let mut trace = Vec::new();
+        if !setup.is_empty() {
+            trace.push(format!("setup ({} fault-free actions, not part of the search):", setup.len()));
+        }
+        for (n, a) in setup.iter().enumerate() {
+            let mut lines = Vec::new();
+            let _ = self.apply(&mut book, a, Some(&mut lines));
+            for (k, l) in lines.into_iter().enumerate() {
+                trace.push(if k == 0 { format!("  s{:<3} {l}", n + 1) } else { format!("        {l}") });
+            }
+        }
+        if !setup.is_empty() {
+            trace.push("search:".into());
+            book.ticks_used = 0;
+        }
         for (n, a) in path.iter().enumerate() {
             let mut lines = Vec::new();
             let res = self.apply(&mut book, a, Some(&mut lines));
             for (k, l) in lines.into_iter().enumerate() {
-                trace.push(if k == 0 { format!("{:>3}. {l}", n + 1) } else { format!("    {l}") });
+                trace.push(if k == 0 { format!("  {:>3}. {l}", n + 1) } else { format!("        {l}") });
             }
             if let Err(v) = res {
-                trace.push(format!("    !!! {v}"));
+                trace.push(format!("        !!! {v}"));
             }
         }
         Counterexample { violation, trace, depth: path.len() }
