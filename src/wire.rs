@@ -14,7 +14,8 @@
 //! | len: u32 big-endian | body: `len` bytes            |
 //! +---------------------+------------------------------+
 //!   1 <= len <= limit, where limit is
-//!     MAX_HELLO_BYTES        (64)        for the first frame (the hello)
+//!     MAX_HELLO_BYTES        (256)       for the hello and the auth frames
+//!     MAX_CLUSTER_FRAME_BYTES (4,096)    for the dialer's Cluster frame
 //!     MAX_CLIENT_FRAME_BYTES (66,688)    after a client's hello: one request
 //!                                        or response (key 1 KiB + value 64 KiB)
 //!     MAX_FRAME_BYTES        (~16.3 MiB) after the balancer's:
@@ -22,27 +23,54 @@
 //!     MAX_REPLICA_FRAME_BYTES (1 GiB)    after a replica's: a whole snapshot
 //! ```
 //!
+//! # The handshake
+//!
 //! The first frame each side sends, as soon as the connection is up, is the
 //! **hello**; its body is not postcard so that any future version can read it:
 //!
 //! ```text
-//! +-----------+----------------------+---------------------------+
-//! | "KVST"    | version: u16 big-end | postcard(NodeId): who I am|
-//! +-----------+----------------------+---------------------------+
+//! +--------+-------------------+----------+-------------+---------------------------+
+//! | "KVST" | version: u16 b-e  | flags u8 | nonce: 32 B | postcard(NodeId): who I am|
+//! +--------+-------------------+----------+-------------+---------------------------+
+//!   flags: bit 0 "observer" (a balancer that only looks: Ping and `any`
+//!          reads, answered on its own connection); other bits zero
+//!   nonce: 32 bytes fresh from the operating system's random source
 //!   NodeId: tag 0 Balancer | tag 1 Replica, then its number (1 byte)
 //!         | tag 2 Client, then its id (varint)
 //! ```
 //!
 //! Both sides check the magic and the version ([`PROTOCOL_VERSION`]) and close
-//! the connection on a mismatch; the side that dialed also checks that it
-//! reached who it meant to (say replica 2 and not replica 3). Every later
-//! frame's body is `postcard(Frame)`: a varint variant tag followed by the
-//! fields in declaration order. `Frame::Msg` carries a [`Msg`] exactly as the
-//! simulator delivers it; `Frame::Cluster` is the balancer telling a replica
-//! the cluster configuration and every replica's address (how replicas find
-//! each other). Because postcard encodes enum variants by position, reordering
-//! the variants of `Msg`, `Op`, `NodeId`... is a protocol change and must bump
-//! [`PROTOCOL_VERSION`].
+//! the connection on a mismatch. Then each side proves it knows the key of
+//! the connection (the cluster secret between balancer and replicas, the
+//! client password between a client and the balancer; an empty key when none
+//! is configured) with an **auth frame**:
+//!
+//! ```text
+//! proof:   tag 1 | HMAC-SHA256(key, transcript(side))          (33 bytes)
+//! refused: tag 2 | reason, UTF-8, at most 200 bytes
+//!
+//! transcript(side) = "kvstore handshake" | side ('D' dialer, 'A' acceptor)
+//!                    | u16 b-e len | dialer's hello body
+//!                    | u16 b-e len | acceptor's hello body
+//! ```
+//!
+//! The dialer sends its proof first; a dialing balancer or replica then sends
+//! one [`Frame::Cluster`] with its cluster configuration. The acceptor checks
+//! the proof, the configuration (a replica refuses one that differs from its
+//! own) and whether it admits the peer at all (a second balancer, a client id
+//! already connected, no free slot), and answers with its own proof or a
+//! refusal. The dialer checks the acceptor's proof. Both hellos, so both
+//! nonces, both identities and the version are inside every proof: a recorded
+//! handshake cannot be replayed (the other side's nonce is new), a proof for
+//! one identity or direction is worthless for another, and nobody without the
+//! key can claim a role. Every later frame on the connection is checked
+//! against the role so authenticated ([`accepts`]).
+//!
+//! Every later frame's body is `postcard(Frame)`: a varint variant tag
+//! followed by the fields in declaration order. `Frame::Msg` carries a
+//! [`Msg`] exactly as the simulator delivers it. Because postcard encodes
+//! enum variants by position, reordering the variants of `Msg`, `Op`,
+//! `NodeId`... is a protocol change and must bump [`PROTOCOL_VERSION`].
 //!
 //! A decoded frame must also respect the data limits: keys at most
 //! [`MAX_KEY_BYTES`], values at most [`MAX_VALUE_BYTES`], at most
@@ -54,20 +82,36 @@
 use crate::config::ClusterConfig;
 use crate::msg::Msg;
 use crate::replica::MAX_ROWS_PER_APPEND;
-use crate::types::{NodeId, Op, ReplicaId, RowBody, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::types::{NodeId, Op, ReadMode, RowBody, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use std::fmt;
 use std::io::{self, Read};
 
 /// The first four bytes of every hello.
 pub const MAGIC: [u8; 4] = *b"KVST";
 /// Bumped on any change to the frame layout or to the encoding of `Frame`.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: nonces and proofs in the handshake, the Cluster frame inside it.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Bytes of the length prefix.
 pub const LEN_BYTES: usize = 4;
-/// The hello body: magic, version and a `NodeId` (at most 1 + 10 bytes).
-pub const MAX_HELLO_BYTES: usize = 64;
+/// The hello body (magic, version, flags, nonce and a `NodeId`: at most 50
+/// bytes) and the auth frames (a proof, or a refusal and its reason).
+pub const MAX_HELLO_BYTES: usize = 256;
+/// The dialer's `Cluster` frame, inside the handshake.
+pub const MAX_CLUSTER_FRAME_BYTES: usize = 4096;
+/// Bytes of a hello's nonce.
+pub const NONCE_BYTES: usize = 32;
+/// Bytes of a proof (HMAC-SHA256).
+pub const PROOF_BYTES: usize = 32;
+/// Longest reason in a refusal.
+pub const MAX_REASON_BYTES: usize = 200;
+const FLAG_OBSERVER: u8 = 1;
+const AUTH_PROOF: u8 = 1;
+const AUTH_REFUSED: u8 = 2;
+const TRANSCRIPT_LABEL: &[u8] = b"kvstore handshake";
 /// Room for a row's or a message's fixed fields besides key and value.
 const OVERHEAD_BYTES: usize = 128;
 /// Largest frame a client may send or be sent: one request or response.
@@ -75,26 +119,19 @@ pub const MAX_CLIENT_FRAME_BYTES: usize = MAX_KEY_BYTES + MAX_VALUE_BYTES + OVER
 /// Largest frame between replicas and the balancer: a full `Append`.
 pub const MAX_FRAME_BYTES: usize =
     MAX_ROWS_PER_APPEND * (MAX_KEY_BYTES + MAX_VALUE_BYTES + OVERHEAD_BYTES) + OVERHEAD_BYTES;
-/// Longest replica address in a `Cluster` frame.
-pub const MAX_ADDR_BYTES: usize = 256;
 /// Frames from a replica: as large as a snapshot of the whole store may be
 /// (`InstallSnapshot` to a follower too far behind for the leader's log).
 /// Buffers grow only as bytes arrive, so the limit costs nothing until used.
 pub const MAX_REPLICA_FRAME_BYTES: usize = 1 << 30;
 
-/// Everything sent after the hello.
+/// Everything sent after the hello and the auth frames.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
     Msg(Msg),
-    /// Balancer to replica, right after the hello: the cluster and where each
-    /// replica listens. Replicas dial their peers at these addresses.
-    Cluster(ClusterInfo),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterInfo {
-    pub config: ClusterConfig,
-    pub addrs: Vec<(ReplicaId, String)>,
+    /// A dialing balancer or replica's cluster configuration, once, inside
+    /// the handshake: a replica refuses a peer whose configuration differs
+    /// from its own. Never accepted later on a connection.
+    Cluster(ClusterConfig),
 }
 
 /// The first frame of a connection: who is speaking, in which version.
@@ -102,6 +139,32 @@ pub struct ClusterInfo {
 pub struct Hello {
     pub version: u16,
     pub from: NodeId,
+    /// Fresh from the OS for every connection: what makes each proof new.
+    pub nonce: [u8; NONCE_BYTES],
+    /// A balancer that only looks at a replica (Ping, `any` reads).
+    pub observer: bool,
+}
+
+impl Hello {
+    pub fn new(from: NodeId, nonce: [u8; NONCE_BYTES]) -> Hello {
+        Hello { version: PROTOCOL_VERSION, from, nonce, observer: false }
+    }
+}
+
+/// The second frame of each side: a proof of the key, or why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Auth {
+    Proof([u8; PROOF_BYTES]),
+    Refused(String),
+}
+
+/// Which side of a connection a proof is from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The side that connected.
+    Dialer,
+    /// The side that accepted.
+    Acceptor,
 }
 
 /// Why a connection is closed.
@@ -147,15 +210,69 @@ impl std::error::Error for WireError {}
 
 // ---- encoding ----
 
-/// Appends the hello frame for `from` to `out`.
-pub fn encode_hello(from: NodeId, out: &mut Vec<u8>) {
-    let at = out.len();
-    out.extend_from_slice(&[0; LEN_BYTES]);
+/// The body of `hello`, as sent (and as it enters the proofs).
+pub fn hello_body(hello: &Hello) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
-    let buf = std::mem::take(out);
-    *out = postcard::to_extend(&from, buf).expect("a NodeId always encodes");
-    patch_len(out, at);
+    out.extend_from_slice(&hello.version.to_be_bytes());
+    out.push(if hello.observer { FLAG_OBSERVER } else { 0 });
+    out.extend_from_slice(&hello.nonce);
+    postcard::to_extend(&hello.from, out).expect("a NodeId always encodes")
+}
+
+/// Appends the hello frame to `out`.
+pub fn encode_hello(hello: &Hello, out: &mut Vec<u8>) {
+    encode_raw(&hello_body(hello), out);
+}
+
+/// Appends one length-prefixed frame with this body.
+fn encode_raw(body: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+/// Appends an auth frame (a refusal's reason is cut to [`MAX_REASON_BYTES`]).
+pub fn encode_auth(auth: &Auth, out: &mut Vec<u8>) {
+    let mut body = Vec::with_capacity(1 + PROOF_BYTES);
+    match auth {
+        Auth::Proof(mac) => {
+            body.push(AUTH_PROOF);
+            body.extend_from_slice(mac);
+        }
+        Auth::Refused(why) => {
+            body.push(AUTH_REFUSED);
+            let mut end = why.len().min(MAX_REASON_BYTES);
+            while !why.is_char_boundary(end) {
+                end -= 1;
+            }
+            body.extend_from_slice(&why.as_bytes()[..end]);
+        }
+    }
+    encode_raw(&body, out);
+}
+
+/// The proof `side` sends: HMAC-SHA256 under `key` of both hello bodies.
+pub fn proof(key: &[u8], side: Side, dialer_hello: &[u8], acceptor_hello: &[u8]) -> [u8; PROOF_BYTES] {
+    transcript_mac(key, side, dialer_hello, acceptor_hello).finalize().into_bytes().into()
+}
+
+/// Whether `mac` is the proof `side` owes (compared in constant time).
+pub fn verify_proof(key: &[u8], side: Side, dialer_hello: &[u8], acceptor_hello: &[u8], mac: &[u8]) -> bool {
+    transcript_mac(key, side, dialer_hello, acceptor_hello).verify_slice(mac).is_ok()
+}
+
+fn transcript_mac(key: &[u8], side: Side, dialer_hello: &[u8], acceptor_hello: &[u8]) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(TRANSCRIPT_LABEL);
+    mac.update(match side {
+        Side::Dialer => b"D",
+        Side::Acceptor => b"A",
+    });
+    for hello in [dialer_hello, acceptor_hello] {
+        mac.update(&(hello.len() as u16).to_be_bytes());
+        mac.update(hello);
+    }
+    mac
 }
 
 /// Appends one length-prefixed frame to `out`. A frame over `max` bytes is
@@ -275,10 +392,24 @@ impl FrameDecoder {
 
     /// The next complete hello, if buffered.
     pub fn next_hello(&mut self) -> Result<Option<Hello>, WireError> {
+        Ok(self.next_hello_raw()?.map(|(h, _)| h))
+    }
+
+    /// The next complete hello and its body as received (for the proofs).
+    pub fn next_hello_raw(&mut self) -> Result<Option<(Hello, Vec<u8>)>, WireError> {
         let Some(body) = self.next_body()? else {
             return Ok(None);
         };
-        decode_hello(&self.buf[body]).map(Some)
+        let raw = &self.buf[body];
+        decode_hello(raw).map(|h| Some((h, raw.to_vec())))
+    }
+
+    /// The next complete auth frame, if buffered.
+    pub fn next_auth(&mut self) -> Result<Option<Auth>, WireError> {
+        let Some(body) = self.next_body()? else {
+            return Ok(None);
+        };
+        decode_auth(&self.buf[body]).map(Some)
     }
 
     /// The next complete frame, if buffered.
@@ -334,8 +465,30 @@ pub fn decode_hello(body: &[u8]) -> Result<Hello, WireError> {
     if version != PROTOCOL_VERSION {
         return Err(WireError::Version { theirs: version });
     }
-    let from: NodeId = decode_exact(&body[6..])?;
-    Ok(Hello { version, from })
+    let fixed = 7 + NONCE_BYTES;
+    if body.len() <= fixed {
+        return Err(WireError::Truncated { have: body.len(), need: fixed + 1 });
+    }
+    let flags = body[6];
+    if flags & !FLAG_OBSERVER != 0 {
+        return Err(WireError::Invalid(format!("unknown hello flags {flags:#04x}")));
+    }
+    let nonce: [u8; NONCE_BYTES] = body[7..fixed].try_into().expect("32 bytes");
+    let from: NodeId = decode_exact(&body[fixed..])?;
+    Ok(Hello { version, from, nonce, observer: flags & FLAG_OBSERVER != 0 })
+}
+
+/// Parses an auth frame body.
+pub fn decode_auth(body: &[u8]) -> Result<Auth, WireError> {
+    match body.split_first() {
+        Some((&AUTH_PROOF, mac)) if mac.len() == PROOF_BYTES => {
+            Ok(Auth::Proof(mac.try_into().expect("32 bytes")))
+        }
+        Some((&AUTH_REFUSED, why)) if why.len() <= MAX_REASON_BYTES => {
+            Ok(Auth::Refused(String::from_utf8_lossy(why).into_owned()))
+        }
+        _ => Err(WireError::Decode(format!("not an auth frame ({} bytes)", body.len()))),
+    }
 }
 
 /// Parses a frame body and checks it against the data limits.
@@ -359,16 +512,10 @@ fn decode_exact<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, WireError> 
 pub fn check_limits(frame: &Frame) -> Result<(), WireError> {
     match frame {
         Frame::Msg(msg) => check_msg(msg),
-        Frame::Cluster(info) => {
-            let n = info.config.replicas.len();
-            if n == 0 || info.addrs.len() > n {
-                return Err(WireError::Invalid(format!(
-                    "cluster of {n} replicas, {} addresses",
-                    info.addrs.len()
-                )));
-            }
-            if let Some((r, a)) = info.addrs.iter().find(|(_, a)| a.len() > MAX_ADDR_BYTES) {
-                return Err(WireError::Invalid(format!("address of r{} is {} bytes", r.0, a.len())));
+        Frame::Cluster(config) => {
+            let n = config.replicas.len();
+            if n == 0 || n > u8::MAX as usize {
+                return Err(WireError::Invalid(format!("cluster of {n} replicas")));
             }
             Ok(())
         }
@@ -450,10 +597,11 @@ pub fn limit_for(peer: NodeId) -> usize {
 /// only its own kinds of message, and anything else on a connection is a
 /// protocol error (which also keeps a confused or hostile peer from, say,
 /// promoting a replica while claiming to be a client).
+/// A `Cluster` frame is never accepted here: it belongs to the handshake.
 pub fn accepts(local: NodeId, from: NodeId, frame: &Frame) -> bool {
     use NodeId::{Balancer, Client, Replica};
     let Frame::Msg(msg) = frame else {
-        return matches!((local, from), (Replica(_), Balancer));
+        return false;
     };
     match (local, from) {
         (Balancer, Client(c)) => matches!(msg, Msg::Request { id, .. } if id.client == c),
@@ -481,11 +629,22 @@ pub fn accepts(local: NodeId, from: NodeId, frame: &Frame) -> bool {
     }
 }
 
+/// Whether an observer (a balancer connection flagged so in its hello) may
+/// send `frame`: only pings and `any` reads, which a replica answers at once
+/// on the observer's own connection.
+pub fn observer_accepts(frame: &Frame) -> bool {
+    matches!(frame, Frame::Msg(Msg::Ping { .. } | Msg::Read { mode: ReadMode::Any, .. }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::msg::Reply;
-    use crate::types::{ClientId, Epoch, LogPos, Lsn, ReadMode, RequestId, Row};
+    use crate::types::{ClientId, Epoch, LogPos, Lsn, ReadMode, ReplicaId, RequestId, Row};
+
+    fn hello(from: NodeId) -> Hello {
+        Hello::new(from, [9; NONCE_BYTES])
+    }
 
     fn request(key: &str, value: &str) -> Frame {
         Frame::Msg(Msg::Request {
@@ -522,29 +681,26 @@ mod tests {
                 probe: 3,
                 end: Lsn(6),
             }),
-            Frame::Cluster(ClusterInfo {
-                config: ClusterConfig::new(3, 1),
-                addrs: vec![(ReplicaId(1), "localhost:8081".into())],
-            }),
+            Frame::Cluster(ClusterConfig::new(3, 1)),
         ]
     }
 
     #[test]
     fn frames_round_trip_through_arbitrary_splits() {
         let mut bytes = Vec::new();
-        encode_hello(NodeId::Client(ClientId(42)), &mut bytes);
+        encode_hello(&hello(NodeId::Client(ClientId(42))), &mut bytes);
         for f in samples() {
             encode_frame(&f, MAX_FRAME_BYTES, &mut bytes).unwrap();
         }
         for chunk in [1, 2, 3, 5, 64, bytes.len()] {
             let mut dec = FrameDecoder::new();
             let mut got = Vec::new();
-            let mut hello = None;
+            let mut got_hello = None;
             for piece in bytes.chunks(chunk) {
                 dec.feed(piece);
-                if hello.is_none() {
-                    hello = dec.next_hello().unwrap();
-                    if hello.is_some() {
+                if got_hello.is_none() {
+                    got_hello = dec.next_hello().unwrap();
+                    if got_hello.is_some() {
                         dec.set_limit(MAX_FRAME_BYTES);
                     } else {
                         continue;
@@ -554,7 +710,7 @@ mod tests {
                     got.push(f);
                 }
             }
-            assert_eq!(hello, Some(Hello { version: PROTOCOL_VERSION, from: NodeId::Client(ClientId(42)) }));
+            assert_eq!(got_hello, Some(Hello::new(NodeId::Client(ClientId(42)), [9; NONCE_BYTES])));
             assert_eq!(got, samples(), "chunk size {chunk}");
             assert_eq!(dec.finish(), Ok(()));
         }
@@ -563,9 +719,26 @@ mod tests {
     #[test]
     fn frame_layout_is_length_then_postcard() {
         let mut bytes = Vec::new();
-        encode_hello(NodeId::Replica(ReplicaId(3)), &mut bytes);
-        // len=8: "KVST", version 3, NodeId::Replica tag 1, id 3
-        assert_eq!(bytes, [0, 0, 0, 8, b'K', b'V', b'S', b'T', 0, 3, 1, 3]);
+        let mut h = hello(NodeId::Replica(ReplicaId(3)));
+        h.observer = true;
+        encode_hello(&h, &mut bytes);
+        // len=41: "KVST", version 4, flags 1 (observer), 32 nonce bytes,
+        // NodeId::Replica tag 1, id 3
+        let mut want = vec![0, 0, 0, 41, b'K', b'V', b'S', b'T', 0, 4, 1];
+        want.extend_from_slice(&[9; NONCE_BYTES]);
+        want.extend_from_slice(&[1, 3]);
+        assert_eq!(bytes, want);
+        let mut dec = FrameDecoder::new();
+        dec.feed(&bytes);
+        assert_eq!(dec.next_hello(), Ok(Some(h)));
+        // Auth frames: tag 1 and 32 bytes of proof, or tag 2 and a reason.
+        let mut bytes = Vec::new();
+        encode_auth(&Auth::Proof([7; PROOF_BYTES]), &mut bytes);
+        encode_auth(&Auth::Refused("no".into()), &mut bytes);
+        let mut want = vec![0, 0, 0, 33, 1];
+        want.extend_from_slice(&[7; PROOF_BYTES]);
+        want.extend_from_slice(&[0, 0, 0, 3, 2, b'n', b'o']);
+        assert_eq!(bytes, want);
         let mut bytes = Vec::new();
         encode_frame(&Frame::Msg(Msg::Ping { nonce: 5 }), MAX_FRAME_BYTES, &mut bytes).unwrap();
         // Frame::Msg tag 0, Msg::Ping tag 6, nonce 5
@@ -714,7 +887,7 @@ mod tests {
     #[test]
     fn other_versions_are_refused() {
         let mut bytes = Vec::new();
-        encode_hello(NodeId::Balancer, &mut bytes);
+        encode_hello(&hello(NodeId::Balancer), &mut bytes);
         bytes[9] = PROTOCOL_VERSION as u8 + 1;
         let mut dec = FrameDecoder::new();
         dec.feed(&bytes);
@@ -734,9 +907,62 @@ mod tests {
         assert!(accepts(r, b, &promote));
         assert!(!accepts(r, c, &promote));
         assert!(!accepts(r, r, &promote));
+        // The configuration belongs to the handshake, never later.
         let cluster = samples().pop().unwrap();
-        assert!(accepts(r, b, &cluster));
+        assert!(!accepts(r, b, &cluster));
         assert!(!accepts(r, r, &cluster));
+        // An observer only pings and reads `any`.
+        assert!(observer_accepts(&Frame::Msg(Msg::Ping { nonce: 1 })));
+        let read = |mode| Frame::Msg(Msg::Read { tag: 1, key: "k".into(), mode, min_lsn: Lsn(0) });
+        assert!(observer_accepts(&read(ReadMode::Any)));
+        assert!(!observer_accepts(&read(ReadMode::Leader)));
+        assert!(!observer_accepts(&promote));
+    }
+
+    #[test]
+    fn proofs_bind_the_key_both_hellos_and_the_side() {
+        let d = hello_body(&hello(NodeId::Balancer));
+        let mut other = hello(NodeId::Replica(ReplicaId(1)));
+        let a = hello_body(&other);
+        let key = b"0123456789abcdef0123456789abcdef";
+        let p = proof(key, Side::Dialer, &d, &a);
+        assert!(verify_proof(key, Side::Dialer, &d, &a, &p));
+        assert!(!verify_proof(b"another key, just as long .......", Side::Dialer, &d, &a, &p));
+        assert!(!verify_proof(key, Side::Acceptor, &d, &a, &p), "a reflected proof");
+        assert!(!verify_proof(key, Side::Dialer, &a, &d, &p));
+        // A fresh nonce on the other side makes a recorded proof worthless.
+        other.nonce[0] ^= 1;
+        assert!(!verify_proof(key, Side::Dialer, &d, &hello_body(&other), &p));
+        // So does another identity with the same nonce.
+        let r2 = hello_body(&hello(NodeId::Replica(ReplicaId(2))));
+        assert!(!verify_proof(key, Side::Dialer, &d, &r2, &p));
+        assert!(!verify_proof(key, Side::Dialer, &d, &a, &p[..31]));
+    }
+
+    #[test]
+    fn auth_frames_round_trip_and_garbage_is_refused() {
+        for auth in [Auth::Proof([3; PROOF_BYTES]), Auth::Refused("another balancer is connected".into())] {
+            let mut bytes = Vec::new();
+            encode_auth(&auth, &mut bytes);
+            let mut dec = FrameDecoder::new();
+            dec.feed(&bytes);
+            assert_eq!(dec.next_auth(), Ok(Some(auth)));
+        }
+        let long = "é".repeat(300);
+        let mut bytes = Vec::new();
+        encode_auth(&Auth::Refused(long), &mut bytes);
+        let mut dec = FrameDecoder::new();
+        dec.feed(&bytes);
+        assert_eq!(dec.next_auth(), Ok(Some(Auth::Refused("é".repeat(MAX_REASON_BYTES / 2)))));
+        for body in [&[][..], &[1, 2, 3], &[9; 33], &[2; 250]] {
+            assert!(decode_auth(body).is_err(), "{body:?}");
+        }
+        // A hello with unknown flags, or cut inside its nonce, is refused.
+        let mut body = hello_body(&hello(NodeId::Balancer));
+        body[6] = 2;
+        assert!(matches!(decode_hello(&body), Err(WireError::Invalid(_))));
+        let body = hello_body(&hello(NodeId::Balancer));
+        assert!(matches!(decode_hello(&body[..20]), Err(WireError::Truncated { .. })));
     }
 
     #[test]

@@ -99,9 +99,12 @@ fn cluster_command_with_free_ports() {
     let ok = wait_until(Duration::from_secs(20), || one_shot(&addr, &["set", "a=1"]).0);
     assert!(ok, "cluster took no write; stderr: {:?}", p.stderr_lines());
     assert_eq!(one_shot(&addr, &["get", "a"]), (true, "1\n".into()));
-    // Quiet by default: only the start-up lines.
+    // Quiet by default: only the start-up lines, and (no secret) one warning
+    // that the cluster is open.
     assert_eq!(p.stdout_lines().len(), 4);
-    assert!(p.stderr_lines().is_empty(), "{:?}", p.stderr_lines());
+    let err = p.stderr_lines();
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert!(err[0].starts_with("warning: no cluster secret") && err[0].contains("loopback only"), "{err:?}");
     p.signal("INT");
     let st = p.wait_exit(Duration::from_secs(10)).expect("cluster exits on SIGINT");
     assert!(st.success(), "{st:?}");

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{assert_caught_up, missing_through_leader, set, wait_until, Probe, Proc, TestCluster};
+use common::{assert_caught_up, missing_through_leader, set, wait_until, Proc, TestCluster};
 use kvstore::types::ReadMode;
 use kvstore::Lsn;
 use std::path::Path;
@@ -161,7 +161,7 @@ fn whole_cluster_stopped_and_restarted_keeps_every_acknowledged_write() {
     // them all, so every replica's recovered log can be checked below.
     let top = top_lsn(&acked);
     for i in 1..=3 {
-        let mut probe = Probe::connect(&c.replica_addrs[i as usize - 1], i);
+        let mut probe = c.probe(i);
         let ok = wait_until(Duration::from_secs(10), || probe.status().last.lsn >= top);
         assert!(ok, "r{i} never received every acknowledged row: {:?}", probe.status());
     }
@@ -240,11 +240,22 @@ fn dir_listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 /// Runs `kvnode replica N --data-dir DIR` and expects it to refuse: exit
 /// status 2, a message containing `expect`, and the directory untouched.
+/// Peers for a replica started alone (nothing listens there).
+const PEERS: &str = "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3";
+
 fn assert_refused(n: u8, data_dir: &Path, expect: &str) {
     let wal_dir = data_dir.join(format!("replica-{n}"));
     let before = dir_listing(&wal_dir);
-    let args =
-        ["replica", &n.to_string(), "--listen", "127.0.0.1:0", "--data-dir", data_dir.to_str().unwrap()];
+    let args = [
+        "replica",
+        &n.to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--peers",
+        PEERS,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ];
     let mut p = Proc::spawn(&format!("replica {n}"), &args);
     let status = p.wait_exit(Duration::from_secs(10));
     // The exit can come before the reader thread has the last lines.
@@ -279,7 +290,8 @@ fn replica_refuses_foreign_newer_or_locked_data_dirs() {
     assert_refused(2, tmp.path(), "format version 2 is newer than this build supports (1)");
 
     let dir = tmp.path().to_str().unwrap();
-    let first = Proc::spawn("replica 3", &["replica", "3", "--listen", "127.0.0.1:0", "--data-dir", dir]);
+    let first =
+        Proc::spawn("replica 3", &["replica", "3", "--listen", "127.0.0.1:0", "--peers", PEERS, "--data-dir", dir]);
     first.wait_line("kvnode replica 3 listening at ", Duration::from_secs(10));
     assert_refused(3, tmp.path(), "already opened by another process");
     drop(first);
@@ -295,7 +307,7 @@ fn corrupt_follower_sets_its_log_aside_and_resyncs() {
     let load = Load::start(&c);
     std::thread::sleep(Duration::from_millis(1000));
     let acked = load.finish();
-    let promised = Probe::connect(&c.replica_addrs[f as usize - 1], f).status().promised;
+    let promised = c.probe(f).status().promised;
     c.replica(f).kill9();
 
     let data = c.dir.path().to_path_buf();

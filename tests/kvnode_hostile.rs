@@ -1,12 +1,13 @@
-//! Clients that die mid-request and peers that send garbage: each bad
-//! connection is closed with a logged reason, and the cluster keeps serving.
+//! Clients that die mid-request and peers that send garbage, before and
+//! after the handshake: each bad connection is closed with a logged reason,
+//! and the cluster keeps serving.
 
 // Process tests drive real processes against the wall clock and threads.
 #![allow(clippy::disallowed_methods)]
 
 mod common;
 
-use common::{get, set, wait_until, Proc, TestCluster};
+use common::{client_connection, get, set, wait_until, Proc, TestCluster};
 use kvstore::msg::Msg;
 use kvstore::types::{ClientId, NodeId, Op, ReadMode, ReplicaId, RequestId};
 use kvstore::wire::{self, Frame};
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 fn hello(from: NodeId) -> Vec<u8> {
     let mut b = Vec::new();
-    wire::encode_hello(from, &mut b);
+    wire::encode_hello(&wire::Hello::new(from, [7; wire::NONCE_BYTES]), &mut b);
     b
 }
 
@@ -56,17 +57,22 @@ fn send_raw(addr: &str, bytes: &[u8]) {
     }
 }
 
-/// Every kind of bad input, as whole connections.
-fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
+fn garbage() -> Vec<u8> {
     let mut x = 0x1234_5678_9abc_def0u64;
-    let garbage: Vec<u8> = (0..4096)
+    (0..4096)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             x as u8
         })
-        .collect();
+        .collect()
+}
+
+/// Every kind of bad input before or inside the handshake, as whole
+/// connections.
+fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
+    let garbage = garbage();
     let client = NodeId::Client(ClientId(77));
     let set_frame = frame(&request(77, Op::Set { key: "k".into(), value: "v".into() }));
     let mut bad_version = hello(client);
@@ -86,17 +92,43 @@ fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("hello then truncated frame", [hello(client), set_frame[..set_frame.len() - 3].to_vec()].concat()),
         ("hello then undecodable body", [hello(client), vec![0, 0, 0, 3, 0, 200, 200]].concat()),
-        ("spoofed client id", [hello(client), frame(&request(78, Op::Get { key: "k".into() }))].concat()),
-        (
-            "client sends replica traffic",
-            [hello(client), frame(&Frame::Msg(Msg::Promote { epoch: kvstore::Epoch(99), ballot: 1 }))]
-                .concat(),
-        ),
+        ("hello then a request, no proof", [hello(client), set_frame].concat()),
         (
             "impostor replica",
             [hello(NodeId::Replica(ReplicaId(200))), frame(&Frame::Msg(Msg::Ping { nonce: 1 }))].concat(),
         ),
     ]
+}
+
+/// Bad frames from a client that did complete the handshake.
+fn hostile_after_handshake() -> Vec<(&'static str, Vec<u8>)> {
+    let set_frame = frame(&request(77, Op::Set { key: "k".into(), value: "v".into() }));
+    vec![
+        ("garbage", garbage()),
+        ("huge frame", ((wire::MAX_CLIENT_FRAME_BYTES + 1) as u32).to_be_bytes().to_vec()),
+        ("truncated frame", set_frame[..set_frame.len() - 3].to_vec()),
+        ("undecodable body", vec![0, 0, 0, 3, 0, 200, 200]),
+        ("spoofed client id", frame(&request(78, Op::Get { key: "k".into() }))),
+        ("client sends replica traffic", frame(&Frame::Msg(Msg::Promote { epoch: kvstore::Epoch(99), ballot: 1 }))),
+        (
+            "client sends a configuration",
+            frame(&Frame::Cluster(kvstore::config::ClusterConfig::new(3, 0))),
+        ),
+    ]
+}
+
+/// Does a client's handshake with the balancer, writes `bytes`, hangs up.
+fn send_after_handshake(addr: &str, client: u64, bytes: &[u8]) {
+    let (mut s, _) = client_connection(addr, ClientId(client), None).unwrap();
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(Shutdown::Write);
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut sink = [0u8; 4096];
+    while let Ok(n) = s.read(&mut sink) {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 #[test]
@@ -106,19 +138,14 @@ fn killed_clients_and_garbage_leave_the_cluster_serving() {
     ports.extend(c.replica_addrs.iter().cloned());
 
     // A connection that stalls in the middle of a frame stays open meanwhile.
-    let mut stalled = TcpStream::connect(&c.lb_addr).unwrap();
-    stalled.write_all(&hello(NodeId::Client(ClientId(5)))).unwrap();
+    let (mut stalled, _) = client_connection(&c.lb_addr, ClientId(5), None).unwrap();
     stalled.write_all(&[0, 0, 1]).unwrap();
 
     // Clients that vanish with a request in flight: a raw one that hangs up
     // right after sending, and a real `kvnode client` killed mid-stream.
     for i in 0..20u64 {
-        let bytes = [
-            hello(NodeId::Client(ClientId(1000 + i))),
-            frame(&request(1000 + i, Op::Set { key: format!("gone{i}"), value: "x".into() })),
-        ]
-        .concat();
-        let mut s = TcpStream::connect(&c.lb_addr).unwrap();
+        let bytes = frame(&request(1000 + i, Op::Set { key: format!("gone{i}"), value: "x".into() }));
+        let (mut s, _) = client_connection(&c.lb_addr, ClientId(1000 + i), None).unwrap();
         s.write_all(&bytes).unwrap();
         drop(s);
     }
@@ -137,6 +164,10 @@ fn killed_clients_and_garbage_leave_the_cluster_serving() {
             send_raw(addr, &bytes);
             let _ = what;
         }
+    }
+    for (i, (what, bytes)) in hostile_after_handshake().into_iter().enumerate() {
+        send_after_handshake(&c.lb_addr, 77 + 1000 * i as u64, &bytes);
+        let _ = what;
     }
 
     // Still serving, with the stalled connection still open.
@@ -159,7 +190,11 @@ fn killed_clients_and_garbage_leave_the_cluster_serving() {
         "undecodable frame",
         "connection closed inside a frame",
         "may not send Request",
+        "may not send Promote",
+        "may not send Cluster",
         "empty frame",
+        "not an auth frame",
+        "r200 may not connect to the balancer",
     ] {
         assert!(lb_log.contains(reason), "balancer log lacks {reason:?}:\n{lb_log}");
     }

@@ -15,11 +15,11 @@
 
 mod common;
 
-use common::{wait_until, Probe, Proc, TestCluster};
+use common::{wait_until, Proc, TestCluster};
 use kvstore::msg::Msg;
 use kvstore::runtime::net;
-use kvstore::types::{ClientId, NodeId, Op, OpError, ReadMode, RequestId};
-use kvstore::wire::{self, Frame, FrameDecoder};
+use kvstore::types::{ClientId, Op, OpError, ReadMode, RequestId};
+use kvstore::wire::{self, Frame};
 use kvstore::Lsn;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -61,11 +61,8 @@ fn one_shot(addr: &str, args: &[&str]) -> Run {
 /// without the client's retries around it. Returns it and how long it took.
 fn balancer_answer(addr: &str, key: &str) -> (Result<kvstore::Reply, OpError>, Duration) {
     let client = ClientId(kvstore::runtime::random_u64());
-    let stream = net::connect(addr, Duration::from_secs(2)).unwrap();
-    let mut dec = FrameDecoder::new();
-    net::handshake(&stream, NodeId::Client(client), &mut dec, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("handshake with the balancer: {e}"));
-    dec.set_limit(wire::MAX_FRAME_BYTES);
+    let (stream, mut dec) =
+        common::client_connection(addr, client, None).unwrap_or_else(|e| panic!("handshake with the balancer: {e}"));
     stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     let id = RequestId { client, seq: 1 };
     let op = Op::Set { key: key.into(), value: "lost value".into() };
@@ -259,7 +256,7 @@ fn two_down(kill_leader: bool) {
     // No replica holds a refused write either, once it has caught up past
     // the write just made.
     for i in 1..=3u8 {
-        let mut probe = Probe::connect(&c.replica_addrs[i as usize - 1], i);
+        let mut probe = c.probe(i);
         let caught_up = wait_until(Duration::from_secs(20), || {
             probe.read_local("after").value.as_deref() == Some("recovered")
         });

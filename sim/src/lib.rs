@@ -13,6 +13,7 @@ pub mod disk;
 pub mod fuzz;
 pub mod model;
 pub mod scenario;
+pub mod shrink;
 pub mod sim;
 
 pub use scenario::{load, parse, Scenario, ScenarioError};

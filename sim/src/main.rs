@@ -1,21 +1,24 @@
-//! `kvsim`: run scenarios, sweep seeds, measure the simulator's speed.
+//! `kvsim`: run scenarios, sweep seeds, fuzz (swarm testing), shrink a
+//! failure to a small scenario file, check determinism, measure the
+//! simulator's speed.
 //!
 //! Exit codes, for `run` and `sweep` alike: 0 every invariant holds (every
 //! seed, for `sweep`), 1 a violation (or, in a sweep, a seed that panicked),
 //! 2 usage or scenario error, 3 no violation but some check inconclusive (it
-//! ran out of its budget undecided; see `check_lin::LinBudget`).
+//! ran out of its budget undecided; see `check_lin::LinBudget`). `fuzz`
+//! exits 0 only if every seed passed, 1 otherwise (a panic, an inconclusive
+//! check or a run out of its event budget is a failure there);
+//! `check-determinism` 0 when the runs match and reversing ties broke
+//! nothing, 1 otherwise; `shrink` 0 once it wrote a file, 2 if the run
+//! given does not fail.
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use kvsim::fuzz::{self, catching, Profile, QuietPanics, SeedReport, Verdict};
 use kvsim::{run, summary_text, Scenario, Summary, TraceLevel};
-use std::cell::{Cell, RefCell};
 use std::ops::RangeInclusive;
-use std::panic::{self, AssertUnwindSafe, PanicHookInfo};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-
-type PanicHook = Box<dyn Fn(&PanicHookInfo<'_>) + Sync + Send + 'static>;
 
 /// A violation.
 const EXIT_VIOLATION: u8 = 1;
@@ -71,6 +74,80 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Swarm testing: every seed draws its own scenario (which faults are
+    /// on, and how hard), runs it and checks it. Each failure is printed as
+    /// it happens, and its scenario written to OUT/seed-N.toml.
+    Fuzz {
+        /// Seeds, inclusive: `1..2000`, `7..7` or `7`.
+        #[arg(long, default_value = "1..100", value_parser = parse_seeds)]
+        seeds: RangeInclusive<u64>,
+        /// Threads; each seed runs on one, start to end.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// A TOML file overriding the generator's ranges (see README).
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        /// Plant a bug (a `[bugs]` name, or `unsafe_failover`); repeatable.
+        #[arg(long)]
+        bug: Vec<String>,
+        /// Print only a JSON object listing the failures.
+        #[arg(long)]
+        json: bool,
+        /// Then shrink every failure (OUT/seed-N.shrunk.toml).
+        #[arg(long)]
+        shrink: bool,
+        /// Where failing scenarios are written.
+        #[arg(long, default_value = "fuzz-failures")]
+        out: PathBuf,
+        /// Runs per shrink, at most.
+        #[arg(long, default_value_t = 400)]
+        max_runs: usize,
+        /// Write every seed's scenario to OUT, not only the failing ones'.
+        #[arg(long)]
+        write_all: bool,
+    },
+    /// Reduce a failing run (a scenario file, or a fuzz seed) to a small
+    /// scenario that still fails the same way, with the same seed; write it
+    /// as a commented scenario file.
+    Shrink {
+        /// The failing scenario; without it, the scenario `fuzz` draws for
+        /// the seed (with --profile and --bug as given to fuzz).
+        file: Option<PathBuf>,
+        #[arg(long)]
+        seed: u64,
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        #[arg(long)]
+        bug: Vec<String>,
+        /// Where to write the result (default: beside FILE as
+        /// NAME.shrunk.toml, or fuzz-failures/seed-N.shrunk.toml).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Runs, at most.
+        #[arg(long, default_value_t = 400)]
+        max_runs: usize,
+    },
+    /// Run a scenario twice with one seed and compare the traces event by
+    /// event; then once with the event queue's ties reversed, which may
+    /// change the trace but must not break an invariant.
+    CheckDeterminism {
+        file: PathBuf,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+/// `A..B` (inclusive), `A..=B` or `N`.
+fn parse_seeds(s: &str) -> Result<RangeInclusive<u64>, String> {
+    let num = |x: &str| x.trim().parse::<u64>().map_err(|e| format!("`{x}`: {e}"));
+    let (a, b) = match s.split_once("..") {
+        Some((a, b)) => (num(a)?, num(b.strip_prefix('=').unwrap_or(b))?),
+        None => (num(s)?, num(s)?),
+    };
+    if a > b {
+        return Err(format!("{a} is after {b}: no seed to run"));
+    }
+    Ok(a..=b)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -157,7 +234,363 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Cmd::Fuzz { seeds, jobs, profile, bug, json, shrink, out, max_runs, write_all } => {
+            let (profile, profile_args) = match load_profile(profile.as_deref(), &bug) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let opts = FuzzOpts { jobs, json, shrink, write_all, max_runs };
+            fuzz_cmd(seeds, &profile, &profile_args, &out, opts)
+        }
+        Cmd::Shrink { file, seed, profile, bug, out, max_runs } => {
+            let (sc, origin, default_out) = match &file {
+                Some(f) => match load(f) {
+                    Ok(mut sc) => {
+                        for b in &bug {
+                            if let Err(e) = plant(&mut sc, b) {
+                                eprintln!("error: {e}");
+                                return ExitCode::from(EXIT_USAGE);
+                            }
+                        }
+                        let stem = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                        (sc, f.display().to_string(), f.with_file_name(format!("{stem}.shrunk.toml")))
+                    }
+                    Err(code) => return code,
+                },
+                None => {
+                    let (p, args) = match load_profile(profile.as_deref(), &bug) {
+                        Ok(p) => p,
+                        Err(code) => return code,
+                    };
+                    let origin = format!("`kvsim fuzz --seeds {seed}..{seed}{args}`");
+                    (fuzz::generate(seed, &p), origin, PathBuf::from(format!("fuzz-failures/seed-{seed}.shrunk.toml")))
+                }
+            };
+            let out = out.unwrap_or(default_out);
+            let _quiet = QuietPanics::install();
+            let (verdict, _) = fuzz::check(&sc, seed);
+            if verdict.passed() {
+                eprintln!("error: {origin} passes with seed {seed}: nothing to shrink");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            eprintln!("shrinking a failure of kind `{}`: {}", verdict.kind().unwrap_or("?"), brief(&verdict.first()));
+            let shrunk = kvsim::shrink::shrink(&sc, seed, &verdict, max_runs, |what, runs| {
+                eprintln!("  run {runs:>4}: kept: {what}");
+            });
+            match write_shrunk(&shrunk, seed, &origin, &sc, &out) {
+                Ok(()) => {
+                    println!(
+                        "{} faults -> {}, in {} runs; wrote {}\nreproduce: kvsim run {} --seed {seed}",
+                        sc.faults.len(),
+                        shrunk.scenario.faults.len(),
+                        shrunk.runs,
+                        out.display(),
+                        out.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", out.display());
+                    ExitCode::from(EXIT_USAGE)
+                }
+            }
+        }
+        Cmd::CheckDeterminism { file, seed } => {
+            let sc = match load(&file) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let _quiet = QuietPanics::install();
+            let d = fuzz::check_determinism(&sc, seed);
+            let show = |d: &fuzz::TraceDiff| {
+                format!(
+                    "line {} ({} {}):\n  first:  {}\n  second: {}",
+                    d.line,
+                    d.time,
+                    d.node,
+                    d.first.as_deref().unwrap_or("(trace ended)"),
+                    d.second.as_deref().unwrap_or("(trace ended)")
+                )
+            };
+            match &d.difference {
+                None => println!("deterministic: two runs with seed {seed} match ({} trace lines)", d.lines),
+                Some(diff) => println!("NOT deterministic: the two runs first differ at {}", show(diff)),
+            }
+            match &d.reversed_difference {
+                None => println!("ties reversed: the same trace"),
+                Some(diff) => println!(
+                    "ties reversed: the trace differs (allowed) from {}",
+                    show(diff).replace("first: ", "normal:").replace("second:", "reversed:")
+                ),
+            }
+            if d.reversed_violations.is_empty() {
+                println!("ties reversed: no violation");
+            } else {
+                let also = if d.violations.is_empty() { "" } else { " (the normal run fails too)" };
+                println!("ties reversed: {} violation(s){also}:", d.reversed_violations.len());
+                for v in &d.reversed_violations {
+                    println!("  - {}", indent(v));
+                }
+            }
+            if d.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_VIOLATION)
+            }
+        }
     }
+}
+
+/// Plants a bug in a loaded scenario (`unsafe_failover` is a switch of its
+/// own).
+fn plant(sc: &mut Scenario, bug: &str) -> Result<(), String> {
+    if bug == "unsafe_failover" {
+        sc.cluster.unsafe_failover = true;
+        Ok(())
+    } else {
+        kvsim::scenario::plant_bug(&mut sc.cluster.bugs, bug)
+    }
+}
+
+/// The profile, and the arguments that name it in a reproduce command.
+fn load_profile(file: Option<&Path>, bugs: &[String]) -> Result<(Profile, String), ExitCode> {
+    let mut args = String::new();
+    let mut p = match file {
+        None => Profile::default(),
+        Some(f) => {
+            args.push_str(&format!(" --profile {}", f.display()));
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                eprintln!("error: {}: cannot read: {e}", f.display());
+                ExitCode::from(EXIT_USAGE)
+            })?;
+            Profile::parse(&text).map_err(|e| {
+                eprintln!("error: {}: {e}", f.display());
+                ExitCode::from(EXIT_USAGE)
+            })?
+        }
+    };
+    for b in bugs {
+        p.plant(b).map_err(|e| {
+            eprintln!("error: --bug: {e}");
+            ExitCode::from(EXIT_USAGE)
+        })?;
+        args.push_str(&format!(" --bug {b}"));
+    }
+    Ok((p, args))
+}
+
+fn write_shrunk(
+    shrunk: &kvsim::shrink::Shrunk,
+    seed: u64,
+    origin: &str,
+    original: &Scenario,
+    out: &Path,
+) -> std::io::Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let text = kvsim::shrink::commented(shrunk, seed, origin, original, &out.display().to_string());
+    std::fs::write(out, text)
+}
+
+/// One failing seed of a fuzz run, for the report.
+struct Failure {
+    seed: u64,
+    kind: String,
+    first: String,
+    file: Option<PathBuf>,
+    shrunk: Option<(PathBuf, usize)>,
+}
+
+struct FuzzOpts {
+    jobs: usize,
+    json: bool,
+    shrink: bool,
+    write_all: bool,
+    max_runs: usize,
+}
+
+fn fuzz_cmd(seeds: RangeInclusive<u64>, profile: &Profile, profile_args: &str, out: &Path, o: FuzzOpts) -> ExitCode {
+    let FuzzOpts { jobs, json, shrink, write_all, max_runs } = o;
+    let list: Vec<u64> = seeds.clone().collect();
+    let bar = if json { ProgressBar::hidden() } else { ProgressBar::new(list.len() as u64) };
+    bar.set_style(
+        ProgressStyle::with_template("[{bar:30}] {pos}/{len} seeds, {msg} ({elapsed}, {per_sec})")
+            .expect("a valid template")
+            .progress_chars("#>-"),
+    );
+    bar.set_message("0 failed");
+    let _quiet = QuietPanics::install();
+    // Wall time is measured for the report only.
+    #[allow(clippy::disallowed_methods)]
+    let started = std::time::Instant::now();
+    let mut failures: Vec<Failure> = Vec::new();
+    let mut failed_scenarios: Vec<(u64, Scenario, Verdict)> = Vec::new();
+    let (mut passed, mut panicked, mut inconclusive) = (0u64, 0u64, 0u64);
+    let (mut run_ms, mut check_ms, mut events) = (0.0f64, 0.0f64, 0u64);
+    fuzz::parallel(&list, jobs, |&seed| fuzz::run_seed(seed, profile), |r: SeedReport| {
+        run_ms += r.wall_ms;
+        check_ms += r.check_wall_ms;
+        events += r.events;
+        match &r.verdict {
+            Verdict::Passed => {
+                passed += 1;
+                if write_all {
+                    if let Err(e) = write_failure(out, &r, profile_args) {
+                        bar.suspend(|| eprintln!("error: {}: {e}", out.display()));
+                    }
+                }
+            }
+            v => {
+                match v {
+                    Verdict::Panicked(_) => panicked += 1,
+                    Verdict::Inconclusive { .. } => inconclusive += 1,
+                    _ => {}
+                }
+                let file = write_failure(out, &r, profile_args);
+                let kind = v.kind().unwrap_or("?").to_string();
+                let first = v.first();
+                let reproduce = match &file {
+                    Ok(f) => format!("kvsim run {} --seed {}", f.display(), r.seed),
+                    Err(_) => format!("kvsim fuzz --seeds {}..{}{profile_args}", r.seed, r.seed),
+                };
+                if !json {
+                    bar.suspend(|| {
+                        println!("FAIL seed {} [{kind}]: {reproduce}   # {}", r.seed, brief(&first));
+                        if let Err(e) = &file {
+                            println!("    (could not write its scenario under {}: {e})", out.display());
+                        }
+                    });
+                }
+                failures.push(Failure { seed: r.seed, kind, first, file: file.ok(), shrunk: None });
+                failed_scenarios.push((r.seed, r.scenario.clone(), r.verdict.clone()));
+                bar.set_message(format!("{} failed", failures.len()));
+            }
+        }
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    let wall_s = started.elapsed().as_secs_f64();
+    failures.sort_by_key(|f| f.seed);
+    failed_scenarios.sort_by_key(|f| f.0);
+    if shrink && !failed_scenarios.is_empty() {
+        let shrunk_bar = if json { ProgressBar::hidden() } else { ProgressBar::new(failed_scenarios.len() as u64) };
+        shrunk_bar.set_style(
+            ProgressStyle::with_template("[{bar:30}] {pos}/{len} shrunk ({elapsed})")
+                .expect("a valid template")
+                .progress_chars("#>-"),
+        );
+        fuzz::parallel(
+            &failed_scenarios,
+            jobs,
+            |(seed, sc, verdict)| (*seed, kvsim::shrink::shrink(sc, *seed, verdict, max_runs, |_, _| {})),
+            |(seed, shrunk)| {
+                let f = failures.iter_mut().find(|f| f.seed == seed).expect("a failure per scenario");
+                let original = &failed_scenarios.iter().find(|x| x.0 == seed).expect("listed").1;
+                let path = out.join(format!("seed-{seed}.shrunk.toml"));
+                let origin = f.file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| {
+                    format!("`kvsim fuzz --seeds {seed}..{seed}{profile_args}`")
+                });
+                match write_shrunk(&shrunk, seed, &origin, original, &path) {
+                    Ok(()) => {
+                        if !json {
+                            shrunk_bar.suspend(|| {
+                                println!(
+                                    "SHRUNK seed {seed} [{}]: {} faults -> {}: kvsim run {} --seed {seed}",
+                                    shrunk.verdict.kind().unwrap_or("?"),
+                                    original.faults.len(),
+                                    shrunk.scenario.faults.len(),
+                                    path.display()
+                                )
+                            });
+                        }
+                        f.shrunk = Some((path, shrunk.scenario.faults.len()));
+                    }
+                    Err(e) => shrunk_bar.suspend(|| eprintln!("error: {}: {e}", path.display())),
+                }
+                shrunk_bar.inc(1);
+            },
+        );
+        shrunk_bar.finish_and_clear();
+    }
+    let runs = list.len() as u64;
+    let per_min = runs as f64 / wall_s.max(1e-9) * 60.0;
+    let check_share = if run_ms > 0.0 { check_ms / run_ms } else { 0.0 };
+    if json {
+        let list: Vec<serde_json::Value> = failures
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "seed": f.seed,
+                    "kind": f.kind,
+                    "violation": f.first,
+                    "file": f.file.as_ref().map(|p| p.display().to_string()),
+                    "reproduce": match &f.file {
+                        Some(p) => format!("kvsim run {} --seed {}", p.display(), f.seed),
+                        None => format!("kvsim fuzz --seeds {}..{}{profile_args}", f.seed, f.seed),
+                    },
+                    "shrunk": f.shrunk.as_ref().map(|(p, _)| p.display().to_string()),
+                    "shrunk_faults": f.shrunk.as_ref().map(|(_, n)| n),
+                })
+            })
+            .collect();
+        let report = serde_json::json!({
+            "seeds": { "from": seeds.start(), "to": seeds.end() },
+            "runs": runs,
+            "passed": passed,
+            "failed": failures.len(),
+            "panicked": panicked,
+            "inconclusive": inconclusive,
+            "events": events,
+            "wall_s": wall_s,
+            "seeds_per_min": per_min,
+            "check_share": check_share,
+            "failures": list,
+        });
+        println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
+    } else {
+        let s = if runs == 1 { "" } else { "s" };
+        println!(
+            "{runs} seed{s}: {passed} passed, {} failed ({panicked} panicked, {inconclusive} inconclusive); \
+             {:.1} s, {per_min:.0} seeds/min, {:.1} M events; checks took {:.1}% of run time",
+            failures.len(),
+            wall_s,
+            events as f64 / 1e6,
+            check_share * 100.0
+        );
+    }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_VIOLATION)
+    }
+}
+
+/// Writes a failing seed's scenario, with a header saying how it failed;
+/// `kvsim run FILE --seed N` replays it exactly.
+fn write_failure(out: &Path, r: &SeedReport, profile_args: &str) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(out)?;
+    let path = out.join(format!("seed-{}.toml", r.seed));
+    let kinds: Vec<&str> = r.kinds.iter().map(|k| k.name()).collect();
+    let mut text = format!(
+        "# kvsim fuzz seed {seed}{profile_args}: {kind}\n# kinds on: {kinds}\n",
+        seed = r.seed,
+        kind = r.verdict.kind().unwrap_or("passed"),
+        kinds = kinds.join(", "),
+    );
+    for line in fuzz::shorten(&r.verdict.first()).lines() {
+        text.push_str(&format!("#   {line}\n"));
+    }
+    text.push_str(&format!(
+        "# reproduce: kvsim run {} --seed {}   (or: kvsim fuzz --seeds {}..{}{profile_args})\n\n",
+        path.display(),
+        r.seed,
+        r.seed,
+        r.seed
+    ));
+    text.push_str(&r.scenario.to_toml());
+    std::fs::write(&path, text)?;
+    Ok(path)
 }
 
 fn load(file: &std::path::Path) -> Result<Scenario, ExitCode> {
@@ -235,22 +668,14 @@ impl std::fmt::Display for Tally {
     }
 }
 
-thread_local! {
-    /// Whether this thread is running a seed of a sweep: its panics are
-    /// recorded quietly, not printed.
-    static IN_SEED: Cell<bool> = const { Cell::new(false) };
-    /// Where and why the last panic of a seed on this thread happened, as
-    /// the sweep's quiet panic hook recorded it.
-    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
 /// Runs every scenario with every seed in `seeds`, one at a time. Each
 /// failure is reported through `print` the moment it happens, as the exact
 /// command that reproduces it and the first violation (or the panic). A seed
 /// that panics is caught and counted as failed; while a seed runs, the panic
 /// hook, which would print a backtrace per seed, only records where the
 /// panic happened, for the failure line (any other panic, say in `print`,
-/// is still shown as usual). `progress` sees the tally after every run.
+/// is still shown as usual: see `fuzz::QuietPanics`). `progress` sees the
+/// tally after every run.
 fn sweep<S>(
     scenarios: &[(String, S)],
     seeds: RangeInclusive<u64>,
@@ -258,22 +683,11 @@ fn sweep<S>(
     mut print: impl FnMut(&str),
     mut progress: impl FnMut(&Tally),
 ) -> Tally {
-    let previous_hook: Arc<PanicHook> = panic::take_hook().into();
-    let otherwise = Arc::clone(&previous_hook);
-    panic::set_hook(Box::new(move |info| {
-        if !IN_SEED.get() {
-            return otherwise(info);
-        }
-        let message = panic_message(info.payload());
-        let at = info.location().map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()));
-        LAST_PANIC.set(Some(format!("panicked{}: {message}", at.unwrap_or_default())));
-    }));
+    let quiet = QuietPanics::install();
     let mut tally = Tally::default();
     for (path, sc) in scenarios {
         for seed in seeds.clone() {
-            IN_SEED.set(true);
-            let result = panic::catch_unwind(AssertUnwindSafe(|| run_one(sc, seed)));
-            IN_SEED.set(false);
+            let result = catching(|| run_one(sc, seed));
             tally.runs += 1;
             let reproduce = format!("kvsim run {path} --seed {seed}");
             match result {
@@ -286,36 +700,28 @@ fn sweep<S>(
                     tally.inconclusive += 1;
                     print(&format!("INCONCLUSIVE {reproduce}   # {}", indent(&v)));
                 }
-                Err(payload) => {
+                Err(why) => {
                     tally.failed += 1;
                     tally.panicked += 1;
-                    let why = LAST_PANIC
-                        .take()
-                        .unwrap_or_else(|| format!("panicked: {}", panic_message(payload.as_ref())));
                     print(&format!("FAIL {reproduce}   # {}", indent(&why)));
                 }
             }
             progress(&tally);
         }
     }
-    panic::set_hook(Box::new(move |info| previous_hook(info)));
+    drop(quiet);
     tally
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(a panic without a message)".to_owned()
-    }
 }
 
 /// Indents the lines after the first, so a long account stays with its
 /// failure line.
 fn indent(text: &str) -> String {
     text.replace('\n', "\n    ")
+}
+
+/// A failure line, shortened: a violation may quote whole 64 KiB values.
+fn brief(text: &str) -> String {
+    indent(&fuzz::shorten(text))
 }
 
 #[cfg(test)]

@@ -87,6 +87,22 @@ pub enum Origin {
     /// have promised e1 and follow no one yet. The setup's actions head the
     /// counterexample's trace.
     Elected,
+    /// From `Elected`, on (fault-free, same order) until r1's no-op row is
+    /// committed on every replica and nothing is in flight or pending: a
+    /// cluster at rest, r2 and r3 following r1.
+    Settled,
+}
+
+/// Timer ticks per path at most, by role (each role's nodes together).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticks {
+    pub balancer: u32,
+    pub replicas: u32,
+    pub clients: u32,
+}
+
+impl Ticks {
+    pub const UNBOUNDED: Ticks = Ticks { balancer: u32::MAX, replicas: u32::MAX, clients: u32::MAX };
 }
 
 /// What the search explores.
@@ -107,8 +123,8 @@ pub struct Bounds {
     pub max_balancer_restarts: u32,
     /// No node's clock goes past this (a tick that would is not taken).
     pub horizon_us: u64,
-    /// Timer ticks per path at most (all nodes together).
-    pub max_ticks: u32,
+    /// Timer ticks per path at most.
+    pub max_ticks: Ticks,
     /// Stop (inconclusive) after this many distinct states.
     pub max_states: u64,
     /// Print a line per depth level to stderr.
@@ -151,7 +167,7 @@ impl Bounds {
             max_replica_crashes: 0,
             max_balancer_restarts: 0,
             horizon_us: u64::MAX,
-            max_ticks: u32::MAX,
+            max_ticks: Ticks::UNBOUNDED,
             max_states: 50_000_000,
             progress: false,
         }
@@ -399,7 +415,8 @@ struct Book {
     drops_used: u32,
     crashes_used: u32,
     restarts_used: u32,
-    ticks_used: u32,
+    /// Ticks taken by the balancer, the replicas, the clients.
+    ticks_used: [u32; 3],
     /// The balancer's incarnation (0 first).
     lb_incarnation: u32,
     replica_incarnation: Vec<u32>,
@@ -483,6 +500,16 @@ impl Model<'_> {
             NodeId::Client(ClientId((x - self.n) as u64))
         }
     }
+    /// 0 balancer, 1 replica, 2 client.
+    fn role(&self, x: usize) -> usize {
+        if x == 0 {
+            0
+        } else if x <= self.n {
+            1
+        } else {
+            2
+        }
+    }
     fn index(&self, id: NodeId) -> usize {
         match id {
             NodeId::Balancer => 0,
@@ -555,7 +582,7 @@ impl Model<'_> {
             drops_used: 0,
             crashes_used: 0,
             restarts_used: 0,
-            ticks_used: 0,
+            ticks_used: [0; 3],
             lb_incarnation: 0,
             replica_incarnation: vec![0; self.n],
             client_log: 0,
@@ -592,7 +619,7 @@ impl Model<'_> {
         let net =
             book.net.iter().fold(0u128, |acc, m| acc.wrapping_add(m.key.wrapping_mul(u128::from(m.count))));
         h.u128(net);
-        h.u64(u64::from(book.dups_used) | u64::from(book.drops_used) << 16 | u64::from(book.ticks_used) << 32);
+        h.u64(u64::from(book.dups_used) | u64::from(book.drops_used) << 32);
         h.u128(book.client_log);
         h.finish()
     }
@@ -609,8 +636,11 @@ impl Model<'_> {
                 v.push(Action::Persist(i));
             }
         }
+        let t = b.max_ticks;
+        let budget = [t.balancer, t.replicas, t.clients];
         for (x, nb) in book.nodes.iter().enumerate() {
-            if book.ticks_used < b.max_ticks && nb.wake.is_some_and(|w| w.0 <= b.horizon_us) {
+            let role = self.role(x);
+            if book.ticks_used[role] < budget[role] && nb.wake.is_some_and(|w| w.0 <= b.horizon_us) {
                 v.push(Action::Tick(x));
             }
         }
@@ -711,7 +741,7 @@ impl Model<'_> {
             }
             Action::Tick(x) => {
                 let x = *x;
-                book.ticks_used += 1;
+                book.ticks_used[self.role(x)] += 1;
                 let nb = &mut book.nodes[x];
                 let now = nb.clock.max(nb.wake.expect("enabled"));
                 nb.clock = now;
@@ -1190,7 +1220,17 @@ impl Model<'_> {
             return Ok((book, done));
         }
         let r1 = ReplicaId(1);
-        while !(book.nodes[0].leader == Some((r1, Epoch(1))) && book.nodes[1].status.leading == Some(Epoch(1))) {
+        let elected = |book: &Book| {
+            book.nodes[0].leader == Some((r1, Epoch(1))) && book.nodes[1].status.leading == Some(Epoch(1))
+        };
+        let settled = |book: &Book| {
+            elected(book)
+                && book.net.is_empty()
+                && book.disks.iter().all(|d| d.pending.is_empty())
+                && (1..=self.n).all(|x| book.nodes[x].status.commit == Lsn(1))
+        };
+        let goal = |book: &Book| if self.b.origin == Origin::Settled { settled(book) } else { elected(book) };
+        while !goal(&book) {
             if done.len() > 1000 {
                 return Err("setup: r1 was not elected within 1000 fault-free actions".into());
             }
@@ -1209,7 +1249,7 @@ impl Model<'_> {
             done.push(a);
         }
         // The setup's ticks do not count against the budget.
-        book.ticks_used = 0;
+        book.ticks_used = [0; 3];
         Ok((book, done))
     }
 
@@ -1243,7 +1283,7 @@ impl Model<'_> {
         }
         if !setup.is_empty() {
             trace.push("search:".into());
-            book.ticks_used = 0;
+            book.ticks_used = [0; 3];
         }
         for (n, a) in path.iter().enumerate() {
             let mut lines = Vec::new();

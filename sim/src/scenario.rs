@@ -128,6 +128,9 @@ pub enum Action {
     /// Flip a byte anywhere in a replica's stored log; noticed at its next
     /// restart.
     Corrupt(u8),
+    /// Flip a byte of the last record of a replica's stored log (which
+    /// then looks just like a torn write); noticed at its next restart.
+    CorruptLast(u8),
     /// The node handles nothing for `for_us` (a stopped process, a long GC
     /// pause), then resumes with its state: what arrived meanwhile is
     /// handled then, in order; its disk writes complete meanwhile.
@@ -173,6 +176,7 @@ impl fmt::Display for Action {
             }
             Action::Heal => write!(f, "heal all partitions"),
             Action::Corrupt(r) => write!(f, "corrupt the disk of r{r}"),
+            Action::CorruptLast(r) => write!(f, "corrupt the last record on the disk of r{r}"),
             Action::Pause { node, for_us } => {
                 write!(f, "pause {node} for {}.{:03}ms", for_us / 1000, for_us % 1000)
             }
@@ -340,6 +344,7 @@ struct FaultFile {
     action: Spanned<String>,
     node: Option<Spanned<String>>,
     for_ms: Option<f64>,
+    last_record: Option<bool>,
     groups: Option<Vec<Vec<Spanned<String>>>>,
     from: Option<Vec<Spanned<String>>>,
     to: Option<Vec<Spanned<String>>>,
@@ -575,6 +580,7 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
             },
             "heal" => Action::Heal,
             "corrupt" => match need_node()? {
+                Node::Replica(r) if f.last_record == Some(true) => Action::CorruptLast(r),
                 Node::Replica(r) => Action::Corrupt(r),
                 _ => return Err(at(f.node.as_ref().map(|n| n.span()), "field `node`: only a replica's disk can be corrupted".into())),
             },
@@ -744,6 +750,9 @@ impl Scenario {
                 Action::Corrupt(r) => {
                     let _ = writeln!(t, "action = \"corrupt\"\nnode = \"r{r}\"");
                 }
+                Action::CorruptLast(r) => {
+                    let _ = writeln!(t, "action = \"corrupt\"\nnode = \"r{r}\"\nlast_record = true");
+                }
                 Action::Pause { node, for_us } => {
                     let _ =
                         writeln!(t, "action = \"pause\"\nnode = \"{node}\"\nfor_ms = {}", ms_text(*for_us));
@@ -907,6 +916,78 @@ mod tests {
         assert!(e.starts_with("t.toml:2:") && e.contains("fly"), "{e}");
         let e = err("this is not toml at all");
         assert!(e.starts_with("t.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn every_scenario_file_survives_the_round_trip_through_to_toml() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+        let mut files = Vec::new();
+        for dir in [root.clone(), root.join("regressions")] {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "toml") {
+                    files.push(p);
+                }
+            }
+        }
+        assert!(files.len() >= 20, "{files:?}");
+        for f in files {
+            let sc = load(&f).unwrap_or_else(|e| panic!("{e}"));
+            let text = sc.to_toml();
+            let back = parse(&text, "back.toml", "back").unwrap_or_else(|e| panic!("{}: {e}\n{text}", f.display()));
+            assert_eq!(back, sc, "{}:\n{text}", f.display());
+        }
+    }
+
+    #[test]
+    fn scripts_odd_values_and_bugs_survive_the_round_trip() {
+        let text = r#"
+name = "odd \"one\""
+[cluster]
+replicas = 5
+sync_acks = "all"
+[network]
+delay_mean_ms = 0.3333
+drop_probability = 0.1
+faults_until_ms = 1234.5
+[clock]
+drift_max = 0.012345
+[workload]
+zipf_exponent = 1.25
+[[workload.groups]]
+rate_per_s = 33.3
+script = ["set a=b = c 'd' \"e\"", "get a", "del a"]
+[[faults]]
+at_ms = 10.001
+action = "pause"
+node = "lb"
+for_ms = 0.5
+[[faults]]
+at_ms = 15
+action = "corrupt"
+node = "r2"
+last_record = true
+[[faults]]
+at_ms = 20
+action = "partition_one_way"
+from = ["r1", "c1"]
+to = ["clients"]
+[run]
+max_events = 1000
+[bugs]
+cut_tail_trusted = true
+"#;
+        let sc = parse(text, "t.toml", "t").unwrap();
+        assert_eq!(sc.network.faults_until_us, Some(1_234_500));
+        assert_eq!(sc.run.max_events, Some(1000));
+        let again = parse(&sc.to_toml(), "t.toml", "t").unwrap();
+        assert_eq!(again, sc, "{}", sc.to_toml());
+        assert_eq!(bugs_on(&sc.cluster.bugs), vec!["cut_tail_trusted".to_string()]);
+        assert!(err("[run]\nmax_events = 0\n").contains("max_events"));
+        let mut b = kvstore::config::Bugs::default();
+        plant_bug(&mut b, "epochs_promised_twice").unwrap();
+        assert!(b.epochs_promised_twice);
+        assert!(plant_bug(&mut b, "no_such_bug").unwrap_err().contains("epochs_promised_twice"));
     }
 
     #[test]

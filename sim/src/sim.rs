@@ -774,6 +774,20 @@ impl<'a> Sim<'a> {
                     None => self.line_raw(&format!("r{r}"), format_args!("** disk too small to corrupt")),
                 }
             }
+            Action::CorruptLast(r) => {
+                // One of the last 8 bytes: the end of the last record's
+                // payload, so its checksum fails with nothing after it.
+                let len = self.disks[*r as usize - 1].durable_bytes();
+                let back = self.rng_disk.random_range(0..8.min(len.max(1)));
+                let pick = (len as f64 - 0.5 - back as f64) / len.max(1) as f64;
+                match self.disks[*r as usize - 1].corrupt(pick) {
+                    Some(at) => self.line_raw(
+                        &format!("r{r}"),
+                        format_args!("** disk byte {at} flipped (the last record: {len} bytes on disk)"),
+                    ),
+                    None => self.line_raw(&format!("r{r}"), format_args!("** disk too small to corrupt")),
+                }
+            }
             Action::Pause { node, for_us } => {
                 let n = match node {
                     Node::Balancer => NodeId::Balancer,

@@ -3,8 +3,11 @@
 //! work is in `kvstore::runtime`.
 
 use clap::{Args, Parser, Subcommand};
+use kvstore::runtime::auth::{self, Keys, Secret};
 use kvstore::runtime::bench::{self, BenchOptions, Mix};
 use kvstore::runtime::client::SyncClient;
+use kvstore::runtime::cluster_file::{self, ReplicaCluster};
+use kvstore::runtime::net;
 use kvstore::runtime::repl::{self, Outcome};
 use kvstore::runtime::store::{MemStore, Store, SyncMode, WalOptions, WalStore, SNAPSHOT_LOG_BYTES_DEFAULT};
 use kvstore::runtime::{self, BalancerOptions, Clock, NodeHandle, ReplicaOptions};
@@ -29,10 +32,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run replica N (listens on 127.0.0.1:808N unless --listen says otherwise).
+    /// Run replica N of the cluster given by --peers (listens at its own
+    /// entry there unless --listen says otherwise).
     ///
-    /// The replica learns the cluster (its peers and their addresses) from
-    /// the balancer when the balancer connects.
+    /// The replica knows its cluster from its own command line only, and
+    /// keeps it with its data (DIR/replica-N.cluster): a balancer or replica
+    /// whose configuration differs is refused.
     Replica(ReplicaArgs),
     /// Run the balancer: `kvnode balancer localhost:8080 localhost:8081 localhost:8082 localhost:8083`.
     ///
@@ -55,11 +60,66 @@ struct ReplicaArgs {
     /// Replica number, 1 to 255.
     #[arg(value_parser = clap::value_parser!(u8).range(1..))]
     n: u8,
-    /// Address to listen on [default: 127.0.0.1:808N]
+    /// Every replica's address, replica 1 first, this one's included:
+    /// ADDR1,ADDR2,ADDR3. Peers are dialed there, and nowhere else. May be
+    /// left out when --data-dir already holds the configuration.
+    #[arg(long, value_name = "ADDRS", value_delimiter = ',', num_args = 1..)]
+    peers: Option<Vec<String>>,
+    /// Followers that must have a write on disk before it is acknowledged
+    /// (must match the balancer's) [default: 1]
+    #[arg(long, value_name = "K", requires = "peers")]
+    sync_acks: Option<usize>,
+    /// Promote a leader even when it may lack acknowledged writes (must
+    /// match the balancer's).
+    #[arg(long, requires = "peers")]
+    unsafe_failover: bool,
+    /// Accept a number of replicas, sync_acks or unsafe_failover other than
+    /// the one stored in the data directory (stop every node first).
+    #[arg(long, requires = "peers")]
+    reconfigure: bool,
+    /// Address to listen on [default: this replica's entry in --peers]
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
     #[command(flatten)]
     storage: StorageArgs,
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
+#[derive(Args)]
+struct SecurityArgs {
+    /// File holding the cluster secret (at least 16 bytes, e.g. from
+    /// `head -c 32 /dev/urandom | base64`), the same on every node; or
+    /// $KVSTORE_SECRET_FILE, or the secret itself in $KVSTORE_SECRET. Every
+    /// connection between nodes then proves it. Without one the cluster is
+    /// open and its nodes listen on loopback only.
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// Without a cluster secret, listen beyond loopback anyway (anyone who
+    /// can reach a node can then act as the balancer, a replica or a client).
+    #[arg(long)]
+    insecure_open: bool,
+}
+
+#[derive(Args)]
+struct ClientAuthArgs {
+    /// File holding the password clients must prove (at least 8 bytes); or
+    /// $KVSTORE_CLIENT_PASSWORD_FILE, or $KVSTORE_CLIENT_PASSWORD. Without
+    /// one any client may connect.
+    #[arg(long, value_name = "FILE")]
+    client_password_file: Option<PathBuf>,
+    /// A client connection that sends nothing for this long after its hello
+    /// is closed: 60s, 500ms, 5m.
+    #[arg(long, default_value = "60s", value_parser = bench::parse_duration, value_name = "TIME")]
+    client_idle_timeout: Duration,
+}
+
+#[derive(Args)]
+struct PasswordArgs {
+    /// File holding the client password, if the balancer wants one; or
+    /// $KVSTORE_CLIENT_PASSWORD_FILE, or $KVSTORE_CLIENT_PASSWORD.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -95,6 +155,10 @@ struct BalancerArgs {
     replicas: Vec<String>,
     #[command(flatten)]
     cluster: ClusterConfigArgs,
+    #[command(flatten)]
+    security: SecurityArgs,
+    #[command(flatten)]
+    clients: ClientAuthArgs,
 }
 
 #[derive(Args)]
@@ -119,6 +183,8 @@ struct ClientArgs {
     /// to read after (so `get` sees what another process just set).
     #[arg(long, value_name = "MODE")]
     read: Option<ReadMode>,
+    #[command(flatten)]
+    password: PasswordArgs,
     /// One command to run instead of the REPL, e.g. `get KEY` or `set KEY=VALUE`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -140,6 +206,10 @@ struct ClusterArgs {
     storage: StorageArgs,
     #[command(flatten)]
     cluster: ClusterConfigArgs,
+    #[command(flatten)]
+    security: SecurityArgs,
+    #[command(flatten)]
+    clients: ClientAuthArgs,
 }
 
 #[derive(Args)]
@@ -174,6 +244,8 @@ struct BenchArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    password: PasswordArgs,
 }
 
 fn main() -> ExitCode {
@@ -182,6 +254,9 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    // A panic in any thread stops the process (status 101), never leaves a
+    // node listening with a dead machine.
+    auth::fail_stop_on_panic();
     let result = match cli.command {
         Command::Replica(a) => replica(a),
         Command::Balancer(a) => balancer(a),
@@ -211,7 +286,55 @@ enum Failure {
 
 impl From<io::Error> for Failure {
     fn from(e: io::Error) -> Failure {
+        if e.kind() == io::ErrorKind::PermissionDenied && e.to_string().starts_with("refusing to listen") {
+            return Failure::Refused(e.to_string());
+        }
         Failure::Io(e)
+    }
+}
+
+/// The cluster secret and (for the balancer) the client password; warns
+/// once, at start-up, when the cluster is open.
+fn node_keys(s: &SecurityArgs, clients: Option<&ClientAuthArgs>) -> Result<Keys, Failure> {
+    let cluster = Secret::load(
+        "cluster secret",
+        s.secret_file.as_deref(),
+        auth::ENV_SECRET_FILE,
+        auth::ENV_SECRET,
+        auth::MIN_SECRET_BYTES,
+    )
+    .map_err(Failure::Refused)?;
+    let client = match clients {
+        Some(c) => client_password(c.client_password_file.as_deref())?,
+        None => None,
+    };
+    if cluster.is_none() {
+        let reach = if s.insecure_open {
+            "anyone who can reach its ports (--insecure-open)"
+        } else {
+            "any process on this machine (nodes listen on loopback only)"
+        };
+        eprintln!(
+            "warning: no cluster secret (--secret-file or ${}): the cluster is open: {reach} can act as \
+             its balancer, a replica or a client",
+            auth::ENV_SECRET_FILE
+        );
+    }
+    Ok(Keys { cluster, client })
+}
+
+fn client_password(file: Option<&std::path::Path>) -> Result<Option<Secret>, Failure> {
+    Secret::load("client password", file, auth::ENV_PASSWORD_FILE, auth::ENV_PASSWORD, auth::MIN_PASSWORD_BYTES)
+        .map_err(Failure::Refused)
+}
+
+/// The balancer's client port reachable beyond loopback with no password.
+fn warn_if_clients_open(addr: std::net::SocketAddr, keys: &Keys) {
+    if keys.client.is_none() && !addr.ip().is_loopback() {
+        eprintln!(
+            "warning: no client password (--client-password-file): anyone who can reach {addr} can read and \
+             write every key"
+        );
     }
 }
 
@@ -261,25 +384,65 @@ fn serve(nodes: Vec<NodeHandle>) -> io::Result<()> {
 }
 
 fn replica(a: ReplicaArgs) -> Result<(), Failure> {
-    let listen = a.listen.unwrap_or_else(|| format!("127.0.0.1:{}", 8080 + a.n as u16));
+    let id = ReplicaId(a.n);
+    let keys = node_keys(&a.security, None)?;
     let store = open_store(&a.storage, a.n)?;
-    let node = runtime::start_replica(ReplicaOptions { id: ReplicaId(a.n), listen, store }, Clock::new())?;
+    let cli = match a.peers {
+        Some(peers) => Some(
+            ReplicaCluster::new(id, peers, a.sync_acks.unwrap_or(1), a.unsafe_failover).map_err(Failure::Refused)?,
+        ),
+        None => None,
+    };
+    // After the store is open (it locks the directory), so no other process
+    // changes the file meanwhile.
+    let cluster =
+        cluster_file::settle(a.storage.data_dir.as_deref(), id, cli, a.reconfigure).map_err(Failure::Refused)?;
+    let listen = a.listen.unwrap_or_else(|| cluster.own_addr().to_string());
+    let opts = ReplicaOptions {
+        id,
+        listen,
+        config: cluster.config(),
+        peers: cluster.peers.clone(),
+        store,
+        keys,
+        insecure_open: a.security.insecure_open,
+    };
+    let node = runtime::start_replica(opts, Clock::new())?;
     println!("kvnode replica {} listening at {}", a.n, node.addr);
     Ok(serve(vec![node])?)
 }
 
-fn balancer_options(listen: String, replicas: Vec<String>, c: &ClusterConfigArgs) -> BalancerOptions {
-    BalancerOptions { listen, replicas, sync_acks: c.sync_acks, unsafe_failover: c.unsafe_failover }
+fn balancer_options(
+    listen: String,
+    replicas: Vec<String>,
+    c: &ClusterConfigArgs,
+    keys: Keys,
+    s: &SecurityArgs,
+    clients: &ClientAuthArgs,
+) -> BalancerOptions {
+    BalancerOptions {
+        listen,
+        replicas,
+        sync_acks: c.sync_acks,
+        unsafe_failover: c.unsafe_failover,
+        keys,
+        insecure_open: s.insecure_open,
+        client_idle: clients.client_idle_timeout,
+    }
 }
 
 fn balancer(a: BalancerArgs) -> Result<(), Failure> {
-    let node = runtime::start_balancer(balancer_options(a.listen, a.replicas, &a.cluster), Clock::new())?;
+    let keys = node_keys(&a.security, Some(&a.clients))?;
+    let opts = balancer_options(a.listen, a.replicas, &a.cluster, keys.clone(), &a.security, &a.clients);
+    let node = runtime::start_balancer(opts, Clock::new())?;
+    warn_if_clients_open(node.addr, &keys);
     println!("kvnode balancer listening at {}", node.addr);
     Ok(serve(vec![node])?)
 }
 
 fn cluster(a: ClusterArgs) -> Result<(), Failure> {
     let clock = Clock::new();
+    let keys = node_keys(&a.security, Some(&a.clients))?;
     let port = |i: u16| {
         if a.base_port == 0 {
             0
@@ -287,17 +450,41 @@ fn cluster(a: ClusterArgs) -> Result<(), Failure> {
             a.base_port.saturating_add(i)
         }
     };
-    let mut replicas = Vec::new();
+    // Every replica's port first: each replica is told all of them.
+    let mut listeners = Vec::new();
     for n in 1..=a.replicas {
-        let listen = format!("{}:{}", a.host, port(n as u16));
+        listeners.push(net::bind(&format!("{}:{}", a.host, port(n as u16)))?);
+    }
+    let mut addrs = Vec::new();
+    for l in &listeners {
+        addrs.push(l.local_addr()?.to_string());
+    }
+    let mut replicas = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let n = i as u8 + 1;
+        let id = ReplicaId(n);
         let store = open_store(&a.storage, n)?;
-        let node = runtime::start_replica(ReplicaOptions { id: ReplicaId(n), listen, store }, clock)?;
+        let cli = ReplicaCluster::new(id, addrs.clone(), a.cluster.sync_acks, a.cluster.unsafe_failover)
+            .map_err(Failure::Refused)?;
+        let cluster =
+            cluster_file::settle(a.storage.data_dir.as_deref(), id, Some(cli), false).map_err(Failure::Refused)?;
+        let opts = ReplicaOptions {
+            id,
+            listen: String::new(),
+            config: cluster.config(),
+            peers: cluster.peers.clone(),
+            store,
+            keys: keys.clone(),
+            insecure_open: a.security.insecure_open,
+        };
+        let node = runtime::start_replica_on(listener, opts, clock)?;
         println!("kvnode replica {n} listening at {}", node.addr);
         replicas.push(node);
     }
-    let addrs = replicas.iter().map(|r| r.addr.to_string()).collect();
     let listen = format!("{}:{}", a.host, port(0));
-    let lb = runtime::start_balancer(balancer_options(listen, addrs, &a.cluster), clock)?;
+    let opts = balancer_options(listen, addrs, &a.cluster, keys.clone(), &a.security, &a.clients);
+    let lb = runtime::start_balancer(opts, clock)?;
+    warn_if_clients_open(lb.addr, &keys);
     println!("kvnode balancer listening at {}", lb.addr);
     let mut nodes = vec![lb];
     nodes.extend(replicas);
@@ -307,7 +494,19 @@ fn cluster(a: ClusterArgs) -> Result<(), Failure> {
 fn client(a: ClientArgs) -> ExitCode {
     let default_read = if a.command.is_empty() { ReadMode::Session } else { ReadMode::Leader };
     let read = a.read.unwrap_or(default_read);
-    let mut client = SyncClient::new(&a.connect, ClientId(runtime::random_u64()), read);
+    let password = match client_password(a.password.password_file.as_deref()) {
+        Ok(p) => p,
+        Err(Failure::Refused(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        Err(Failure::Io(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut client =
+        SyncClient::new(&a.connect, ClientId(runtime::random_u64()), read).with_password(password);
     let stdout = io::stdout();
     let mut out = stdout.lock();
     if !a.command.is_empty() {
@@ -364,7 +563,9 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
         }
         stop2.store(true, Ordering::SeqCst);
     })?;
+    let password = client_password(a.password.password_file.as_deref())?;
     let opts = BenchOptions {
+        password,
         connect: a.connect,
         clients: a.clients,
         duration: a.duration,

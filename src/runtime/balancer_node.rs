@@ -3,19 +3,19 @@
 //!
 //! Replicas are numbered by their position on the command line (the first
 //! address is replica 1), as in the original where `server 1` listened on
-//! 8081. Each dialer checks that the replica it reached says it is that
-//! number, then sends it the `Cluster` frame (configuration and every
-//! replica's address) before anything else.
+//! 8081. Each dialer checks, in the handshake, that the replica it reached
+//! proves the cluster secret and says it is that number, and presents the
+//! balancer's configuration (the replica refuses one unlike its own).
 
+use super::auth::Keys;
 use super::net::{self, Accepting, DialSpec, Dialer};
 use super::node::{self, Net, Role};
-use super::replica_node::INPUT_QUEUE;
 use super::{Clock, NodeHandle};
 use crate::balancer::Balancer;
 use crate::config::ClusterConfig;
 use crate::machine::Outbox;
 use crate::types::{NodeId, ReplicaId, Time};
-use crate::wire::{ClusterInfo, Frame};
+use crate::wire::Frame;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -67,10 +67,15 @@ pub struct BalancerOptions {
     pub replicas: Vec<String>,
     pub sync_acks: usize,
     pub unsafe_failover: bool,
+    pub keys: Keys,
+    /// Listen beyond loopback without a cluster secret.
+    pub insecure_open: bool,
+    /// A client connection silent this long after its hello is closed.
+    pub client_idle: Duration,
 }
 
 impl BalancerOptions {
-    pub fn cluster(&self) -> io::Result<ClusterInfo> {
+    pub fn config(&self) -> io::Result<ClusterConfig> {
         let n = self.replicas.len();
         if n == 0 || n > u8::MAX as usize {
             return Err(io::Error::new(
@@ -80,53 +85,52 @@ impl BalancerOptions {
         }
         let mut config = ClusterConfig::new(n as u8, self.sync_acks);
         config.unsafe_failover = self.unsafe_failover;
-        let addrs =
-            self.replicas.iter().enumerate().map(|(i, a)| (ReplicaId(i as u8 + 1), a.clone())).collect();
-        Ok(ClusterInfo { config, addrs })
+        Ok(config)
     }
 }
 
 pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHandle> {
     let me = NodeId::Balancer;
-    let info = opts.cluster()?;
+    let config = opts.config()?;
     let listener = net::bind(&opts.listen)?;
     let addr = listener.local_addr()?;
-    let (tx, rx) = crossbeam_channel::bounded(INPUT_QUEUE);
+    super::auth::check_listen(addr, opts.keys.cluster.is_some(), opts.insecure_open)?;
+    let (inbox, inputs) = net::inbox();
     let stopping = Arc::new(AtomicBool::new(false));
+    let allowed = Arc::new(|h: &crate::wire::Hello| match h.from {
+        NodeId::Client(_) => Ok(()),
+        other => Err(format!("{other} may not connect to the balancer")),
+    });
     net::spawn_acceptor(
         listener,
-        Accepting {
-            me,
-            tx: tx.clone(),
-            stopping: stopping.clone(),
-            allowed: |p| matches!(p, NodeId::Client(_)),
-        },
+        Accepting::new(me, inbox.clone(), stopping.clone(), allowed, opts.keys.clone(), None, opts.client_idle),
     )?;
     let mut dialers = Vec::new();
-    for (r, a) in &info.addrs {
+    for (i, a) in opts.replicas.iter().enumerate() {
         dialers.push(net::spawn_dialer(DialSpec {
             me,
-            peer: NodeId::Replica(*r),
+            peer: NodeId::Replica(ReplicaId(i as u8 + 1)),
             addr: a.clone(),
-            first: Some(Frame::Cluster(info.clone())),
-            tx: tx.clone(),
+            keys: opts.keys.clone(),
+            config: Some(config.clone()),
+            inbox: inbox.clone(),
         })?);
     }
-    let timing = &info.config.timing;
+    let timing = &config.timing;
     // Long enough for the machine to answer or time out every request.
     let drain = Duration::from_micros(timing.request_timeout_us + 2 * crate::balancer::TICK_US);
     let role = BalancerNode {
-        machine: Balancer::new(info.config.clone(), clock.now(), incarnation()),
+        machine: Balancer::new(config.clone(), clock.now(), incarnation()),
         drain,
         _dialers: dialers,
     };
     let thread = std::thread::Builder::new().name(me.to_string()).spawn(move || {
-        node::run(role, rx, clock, move || {
+        node::run(role, inputs, clock, move || {
             stopping.store(true, Ordering::SeqCst);
             net::wake_acceptor(addr);
         })
     })?;
-    Ok(NodeHandle::new(me, addr, tx, thread))
+    Ok(NodeHandle::new(me, addr, inbox, thread))
 }
 
 /// A number that differs between runs of this balancer process: request tags

@@ -6,7 +6,13 @@
 //! stateright's spawn. A lost connection is re-dialed when the machine next
 //! sends (its retry uses the same request id, so a write is applied at most
 //! once).
+//!
+//! The client's id is its session (at-most-once across reconnects depends on
+//! it): 64 random bits from the OS, so nobody who does not see the traffic
+//! can guess it. The balancer lets one live connection use an id at a time.
+//! With a client password, the handshake proves it both ways.
 
+use super::auth::{Keys, Secret};
 use super::net::{self, is_timeout, ConnEnd};
 use super::Clock;
 use crate::client::{Client, ClientConfig};
@@ -31,6 +37,7 @@ pub struct SyncClient {
     interrupt: Arc<AtomicBool>,
     /// True while `call` runs.
     busy: Arc<AtomicBool>,
+    keys: Keys,
 }
 
 struct Conn {
@@ -38,7 +45,13 @@ struct Conn {
     dec: FrameDecoder,
     wbuf: Vec<u8>,
     read_timeout: Option<Duration>,
+    /// When a frame last went out or came in.
+    active: Instant,
 }
+
+/// A connection quiet for this long is checked for a close (the balancer's
+/// idle timeout, say) before a request is sent on it.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 impl SyncClient {
     pub fn new(addr: &str, id: ClientId, read: ReadMode) -> SyncClient {
@@ -54,7 +67,14 @@ impl SyncClient {
             out: Outbox::new(),
             interrupt: Arc::new(AtomicBool::new(false)),
             busy: Arc::new(AtomicBool::new(false)),
+            keys: Keys::default(),
         }
+    }
+
+    /// Proves `password` to the balancer (and checks that it knows it).
+    pub fn with_password(mut self, password: Option<Secret>) -> SyncClient {
+        self.keys.client = password;
+        self
     }
 
     pub fn id(&self) -> ClientId {
@@ -87,17 +107,39 @@ impl SyncClient {
     fn dial(&self) -> Result<Conn, ConnEnd> {
         let stream = net::connect(&self.addr, net::CONNECT_TIMEOUT)?;
         let mut dec = FrameDecoder::new();
-        let hello = net::handshake(&stream, NodeId::Client(self.id()), &mut dec, net::HELLO_TIMEOUT)?;
-        if hello.from != NodeId::Balancer {
-            return Err(ConnEnd::Refused(format!(
-                "expected the balancer at {} but {} answered",
-                self.addr, hello.from
-            )));
-        }
+        let hello = net::DialHello {
+            me: NodeId::Client(self.id()),
+            expect: Some(NodeId::Balancer),
+            observer: false,
+            keys: &self.keys,
+            config: None,
+        };
+        net::dial_handshake(&stream, &hello, &mut dec, net::HELLO_TIMEOUT)?;
         dec.set_limit(wire::MAX_CLIENT_FRAME_BYTES);
         stream.set_write_timeout(Some(net::WRITE_TIMEOUT))?;
         debug!("client {} connected to {}", self.id().0, self.addr);
-        Ok(Conn { stream, dec, wbuf: Vec::new(), read_timeout: None })
+        Ok(Conn { stream, dec, wbuf: Vec::new(), read_timeout: None, active: Instant::now() })
+    }
+
+    /// Whether a connection quiet for a while was closed by the balancer
+    /// (read without waiting: what is there stays in the decoder).
+    fn closed_while_idle(c: &mut Conn) -> bool {
+        if c.active.elapsed() < CHECK_AFTER_IDLE {
+            return false;
+        }
+        if c.stream.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let closed = loop {
+            match c.dec.fill(&mut &c.stream) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) if is_timeout(&e) => break false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break true,
+            }
+        };
+        closed || c.stream.set_nonblocking(false).is_err()
     }
 
     /// Runs one operation to its outcome: the reply, or an error (a `Timeout`
@@ -166,6 +208,10 @@ impl SyncClient {
     }
 
     fn send(&mut self, msg: Msg) {
+        if self.conn.as_mut().is_some_and(Self::closed_while_idle) {
+            debug!("client {}: the connection to {} was closed while idle; reconnecting", self.id().0, self.addr);
+            self.conn = None;
+        }
         if self.conn.is_none() {
             match self.dial() {
                 Ok(c) => self.conn = Some(c),
@@ -184,7 +230,9 @@ impl SyncClient {
         if let Err(e) = (&c.stream).write_all(&c.wbuf) {
             info!("client {}: send to {} failed: {e}", self.id().0, self.addr);
             self.conn = None;
+            return;
         }
+        c.active = Instant::now();
     }
 
     /// The next message from the balancer, or `None` at `deadline`.
@@ -194,7 +242,10 @@ impl SyncClient {
         };
         loop {
             match c.dec.next_frame()? {
-                Some(Frame::Msg(msg)) => return Ok(Some(msg)),
+                Some(Frame::Msg(msg)) => {
+                    c.active = Instant::now();
+                    return Ok(Some(msg));
+                }
                 Some(Frame::Cluster(_)) => return Err(ConnEnd::Refused("unexpected Cluster frame".into())),
                 None => {}
             }

@@ -7,8 +7,8 @@
 //!   channel with a deadline taken from the machine's `next_wakeup` (no busy
 //!   loop, no polling), and writes what the machine sends;
 //! - one **acceptor** per listening node, and one **reader thread** per
-//!   accepted connection, which does the hello handshake and decodes frames
-//!   into the node's channel ([`net`]);
+//!   accepted connection, which does the authenticated handshake and decodes
+//!   frames into the node's channels, the cluster's or the clients' ([`net`]);
 //! - one **dialer** per outgoing peer link (balancer to each replica, replica
 //!   to each other replica), which connects, re-connects with backoff, and
 //!   reads its own connection;
@@ -23,9 +23,11 @@
 // determinism lints in clippy.toml are for the machines, not for it.
 #![allow(clippy::disallowed_methods)]
 
+pub mod auth;
 pub mod balancer_node;
 pub mod bench;
 pub mod client;
+pub mod cluster_file;
 pub mod net;
 pub mod node;
 pub mod repl;
@@ -33,15 +35,13 @@ pub mod replica_node;
 pub mod store;
 
 use crate::types::{NodeId, Time};
-use crossbeam_channel::Sender;
-use net::Input;
-use std::hash::{BuildHasher, Hasher};
+use net::{Inbox, Input};
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use balancer_node::{start_balancer, BalancerOptions};
-pub use replica_node::{start_replica, ReplicaOptions};
+pub use replica_node::{start_replica, start_replica_on, ReplicaOptions};
 
 /// Maps the system's monotonic clock to machine [`Time`].
 #[derive(Clone, Copy, Debug)]
@@ -68,13 +68,12 @@ impl Default for Clock {
     }
 }
 
-/// A random number seeded by the operating system (through std's hash-map
-/// keys, so no extra crate), for client ids.
+/// 64 bits from the operating system's random source, for client ids (a
+/// client's id is its session: it must not be guessable).
 pub fn random_u64() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.write_u32(std::process::id());
-    h.finish()
+    let mut b = [0; 8];
+    auth::os_random(&mut b);
+    u64::from_le_bytes(b)
 }
 
 /// A running replica or balancer.
@@ -82,18 +81,18 @@ pub struct NodeHandle {
     pub id: NodeId,
     /// Where it listens (with the port the OS picked for port 0).
     pub addr: SocketAddr,
-    tx: Sender<Input>,
+    inbox: Inbox,
     thread: Option<JoinHandle<()>>,
 }
 
 impl NodeHandle {
-    fn new(id: NodeId, addr: SocketAddr, tx: Sender<Input>, thread: JoinHandle<()>) -> NodeHandle {
-        NodeHandle { id, addr, tx, thread: Some(thread) }
+    fn new(id: NodeId, addr: SocketAddr, inbox: Inbox, thread: JoinHandle<()>) -> NodeHandle {
+        NodeHandle { id, addr, inbox, thread: Some(thread) }
     }
 
     /// Asks the node to stop: it stops accepting, drains, flushes.
     pub fn shutdown(&self) {
-        let _ = self.tx.send(Input::Shutdown);
+        let _ = self.inbox.cluster.send(Input::Shutdown);
     }
 
     /// Waits for the node thread to finish.

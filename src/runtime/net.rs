@@ -3,39 +3,74 @@
 //! reads its own connection). Every thread turns bytes into [`Input`]s for
 //! its node and never touches the machine.
 //!
+//! Every connection starts with the authenticated handshake (layout in
+//! `wire.rs`): hellos with fresh nonces, then HMAC-SHA256 proofs of the
+//! connection's key, the dialer's cluster configuration, and the acceptor's
+//! verdict. The acceptor admits a peer only after its proof: one balancer
+//! at a time per replica, one live connection per client id, a bounded
+//! number of connections (and of handshakes in progress) per process.
+//!
 //! Writing is the node thread's job (see `node.rs`): it owns the write half of
 //! every connection, so replies leave in the order the machine produced them.
+//! Frames from clients reach the node on a channel of their own, which the
+//! node drains only after the cluster's ([`Inputs`]), and each client
+//! connection has at most [`MAX_IN_FLIGHT_PER_CLIENT`] requests in flight.
 
+use super::auth::{self, Keys};
+use crate::config::ClusterConfig;
+use crate::msg::Msg;
 use crate::types::NodeId;
-use crate::wire::{self, Frame, FrameDecoder, Hello, WireError};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crate::wire::{self, Auth, Frame, FrameDecoder, Hello, Side, WireError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
-/// Connections one node keeps open at most; more are accepted and closed at
-/// once (with a log line), so a flood cannot exhaust threads or descriptors.
-pub const MAX_CONNECTIONS: usize = 2048;
-/// A peer that has not said hello by then is dropped.
+/// A peer that has not finished the handshake by then is dropped.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// A peer that does not read what we send for this long is dropped: the node
-/// thread writes directly, so this bounds how long one stuck peer can stall it.
 /// A peer that takes no bytes for this long is dropped (and re-dialed): the
-/// node thread writes itself, so this bounds how long one stalled reader can
-/// hold up the whole node. Well below the balancer's 200 ms dead-after, so a
-/// stalled follower or client never makes a healthy leader look dead.
+/// node thread writes to cluster peers itself, so this bounds how long one
+/// stalled reader can hold up the whole node. Well below the balancer's
+/// 200 ms dead-after, so a stalled follower never makes a healthy leader
+/// look dead. (Writes to clients never wait: see `node.rs`.)
 pub const WRITE_TIMEOUT: Duration = Duration::from_millis(50);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Reconnection backoff of a dialer, doubling from the first to the second.
 pub const REDIAL_MIN: Duration = Duration::from_millis(20);
 pub const REDIAL_MAX: Duration = Duration::from_millis(500);
+/// A client connection that sends nothing for this long after its hello is
+/// closed (the default; `kvnode balancer --client-idle-timeout`).
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A balancer connection a replica hears nothing on for this long is closed
+/// (the balancer pings every 50 ms), so a balancer that vanished without a
+/// goodbye does not keep the balancer's place at that replica.
+pub const BALANCER_SILENCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Requests one client connection may have in flight (sent and not yet
+/// answered); its reader stops reading beyond that, so TCP pushes back.
+/// `kvnode`'s own clients have one.
+pub const MAX_IN_FLIGHT_PER_CLIENT: usize = 16;
+/// A request never answered stops counting as in flight after this long
+/// (the balancer answers or times out every request within its 1 s request
+/// timeout; a duplicate may never be answered).
+pub const IN_FLIGHT_EXPIRY: Duration = Duration::from_secs(5);
+/// Bytes of client frames queued for a node at most (all connections
+/// together); readers wait beyond that.
+pub const MAX_QUEUED_CLIENT_BYTES: usize = 32 << 20;
+/// Inputs queued for a node at most: cluster peers' frames and events, and
+/// clients' frames. Readers wait beyond that (and TCP pushes back).
+pub const CLUSTER_QUEUE: usize = 65_536;
+pub const CLIENT_QUEUE: usize = 16_384;
 /// Reader threads only decode frames; they need little stack.
 const READER_STACK_BYTES: usize = 256 * 1024;
+/// Refused or closed connections logged per second at most per node (an
+/// attacker's connection flood must not become a log flood).
+const REFUSALS_LOGGED_PER_SECOND: u32 = 50;
 
 pub type ConnId = u64;
 
@@ -49,13 +84,188 @@ fn next_conn() -> ConnId {
 pub enum Input {
     /// A connection finished its handshake. The node only writes to
     /// `stream`; its reader thread only reads (one socket, shared).
-    Connected { conn: ConnId, peer: NodeId, stream: Arc<TcpStream>, dialed: bool },
-    /// A frame that passed [`wire::accepts`].
-    Frame { conn: ConnId, from: NodeId, frame: Frame },
+    Connected {
+        conn: ConnId,
+        peer: NodeId,
+        stream: Arc<TcpStream>,
+        dialed: bool,
+        /// A balancer that only looks: never a route for the machine's sends.
+        observer: bool,
+        /// A client connection's requests in flight.
+        in_flight: Option<Arc<InFlight>>,
+    },
+    /// A frame that passed [`wire::accepts`]. `bytes`: its size, for a
+    /// client's frame (returned to the queue's byte budget once handled).
+    Frame { conn: ConnId, from: NodeId, frame: Frame, bytes: usize },
     /// The reader of `conn` stopped; the node drops it.
     Closed { conn: ConnId },
     /// Stop accepting, finish or fail what is in flight, flush, and return.
     Shutdown,
+}
+
+/// The sending ends of a node's input channels.
+#[derive(Clone)]
+pub struct Inbox {
+    pub cluster: Sender<Input>,
+    pub clients: Sender<Input>,
+    client_bytes: Arc<AtomicUsize>,
+}
+
+/// The node's ends: the cluster's channel is drained first.
+pub struct Inputs {
+    cluster: Receiver<Input>,
+    clients: Receiver<Input>,
+    client_bytes: Arc<AtomicUsize>,
+}
+
+/// A node's two input channels.
+pub fn inbox() -> (Inbox, Inputs) {
+    let (ctx, crx) = crossbeam_channel::bounded(CLUSTER_QUEUE);
+    let (ktx, krx) = crossbeam_channel::bounded(CLIENT_QUEUE);
+    let bytes = Arc::new(AtomicUsize::new(0));
+    (
+        Inbox { cluster: ctx, clients: ktx, client_bytes: bytes.clone() },
+        Inputs { cluster: crx, clients: krx, client_bytes: bytes },
+    )
+}
+
+impl Inbox {
+    /// The channel for a connection with `peer` (every input of one
+    /// connection goes through one channel, so they stay in order).
+    pub fn for_peer(&self, peer: NodeId) -> &Sender<Input> {
+        match peer {
+            NodeId::Client(_) => &self.clients,
+            _ => &self.cluster,
+        }
+    }
+
+    /// Waits (at most `patience`) until `bytes` more fit in the client
+    /// queue's byte budget, then takes them. False: the node is too slow.
+    fn reserve_client_bytes(&self, bytes: usize, patience: Duration) -> bool {
+        let end = Instant::now() + patience;
+        loop {
+            let used = self.client_bytes.load(Ordering::Acquire);
+            if used == 0 || used + bytes <= MAX_QUEUED_CLIENT_BYTES {
+                self.client_bytes.fetch_add(bytes, Ordering::AcqRel);
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Inputs {
+    /// The next input already queued, the cluster's first.
+    pub fn try_recv(&self) -> Option<Input> {
+        match self.cluster.try_recv() {
+            Ok(i) => return Some(i),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
+        }
+        self.clients.try_recv().ok()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cluster.is_empty() && self.clients.is_empty()
+    }
+
+    /// Waits for an input until `deadline` (forever without one). The
+    /// cluster's channel closing (every sender gone) ends the node.
+    pub fn recv_deadline(&self, deadline: Option<Instant>) -> Result<Input, RecvTimeoutError> {
+        loop {
+            match self.cluster.try_recv() {
+                Ok(i) => return Ok(i),
+                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => {}
+            }
+            if let Ok(i) = self.clients.try_recv() {
+                return Ok(i);
+            }
+            // Both senders live in every `Inbox`, so the two channels close
+            // together: a ready but closed client channel cannot spin here.
+            let mut sel = Select::new();
+            sel.recv(&self.cluster);
+            sel.recv(&self.clients);
+            match deadline {
+                Some(d) => {
+                    if sel.ready_deadline(d).is_err() {
+                        return Err(RecvTimeoutError::Timeout);
+                    }
+                }
+                None => {
+                    sel.ready();
+                }
+            }
+        }
+    }
+
+    /// A client frame of `bytes` was handled: its budget is free again.
+    pub fn release_client_bytes(&self, bytes: usize) {
+        if bytes > 0 {
+            self.client_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The requests in flight on one client connection, by sequence number.
+pub struct InFlight {
+    state: Mutex<InFlightState>,
+    changed: Condvar,
+}
+
+struct InFlightState {
+    seqs: BTreeMap<u64, Instant>,
+    closed: bool,
+}
+
+impl InFlight {
+    fn new() -> InFlight {
+        InFlight { state: Mutex::new(InFlightState { seqs: BTreeMap::new(), closed: false }), changed: Condvar::new() }
+    }
+
+    /// Counts request `seq` as in flight, waiting while the connection has
+    /// [`MAX_IN_FLIGHT_PER_CLIENT`] others. False once the connection closed.
+    fn acquire(&self, seq: u64) -> bool {
+        let mut s = self.state.lock().expect("in-flight lock");
+        loop {
+            if s.closed {
+                return false;
+            }
+            let now = Instant::now();
+            s.seqs.retain(|_, at| now.duration_since(*at) < IN_FLIGHT_EXPIRY);
+            if let Some(at) = s.seqs.get_mut(&seq) {
+                *at = now;
+                return true;
+            }
+            if s.seqs.len() < MAX_IN_FLIGHT_PER_CLIENT {
+                s.seqs.insert(seq, now);
+                return true;
+            }
+            let oldest = s.seqs.values().min().copied().unwrap_or(now);
+            let wait = (oldest + IN_FLIGHT_EXPIRY).saturating_duration_since(now).max(Duration::from_millis(1));
+            s = self.changed.wait_timeout(s, wait).expect("in-flight lock").0;
+        }
+    }
+
+    /// Request `seq` was answered.
+    pub fn release(&self, seq: u64) {
+        let mut s = self.state.lock().expect("in-flight lock");
+        if s.seqs.remove(&seq).is_some() {
+            self.changed.notify_one();
+        }
+    }
+
+    /// The connection is gone: wake its reader.
+    pub fn close(&self) {
+        self.state.lock().expect("in-flight lock").closed = true;
+        self.changed.notify_all();
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.lock().expect("in-flight lock").seqs.len()
+    }
 }
 
 /// Why a connection ended.
@@ -64,13 +274,15 @@ pub enum ConnEnd {
     Io(io::Error),
     Wire(WireError),
     Refused(String),
+    /// Nothing arrived for this long.
+    Idle(Duration),
     /// The node thread is gone (the process is stopping).
     NodeGone,
 }
 
 impl ConnEnd {
     /// Protocol violations are worth a warning; hang-ups are routine.
-    fn is_violation(&self) -> bool {
+    pub fn is_violation(&self) -> bool {
         matches!(self, ConnEnd::Wire(_) | ConnEnd::Refused(_))
     }
 }
@@ -82,8 +294,15 @@ impl fmt::Display for ConnEnd {
             ConnEnd::Io(e) => write!(f, "{e}"),
             ConnEnd::Wire(e) => write!(f, "{e}"),
             ConnEnd::Refused(why) => f.write_str(why),
+            ConnEnd::Idle(d) => write!(f, "idle for {d:?}"),
             ConnEnd::NodeGone => f.write_str("node stopped"),
         }
+    }
+}
+
+impl fmt::Debug for ConnEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -132,25 +351,28 @@ pub fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
     Err(last)
 }
 
-/// Sends our hello and waits (at most `timeout`) for the peer's.
-pub fn handshake(
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+// ---- the handshake ----
+
+/// Reads from `stream` until `next` yields something, `deadline` passes
+/// (an error naming `what`), or the connection ends.
+fn read_until<T>(
     stream: &TcpStream,
-    me: NodeId,
     dec: &mut FrameDecoder,
-    timeout: Duration,
-) -> Result<Hello, ConnEnd> {
-    let mut hello = Vec::new();
-    wire::encode_hello(me, &mut hello);
-    (&*stream).write_all(&hello)?;
-    let deadline = Instant::now() + timeout;
+    deadline: Instant,
+    what: &str,
+    mut next: impl FnMut(&mut FrameDecoder) -> Result<Option<T>, WireError>,
+) -> Result<T, ConnEnd> {
     loop {
-        if let Some(h) = dec.next_hello()? {
-            stream.set_read_timeout(None)?;
-            return Ok(h);
+        if let Some(t) = next(dec)? {
+            return Ok(t);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(ConnEnd::Refused(format!("no hello within {timeout:?}")));
+            return Err(ConnEnd::Refused(format!("no {what} within {HELLO_TIMEOUT:?}")));
         }
         stream.set_read_timeout(Some(left))?;
         match dec.fill(&mut &*stream) {
@@ -166,33 +388,311 @@ pub fn handshake(
     }
 }
 
-pub fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+fn send_raw(stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+    stream.set_write_timeout(Some(HELLO_TIMEOUT))?;
+    (&*stream).write_all(bytes)
 }
 
-/// Reads frames until the connection ends, handing each to the node.
-fn read_frames(
+fn refuse(stream: &TcpStream, why: &str) {
+    let mut buf = Vec::new();
+    wire::encode_auth(&Auth::Refused(why.to_string()), &mut buf);
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+    let _ = (&*stream).write_all(&buf);
+}
+
+/// What a dialer says about itself and expects.
+pub struct DialHello<'a> {
+    pub me: NodeId,
+    /// The peer it means to reach (refused before any proof otherwise).
+    pub expect: Option<NodeId>,
+    pub observer: bool,
+    pub keys: &'a Keys,
+    /// Sent after its proof (a balancer or a replica dialing a replica).
+    pub config: Option<&'a ClusterConfig>,
+}
+
+/// The dialer's side of the handshake: our hello, theirs, our proof (and
+/// configuration), their verdict. Returns their hello; the decoder's limit
+/// is then the one for that peer.
+pub fn dial_handshake(
     stream: &TcpStream,
+    d: &DialHello<'_>,
     dec: &mut FrameDecoder,
+    timeout: Duration,
+) -> Result<Hello, ConnEnd> {
+    let deadline = Instant::now() + timeout;
+    let mine = Hello { observer: d.observer, ..Hello::new(d.me, auth::nonce()) };
+    let mine_body = wire::hello_body(&mine);
+    let mut out = Vec::new();
+    wire::encode_hello(&mine, &mut out);
+    send_raw(stream, &out)?;
+    let (theirs, theirs_body) = read_until(stream, dec, deadline, "hello", FrameDecoder::next_hello_raw)?;
+    if let Some(want) = d.expect {
+        if theirs.from != want {
+            return Err(ConnEnd::Refused(format!("expected {want} but {} answered", theirs.from)));
+        }
+    }
+    let key = d.keys.for_link(d.me, theirs.from);
+    out.clear();
+    wire::encode_auth(&Auth::Proof(wire::proof(key, Side::Dialer, &mine_body, &theirs_body)), &mut out);
+    if let Some(config) = d.config {
+        wire::encode_frame(&Frame::Cluster(config.clone()), wire::MAX_CLUSTER_FRAME_BYTES, &mut out)?;
+    }
+    send_raw(stream, &out)?;
+    match read_until(stream, dec, deadline, "answer to our proof", FrameDecoder::next_auth)? {
+        Auth::Refused(why) => Err(ConnEnd::Refused(format!("{} refused the connection: {why}", theirs.from))),
+        Auth::Proof(mac) => {
+            if !wire::verify_proof(key, Side::Acceptor, &mine_body, &theirs_body, &mac) {
+                return Err(ConnEnd::Refused(format!(
+                    "{} did not prove it knows our {} (it has another one, or none)",
+                    theirs.from,
+                    Keys::name_for_link(d.me, theirs.from)
+                )));
+            }
+            stream.set_read_timeout(None)?;
+            dec.set_limit(wire::limit_for(theirs.from));
+            Ok(theirs)
+        }
+    }
+}
+
+/// What an acceptor knows about itself and who may connect.
+#[derive(Clone)]
+pub struct Accepting {
+    pub me: NodeId,
+    pub inbox: Inbox,
+    /// Set by the node when it starts shutting down.
+    pub stopping: Arc<AtomicBool>,
+    /// Whether a peer may connect at all (its role, its replica number);
+    /// the reason when not.
+    pub allowed: Arc<dyn Fn(&Hello) -> Result<(), String> + Send + Sync>,
+    pub keys: Keys,
+    /// The configuration a dialing balancer or replica must present (a
+    /// replica's own); `None` at the balancer (only clients dial it).
+    pub config: Option<ClusterConfig>,
+    /// How long a client may stay silent after its hello.
+    pub client_idle: Duration,
+    admission: Arc<Admission>,
+    throttle: Arc<Throttle>,
+}
+
+impl Accepting {
+    pub fn new(
+        me: NodeId,
+        inbox: Inbox,
+        stopping: Arc<AtomicBool>,
+        allowed: Arc<dyn Fn(&Hello) -> Result<(), String> + Send + Sync>,
+        keys: Keys,
+        config: Option<ClusterConfig>,
+        client_idle: Duration,
+    ) -> Accepting {
+        Accepting {
+            me,
+            inbox,
+            stopping,
+            allowed,
+            keys,
+            config,
+            client_idle,
+            admission: Arc::new(Admission::default()),
+            throttle: Arc::new(Throttle::default()),
+        }
+    }
+}
+
+/// The acceptor's side: our hello, theirs, their proof (and configuration),
+/// the admission checks, our proof or the reason we refuse.
+fn accept_handshake(
+    stream: &TcpStream,
+    a: &Accepting,
+    conn: ConnId,
+    peer_addr: &str,
+    dec: &mut FrameDecoder,
+) -> Result<Hello, ConnEnd> {
+    let deadline = Instant::now() + HELLO_TIMEOUT;
+    let mine = Hello::new(a.me, auth::nonce());
+    let mine_body = wire::hello_body(&mine);
+    let mut out = Vec::new();
+    wire::encode_hello(&mine, &mut out);
+    send_raw(stream, &out)?;
+    let (theirs, theirs_body) = read_until(stream, dec, deadline, "hello", FrameDecoder::next_hello_raw)?;
+    let who = theirs.from;
+    let refused = |why: String| {
+        refuse(stream, &why);
+        ConnEnd::Refused(why)
+    };
+    if let Err(why) = (a.allowed)(&theirs) {
+        return Err(refused(why));
+    }
+    if theirs.observer && who != NodeId::Balancer {
+        return Err(refused(format!("{who} may not observe")));
+    }
+    let key = a.keys.for_link(a.me, who);
+    let proof = match read_until(stream, dec, deadline, "proof", FrameDecoder::next_auth)? {
+        Auth::Proof(mac) => mac,
+        Auth::Refused(why) => return Err(ConnEnd::Refused(format!("{who} gave up: {why}"))),
+    };
+    if !wire::verify_proof(key, Side::Dialer, &theirs_body, &mine_body, &proof) {
+        refuse(stream, "authentication failed");
+        return Err(ConnEnd::Refused(format!(
+            "authentication failed: {who} does not know this node's {}",
+            Keys::name_for_link(a.me, who)
+        )));
+    }
+    let node_link = !theirs.observer && matches!(who, NodeId::Balancer | NodeId::Replica(_));
+    if let (true, Some(mine)) = (node_link, &a.config) {
+        dec.set_limit(wire::MAX_CLUSTER_FRAME_BYTES);
+        let frame = read_until(stream, dec, deadline, "cluster configuration", FrameDecoder::next_frame)?;
+        let Frame::Cluster(theirs) = frame else {
+            return Err(refused(format!("{who} sent no cluster configuration")));
+        };
+        if &theirs != mine {
+            return Err(refused(format!(
+                "cluster configuration differs: {who} has {}, {} has {}",
+                describe_config(&theirs),
+                a.me,
+                describe_config(mine)
+            )));
+        }
+    }
+    if !theirs.observer {
+        if let Err(why) = a.admission.admit(who, conn, peer_addr) {
+            return Err(refused(why));
+        }
+    }
+    out.clear();
+    wire::encode_auth(&Auth::Proof(wire::proof(key, Side::Acceptor, &theirs_body, &mine_body)), &mut out);
+    if let Err(e) = send_raw(stream, &out) {
+        a.admission.release(who, conn);
+        return Err(e.into());
+    }
+    Ok(theirs)
+}
+
+/// One line for a cluster configuration, to compare two in a log line.
+pub fn describe_config(c: &ClusterConfig) -> String {
+    let mut s = format!("{} replicas, sync_acks {}", c.replicas.len(), c.sync_acks);
+    if c.unsafe_failover {
+        s.push_str(", unsafe_failover");
+    }
+    let defaults = ClusterConfig::new(c.replicas.len() as u8, c.sync_acks);
+    if c.log_rows_max != defaults.log_rows_max || c.timing != defaults.timing {
+        s.push_str(&format!(", log_rows_max {}, timing {:?}", c.log_rows_max, c.timing));
+    }
+    s
+}
+
+/// Roles with one live connection at a time per node: the balancer at a
+/// replica, each client id at the balancer.
+#[derive(Default)]
+struct Admission {
+    live: Mutex<BTreeMap<NodeId, (ConnId, String, Instant)>>,
+}
+
+impl Admission {
+    fn admit(&self, peer: NodeId, conn: ConnId, addr: &str) -> Result<(), String> {
+        if !matches!(peer, NodeId::Balancer | NodeId::Client(_)) {
+            return Ok(());
+        }
+        let mut live = self.live.lock().expect("admission lock");
+        if let Some((_, at, since)) = live.get(&peer) {
+            let age = since.elapsed().as_secs();
+            return Err(match peer {
+                NodeId::Balancer => format!(
+                    "another balancer is connected (from {at}, for {age} s); \
+                     a cluster has one balancer: stop the other one first"
+                ),
+                _ => format!("{peer} is already connected (from {at}): a client id is used by one connection at a time"),
+            });
+        }
+        live.insert(peer, (conn, addr.to_string(), Instant::now()));
+        Ok(())
+    }
+
+    fn release(&self, peer: NodeId, conn: ConnId) {
+        let mut live = self.live.lock().expect("admission lock");
+        if live.get(&peer).is_some_and(|(c, _, _)| *c == conn) {
+            live.remove(&peer);
+        }
+    }
+}
+
+/// Rate limit for the log lines about refused and closed connections.
+#[derive(Default)]
+struct Throttle {
+    state: Mutex<(Option<Instant>, u32, u64)>,
+}
+
+impl Throttle {
+    /// Whether to log one more line now; reports lines left out before.
+    fn allow(&self, me: NodeId) -> bool {
+        let mut s = self.state.lock().expect("throttle lock");
+        let now = Instant::now();
+        if s.0.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+            if s.2 > 0 {
+                warn!(node = %me, "{} more refused or closed connections were not logged", s.2);
+            }
+            *s = (Some(now), 0, 0);
+        }
+        if s.1 < REFUSALS_LOGGED_PER_SECOND {
+            s.1 += 1;
+            true
+        } else {
+            s.2 += 1;
+            false
+        }
+    }
+}
+
+// ---- reading ----
+
+/// What a reader thread needs besides its socket.
+struct Reader<'a> {
     me: NodeId,
     from: NodeId,
     conn: ConnId,
-    tx: &Sender<Input>,
-) -> ConnEnd {
+    observer: bool,
+    inbox: &'a Inbox,
+    /// Nothing received for this long closes the connection.
+    idle: Option<Duration>,
+    in_flight: Option<Arc<InFlight>>,
+}
+
+/// Reads frames until the connection ends, handing each to the node.
+fn read_frames(stream: &TcpStream, dec: &mut FrameDecoder, r: &Reader<'_>) -> ConnEnd {
+    let tx = r.inbox.for_peer(r.from);
+    let client = matches!(r.from, NodeId::Client(_));
+    if let Err(e) = stream.set_read_timeout(r.idle) {
+        return e.into();
+    }
     loop {
         loop {
+            let before = dec.buffered();
             match dec.next_frame() {
                 Ok(Some(frame)) => {
-                    if !wire::accepts(me, from, &frame) {
+                    let allowed =
+                        if r.observer { wire::observer_accepts(&frame) } else { wire::accepts(r.me, r.from, &frame) };
+                    if !allowed {
                         let what = match &frame {
                             Frame::Msg(m) => m.kind(),
                             Frame::Cluster(_) => "Cluster",
                         };
-                        return ConnEnd::Wire(WireError::Invalid(format!(
-                            "{from} may not send {what} to {me}"
-                        )));
+                        let who = if r.observer { "an observer".to_string() } else { r.from.to_string() };
+                        return ConnEnd::Wire(WireError::Invalid(format!("{who} may not send {what} to {}", r.me)));
                     }
-                    if tx.send(Input::Frame { conn, from, frame }).is_err() {
+                    let mut bytes = 0;
+                    if client {
+                        if let (Some(f), Frame::Msg(Msg::Request { id, .. })) = (&r.in_flight, &frame) {
+                            if !f.acquire(id.seq) {
+                                return ConnEnd::NodeGone;
+                            }
+                        }
+                        bytes = before - dec.buffered();
+                        if !r.inbox.reserve_client_bytes(bytes, Duration::from_secs(10)) {
+                            return ConnEnd::Refused("the node is overloaded: its client queue stayed full".into());
+                        }
+                    }
+                    if tx.send(Input::Frame { conn: r.conn, from: r.from, frame, bytes }).is_err() {
                         return ConnEnd::NodeGone;
                     }
                 }
@@ -209,6 +709,7 @@ fn read_frames(
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) && r.idle.is_some() => return ConnEnd::Idle(r.idle.expect("checked")),
             Err(e) => return ConnEnd::Io(e),
         }
     }
@@ -216,21 +717,21 @@ fn read_frames(
 
 // ---- accepting ----
 
-/// What an acceptor needs to know about its node.
-#[derive(Clone)]
-pub struct Accepting {
-    pub me: NodeId,
-    pub tx: Sender<Input>,
-    /// Set by the node when it starts shutting down.
-    pub stopping: Arc<AtomicBool>,
-    /// Which peers may connect to this node at all.
-    pub allowed: fn(NodeId) -> bool,
+/// Accepted connections open in this process, and those still in their
+/// handshake (at most half of the limit, so strangers who never finish a
+/// handshake cannot take every slot).
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+static HANDSHAKING: AtomicUsize = AtomicUsize::new(0);
+
+/// Accepted connections open in this process now.
+pub fn open_connections() -> usize {
+    OPEN.load(Ordering::SeqCst)
 }
 
 /// Accepts connections until `stopping` is set (the node then makes one last
 /// connection to wake it), one reader thread each.
 pub fn spawn_acceptor(listener: TcpListener, a: Accepting) -> io::Result<JoinHandle<()>> {
-    let open = Arc::new(AtomicUsize::new(0));
+    let limit = auth::connection_limit();
     thread::Builder::new().name(format!("{}-accept", a.me)).spawn(move || {
         for stream in listener.incoming() {
             if a.stopping.load(Ordering::SeqCst) {
@@ -240,30 +741,41 @@ pub fn spawn_acceptor(listener: TcpListener, a: Accepting) -> io::Result<JoinHan
                 Ok(s) => s,
                 Err(e) => {
                     // Out of descriptors, say: wait a moment rather than spin.
-                    warn!(node = %a.me, "accept failed: {e}");
+                    if a.throttle.allow(a.me) {
+                        warn!(node = %a.me, "accept failed: {e}");
+                    }
                     thread::sleep(Duration::from_millis(10));
                     continue;
                 }
             };
             let peer_addr = stream.peer_addr().map(|p| p.to_string()).unwrap_or_default();
-            let n = open.load(Ordering::SeqCst);
-            if n >= MAX_CONNECTIONS {
-                warn!(node = %a.me, "refusing connection from {peer_addr}: {n} connections open (limit {MAX_CONNECTIONS})");
+            let n = OPEN.load(Ordering::SeqCst);
+            let h = HANDSHAKING.load(Ordering::SeqCst);
+            if n >= limit || h >= limit / 2 {
+                if a.throttle.allow(a.me) {
+                    warn!(
+                        node = %a.me,
+                        "refusing connection from {peer_addr}: {n} connections open, {h} in their handshake \
+                         (limits {limit} and {})",
+                        limit / 2
+                    );
+                }
                 continue;
             }
-            open.fetch_add(1, Ordering::SeqCst);
+            OPEN.fetch_add(1, Ordering::SeqCst);
+            HANDSHAKING.fetch_add(1, Ordering::SeqCst);
             let a2 = a.clone();
-            let open2 = open.clone();
             let spawned = thread::Builder::new()
                 .name(format!("{}-conn", a.me))
                 .stack_size(READER_STACK_BYTES)
                 .spawn(move || {
                     serve_accepted(stream, &peer_addr, &a2);
-                    open2.fetch_sub(1, Ordering::SeqCst);
+                    OPEN.fetch_sub(1, Ordering::SeqCst);
                 });
             if let Err(e) = spawned {
                 warn!(node = %a.me, "cannot start a reader thread: {e}");
-                open.fetch_sub(1, Ordering::SeqCst);
+                HANDSHAKING.fetch_sub(1, Ordering::SeqCst);
+                OPEN.fetch_sub(1, Ordering::SeqCst);
             }
         }
         debug!(node = %a.me, "stopped accepting");
@@ -273,42 +785,69 @@ pub fn spawn_acceptor(listener: TcpListener, a: Accepting) -> io::Result<JoinHan
 fn serve_accepted(stream: TcpStream, peer_addr: &str, a: &Accepting) {
     let stream = Arc::new(stream);
     let conn = next_conn();
-    let mut peer = None;
+    let mut dec = FrameDecoder::new();
+    let hello = stream.set_nodelay(true).map_err(ConnEnd::from).and_then(|()| {
+        accept_handshake(&stream, a, conn, peer_addr, &mut dec)
+    });
+    HANDSHAKING.fetch_sub(1, Ordering::SeqCst);
+    let hello = match hello {
+        Ok(h) => h,
+        Err(end) => {
+            if end.is_violation() && a.throttle.allow(a.me) {
+                warn!(node = %a.me, "refused connection from {peer_addr}: {end}");
+            } else {
+                debug!(node = %a.me, "connection from {peer_addr} ended in its handshake: {end}");
+            }
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+    };
+    let peer = hello.from;
+    let observer = hello.observer;
+    let tx = a.inbox.for_peer(peer);
+    let in_flight = matches!(peer, NodeId::Client(_)).then(|| Arc::new(InFlight::new()));
+    let idle = match peer {
+        NodeId::Client(_) => Some(a.client_idle),
+        NodeId::Balancer if !observer => Some(BALANCER_SILENCE_TIMEOUT),
+        _ => None,
+    };
+    if observer {
+        dec.set_limit(wire::MAX_CLIENT_FRAME_BYTES);
+    }
     let end = (|| -> ConnEnd {
-        if let Err(e) = stream.set_nodelay(true) {
-            return e.into();
-        }
-        let mut dec = FrameDecoder::new();
-        let hello = match handshake(&stream, a.me, &mut dec, HELLO_TIMEOUT) {
-            Ok(h) => h,
-            Err(e) => return e,
-        };
-        if !(a.allowed)(hello.from) {
-            return ConnEnd::Refused(format!("{} may not connect to {}", hello.from, a.me));
-        }
-        peer = Some(hello.from);
-        dec.set_limit(wire::limit_for(hello.from));
         if let Err(e) = stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
             return e.into();
         }
-        debug!(node = %a.me, "connection {conn} from {} at {peer_addr}", hello.from);
-        if a.tx
-            .send(Input::Connected { conn, peer: hello.from, stream: stream.clone(), dialed: false })
-            .is_err()
-        {
+        debug!(node = %a.me, "connection {conn} from {peer}{} at {peer_addr}", if observer { " (observer)" } else { "" });
+        let connected = Input::Connected {
+            conn,
+            peer,
+            stream: stream.clone(),
+            dialed: false,
+            observer,
+            in_flight: in_flight.clone(),
+        };
+        if tx.send(connected).is_err() {
             return ConnEnd::NodeGone;
         }
-        read_frames(&stream, &mut dec, a.me, hello.from, conn, &a.tx)
+        let r = Reader { me: a.me, from: peer, conn, observer, inbox: &a.inbox, idle, in_flight: in_flight.clone() };
+        read_frames(&stream, &mut dec, &r)
     })();
-    let who = peer.map_or_else(|| "unknown peer".to_string(), |p| p.to_string());
     if end.is_violation() {
-        warn!(node = %a.me, "closing connection from {who} at {peer_addr}: {end}");
+        if a.throttle.allow(a.me) {
+            warn!(node = %a.me, "closing connection from {peer} at {peer_addr}: {end}");
+        }
+    } else if matches!(end, ConnEnd::Idle(_)) || peer == NodeId::Balancer {
+        info!(node = %a.me, "closing connection from {peer} at {peer_addr}: {end}");
     } else {
-        debug!(node = %a.me, "connection from {who} at {peer_addr} ended: {end}");
+        debug!(node = %a.me, "connection from {peer} at {peer_addr} ended: {end}");
     }
     let _ = stream.shutdown(std::net::Shutdown::Both);
-    if peer.is_some() {
-        let _ = a.tx.send(Input::Closed { conn });
+    let _ = tx.send(Input::Closed { conn });
+    // Only now may another connection take this one's place: the node has
+    // been told of the close before it hears of the successor.
+    if !observer {
+        a.admission.release(peer, conn);
     }
 }
 
@@ -328,9 +867,10 @@ pub struct DialSpec {
     pub me: NodeId,
     pub peer: NodeId,
     pub addr: String,
-    /// Sent right after the handshake, before the node may write.
-    pub first: Option<Frame>,
-    pub tx: Sender<Input>,
+    pub keys: Keys,
+    /// Presented in the handshake (the acceptor refuses one unlike its own).
+    pub config: Option<ClusterConfig>,
+    pub inbox: Inbox,
 }
 
 /// Dropping the handle stops the dialer at its next reconnection attempt; the
@@ -350,35 +890,48 @@ pub fn spawn_dialer(spec: DialSpec) -> io::Result<Dialer> {
 
 fn dial_loop(spec: DialSpec, stop: Receiver<()>) {
     let mut backoff = REDIAL_MIN;
-    let mut failing = false;
+    // The last failure logged: a peer that stays down (routine during a
+    // failover) or keeps refusing us is reported once, and again when the
+    // reason changes.
+    let mut last_failure: Option<String> = None;
+    let tx = spec.inbox.for_peer(spec.peer).clone();
     loop {
-        match dial_once(&spec) {
+        match dial_once(&spec, &tx) {
             Ok((stream, mut dec, conn)) => {
                 info!(node = %spec.me, "connected to {} at {}", spec.peer, spec.addr);
-                failing = false;
+                last_failure = None;
                 backoff = REDIAL_MIN;
-                let end = read_frames(&stream, &mut dec, spec.me, spec.peer, conn, &spec.tx);
+                let r = Reader {
+                    me: spec.me,
+                    from: spec.peer,
+                    conn,
+                    observer: false,
+                    inbox: &spec.inbox,
+                    idle: None,
+                    in_flight: None,
+                };
+                let end = read_frames(&stream, &mut dec, &r);
                 let _ = stream.shutdown(std::net::Shutdown::Both);
                 if end.is_violation() {
                     warn!(node = %spec.me, "closing connection to {} at {}: {end}", spec.peer, spec.addr);
                 } else {
                     info!(node = %spec.me, "lost {} at {}: {end}", spec.peer, spec.addr);
                 }
-                if spec.tx.send(Input::Closed { conn }).is_err() {
+                if tx.send(Input::Closed { conn }).is_err() {
                     return;
                 }
             }
             Err(ConnEnd::NodeGone) => return,
             Err(e) => {
-                // A peer that is down is routine during failover: say so once.
-                if !failing {
+                let text = e.to_string();
+                if last_failure.as_deref() != Some(text.as_str()) {
                     if e.is_violation() {
                         warn!(node = %spec.me, "cannot use {} at {}: {e}", spec.peer, spec.addr);
                     } else {
                         info!(node = %spec.me, "cannot reach {} at {}: {e}", spec.peer, spec.addr);
                     }
+                    last_failure = Some(text);
                 }
-                failing = true;
             }
         }
         match stop.recv_timeout(backoff) {
@@ -389,23 +942,21 @@ fn dial_loop(spec: DialSpec, stop: Receiver<()>) {
     }
 }
 
-fn dial_once(spec: &DialSpec) -> Result<(Arc<TcpStream>, FrameDecoder, ConnId), ConnEnd> {
+fn dial_once(spec: &DialSpec, tx: &Sender<Input>) -> Result<(Arc<TcpStream>, FrameDecoder, ConnId), ConnEnd> {
     let stream = Arc::new(connect(&spec.addr, CONNECT_TIMEOUT)?);
     let mut dec = FrameDecoder::new();
-    let hello = handshake(&stream, spec.me, &mut dec, HELLO_TIMEOUT)?;
-    if hello.from != spec.peer {
-        return Err(ConnEnd::Refused(format!("expected {} but {} answered", spec.peer, hello.from)));
-    }
-    dec.set_limit(wire::limit_for(spec.peer));
-    if let Some(first) = &spec.first {
-        let mut buf = Vec::new();
-        wire::encode_frame(first, wire::limit_for(spec.peer), &mut buf)?;
-        (&*stream).write_all(&buf)?;
-    }
+    let hello = DialHello {
+        me: spec.me,
+        expect: Some(spec.peer),
+        observer: false,
+        keys: &spec.keys,
+        config: spec.config.as_ref(),
+    };
+    dial_handshake(&stream, &hello, &mut dec, HELLO_TIMEOUT)?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let conn = next_conn();
-    spec.tx
-        .send(Input::Connected { conn, peer: spec.peer, stream: stream.clone(), dialed: true })
-        .map_err(|_| ConnEnd::NodeGone)?;
+    let connected =
+        Input::Connected { conn, peer: spec.peer, stream: stream.clone(), dialed: true, observer: false, in_flight: None };
+    tx.send(connected).map_err(|_| ConnEnd::NodeGone)?;
     Ok((stream, dec, conn))
 }

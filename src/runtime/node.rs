@@ -8,15 +8,24 @@
 //! batch's persist operations durable in one step and report them done
 //! (which may release more sends). Batching is what turns many small
 //! messages into few system calls under load.
+//!
+//! Inputs from the cluster (replicas, the balancer, connection events) are
+//! taken before clients' frames ([`Inputs`]), so pings, appends and acks are
+//! never stuck behind a flood of client requests. A reply produced while
+//! handling a frame goes back on the connection that frame came in on.
+//! Writes to clients never block the node: what a client does not take at
+//! once waits in its buffer (at most [`MAX_CLIENT_BACKLOG`] bytes, then the
+//! client is dropped).
 
-use super::net::{ConnId, Input};
+use super::net::{ConnId, InFlight, Input, Inputs};
 use super::Clock;
 use crate::machine::{Effect, Outbox, PersistOp};
+use crate::msg::Msg;
 use crate::types::{NodeId, Time};
 use crate::wire::{self, Frame};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::RecvTimeoutError;
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +35,10 @@ use tracing::{debug, info, warn};
 pub const MAX_BATCH: usize = 1024;
 /// Bytes buffered for one connection before it is written out mid-batch.
 const FLUSH_BYTES: usize = 256 * 1024;
+/// Replies a client has not taken, buffered at most before it is dropped.
+pub const MAX_CLIENT_BACKLOG: usize = 4 << 20;
+/// How soon a node tries again to write to a client that took nothing.
+const BACKLOG_RETRY: Duration = Duration::from_millis(1);
 
 /// What differs between a replica node and a balancer node.
 pub trait Role {
@@ -63,8 +76,9 @@ pub struct Net {
     me: NodeId,
     conns: BTreeMap<ConnId, Conn>,
     /// The connection each peer is reached by. A connection this node dialed
-    /// is preferred; otherwise the newest one from that peer (a client that
-    /// reconnected is answered on its new connection).
+    /// is preferred; otherwise the newest one from that peer. (A balancer at
+    /// a replica and each client id at the balancer have one connection at
+    /// a time: the acceptor admits no second. Observers are never routes.)
     routes: BTreeMap<NodeId, ConnId>,
     dirty: Vec<ConnId>,
 }
@@ -72,8 +86,18 @@ pub struct Net {
 struct Conn {
     peer: NodeId,
     dialed: bool,
+    observer: bool,
     stream: Arc<TcpStream>,
     out: Vec<u8>,
+    /// A client's: requests in flight, released as answers are queued.
+    in_flight: Option<Arc<InFlight>>,
+}
+
+impl Conn {
+    /// Clients are written without waiting; cluster peers with a timeout.
+    fn nonblocking(&self) -> bool {
+        matches!(self.peer, NodeId::Client(_))
+    }
 }
 
 impl Net {
@@ -81,26 +105,25 @@ impl Net {
         Net { me, conns: BTreeMap::new(), routes: BTreeMap::new(), dirty: Vec::new() }
     }
 
-    fn connected(&mut self, conn: ConnId, peer: NodeId, stream: Arc<TcpStream>, dialed: bool) {
-        let replace = match self.routes.get(&peer).and_then(|c| self.conns.get(c)) {
-            Some(current) => dialed || !current.dialed,
-            None => true,
-        };
-        if replace {
-            if let (NodeId::Balancer, Some(old)) = (peer, self.routes.get(&peer)) {
-                // One balancer per cluster: replies follow the newest
-                // connection, so a second live balancer starves the first.
-                // (A restarted balancer also lands here until its old
-                // connection is noticed closed.)
-                warn!(
-                    node = %self.me,
-                    "a balancer connected while another is connected (conn {old:?}): replies now go to the new one; \
-                     two balancers must not share these replicas"
-                );
+    fn connected(
+        &mut self,
+        conn: ConnId,
+        peer: NodeId,
+        stream: Arc<TcpStream>,
+        dialed: bool,
+        observer: bool,
+        in_flight: Option<Arc<InFlight>>,
+    ) {
+        if !observer {
+            let replace = match self.routes.get(&peer).and_then(|c| self.conns.get(c)) {
+                Some(current) => dialed || !current.dialed,
+                None => true,
+            };
+            if replace {
+                self.routes.insert(peer, conn);
             }
-            self.routes.insert(peer, conn);
         }
-        self.conns.insert(conn, Conn { peer, dialed, stream, out: Vec::new() });
+        self.conns.insert(conn, Conn { peer, dialed, observer, stream, out: Vec::new(), in_flight });
     }
 
     fn closed(&mut self, conn: ConnId) {
@@ -108,12 +131,15 @@ impl Net {
             return;
         };
         let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(f) = &c.in_flight {
+            f.close();
+        }
         if self.routes.get(&c.peer) == Some(&conn) {
             self.routes.remove(&c.peer);
             let other = self
                 .conns
                 .iter()
-                .filter(|(_, o)| o.peer == c.peer)
+                .filter(|(_, o)| o.peer == c.peer && !o.observer)
                 .max_by_key(|(id, o)| (o.dialed, **id))
                 .map(|(id, _)| *id);
             if let Some(other) = other {
@@ -137,10 +163,21 @@ impl Net {
             debug!(node = %self.me, "no connection to {to}; dropping {}", describe(&frame));
             return;
         };
-        let c = self.conns.get_mut(&id).expect("routes name open connections");
+        self.send_on(id, to, frame);
+    }
+
+    /// Queues `frame` for `to` on connection `id` (where `to` sent the frame
+    /// this answers), or by route if that connection is gone.
+    pub fn send_on(&mut self, id: ConnId, to: NodeId, frame: Frame) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return self.send(to, frame);
+        };
         if let Err(e) = wire::encode_frame(&frame, wire::limit_for(to), &mut c.out) {
             warn!(node = %self.me, "not sending {} to {to}: {e}", describe(&frame));
             return;
+        }
+        if let (Some(f), Frame::Msg(Msg::Response { id, .. })) = (&c.in_flight, &frame) {
+            f.release(id.seq);
         }
         if c.out.len() >= FLUSH_BYTES {
             self.write_out(id);
@@ -149,12 +186,18 @@ impl Net {
         }
     }
 
-    /// Writes every buffered frame.
+    /// Writes every buffered frame (what a client does not take now stays
+    /// buffered for the next flush).
     pub fn flush(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
         for id in dirty {
             self.write_out(id);
         }
+    }
+
+    /// Whether some client has replies it did not take yet.
+    fn backlogged(&self) -> bool {
+        !self.dirty.is_empty()
     }
 
     fn write_out(&mut self, id: ConnId) {
@@ -164,16 +207,33 @@ impl Net {
         if c.out.is_empty() {
             return;
         }
-        let result = (&*c.stream).write_all(&c.out);
-        c.out.clear();
-        if c.out.capacity() > 4 * FLUSH_BYTES {
-            c.out = Vec::new();
-        }
-        if let Err(e) = result {
-            // A peer that stopped reading (or vanished): drop it; its reader
-            // thread notices the shutdown and reports `Closed`.
-            info!(node = %self.me, "dropping connection to {}: write failed: {e}", c.peer);
-            self.closed(id);
+        let result = if c.nonblocking() { write_nonblocking(c) } else { (&*c.stream).write_all(&c.out) };
+        match result {
+            Ok(()) if c.nonblocking() && !c.out.is_empty() => {
+                if c.out.len() > MAX_CLIENT_BACKLOG {
+                    info!(
+                        node = %self.me,
+                        "dropping connection to {}: it does not read its replies ({} bytes waiting)",
+                        c.peer,
+                        c.out.len()
+                    );
+                    self.closed(id);
+                } else if !self.dirty.contains(&id) {
+                    self.dirty.push(id);
+                }
+            }
+            Ok(()) => {
+                c.out.clear();
+                if c.out.capacity() > 4 * FLUSH_BYTES {
+                    c.out = Vec::new();
+                }
+            }
+            Err(e) => {
+                // A peer that stopped reading (or vanished): drop it; its reader
+                // thread notices the shutdown and reports `Closed`.
+                info!(node = %self.me, "dropping connection to {}: write failed: {e}", c.peer);
+                self.closed(id);
+            }
         }
     }
 
@@ -185,6 +245,23 @@ impl Net {
     }
 }
 
+/// Writes what the socket takes now (`MSG_DONTWAIT`: the socket itself stays
+/// blocking for its reader thread) and keeps the rest in `c.out`.
+fn write_nonblocking(c: &mut Conn) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < c.out.len() {
+        match rustix::net::send(&*c.stream, &c.out[sent..], rustix::net::SendFlags::DONTWAIT) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "wrote nothing")),
+            Ok(n) => sent += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    c.out.drain(..sent);
+    Ok(())
+}
+
 fn describe(frame: &Frame) -> &'static str {
     match frame {
         Frame::Msg(m) => m.kind(),
@@ -193,8 +270,9 @@ fn describe(frame: &Frame) -> &'static str {
 }
 
 /// Runs a node until it is told to stop and has drained (or its inputs end).
-pub fn run<R: Role>(mut role: R, rx: Receiver<Input>, clock: Clock, stop_accepting: impl FnOnce()) {
+pub fn run<R: Role>(mut role: R, rx: Inputs, clock: Clock, stop_accepting: impl FnOnce()) {
     let me = role.me();
+    let panic_at = test_panic_at();
     let mut net = Net::new(me);
     let mut out = Outbox::new();
     let mut stop_accepting = Some(stop_accepting);
@@ -216,7 +294,7 @@ pub fn run<R: Role>(mut role: R, rx: Receiver<Input>, clock: Clock, stop_accepti
         tick_deferred = defer;
         if due && !defer {
             role.on_tick(now, &mut out);
-            apply(&mut role, &mut net, &mut out);
+            apply(&mut role, &mut net, &mut out, None);
             if role.next_wakeup().is_some_and(|t| t <= now) {
                 if !warned_spin {
                     warn!(node = %me, "machine wants another tick at {now} right after one: waiting 1ms");
@@ -228,10 +306,13 @@ pub fn run<R: Role>(mut role: R, rx: Receiver<Input>, clock: Clock, stop_accepti
         net.flush();
         role.sync(now, &mut out);
         if !out.is_empty() {
-            apply(&mut role, &mut net, &mut out);
+            apply(&mut role, &mut net, &mut out, None);
             net.flush();
         }
         role.maintain();
+        if panic_at.is_some_and(|at| Instant::now() >= at) {
+            panic!("{me}: test panic ({})", super::auth::ENV_TEST_PANIC);
+        }
         if let Some(until) = drain_until {
             let left = role.in_flight();
             if left == 0 {
@@ -246,15 +327,19 @@ pub fn run<R: Role>(mut role: R, rx: Receiver<Input>, clock: Clock, stop_accepti
 
         // Wait for an input, the machine's next timer, or the drain deadline.
         let mut wake = role.next_wakeup().map(|t| clock.instant(t.max(not_before)));
+        let mut soonest = |at: Instant| wake = Some(wake.map_or(at, |w| w.min(at)));
+        if net.backlogged() {
+            soonest(Instant::now() + BACKLOG_RETRY);
+        }
+        if let Some(at) = panic_at {
+            soonest(at);
+        }
         if let Some(until) = drain_until {
             // While draining, look again often enough to notice the end.
             let soon = Instant::now() + Duration::from_millis(10);
             wake = Some(wake.map_or(until.min(soon), |w| w.min(until).min(soon)));
         }
-        let first = match wake {
-            Some(w) => rx.recv_deadline(w),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
+        let first = rx.recv_deadline(wake);
         let mut input = match first {
             Ok(i) => Some(i),
             Err(RecvTimeoutError::Timeout) => None,
@@ -264,11 +349,14 @@ pub fn run<R: Role>(mut role: R, rx: Receiver<Input>, clock: Clock, stop_accepti
         while let Some(i) = input.take() {
             let now = clock.now();
             match i {
-                Input::Connected { conn, peer, stream, dialed } => net.connected(conn, peer, stream, dialed),
+                Input::Connected { conn, peer, stream, dialed, observer, in_flight } => {
+                    net.connected(conn, peer, stream, dialed, observer, in_flight)
+                }
                 Input::Closed { conn } => net.closed(conn),
-                Input::Frame { conn: _, from, frame } => {
+                Input::Frame { conn, from, frame, bytes } => {
                     role.on_frame(now, from, frame, &mut out, &mut net);
-                    apply(&mut role, &mut net, &mut out);
+                    apply(&mut role, &mut net, &mut out, Some((from, conn)));
+                    rx.release_client_bytes(bytes);
                 }
                 Input::Shutdown => {
                     if drain_until.is_some() {
@@ -284,12 +372,12 @@ pub fn run<R: Role>(mut role: R, rx: Receiver<Input>, clock: Clock, stop_accepti
                     }
                     drain_until = Some(Instant::now() + role.drain_timeout());
                     role.on_shutdown(now, &mut out);
-                    apply(&mut role, &mut net, &mut out);
+                    apply(&mut role, &mut net, &mut out, None);
                 }
             }
             handled += 1;
             if handled < MAX_BATCH {
-                input = rx.try_recv().ok();
+                input = rx.try_recv();
             }
         }
     }
@@ -297,18 +385,29 @@ pub fn run<R: Role>(mut role: R, rx: Receiver<Input>, clock: Clock, stop_accepti
     let now = clock.now();
     net.flush();
     role.sync(now, &mut out);
-    apply(&mut role, &mut net, &mut out);
+    apply(&mut role, &mut net, &mut out, None);
     net.flush();
     net.close_all();
     debug!(node = %me, "node thread done");
 }
 
-/// Carries out a machine's effects in order.
-fn apply<R: Role>(role: &mut R, net: &mut Net, out: &mut Outbox) {
+/// When the test hook says this node thread should panic.
+fn test_panic_at() -> Option<Instant> {
+    let ms: u64 = std::env::var(super::auth::ENV_TEST_PANIC).ok()?.parse().ok()?;
+    Some(Instant::now() + Duration::from_millis(ms))
+}
+
+/// Carries out a machine's effects in order. `reply`: the peer and the
+/// connection of the frame being handled; what goes back to that peer goes
+/// on that connection.
+fn apply<R: Role>(role: &mut R, net: &mut Net, out: &mut Outbox, reply: Option<(NodeId, ConnId)>) {
     let me = role.me();
     for effect in out.drain() {
         match effect {
-            Effect::Send { to, msg } => net.send(to, Frame::Msg(msg)),
+            Effect::Send { to, msg } => match reply {
+                Some((peer, conn)) if peer == to => net.send_on(conn, to, Frame::Msg(msg)),
+                _ => net.send(to, Frame::Msg(msg)),
+            },
             Effect::Persist { id, op } => role.persist(id, op),
             Effect::Event(e) => info!(node = %me, "{e}"),
             Effect::Done(c) => {

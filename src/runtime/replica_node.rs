@@ -1,135 +1,79 @@
 //! A replica node: the [`Replica`] machine, its store, and dialers to its
 //! peers.
 //!
-//! A replica starts knowing only its own number. The balancer's first frame
-//! on every connection is a `Cluster` frame (the cluster configuration and
-//! every replica's address); the replica builds its machine from it and its
-//! store, and dials each peer. So `kvnode replica N` needs no flags beyond
-//! where to listen, and replicas learn a moved peer from the next balancer
-//! connection.
+//! A replica knows its cluster from its own command line (every replica's
+//! address, `sync_acks`), kept with its data in `DIR/replica-N.cluster`
+//! ([`super::cluster_file`]). Nothing a peer sends changes it: a balancer or
+//! replica presents its own configuration in the handshake and is refused
+//! when it differs, and peers are dialed only at the addresses given here.
 
-use super::net::{self, Accepting, DialSpec, Dialer, Input};
+use super::auth::Keys;
+use super::net::{self, Accepting, DialSpec, Dialer};
 use super::node::{self, Net, Role};
 use super::store::{Start, Store};
 use super::{Clock, NodeHandle};
+use crate::config::ClusterConfig;
 use crate::machine::{Outbox, PersistOp};
 use crate::replica::Replica;
 use crate::types::{NodeId, ReplicaId, Time};
-use crate::wire::{ClusterInfo, Frame};
-use crossbeam_channel::Sender;
-use std::collections::BTreeMap;
+use crate::wire::Frame;
 use std::io;
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{error, info, warn};
 
-/// Inputs queued for a node at most; readers wait beyond that (and TCP pushes
-/// back on the peer).
-pub const INPUT_QUEUE: usize = 65_536;
-
 pub struct ReplicaNode {
     id: ReplicaId,
-    machine: Option<Replica>,
-    info: Option<ClusterInfo>,
+    machine: Replica,
     store: Box<dyn Store>,
     /// The last persist id handed to the store, and the last made durable.
     written: u64,
     synced: u64,
-    dialers: BTreeMap<ReplicaId, (String, Dialer)>,
-    tx: Sender<Input>,
+    _dialers: Vec<Dialer>,
 }
 
 impl ReplicaNode {
     fn me_node(&self) -> NodeId {
         NodeId::Replica(self.id)
     }
+}
 
-    fn configure(&mut self, info: ClusterInfo, net: &mut Net) {
-        if !info.config.replicas.contains(&self.id) {
-            warn!(node = %self.me_node(), "ignoring a cluster configuration that does not list this replica");
-            return;
+/// The replica machine, from what the store recovered.
+fn start_machine(id: ReplicaId, config: &ClusterConfig, store: &mut dyn Store) -> Replica {
+    let me = NodeId::Replica(id);
+    let start = match store.recover() {
+        Ok(s) => s,
+        Err(e) => fail_stop(id, "recover", &e),
+    };
+    let (replicas, sync_acks) = (config.replicas.len(), config.sync_acks);
+    match start {
+        Start::Recovered(stored) => {
+            info!(
+                node = %me,
+                "replica machine starts: {replicas} replicas, sync_acks {sync_acks}; stored: {}",
+                describe_stored(&stored)
+            );
+            Replica::recover(id, config.clone(), stored)
         }
-        let rebuild = match &self.info {
-            None => true,
-            Some(old) => old.config != info.config,
-        };
-        if rebuild {
-            if self.machine.is_some() {
-                warn!(node = %self.me_node(), "cluster configuration changed: restarting the replica machine from its store");
-            }
-            // Whatever was written becomes durable before it is read back.
-            if let Err(e) = self.store.sync() {
-                fail_stop(self.id, "sync", &e);
-            }
-            let start = match self.store.recover() {
-                Ok(s) => s,
-                Err(e) => fail_stop(self.id, "recover", &e),
-            };
-            let (replicas, sync_acks) = (info.config.replicas.len(), info.config.sync_acks);
-            let machine = match start {
-                Start::Recovered(stored) => {
-                    info!(
-                        node = %self.me_node(),
-                        "replica machine starts: {replicas} replicas, sync_acks {sync_acks}; stored: {}",
-                        describe_stored(&stored)
-                    );
-                    Replica::recover(self.id, info.config.clone(), stored)
-                }
-                Start::Missing(stored) => {
-                    warn!(
-                        node = %self.me_node(),
-                        "replica machine starts: {replicas} replicas, sync_acks {sync_acks}; stored: {}; \
-                         may lack rows it confirmed, so it catches up with a leader before it takes part \
-                         in promotions as a whole replica",
-                        describe_stored(&stored)
-                    );
-                    Replica::recover_missing(self.id, info.config.clone(), stored)
-                }
-                Start::Resync { promised } => {
-                    warn!(
-                        node = %self.me_node(),
-                        "replica machine starts empty and re-syncs: {replicas} replicas, sync_acks {sync_acks}, promised {promised}"
-                    );
-                    Replica::resync(self.id, info.config.clone(), promised)
-                }
-            };
-            self.machine = Some(machine);
-            self.written = 0;
-            self.synced = 0;
+        Start::Missing(stored) => {
+            warn!(
+                node = %me,
+                "replica machine starts: {replicas} replicas, sync_acks {sync_acks}; stored: {}; \
+                 may lack rows it confirmed, so it catches up with a leader before it takes part \
+                 in promotions as a whole replica",
+                describe_stored(&stored)
+            );
+            Replica::recover_missing(id, config.clone(), stored)
         }
-        // Dial each peer at its (possibly new) address.
-        let wanted: BTreeMap<ReplicaId, String> =
-            info.addrs.iter().filter(|(r, _)| *r != self.id).cloned().collect();
-        let stale: Vec<ReplicaId> = self
-            .dialers
-            .iter()
-            .filter(|(r, (addr, _))| wanted.get(r) != Some(addr))
-            .map(|(r, _)| *r)
-            .collect();
-        for r in stale {
-            self.dialers.remove(&r);
-            net.close_peer(NodeId::Replica(r));
+        Start::Resync { promised } => {
+            warn!(
+                node = %me,
+                "replica machine starts empty and re-syncs: {replicas} replicas, sync_acks {sync_acks}, promised {promised}"
+            );
+            Replica::resync(id, config.clone(), promised)
         }
-        for (r, addr) in wanted {
-            if self.dialers.contains_key(&r) {
-                continue;
-            }
-            let spec = DialSpec {
-                me: self.me_node(),
-                peer: NodeId::Replica(r),
-                addr: addr.clone(),
-                first: None,
-                tx: self.tx.clone(),
-            };
-            match net::spawn_dialer(spec) {
-                Ok(d) => {
-                    self.dialers.insert(r, (addr, d));
-                }
-                Err(e) => warn!(node = %self.me_node(), "cannot start a dialer for r{}: {e}", r.0),
-            }
-        }
-        self.info = Some(info);
     }
 }
 
@@ -157,26 +101,21 @@ impl Role for ReplicaNode {
         self.me_node()
     }
 
-    fn on_frame(&mut self, now: Time, from: NodeId, frame: Frame, out: &mut Outbox, net: &mut Net) {
+    fn on_frame(&mut self, now: Time, from: NodeId, frame: Frame, out: &mut Outbox, _net: &mut Net) {
         match frame {
-            Frame::Cluster(info) => self.configure(info, net),
-            Frame::Msg(msg) => match &mut self.machine {
-                Some(m) => m.on_message(now, from, msg, out),
-                None => {
-                    tracing::debug!(node = %self.me_node(), "no cluster configuration yet; dropping {}", msg.kind())
-                }
-            },
+            // Refused by the readers (`wire::accepts`): the configuration
+            // belongs to the handshake.
+            Frame::Cluster(_) => warn!(node = %self.me_node(), "ignoring a Cluster frame from {from}"),
+            Frame::Msg(msg) => self.machine.on_message(now, from, msg, out),
         }
     }
 
     fn on_tick(&mut self, now: Time, out: &mut Outbox) {
-        if let Some(m) = &mut self.machine {
-            m.on_tick(now, out);
-        }
+        self.machine.on_tick(now, out);
     }
 
     fn next_wakeup(&self) -> Option<Time> {
-        self.machine.as_ref().and_then(Replica::next_wakeup)
+        self.machine.next_wakeup()
     }
 
     fn persist(&mut self, id: u64, op: PersistOp) {
@@ -195,29 +134,23 @@ impl Role for ReplicaNode {
             fail_stop(self.id, "sync", &e);
         }
         self.synced = self.written;
-        if let Some(m) = &mut self.machine {
-            m.on_persisted(now, self.synced, out);
-        }
+        self.machine.on_persisted(now, self.synced, out);
     }
 
     fn maintain(&mut self) {
-        if let Some(m) = &self.machine {
-            if let Err(e) = self.store.maintain(m) {
-                fail_stop(self.id, "snapshot", &e);
-            }
+        if let Err(e) = self.store.maintain(&self.machine) {
+            fail_stop(self.id, "snapshot", &e);
         }
     }
 
     /// A leader waits until every row it has appended is committed (so every
     /// write it took is answered); a follower has nothing in flight.
     fn in_flight(&self) -> usize {
-        self.machine.as_ref().map_or(0, |m| {
-            let s = m.status();
-            match s.leading {
-                Some(_) => s.last.lsn.0.saturating_sub(s.commit.0) as usize,
-                None => 0,
-            }
-        })
+        let s = self.machine.status();
+        match s.leading {
+            Some(_) => s.last.lsn.0.saturating_sub(s.commit.0) as usize,
+            None => 0,
+        }
     }
 
     fn drain_timeout(&self) -> Duration {
@@ -228,41 +161,82 @@ impl Role for ReplicaNode {
 /// How to start a replica node.
 pub struct ReplicaOptions {
     pub id: ReplicaId,
+    /// Where to listen (ignored when a listener is given to
+    /// [`start_replica_on`]).
     pub listen: String,
+    /// Every replica's address, replica 1 first (this one's included).
+    pub peers: Vec<String>,
+    pub config: ClusterConfig,
     pub store: Box<dyn Store>,
+    pub keys: Keys,
+    /// Listen beyond loopback without a cluster secret.
+    pub insecure_open: bool,
 }
 
-/// Binds, starts the acceptor and the node thread; returns once listening.
+/// Binds, recovers the store, starts the acceptor, the dialers and the node
+/// thread; returns once listening.
 pub fn start_replica(opts: ReplicaOptions, clock: Clock) -> io::Result<NodeHandle> {
-    let me = NodeId::Replica(opts.id);
     let listener = net::bind(&opts.listen)?;
+    start_replica_on(listener, opts, clock)
+}
+
+/// Like [`start_replica`], on a listener already bound (so that a process
+/// running several replicas can learn every port before it starts any).
+pub fn start_replica_on(listener: TcpListener, opts: ReplicaOptions, clock: Clock) -> io::Result<NodeHandle> {
+    let me = NodeId::Replica(opts.id);
     let addr = listener.local_addr()?;
-    let (tx, rx) = crossbeam_channel::bounded(INPUT_QUEUE);
+    super::auth::check_listen(addr, opts.keys.cluster.is_some(), opts.insecure_open)?;
+    let n = opts.config.replicas.len();
+    if opts.peers.len() != n || !opts.config.replicas.contains(&opts.id) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("replica {} in a cluster of {n} replicas with {} addresses", opts.id.0, opts.peers.len()),
+        ));
+    }
+    let mut store = opts.store;
+    let machine = start_machine(opts.id, &opts.config, store.as_mut());
+    let (inbox, inputs) = net::inbox();
     let stopping = Arc::new(AtomicBool::new(false));
+    let members = opts.config.replicas.clone();
+    let id = opts.id;
+    let allowed = Arc::new(move |h: &crate::wire::Hello| match h.from {
+        NodeId::Balancer => Ok(()),
+        NodeId::Replica(r) if r != id && members.contains(&r) => Ok(()),
+        other => Err(format!("{other} may not connect to {}", NodeId::Replica(id))),
+    });
     net::spawn_acceptor(
         listener,
-        Accepting {
+        Accepting::new(
             me,
-            tx: tx.clone(),
-            stopping: stopping.clone(),
-            allowed: |p| matches!(p, NodeId::Balancer | NodeId::Replica(_)),
-        },
+            inbox.clone(),
+            stopping.clone(),
+            allowed,
+            opts.keys.clone(),
+            Some(opts.config.clone()),
+            net::CLIENT_IDLE_TIMEOUT,
+        ),
     )?;
-    let role = ReplicaNode {
-        id: opts.id,
-        machine: None,
-        info: None,
-        store: opts.store,
-        written: 0,
-        synced: 0,
-        dialers: BTreeMap::new(),
-        tx: tx.clone(),
-    };
+    let mut dialers = Vec::new();
+    for (i, peer_addr) in opts.peers.iter().enumerate() {
+        let r = ReplicaId(i as u8 + 1);
+        if r == opts.id {
+            continue;
+        }
+        dialers.push(net::spawn_dialer(DialSpec {
+            me,
+            peer: NodeId::Replica(r),
+            addr: peer_addr.clone(),
+            keys: opts.keys.clone(),
+            config: Some(opts.config.clone()),
+            inbox: inbox.clone(),
+        })?);
+    }
+    let role = ReplicaNode { id: opts.id, machine, store, written: 0, synced: 0, _dialers: dialers };
     let thread = std::thread::Builder::new().name(me.to_string()).spawn(move || {
-        node::run(role, rx, clock, move || {
+        node::run(role, inputs, clock, move || {
             stopping.store(true, Ordering::SeqCst);
             net::wake_acceptor(addr);
         })
     })?;
-    Ok(NodeHandle::new(me, addr, tx, thread))
+    Ok(NodeHandle::new(me, addr, inbox, thread))
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use kvstore::msg::Status;
+use kvstore::runtime::auth::{Keys, Secret};
 use kvstore::runtime::client::SyncClient;
 use kvstore::runtime::net;
 use kvstore::types::{ClientId, NodeId, Op, ReadMode, ReplicaId};
@@ -20,6 +21,27 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kvnode");
+
+/// The cluster secret of every [`TestCluster`] (written to a file in its
+/// temporary directory).
+pub const SECRET: &str = "test secret: 32 bytes, not random";
+
+pub fn secret() -> Secret {
+    Secret::new("cluster secret", SECRET.as_bytes(), 16).unwrap()
+}
+
+/// The keys of a node of a [`TestCluster`].
+pub fn cluster_keys() -> Keys {
+    Keys { cluster: Some(secret()), client: None }
+}
+
+/// `n` loopback ports free a moment ago (bound to port 0, then released):
+/// replicas must know each other's addresses before they start.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
 
 /// Waits until `cond` holds, checking every 20ms, for at most `timeout`.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -59,8 +81,14 @@ impl Proc {
     }
 
     pub fn spawn_with(name: &str, args: &[&str], stdin: Stdio) -> Proc {
+        Proc::spawn_env(name, args, stdin, &[])
+    }
+
+    /// With extra environment variables.
+    pub fn spawn_env(name: &str, args: &[&str], stdin: Stdio, env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -153,34 +181,78 @@ pub struct TestCluster {
     /// Extra arguments for every replica and for the balancer.
     replica_args: Vec<String>,
     lb_args: Vec<String>,
+    /// `--secret-file FILE`, or nothing for an open cluster.
+    secret_args: Vec<String>,
 }
 
 impl TestCluster {
     /// Starts `n` replicas (with `--data-dir` when `data`) and a balancer,
-    /// and waits until a client write succeeds.
+    /// all proving the cluster secret [`SECRET`], and waits until a client
+    /// write succeeds.
     pub fn start(n: u8, data: bool) -> TestCluster {
         TestCluster::start_with(n, data, &[], &[])
     }
 
     /// Like [`TestCluster::start`], with extra arguments for every replica
-    /// (e.g. `--snapshot-log-bytes`) and for the balancer (`--sync-acks`).
+    /// (e.g. `--snapshot-log-bytes`) and for the balancer (`--sync-acks`;
+    /// the cluster's configuration, `--sync-acks` and `--unsafe-failover`,
+    /// is given to the replicas too).
     pub fn start_with(n: u8, data: bool, replica_args: &[&str], lb_args: &[&str]) -> TestCluster {
-        let dir = tempfile::tempdir().unwrap();
-        let replica_args: Vec<String> = replica_args.iter().map(|a| a.to_string()).collect();
-        let lb_args: Vec<String> = lb_args.iter().map(|a| a.to_string()).collect();
-        let mut replicas = Vec::new();
-        let mut replica_addrs = Vec::new();
-        for i in 1..=n {
-            let p = start_replica(&dir, i, "127.0.0.1:0", data, &replica_args);
-            let addr = p.wait_line(&format!("kvnode replica {i} listening at "), Duration::from_secs(10));
-            replica_addrs.push(addr);
-            replicas.push(p);
-        }
-        let lb = start_balancer("127.0.0.1:0", &replica_addrs, &lb_args);
-        let lb_addr = lb.wait_line("kvnode balancer listening at ", Duration::from_secs(10));
-        let c = TestCluster { replicas, replica_addrs, lb, lb_addr, dir, data, replica_args, lb_args };
+        TestCluster::start_secured(n, data, replica_args, lb_args, true)
+    }
+
+    /// An open cluster (no secret: loopback only).
+    pub fn start_open(n: u8, data: bool) -> TestCluster {
+        TestCluster::start_secured(n, data, &[], &[], false)
+    }
+
+    pub fn start_secured(n: u8, data: bool, replica_args: &[&str], lb_args: &[&str], secured: bool) -> TestCluster {
+        let c = TestCluster::start_unready(n, data, replica_args, lb_args, secured);
         c.wait_for_a_write(Duration::from_secs(20));
         c
+    }
+
+    /// Starts the processes and returns at once (no write waited for).
+    pub fn start_unready(n: u8, data: bool, replica_args: &[&str], lb_args: &[&str], secured: bool) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut secret_args = Vec::new();
+        if secured {
+            let file = dir.path().join("secret");
+            std::fs::write(&file, SECRET).unwrap();
+            secret_args = vec!["--secret-file".to_string(), file.to_str().unwrap().to_string()];
+        }
+        let mut replica_args: Vec<String> = replica_args.iter().map(|a| a.to_string()).collect();
+        let lb_args: Vec<String> = lb_args.iter().map(|a| a.to_string()).collect();
+        let mut shared = lb_args.iter();
+        while let Some(a) = shared.next() {
+            match a.as_str() {
+                "--sync-acks" => replica_args.extend(["--sync-acks".to_string(), shared.next().unwrap().clone()]),
+                "--unsafe-failover" => replica_args.push(a.clone()),
+                _ => {}
+            }
+        }
+        let replica_addrs: Vec<String> =
+            free_ports(n as usize).into_iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let mut replicas = Vec::new();
+        for i in 1..=n {
+            let p = start_replica(&dir, i, &replica_addrs, data, &replica_args, &secret_args);
+            p.wait_line(&format!("kvnode replica {i} listening at "), Duration::from_secs(10));
+            replicas.push(p);
+        }
+        let lb = start_balancer("127.0.0.1:0", &replica_addrs, &lb_args, &secret_args);
+        let lb_addr = lb.wait_line("kvnode balancer listening at ", Duration::from_secs(10));
+        TestCluster { replicas, replica_addrs, lb, lb_addr, dir, data, replica_args, lb_args, secret_args }
+    }
+
+    /// The arguments that give a node this cluster's secret (none when open).
+    pub fn secret_args(&self) -> Vec<&str> {
+        self.secret_args.iter().map(String::as_str).collect()
+    }
+
+    /// Looks at replica `i`'s own state (an observer: pings and `any` reads).
+    pub fn probe(&self, i: u8) -> Probe {
+        let keys = if self.secret_args.is_empty() { Keys::default() } else { cluster_keys() };
+        Probe::connect(&self.replica_addrs[i as usize - 1], i, &keys)
     }
 
     /// Waits until a client write succeeds; panics after `timeout`.
@@ -192,7 +264,7 @@ impl TestCluster {
 
     /// Starts the balancer again, on the same address.
     pub fn restart_balancer(&mut self) {
-        let lb = start_balancer(&self.lb_addr, &self.replica_addrs, &self.lb_args);
+        let lb = start_balancer(&self.lb_addr, &self.replica_addrs, &self.lb_args, &self.secret_args);
         lb.wait_line("kvnode balancer listening at ", Duration::from_secs(10));
         self.lb = lb;
     }
@@ -211,8 +283,7 @@ impl TestCluster {
 
     /// Starts replica `i` again, on the same address and data directory.
     pub fn restart_replica(&mut self, i: u8) {
-        let addr = self.replica_addrs[i as usize - 1].clone();
-        let p = start_replica(&self.dir, i, &addr, self.data, &self.replica_args);
+        let p = start_replica(&self.dir, i, &self.replica_addrs, self.data, &self.replica_args, &self.secret_args);
         p.wait_line(&format!("kvnode replica {i} listening at "), Duration::from_secs(10));
         self.replicas[i as usize - 1] = p;
     }
@@ -226,21 +297,25 @@ impl TestCluster {
     }
 }
 
-fn start_replica(dir: &TempDir, i: u8, listen: &str, data: bool, extra: &[String]) -> Proc {
+fn start_replica(dir: &TempDir, i: u8, peers: &[String], data: bool, extra: &[String], secret: &[String]) -> Proc {
     let n = i.to_string();
     let data_dir = dir.path().to_str().unwrap().to_string();
-    let mut args = vec!["--log", "info", "replica", &n, "--listen", listen];
+    let peers_arg = peers.join(",");
+    let listen = &peers[i as usize - 1];
+    let mut args = vec!["--log", "info", "replica", &n, "--listen", listen, "--peers", &peers_arg];
     if data {
         args.extend(["--data-dir", &data_dir]);
     }
     args.extend(extra.iter().map(String::as_str));
+    args.extend(secret.iter().map(String::as_str));
     Proc::spawn(&format!("replica {i}"), &args)
 }
 
-fn start_balancer(listen: &str, replica_addrs: &[String], extra: &[String]) -> Proc {
+fn start_balancer(listen: &str, replica_addrs: &[String], extra: &[String], secret: &[String]) -> Proc {
     let mut args = vec!["--log", "info", "balancer", listen];
     args.extend(replica_addrs.iter().map(String::as_str));
     args.extend(extra.iter().map(String::as_str));
+    args.extend(secret.iter().map(String::as_str));
     Proc::spawn("balancer", &args)
 }
 
@@ -252,9 +327,9 @@ pub fn get(key: &str) -> Op {
     Op::Get { key: key.into() }
 }
 
-/// Speaks the protocol straight to a replica, as the balancer would, to look
-/// at one replica's own state. (While connected it also receives what the
-/// replica sends the balancer, so use it only when the cluster is quiet.)
+/// Speaks the protocol straight to a replica, as an observer (a balancer
+/// connection that only pings and reads `any`, answered on its own
+/// connection), to look at one replica's own state.
 pub struct Probe {
     stream: std::net::TcpStream,
     dec: FrameDecoder,
@@ -263,13 +338,18 @@ pub struct Probe {
 static NEXT_TAG: AtomicU64 = AtomicU64::new(1 << 40);
 
 impl Probe {
-    pub fn connect(addr: &str, id: u8) -> Probe {
+    pub fn connect(addr: &str, id: u8, keys: &Keys) -> Probe {
         let stream = net::connect(addr, Duration::from_secs(2)).unwrap();
         let mut dec = FrameDecoder::new();
-        let hello = net::handshake(&stream, NodeId::Balancer, &mut dec, Duration::from_secs(5))
+        let hello = net::DialHello {
+            me: NodeId::Balancer,
+            expect: Some(NodeId::Replica(ReplicaId(id))),
+            observer: true,
+            keys,
+            config: None,
+        };
+        net::dial_handshake(&stream, &hello, &mut dec, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("handshake with {addr}: {e}"));
-        assert_eq!(hello.from, NodeId::Replica(ReplicaId(id)));
-        dec.set_limit(wire::MAX_FRAME_BYTES);
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         Probe { stream, dec }
     }
@@ -346,7 +426,7 @@ pub fn missing_through_leader(c: &TestCluster, acked: impl Iterator<Item = (Stri
 /// Waits until replica `i` has applied `top`, then checks it serves every
 /// acknowledged (key, value) from its own state.
 pub fn assert_caught_up(c: &TestCluster, i: u8, top: kvstore::Lsn, acked: &[(String, String)]) {
-    let mut probe = Probe::connect(&c.replica_addrs[i as usize - 1], i);
+    let mut probe = c.probe(i);
     let ok = wait_until(Duration::from_secs(30), || probe.status().applied >= top);
     assert!(ok, "r{i} stuck at {:?}; acknowledged rows reach {top}", probe.status());
     let stale: Vec<&str> = acked
@@ -360,4 +440,20 @@ pub fn assert_caught_up(c: &TestCluster, i: u8, top: kvstore::Lsn, acked: &[(Str
         stale.len(),
         &stale[..stale.len().min(5)]
     );
+}
+
+/// Connects to the balancer at `addr` as client `id` (with `password`, if
+/// any) and does the handshake; the decoder is ready for frames.
+pub fn client_connection(
+    addr: &str,
+    id: ClientId,
+    password: Option<Secret>,
+) -> Result<(std::net::TcpStream, FrameDecoder), net::ConnEnd> {
+    let stream = net::connect(addr, Duration::from_secs(2))?;
+    let mut dec = FrameDecoder::new();
+    let keys = Keys { cluster: None, client: password };
+    let hello =
+        net::DialHello { me: NodeId::Client(id), expect: Some(NodeId::Balancer), observer: false, keys: &keys, config: None };
+    net::dial_handshake(&stream, &hello, &mut dec, Duration::from_secs(5))?;
+    Ok((stream, dec))
 }
