@@ -21,7 +21,9 @@ pub const MAX_PENDING_REQUESTS: usize = 100_000;
 pub const MAX_PENDING_BYTES: usize = 64 << 20;
 /// How often the balancer looks at its timers (microseconds).
 pub const TICK_US: u64 = 10_000;
-/// Clients whose newest request the balancer remembers at most.
+/// Clients whose newest request the balancer remembers at most; when full,
+/// those idle for ten request timeouts are forgotten, and a new client is
+/// refused `Overloaded` if none is.
 pub const MAX_CLIENT_RECORDS: usize = 100_000;
 /// The highest epoch a promotion may use: far beyond any real cluster's
 /// failovers, and low enough that `epoch + 1` can never overflow. A replica
@@ -37,6 +39,8 @@ struct Seen {
     max_attempt: u32,
     /// Some copy of it was sent to a replica.
     forwarded: bool,
+    /// When a copy last arrived.
+    touched: Time,
 }
 
 pub struct Balancer {
@@ -50,11 +54,12 @@ pub struct Balancer {
     ballot: u64,
     /// What this balancer has seen of each client's newest request, so a
     /// stale copy is never forwarded and `Unavailable` is only said when it
-    /// is certain. Bounded: at `MAX_CLIENT_RECORDS` it is forgotten (then
-    /// answers err towards `Timeout`, never towards `Unavailable`).
+    /// is certain. Bounded by `MAX_CLIENT_RECORDS`.
     seen: BTreeMap<ClientId, Seen>,
     /// Set when the node shuts down: new requests are answered at once.
     stopping: bool,
+    /// When `seen` may next be swept for idle clients (it is full).
+    next_forget: Time,
     pending: BTreeMap<u64, Pending>,
     /// Key and value bytes held in `pending`.
     pending_bytes: usize,
@@ -133,6 +138,7 @@ impl Balancer {
             ballot: incarnation,
             seen: BTreeMap::new(),
             stopping: false,
+            next_forget: now,
             pending_bytes: 0,
             pending: BTreeMap::new(),
             by_request: BTreeMap::new(),
@@ -525,14 +531,31 @@ impl Balancer {
                 return
             }
             Some(s) if s.seq == id.seq => {
-                self.seen.insert(id.client, Seen { max_attempt: attempt, ..s });
+                self.seen.insert(id.client, Seen { max_attempt: attempt, touched: now, ..s });
             }
             _ => {
-                if self.seen.len() >= MAX_CLIENT_RECORDS {
-                    self.seen.clear();
+                if self.seen.len() >= MAX_CLIENT_RECORDS && now >= self.next_forget {
+                    // Forget clients idle for ten request timeouts: no
+                    // retry of theirs is still coming.
+                    self.next_forget = now + self.cfg.timing.request_timeout_us;
+                    let horizon = now.0.saturating_sub(10 * self.cfg.timing.request_timeout_us);
+                    let pending = &self.by_request;
+                    self.seen.retain(|c, s| {
+                        s.touched.0 >= horizon || pending.contains_key(&RequestId { client: *c, seq: s.seq })
+                    });
                 }
-                let fresh =
-                    Seen { seq: id.seq, first_attempt: attempt, max_attempt: attempt, forwarded: false };
+                if self.seen.len() >= MAX_CLIENT_RECORDS {
+                    // Not recorded, not forwarded: certainly not applied here.
+                    out.send(client, Msg::Response { id, attempt, result: Err(OpError::Overloaded) });
+                    return;
+                }
+                let fresh = Seen {
+                    seq: id.seq,
+                    first_attempt: attempt,
+                    max_attempt: attempt,
+                    forwarded: false,
+                    touched: now,
+                };
                 self.seen.insert(id.client, fresh);
             }
         }
@@ -547,7 +570,12 @@ impl Balancer {
         let full =
             self.pending.len() >= MAX_PENDING_REQUESTS || self.pending_bytes + bytes > MAX_PENDING_BYTES;
         if self.stopping || full {
-            let e = if self.stopping { self.unforwarded_error(id) } else { OpError::Overloaded };
+            // Refused now; but an earlier attempt may have been forwarded,
+            // and then the outcome is unknown, not a certain failure.
+            let e = match self.unforwarded_error(id) {
+                OpError::Unavailable if !self.stopping => OpError::Overloaded,
+                e => e,
+            };
             out.send(client, Msg::Response { id, attempt, result: Err(e) });
             return;
         }

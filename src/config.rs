@@ -62,6 +62,13 @@ pub struct Bugs {
     pub leader_judged_by_pongs: bool,
     /// Bug F: a follower obeys a leader asking it to drop committed rows.
     pub truncates_committed: bool,
+    /// Found in review: a late "need" moves a peer's next row back below
+    /// what it confirmed, and installing a snapshot drops the rows a
+    /// follower holds after it.
+    pub snapshot_over_confirmed: bool,
+    /// Found in review: a replica catching up takes its target from any
+    /// append, even one sent to its previous life.
+    pub resync_target_from_any_append: bool,
 }
 
 /// Timeouts, all in microseconds.

@@ -102,7 +102,10 @@ pub enum Msg {
     /// heartbeat. `probe` numbers the leader's confirmation rounds for
     /// linearizable reads. `end` is the end of the leader's log when sent: a
     /// replica catching up after losing rows is whole again once it holds
-    /// everything up to there.
+    /// everything up to there. `echo` is the incarnation of the follower
+    /// the leader last heard from: `end` counts for catching up only when it
+    /// names the follower's current process (a message sent before it
+    /// restarted may predate rows its previous process confirmed).
     Append {
         epoch: Epoch,
         prev: LogPos,
@@ -110,6 +113,7 @@ pub enum Msg {
         commit: Lsn,
         probe: u64,
         end: Lsn,
+        echo: u64,
     },
     /// `ok`: the follower's log matches the leader's up to `last` and those rows
     /// are durable. Not ok: it needs rows from `last + 1`, or (with a newer
@@ -119,6 +123,8 @@ pub enum Msg {
         ok: bool,
         last: Lsn,
         probe: u64,
+        /// The sending process's incarnation (see `Append::echo`).
+        incarnation: u64,
     },
     /// The leader's applied state, for a follower that needs rows the
     /// leader has compacted away. Answered with an `AppendAck`.
@@ -271,7 +277,7 @@ impl fmt::Display for Msg {
                 snapshot.last,
                 snapshot.kv.len()
             ),
-            Msg::AppendAck { epoch, ok, last, probe } => {
+            Msg::AppendAck { epoch, ok, last, probe, .. } => {
                 write!(f, "AppendAck {epoch} {} last={last}", if *ok { "ok" } else { "need" })?;
                 if *probe > 0 {
                     write!(f, " probe={probe}")?;

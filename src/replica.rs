@@ -71,6 +71,9 @@ pub struct Replica {
     /// when it first reached us; holding everything up to there, we hold
     /// every row we could have confirmed.
     resync: Option<Option<Lsn>>,
+    /// Names this process among the replica's lives (drawn at random by the
+    /// driver: `with_incarnation`); 0 when the driver gives none.
+    incarnation: u64,
 }
 
 enum Role {
@@ -105,6 +108,8 @@ struct Peer {
     heard: bool,
     /// When the peer last answered in this epoch.
     heard_at: Time,
+    /// The incarnation its last acknowledgement named (echoed in appends).
+    incarnation: u64,
     /// `matched` at the previous heartbeat: no progress since means resend.
     matched_at_tick: Lsn,
     /// When a snapshot was last sent and not yet acknowledged: they are big,
@@ -123,6 +128,7 @@ struct Append {
     commit: Lsn,
     probe: u64,
     end: Lsn,
+    echo: u64,
 }
 
 /// Early appends, by `prev.lsn`, with the bytes they hold.
@@ -252,6 +258,7 @@ impl Replica {
             prepared: None,
             skipped: Vec::new(),
             resync: None,
+            incarnation: 0,
         }
     }
 
@@ -271,6 +278,15 @@ impl Replica {
         let mut r = Replica::recover(id, cfg, stored);
         r.resync = Some(None);
         r
+    }
+
+    /// Names this process (the driver draws it at random at every start):
+    /// acknowledgements carry it and the leader echoes it, so a replica
+    /// catching up can tell an append sent to it from one sent to its
+    /// previous life.
+    pub fn with_incarnation(mut self, incarnation: u64) -> Replica {
+        self.incarnation = incarnation;
+        self
     }
 
     /// Still re-syncing after discarding a corrupt disk.
@@ -418,18 +434,18 @@ impl Replica {
             Msg::Promote { epoch, ballot } => self.on_promote(now, epoch, ballot, out),
             Msg::Write { id, key, value } => self.on_write(from, id, key, value, out),
             Msg::Read { tag, key, mode, min_lsn } => self.on_read(now, from, tag, key, mode, min_lsn, out),
-            Msg::Append { epoch, prev, rows, commit, probe, end } => {
+            Msg::Append { epoch, prev, rows, commit, probe, end, echo } => {
                 let NodeId::Replica(leader) = from else { return };
-                let append = Append { epoch, prev, rows, commit, probe, end };
+                let append = Append { epoch, prev, rows, commit, probe, end, echo };
                 self.on_append(leader, append, out);
             }
             Msg::InstallSnapshot { epoch, snapshot, commit } => {
                 let NodeId::Replica(leader) = from else { return };
                 self.on_install_snapshot(leader, epoch, snapshot, commit, out);
             }
-            Msg::AppendAck { epoch, ok, last, probe } => {
+            Msg::AppendAck { epoch, ok, last, probe, incarnation } => {
                 let NodeId::Replica(peer) = from else { return };
-                self.on_append_ack(peer, epoch, ok, last, probe, out);
+                self.on_append_ack(peer, epoch, ok, last, probe, incarnation, out);
             }
             // Messages meant for other machines are ignored.
             Msg::Request { .. }
@@ -498,6 +514,7 @@ impl Replica {
                         probe_acked: 0,
                         heard: false,
                         heard_at: now,
+                        incarnation: 0,
                         matched_at_tick: Lsn(0),
                         snapshot_sent: None,
                     },
@@ -704,9 +721,12 @@ impl Replica {
         if !self.accept_leader(leader, epoch, probe, out) {
             return;
         }
-        if self.resync == Some(None) {
+        let to_us = a.echo == self.incarnation || self.cfg.bugs.resync_target_from_any_append;
+        if self.resync == Some(None) && to_us {
             // The first word from a leader of an epoch at least the one we
-            // promised: we are whole once we hold its log up to here.
+            // promised, sent after it heard from this very process (so its
+            // log had every row our previous life confirmed): we are whole
+            // once we hold its log up to here.
             self.resync = Some(Some(end));
         }
         let last = self.last_pos().lsn;
@@ -715,14 +735,14 @@ impl Replica {
             if !a.rows.is_empty() {
                 self.held.insert(prev.lsn, a);
             }
-            out.send(to, Msg::AppendAck { epoch, ok: false, last, probe });
+            out.send(to, Msg::AppendAck { epoch, ok: false, last, probe, incarnation: self.incarnation });
             return;
         }
         if !self.log.matches(prev) {
             // Our row at `prev` came from a deposed leader: drop it and after.
             let keep = prev.lsn.prev();
             if self.truncate_after(keep, out) {
-                out.send(to, Msg::AppendAck { epoch, ok: false, last: keep, probe });
+                out.send(to, Msg::AppendAck { epoch, ok: false, last: keep, probe, incarnation: self.incarnation });
             }
             return;
         }
@@ -759,7 +779,7 @@ impl Replica {
         if covered > 0 || epoch != e || matched > m || probe > p {
             self.last_ack =
                 if epoch == e { (epoch, matched.max(m), probe.max(p)) } else { (epoch, matched, probe) };
-            let ack = Msg::AppendAck { epoch, ok: true, last: matched, probe };
+            let ack = Msg::AppendAck { epoch, ok: true, last: matched, probe, incarnation: self.incarnation };
             self.send_when_durable(to, ack, out);
         }
         // Held appends that now fit.
@@ -777,7 +797,7 @@ impl Replica {
             return false;
         }
         if epoch < self.promised {
-            out.send(to, Msg::AppendAck { epoch: self.promised, ok: false, last: Lsn(0), probe });
+            out.send(to, Msg::AppendAck { epoch: self.promised, ok: false, last: Lsn(0), probe, incarnation: self.incarnation });
             return false;
         }
         if epoch > self.promised || matches!(&self.role, Role::Leader(l) if l.epoch < epoch) {
@@ -816,7 +836,13 @@ impl Replica {
         if last.epoch > epoch {
             return; // no leader holds rows from a later epoch than its own
         }
-        if last.lsn > self.commit {
+        // Already holding the snapshot's last row (a stale request for it
+        // crossed our progress): keep the log, rows after it included: they
+        // may be ones we confirmed.
+        let held = self.log.epoch_at(last.lsn) == At::Epoch(last.epoch)
+            && last.lsn > self.log.base().lsn
+            && !self.cfg.bugs.snapshot_over_confirmed;
+        if last.lsn > self.commit && !held {
             self.log.reset(last);
             self.kv = snapshot.kv.clone();
             self.sessions = snapshot.sessions.clone();
@@ -829,7 +855,7 @@ impl Replica {
         }
         self.set_commit(commit.min(last.lsn));
         self.check_resynced(out);
-        let ack = Msg::AppendAck { epoch, ok: true, last: last.lsn, probe: 0 };
+        let ack = Msg::AppendAck { epoch, ok: true, last: last.lsn, probe: 0, incarnation: self.incarnation };
         let to = NodeId::Replica(leader);
         self.send_when_durable(to, ack, out);
     }
@@ -861,6 +887,7 @@ impl Replica {
 
     // ---- replication, leader side ----
 
+    #[allow(clippy::too_many_arguments)]
     fn on_append_ack(
         &mut self,
         peer: ReplicaId,
@@ -868,6 +895,7 @@ impl Replica {
         ok: bool,
         last: Lsn,
         probe: u64,
+        incarnation: u64,
         out: &mut Outbox,
     ) {
         let Role::Leader(l) = &mut self.role else { return };
@@ -886,6 +914,13 @@ impl Replica {
         p.probe_acked = p.probe_acked.max(probe);
         p.heard = true;
         p.heard_at = l.now;
+        if p.incarnation != incarnation {
+            // Another life of the peer: what its previous one confirmed may
+            // be gone (a cut or discarded log), so start from what it says.
+            p.incarnation = incarnation;
+            p.matched = Lsn(0);
+            p.matched_at_tick = Lsn(0);
+        }
         if ok {
             p.snapshot_sent = None;
             p.matched = p.matched.max(last.min(Lsn(leader_last)));
@@ -898,7 +933,11 @@ impl Replica {
                 self.send_append(peer, out);
             }
         } else {
-            p.next = last.next().min(Lsn(leader_last + 1));
+            // Never back to or below what the peer confirmed in this epoch:
+            // a late "need" from before its progress must not send it a
+            // snapshot it does not need.
+            let floor = if self.cfg.bugs.snapshot_over_confirmed { Lsn(0) } else { p.matched.next() };
+            p.next = last.next().max(floor).min(Lsn(leader_last + 1));
             self.send_append(peer, out);
         }
     }
@@ -949,7 +988,7 @@ impl Replica {
         let prev = LogPos { lsn: prev_lsn, epoch: self.log.epoch_of(prev_lsn).unwrap_or_default() };
         p.next = Lsn(upto.max(from - 1) + 1);
         let end = Lsn(last);
-        let msg = Msg::Append { epoch: l.epoch, prev, rows, commit, probe: l.probe, end };
+        let msg = Msg::Append { epoch: l.epoch, prev, rows, commit, probe: l.probe, end, echo: p.incarnation };
         out.send(NodeId::Replica(peer), msg);
     }
 
@@ -1117,7 +1156,7 @@ mod tests {
             })
             .collect();
         let prev = LogPos { epoch: Epoch(1), lsn: Lsn(prev) };
-        Append { epoch: Epoch(1), prev, rows, commit: Lsn(0), probe: 0, end: Lsn(u64::MAX) }
+        Append { epoch: Epoch(1), prev, rows, commit: Lsn(0), probe: 0, end: Lsn(u64::MAX), echo: 0 }
     }
 
     #[test]

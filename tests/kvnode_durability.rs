@@ -290,8 +290,10 @@ fn replica_refuses_foreign_newer_or_locked_data_dirs() {
     assert_refused(2, tmp.path(), "format version 2 is newer than this build supports (1)");
 
     let dir = tmp.path().to_str().unwrap();
-    let first =
-        Proc::spawn("replica 3", &["replica", "3", "--listen", "127.0.0.1:0", "--peers", PEERS, "--data-dir", dir]);
+    let first = Proc::spawn(
+        "replica 3",
+        &["replica", "3", "--listen", "127.0.0.1:0", "--peers", PEERS, "--data-dir", dir],
+    );
     first.wait_line("kvnode replica 3 listening at ", Duration::from_secs(10));
     assert_refused(3, tmp.path(), "already opened by another process");
     drop(first);

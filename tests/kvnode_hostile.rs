@@ -109,11 +109,11 @@ fn hostile_after_handshake() -> Vec<(&'static str, Vec<u8>)> {
         ("truncated frame", set_frame[..set_frame.len() - 3].to_vec()),
         ("undecodable body", vec![0, 0, 0, 3, 0, 200, 200]),
         ("spoofed client id", frame(&request(78, Op::Get { key: "k".into() }))),
-        ("client sends replica traffic", frame(&Frame::Msg(Msg::Promote { epoch: kvstore::Epoch(99), ballot: 1 }))),
         (
-            "client sends a configuration",
-            frame(&Frame::Cluster(kvstore::config::ClusterConfig::new(3, 0))),
+            "client sends replica traffic",
+            frame(&Frame::Msg(Msg::Promote { epoch: kvstore::Epoch(99), ballot: 1 })),
         ),
+        ("client sends a configuration", frame(&Frame::Cluster(kvstore::config::ClusterConfig::new(3, 0)))),
     ]
 }
 

@@ -61,8 +61,8 @@ fn one_shot(addr: &str, args: &[&str]) -> Run {
 /// without the client's retries around it. Returns it and how long it took.
 fn balancer_answer(addr: &str, key: &str) -> (Result<kvstore::Reply, OpError>, Duration) {
     let client = ClientId(kvstore::runtime::random_u64());
-    let (stream, mut dec) =
-        common::client_connection(addr, client, None).unwrap_or_else(|e| panic!("handshake with the balancer: {e}"));
+    let (stream, mut dec) = common::client_connection(addr, client, None)
+        .unwrap_or_else(|e| panic!("handshake with the balancer: {e}"));
     stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     let id = RequestId { client, seq: 1 };
     let op = Op::Set { key: key.into(), value: "lost value".into() };

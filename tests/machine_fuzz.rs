@@ -23,7 +23,9 @@
 //!
 //! A violated property reports the concrete input sequence (`trace`). A
 //! panic is reported by proptest with the abstract input; re-run that with
-//! `MACHINE_FUZZ_TRACE=1` to print the concrete inputs as they go.
+//! `MACHINE_FUZZ_TRACE=1` to print the concrete inputs (and the replica's
+//! effects) as they go, or use the `explore_*` tests below, which print
+//! each kind of failure with its concrete inputs.
 //!
 //! `MACHINE_FUZZ_CASES` (default 512 per property) and `MACHINE_FUZZ_LEN`
 //! (default 60 inputs) scale the run, e.g. for a long run:
@@ -92,12 +94,15 @@ struct Ctx<'a> {
     commit: Lsn,
     promised: Epoch,
     log: Option<&'a Log>,
+    /// The replica's process incarnation (what an honest leader echoes).
+    incarnation: u64,
 }
 
 impl<'a> Ctx<'a> {
-    fn of(r: &'a Replica) -> Ctx<'a> {
+    fn of(r: &'a Replica, incarnation: u64) -> Ctx<'a> {
         let s = r.status();
-        Ctx { last: s.last, base: r.log().base(), commit: s.commit, promised: s.promised, log: Some(r.log()) }
+        let log = Some(r.log());
+        Ctx { last: s.last, base: r.log().base(), commit: s.commit, promised: s.promised, log, incarnation }
     }
 }
 
@@ -488,12 +493,15 @@ enum HMsg {
         commit: N,
         probe: u64,
         end: Option<N>,
+        /// `None`: the replica's own incarnation.
+        echo: Option<u64>,
     },
     AppendAck {
         epoch: N,
         ok: bool,
         last: N,
         probe: u64,
+        incarnation: u64,
     },
     InstallSnapshot {
         epoch: N,
@@ -528,10 +536,23 @@ fn hmsg() -> impl Strategy<Value = HMsg> {
         1 => (num(), ballot(), num())
             .prop_map(|(epoch, ballot, promised)| HMsg::PrepareRefused { epoch, ballot, promised }),
         2 => (num(), ballot()).prop_map(|(epoch, ballot)| HMsg::Promote { epoch, ballot }),
-        6 => (num(), pos(), prop::collection::vec(row_spec(), 0..6), num(), big(), prop::option::of(num()))
-            .prop_map(|(epoch, prev, rows, commit, probe, end)| HMsg::Append { epoch, prev, rows, commit, probe, end }),
-        2 => (num(), any::<bool>(), num(), big())
-            .prop_map(|(epoch, ok, last, probe)| HMsg::AppendAck { epoch, ok, last, probe }),
+        6 => (
+            (num(), pos(), prop::collection::vec(row_spec(), 0..6)),
+            (num(), big(), prop::option::of(num())),
+            prop_oneof![3 => Just(None), 1 => Just(Some(0u64)), 1 => big().prop_map(Some)],
+        )
+            .prop_map(|((epoch, prev, rows), (commit, probe, end), echo)| HMsg::Append {
+                epoch,
+                prev,
+                rows,
+                commit,
+                probe,
+                end,
+                echo
+            }),
+        2 => (num(), any::<bool>(), num(), big(), big()).prop_map(|(epoch, ok, last, probe, incarnation)| {
+            HMsg::AppendAck { epoch, ok, last, probe, incarnation }
+        }),
         2 => (
             num(),
             num(),
@@ -595,7 +616,7 @@ impl HMsg {
                 Msg::PrepareRefused { epoch: epoch.epoch(c), ballot: *ballot, promised: promised.epoch(c) }
             }
             HMsg::Promote { epoch, ballot } => Msg::Promote { epoch: epoch.epoch(c), ballot: *ballot },
-            HMsg::Append { epoch, prev, rows: specs, commit, probe, end } => {
+            HMsg::Append { epoch, prev, rows: specs, commit, probe, end, echo } => {
                 let epoch = epoch.epoch(c);
                 let prev = prev.get(c);
                 let rows = rows(specs, prev, epoch, c);
@@ -603,11 +624,16 @@ impl HMsg {
                     Some(n) => n.lsn(c),
                     None => rows.last().map_or(prev.lsn, |r| r.lsn),
                 };
-                Msg::Append { epoch, prev, rows, commit: commit.lsn(c), probe: *probe, end }
+                let echo = echo.unwrap_or(c.incarnation);
+                Msg::Append { epoch, prev, rows, commit: commit.lsn(c), probe: *probe, end, echo }
             }
-            HMsg::AppendAck { epoch, ok, last, probe } => {
-                Msg::AppendAck { epoch: epoch.epoch(c), ok: *ok, last: last.lsn(c), probe: *probe }
-            }
+            HMsg::AppendAck { epoch, ok, last, probe, incarnation } => Msg::AppendAck {
+                epoch: epoch.epoch(c),
+                ok: *ok,
+                last: last.lsn(c),
+                probe: *probe,
+                incarnation: *incarnation,
+            },
             HMsg::InstallSnapshot { epoch, promised, last, kv, sessions, commit } => Msg::InstallSnapshot {
                 epoch: epoch.epoch(c),
                 snapshot: Box::new(Snapshot {
@@ -793,6 +819,8 @@ struct LeaderModel {
     next: Lsn,
     probe: u64,
     writes: u64,
+    /// The subject's incarnation its last acknowledgement named.
+    echo: u64,
 }
 
 impl LeaderModel {
@@ -812,6 +840,8 @@ struct Subject {
     id: ReplicaId,
     cfg: ClusterConfig,
     r: Replica,
+    /// This process's incarnation: its life, counted from 1.
+    incarnation: u64,
     now: Time,
     /// What has been persisted (completed persists only).
     disk: Stored,
@@ -836,10 +866,11 @@ struct Subject {
 
 impl Subject {
     fn new(cfg: ClusterConfig, id: ReplicaId) -> Subject {
-        let r = Replica::new(id, cfg.clone());
+        let r = Replica::new(id, cfg.clone()).with_incarnation(1);
         let mut s = Subject {
             id,
             cfg,
+            incarnation: 1,
             r,
             now: Time(1_000),
             disk: Stored::default(),
@@ -928,7 +959,8 @@ impl Subject {
             }
             Input::Restart(how) => {
                 let cfg = self.cfg.clone();
-                self.r = match how {
+                self.incarnation += 1;
+                let r = match how {
                     Restart::Recover => Replica::recover(self.id, cfg, self.disk.clone()),
                     Restart::Missing(cut) => {
                         let keep = self.disk.rows.len().saturating_sub(cut);
@@ -940,6 +972,7 @@ impl Subject {
                         Replica::resync(self.id, cfg, self.disk.promised)
                     }
                 };
+                self.r = r.with_incarnation(self.incarnation);
                 self.new_life();
             }
         }
@@ -984,6 +1017,9 @@ impl Subject {
             self.peers_epoch = leading;
         }
         for e in out.drain() {
+            if tracing() {
+                eprintln!("      -> {}", abbreviate(format!("{e:?}")));
+            }
             match e {
                 Effect::Persist { id, op } => {
                     if id <= self.last_issued {
@@ -1033,11 +1069,12 @@ impl Subject {
                         m.snapshot = Some((epoch, snapshot.last));
                         m.last = None;
                     }
-                    Msg::AppendAck { epoch, ok, last, .. } => {
+                    Msg::AppendAck { epoch, ok, last, incarnation, .. } => {
                         if let Some(l) = self.leader.as_mut().filter(|l| l.id == p) {
                             if epoch > l.epoch {
                                 self.leader = None; // deposed
                             } else if epoch == l.epoch {
+                                l.echo = incarnation;
                                 let end = l.last().lsn.next();
                                 let after = Lsn(last.0.saturating_add(1));
                                 l.next = if ok { l.next.max(after) } else { after.min(end) };
@@ -1177,7 +1214,7 @@ impl Subject {
                 self.input(Input::Restart(how))
             }
             RAct::Hostile(from, h) => {
-                let msg = h.get(&Ctx::of(&self.r));
+                let msg = h.get(&Ctx::of(&self.r, self.incarnation));
                 self.msg(*from, msg)
             }
             RAct::LbPrepare(delta, other) => {
@@ -1199,23 +1236,24 @@ impl Subject {
                 self.msg(NodeId::Balancer, Msg::Write { id, key: key(*k), value })
             }
             RAct::LbRead(k, mode, min_lsn) => {
-                let min_lsn = min_lsn.lsn(&Ctx::of(&self.r));
+                let min_lsn = min_lsn.lsn(&Ctx::of(&self.r, self.incarnation));
                 self.msg(NodeId::Balancer, Msg::Read { tag: 77, key: key(*k), mode: *mode, min_lsn })
             }
             RAct::PeerAck(p) => {
                 let others = self.others();
                 let Some(&peer) = others.get(*p as usize % others.len().max(1)) else { return Ok(()) };
                 let Some(m) = self.peers.get_mut(&peer) else { return Ok(()) };
+                let incarnation = 7_000 + peer.0 as u64;
                 let ack = if let Some((epoch, snap)) = m.snapshot {
                     m.have = snap.lsn;
-                    Msg::AppendAck { epoch, ok: true, last: snap.lsn, probe: 0 }
+                    Msg::AppendAck { epoch, ok: true, last: snap.lsn, probe: 0, incarnation }
                 } else if let Some((epoch, prev, n, probe)) = m.last {
                     if prev.lsn <= m.have {
                         let matched = Lsn(prev.lsn.0 + n);
                         m.have = m.have.max(matched);
-                        Msg::AppendAck { epoch, ok: true, last: matched, probe }
+                        Msg::AppendAck { epoch, ok: true, last: matched, probe, incarnation }
                     } else {
-                        Msg::AppendAck { epoch, ok: false, last: m.have, probe }
+                        Msg::AppendAck { epoch, ok: false, last: m.have, probe, incarnation }
                     }
                 } else {
                     return Ok(());
@@ -1266,6 +1304,7 @@ impl Subject {
                     next: Lsn(0),
                     probe: 0,
                     writes: 0,
+                    echo: 0,
                 };
                 l.next = l.last().lsn.next();
                 self.leader = Some(l);
@@ -1308,7 +1347,16 @@ impl Subject {
                     let n = (*max_rows as usize).min(l.rows.len() - i);
                     let rows = l.rows[i..i + n].to_vec();
                     l.next = Lsn(next.0 + n as u64);
-                    Msg::Append { epoch: l.epoch, prev, rows, commit: l.commit, probe: l.probe, end: last }
+                    let echo = l.echo;
+                    Msg::Append {
+                        epoch: l.epoch,
+                        prev,
+                        rows,
+                        commit: l.commit,
+                        probe: l.probe,
+                        end: last,
+                        echo,
+                    }
                 };
                 self.msg(from, msg)
             }
@@ -1517,10 +1565,11 @@ fn at(lsn: u64, epoch: u64) -> LogPos {
     LogPos { lsn: Lsn(lsn), epoch: Epoch(epoch) }
 }
 
-/// An append as an honest leader sends it (`end`: its last row).
-fn honest_append(epoch: u64, prev: LogPos, rows: Vec<Row>, commit: u64) -> Msg {
+/// An append as an honest leader sends it (`end`: its last row), echoing
+/// the follower's incarnation `echo`.
+fn honest_append(epoch: u64, prev: LogPos, rows: Vec<Row>, commit: u64, echo: u64) -> Msg {
     let end = rows.last().map_or(prev.lsn, |r| r.lsn);
-    Msg::Append { epoch: Epoch(epoch), prev, rows, commit: Lsn(commit), probe: 0, end }
+    Msg::Append { epoch: Epoch(epoch), prev, rows, commit: Lsn(commit), probe: 0, end, echo }
 }
 
 fn replay(cfg: ClusterConfig, id: ReplicaId, inputs: Vec<Input>) {
@@ -1536,11 +1585,16 @@ fn replay(cfg: ClusterConfig, id: ReplicaId, inputs: Vec<Input>) {
 /// durable by the log end each persist had when issued, capped at today's
 /// log end. A persist of rows that a later truncation replaced completes,
 /// and the rows that replaced them count as durable though their own
-/// persist has not completed. Here a replica whose log tail was cut follows
-/// r2 (e1, rows 1-2, not yet durable), then r3 (e2), which replaces row 1
-/// and commits it. When the e1 append completes, the replica declares
-/// itself whole (`Resynced`): its disk holds 1@1 and 2@1, not 1@2. A crash
-/// now and it votes as whole with a log lacking the row r3 committed.
+/// persist has not completed. Every message here is honest: a replica
+/// whose log tail was cut (life 2) follows r2 in e1 (rows 1-2, still being
+/// written to disk), then r3, promoted for e2 with the log [1@2] (the e1
+/// rows were never committed). r3 probes at its end; the replica drops its
+/// e1 rows and says what it needs, naming its incarnation; r3 sends row
+/// 1@2, echoing the incarnation, and commits it. When the e1 append
+/// completes on disk, the replica declares itself whole (`Resynced`, its
+/// catch-up target 1 reached) while its disk holds 1@1 and 2@1, not 1@2:
+/// crashing now, it would vote as whole with a log lacking the row r3
+/// committed.
 #[test]
 fn regression_resynced_while_the_disk_holds_replaced_rows() {
     let (r2, r3) = (NodeId::Replica(ReplicaId(2)), NodeId::Replica(ReplicaId(3)));
@@ -1550,8 +1604,9 @@ fn regression_resynced_while_the_disk_holds_replaced_rows() {
         ReplicaId(1),
         vec![
             Input::Restart(Restart::Missing(0)),
-            Input::Msg { now, from: r2, msg: honest_append(1, at(0, 0), vec![noop(1, 1), noop(2, 1)], 0) },
-            Input::Msg { now, from: r3, msg: honest_append(2, at(0, 0), vec![noop(1, 2)], 1) },
+            Input::Msg { now, from: r2, msg: honest_append(1, at(0, 0), vec![noop(1, 1), noop(2, 1)], 0, 0) },
+            Input::Msg { now, from: r3, msg: honest_append(2, at(1, 2), vec![], 0, 0) },
+            Input::Msg { now, from: r3, msg: honest_append(2, at(0, 0), vec![noop(1, 2)], 1, 2) },
             Input::Persisted { now, id: 1 },
             Input::Persisted { now, id: 2 },
         ],
@@ -1577,9 +1632,9 @@ fn regression_leader_commits_a_row_not_on_its_disk() {
             Input::Msg {
                 now,
                 from: r2,
-                msg: honest_append(1, at(0, 0), (1..=5).map(|l| noop(l, 1)).collect(), 0),
+                msg: honest_append(1, at(0, 0), (1..=5).map(|l| noop(l, 1)).collect(), 0, 1),
             },
-            Input::Msg { now, from: r2, msg: honest_append(2, at(2, 1), vec![noop(3, 2), noop(4, 2)], 0) },
+            Input::Msg { now, from: r2, msg: honest_append(2, at(2, 1), vec![noop(3, 2), noop(4, 2)], 0, 1) },
             Input::Msg { now, from: b, msg: Msg::Prepare { epoch: Epoch(3), ballot: BALLOT } },
             Input::Msg { now, from: b, msg: Msg::Promote { epoch: Epoch(3), ballot: BALLOT } },
             Input::Persisted { now, id: 2 },
@@ -1590,8 +1645,10 @@ fn regression_leader_commits_a_row_not_on_its_disk() {
 /// Failure 4 (minor: the event's payload): `Resynced { applied }` is
 /// documented as "holds every row it confirmed, up to `applied`, durably",
 /// but it is emitted with the applied point when only the catch-up target
-/// is durable: here it says 2 while row 2's persist is outstanding (the
-/// target, 1, is durable, so the decision itself is right).
+/// is durable. Honest messages: a replica whose tail was cut (life 2) is
+/// probed by r2, says what it needs, gets row 1 (its target), then row 2
+/// committed: it says `Resynced { applied: 2 }` while row 2's persist is
+/// outstanding (the target, 1, is durable, so the decision itself is right).
 #[test]
 fn regression_resynced_names_an_applied_point_not_yet_durable() {
     let r2 = NodeId::Replica(ReplicaId(2));
@@ -1601,10 +1658,11 @@ fn regression_resynced_names_an_applied_point_not_yet_durable() {
         ReplicaId(1),
         vec![
             Input::Restart(Restart::Missing(0)),
-            Input::Msg { now, from: r2, msg: honest_append(1, at(0, 0), vec![noop(1, 1)], 0) },
+            Input::Msg { now, from: r2, msg: honest_append(1, at(1, 1), vec![], 0, 0) },
+            Input::Msg { now, from: r2, msg: honest_append(1, at(0, 0), vec![noop(1, 1)], 0, 2) },
             Input::Persisted { now, id: 1 },
             Input::Persisted { now, id: 2 },
-            Input::Msg { now, from: r2, msg: honest_append(1, at(1, 1), vec![noop(2, 1)], 2) },
+            Input::Msg { now, from: r2, msg: honest_append(1, at(1, 1), vec![noop(2, 1)], 2, 2) },
         ],
     );
 }
@@ -1656,11 +1714,18 @@ fn run_balancer(
     incarnation: u64,
     acts: &[BAct],
     trace: &mut Vec<String>,
-) -> Result<(), String> {
+) -> Result<Reach, String> {
+    let mut reach = Reach::default();
     let mut now = Time(5_000);
     let mut b = Balancer::new(cfg.clone(), now, incarnation);
     let mut views: BTreeMap<ReplicaId, ReplicaView> = BTreeMap::new();
     let mut sent: VecDeque<(NodeId, Msg)> = VecDeque::new();
+    // What the balancer has been told and has done, for the safety checks.
+    let mut promises: BTreeMap<(Epoch, u64), BTreeMap<ReplicaId, bool>> = BTreeMap::new();
+    let mut promoted: BTreeMap<Epoch, ReplicaId> = BTreeMap::new();
+    let mut attempts: BTreeMap<RequestId, u32> = BTreeMap::new();
+    let mut written: std::collections::BTreeSet<RequestId> = Default::default();
+    let mut unavailable: BTreeMap<RequestId, u32> = BTreeMap::new();
     let fail = |trace: &[String], what: String| {
         format!(
             "{what}\n  config: replicas {:?} sync_acks {}\n  trace:\n    {}",
@@ -1764,18 +1829,112 @@ fn run_balancer(
             if tracing() {
                 eprintln!("  {}", trace.last().expect("pushed"));
             }
+            match (&from, &msg) {
+                (NodeId::Replica(r), Msg::Promise { epoch, ballot, missing, .. }) if cfg.replicas.contains(r) => {
+                    promises.entry((*epoch, *ballot)).or_default().insert(*r, *missing);
+                }
+                (NodeId::Client(c), Msg::Request { id, attempt, .. }) if id.client == *c && *attempt > 0 => {
+                    let a = attempts.entry(*id).or_default();
+                    *a = (*a).max(*attempt);
+                }
+                _ => {}
+            }
             b.on_message(now, from, msg, &mut out);
         }
         for e in out.drain() {
             if let Effect::Send { to, msg } = e {
+                match &msg {
+                    Msg::Write { .. } | Msg::Read { .. } => reach.forwarded += 1,
+                    Msg::Response { result: Ok(_), .. } => reach.answered += 1,
+                    _ => {}
+                }
+                // Safety: a promotion only from a quorum of promises for its
+                // epoch and ballot (or every replica's), to one of them, one
+                // leader per epoch.
+                if let (NodeId::Replica(r), Msg::Promote { epoch, ballot }) = (&to, &msg) {
+                    let heard = promises.get(&(*epoch, *ballot)).cloned().unwrap_or_default();
+                    let whole = heard.values().filter(|missing| !**missing).count();
+                    let quorum = whole >= cfg.promotion_quorum() || heard.len() >= cfg.replicas.len();
+                    let what = if *ballot != incarnation {
+                        Some(format!("Promote with ballot {ballot:#x}, not its own {incarnation:#x}"))
+                    } else if !quorum || !heard.contains_key(r) {
+                        Some(format!(
+                            "Promote r{} for {epoch:?} with promises from {heard:?} (quorum {})",
+                            r.0,
+                            cfg.promotion_quorum()
+                        ))
+                    } else if promoted.get(epoch).is_some_and(|p| p != r) {
+                        Some(format!("Promote r{} for {epoch:?}, already promoted r{}", r.0, promoted[epoch].0))
+                    } else {
+                        None
+                    };
+                    if let Some(what) = what {
+                        trace.push(format!("  -> {msg:?} to {to:?}"));
+                        return Err(fail(trace, what));
+                    }
+                    promoted.insert(*epoch, *r);
+                }
+                // `Unavailable` promises no copy of any attempt up to the one
+                // it names was ever forwarded, or will be.
+                let bad = match &msg {
+                    Msg::Response { id, attempt, .. } if to != NodeId::Client(id.client) => {
+                        Some(format!("answer for client {} sent to {to:?}", id.client.0))
+                    }
+                    Msg::Response { id, attempt, result: Err(OpError::Unavailable) } => {
+                        let u = unavailable.entry(*id).or_default();
+                        *u = (*u).max(*attempt);
+                        written.contains(id).then(|| format!("Unavailable for {id:?} after forwarding it"))
+                    }
+                    Msg::Write { id, .. } => {
+                        written.insert(*id);
+                        let newer = attempts.get(id).copied().unwrap_or(0);
+                        unavailable.get(id).filter(|u| **u >= newer).map(|u| {
+                            format!("forwards {id:?} after answering Unavailable up to attempt {u} (newest {newer})")
+                        })
+                    }
+                    _ => None,
+                };
+                if let Some(what) = bad {
+                    trace.push(format!("  -> {msg:?} to {to:?}"));
+                    return Err(fail(trace, what));
+                }
                 sent.push_back((to, msg));
                 if sent.len() > 64 {
                     sent.pop_front();
                 }
             }
         }
+        reach.led |= b.leader().is_some();
     }
-    Ok(())
+    Ok(reach)
+}
+
+/// How far a balancer run got (coverage).
+#[derive(Default)]
+struct Reach {
+    led: bool,
+    forwarded: usize,
+    answered: usize,
+}
+
+/// The plausible replies really take the balancer to a leader, forwarding
+/// and answering requests.
+#[test]
+fn balancer_sequences_reach_a_leader_and_answer() {
+    let mut runner = TestRunner::deterministic();
+    let strategy = (balancer_cfg(), big(), prop::collection::vec(bact(), 1..=max_len()));
+    let (mut led, mut forwarded, mut answered, mut total) = (0, 0, 0, 0);
+    for _ in 0..200 {
+        let (cfg, inc, acts) = strategy.new_tree(&mut runner).expect("strategy").current();
+        let Ok(r) = run_balancer(cfg, inc, &acts, &mut Vec::new()) else { continue };
+        total += 1;
+        led += usize::from(r.led);
+        forwarded += usize::from(r.forwarded > 0);
+        answered += usize::from(r.answered > 0);
+    }
+    eprintln!("of {total} cases: {led} found a leader, {forwarded} forwarded, {answered} answered ok");
+    assert!(led * 3 >= total, "too few cases reach a leader: {led} of {total}");
+    assert!(answered * 5 >= total, "too few cases answer a request: {answered} of {total}");
 }
 
 proptest! {
@@ -1827,7 +1986,8 @@ fn client_cfg() -> impl Strategy<Value = ClientConfig> {
     })
 }
 
-fn run_client(cfg: ClientConfig, acts: &[CAct], trace: &mut Vec<String>) -> Result<(), String> {
+fn run_client(cfg: ClientConfig, acts: &[CAct], trace: &mut Vec<String>) -> Result<usize, String> {
+    let mut ok = 0;
     let mut now = Time(0);
     let mut c = Client::new(cfg.clone());
     // Submitted and not finished: (op, invoked).
@@ -1846,6 +2006,7 @@ fn run_client(cfg: ClientConfig, acts: &[CAct], trace: &mut Vec<String>) -> Resu
             match e {
                 Effect::Send { msg: Msg::Request { id, attempt, .. }, .. } => *newest = Some((id, attempt)),
                 Effect::Done(d) => {
+                    ok += usize::from(d.result.is_ok());
                     let Some(i) = open.iter().position(|(op, t)| *op == d.op && *t == d.invoked) else {
                         return Err(fail(trace, format!("Done for an op never submitted, or twice: {d:?}")));
                     };
@@ -1931,7 +2092,22 @@ fn run_client(cfg: ClientConfig, acts: &[CAct], trace: &mut Vec<String>) -> Resu
     if !open.is_empty() || !c.is_idle() {
         return Err(fail(&trace, format!("never finished: {open:?} (client idle: {})", c.is_idle())));
     }
-    Ok(())
+    Ok(ok)
+}
+
+/// The answers really complete operations (not only timeouts).
+#[test]
+fn client_sequences_complete_operations() {
+    let mut runner = TestRunner::deterministic();
+    let strategy = (client_cfg(), prop::collection::vec(cact(), 1..=max_len()));
+    let (mut ok, mut total) = (0, 0);
+    for _ in 0..200 {
+        let (cfg, acts) = strategy.new_tree(&mut runner).expect("strategy").current();
+        let Ok(n) = run_client(cfg, &acts, &mut Vec::new()) else { continue };
+        total += 1;
+        ok += usize::from(n > 0);
+    }
+    assert!(ok * 2 >= total, "too few cases complete an operation successfully: {ok} of {total}");
 }
 
 proptest! {
@@ -2110,7 +2286,7 @@ fn explore_replica_garbage_persist_ids() {
 fn explore_balancer() {
     let strategy = (balancer_cfg(), big(), prop::collection::vec(bact(), 1..=max_len()));
     let found = explore("balancer", strategy, |(cfg, inc, acts)| {
-        outcome(&mut Vec::new(), |t| run_balancer(cfg.clone(), *inc, acts, t))
+        outcome(&mut Vec::new(), |t| run_balancer(cfg.clone(), *inc, acts, t).map(|_| ()))
     });
     assert!(found.is_empty(), "{} kind(s) of failure, printed above", found.len());
 }
@@ -2120,7 +2296,7 @@ fn explore_balancer() {
 fn explore_client() {
     let strategy = (client_cfg(), prop::collection::vec(cact(), 1..=max_len()));
     let found = explore("client", strategy, |(cfg, acts)| {
-        outcome(&mut Vec::new(), |t| run_client(cfg.clone(), acts, t))
+        outcome(&mut Vec::new(), |t| run_client(cfg.clone(), acts, t).map(|_| ()))
     });
     assert!(found.is_empty(), "{} kind(s) of failure, printed above", found.len());
 }

@@ -41,7 +41,8 @@ fn put(epoch: u64, lsn: u64, key: &str, value: &str, client: u64, seq: u64) -> R
 }
 
 /// An append as a leader sends it: `end`, the end of the leader's log, is
-/// the last row it carries.
+/// the last row it carries; `echo` names the follower's process (0, as
+/// `Replica::new` gives).
 fn append(epoch: u64, prev: (u64, u64), rows: Vec<Row>, commit: u64) -> Msg {
     let end = Lsn(prev.0 + rows.len() as u64);
     Msg::Append {
@@ -51,6 +52,7 @@ fn append(epoch: u64, prev: (u64, u64), rows: Vec<Row>, commit: u64) -> Msg {
         commit: Lsn(commit),
         probe: 0,
         end,
+        echo: 0,
     }
 }
 

@@ -42,6 +42,9 @@ pub struct Input<'a> {
     /// Writes still unfinished at the end: (client, op, submitted). They may
     /// or may not have taken effect.
     pub unfinished_writes: &'a [(u32, Op, Time)],
+    /// The (client, seq) of the row applied at each LSN (index LSN - 1; a
+    /// no-op is (0, 0)), where the simulator saw it applied.
+    pub applied_rows: &'a [Option<(u64, u64)>],
 }
 
 #[derive(Default)]
@@ -184,11 +187,15 @@ fn acked_writes_survive(input: &Input<'_>, report: &mut Report) {
                     && matches!(&r.body, RowBody::Put { req, .. } if req.client.0 == client && req.seq == seq)
             })
         };
-        // Compacted rows are folded into the applied state: the at-most-once
-        // table then says whether this client's write (or a later one) is in.
+        // Compacted rows are folded into the applied state: it holds this
+        // write if the row applied at its LSN was this write (every replica
+        // applies the same row at each LSN: checked online), and the
+        // at-most-once table shows it (or a later write) applied.
         let in_replica = |r: &Replica| {
             if lsn <= r.log().base().lsn {
-                r.sessions().get(&ClientId(client)).is_some_and(|(s, _)| *s >= seq)
+                let applied_here = lsn.0.checked_sub(1).and_then(|i| input.applied_rows.get(i as usize));
+                let was_this = !matches!(applied_here, Some(Some(w)) if *w != (client, seq));
+                was_this && r.sessions().get(&ClientId(client)).is_some_and(|(s, _)| *s >= seq)
             } else {
                 in_rows(r.log().rows(), r.log().base().lsn)
             }

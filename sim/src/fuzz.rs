@@ -77,7 +77,8 @@ pub enum Kind {
     /// One fault outlasts the fault phase, one the cluster must work
     /// around: a replica stays down, or stays cut from the other replicas
     /// (the balancer and clients still reach it: if it leads, it must be
-    /// replaced). Only where the others can still promote and confirm.
+    /// replaced). Only where the others can still promote and confirm,
+    /// and with no corruption or torn writes in the run (see `generate`).
     Lasting,
 }
 
@@ -156,7 +157,7 @@ pub struct Profile {
     /// A fixed `sync_acks` (capped at the followers there are); `None`:
     /// drawn in `0..=replicas-1`.
     pub sync_acks: Option<usize>,
-    /// The workload's length is drawn in this range (ms).
+    /// The workload's length is drawn in this range (ms, log-uniform).
     pub duration_ms: (u64, u64),
     /// Clients over every group, at most.
     pub clients_max: u32,
@@ -173,6 +174,11 @@ pub struct Profile {
     pub max_events: u64,
     pub liveness_ms: u64,
     pub quiet_ms: u64,
+    /// Fixed values for any scenario field, in the scenario file's own
+    /// format (`[scenario.network] duplicate_probability = 0.5`), laid
+    /// over what the generator draws (a list, such as `faults`, replaces
+    /// the drawn one whole).
+    pub overrides: toml::Table,
 }
 
 impl Default for Profile {
@@ -180,7 +186,7 @@ impl Default for Profile {
         Profile {
             replicas: vec![(1, 1), (2, 1), (3, 5), (4, 1), (5, 3), (6, 1), (7, 1)],
             sync_acks: None,
-            duration_ms: (500, 2500),
+            duration_ms: (500, 4000),
             clients_max: 8,
             enabled: Kind::ALL.into_iter().collect(),
             always: BTreeSet::new(),
@@ -190,6 +196,7 @@ impl Default for Profile {
             max_events: 20_000_000,
             liveness_ms: 5000,
             quiet_ms: 3000,
+            overrides: toml::Table::new(),
         }
     }
 }
@@ -211,6 +218,7 @@ struct ProfileFile {
     max_events: Option<u64>,
     liveness_ms: Option<u64>,
     quiet_ms: Option<u64>,
+    scenario: Option<toml::Table>,
 }
 
 impl Profile {
@@ -273,6 +281,13 @@ impl Profile {
         }
         if let Some(q) = f.quiet_ms {
             p.quiet_ms = q;
+        }
+        if let Some(o) = f.scenario {
+            p.overrides = o;
+            // A mistake shows now, not as a failure of every seed.
+            for seed in 1..=20 {
+                try_generate(seed, &p).map_err(|e| format!("`[scenario]` (tried with seed {seed}): {e}"))?;
+            }
         }
         Ok(p)
     }
@@ -370,8 +385,39 @@ fn kinds_drawn(g: &mut Gen, p: &Profile) -> BTreeSet<Kind> {
     on
 }
 
-/// The scenario of one seed.
+/// The scenario of one seed. Panics if the profile's `[scenario]`
+/// overrides do not make a valid scenario for this seed (see
+/// [`try_generate`]; [`Profile::parse`] tries a few seeds first).
 pub fn generate(seed: u64, p: &Profile) -> Scenario {
+    try_generate(seed, p).unwrap_or_else(|e| panic!("profile: {e}"))
+}
+
+/// The scenario of one seed, or why the profile's overrides make none.
+pub fn try_generate(seed: u64, p: &Profile) -> Result<Scenario, String> {
+    let sc = draw(seed, p);
+    if p.overrides.is_empty() {
+        return Ok(sc);
+    }
+    let mut table: toml::Table = toml::from_str(&sc.to_toml()).map_err(|e| e.to_string())?;
+    merge(&mut table, &p.overrides);
+    let text = toml::to_string(&table).map_err(|e| e.to_string())?;
+    crate::scenario::parse(&text, "profile [scenario]", &sc.name).map_err(|e| e.msg)
+}
+
+/// Lays `over` over `base`: tables merge key by key, anything else
+/// replaces.
+fn merge(base: &mut toml::Table, over: &toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+fn draw(seed: u64, p: &Profile) -> Scenario {
     let mut g = Gen { rng: ChaCha8Rng::seed_from_u64(seed) };
     g.rng.set_stream(STREAM);
     let on = kinds_drawn(&mut g, p);
@@ -459,7 +505,7 @@ pub fn generate(seed: u64, p: &Profile) -> Scenario {
     }
 
     // -- workload
-    let duration_us = ms(g.int(p.duration_ms.0, p.duration_ms.1));
+    let duration_us = ms(g.log(p.duration_ms.0 as f64, p.duration_ms.1 as f64).round() as u64);
     let keys = if g.chance(0.25) { g.int(1, 3) } else { g.int(4, 60) } as u32;
     let zipf_exponent = has(Kind::HotKeys).then(|| (g.int(60, 200) as f64) / 100.0);
     let value_bytes_min = g.int(1, 16) as usize;
@@ -502,31 +548,32 @@ pub fn generate(seed: u64, p: &Profile) -> Scenario {
     // -- faults, all within [0, end); `end` heals everything
     let end = ((duration_us as f64 * p.fault_phase * (0.5 + g.int(0, 50) as f64 / 100.0)) as u64).max(ms(50));
     let mut faults: Vec<Fault> = Vec::new();
-    let at = |g: &mut Gen, lo: u64| g.int(lo, end.saturating_sub(ms(1)).max(lo));
+    // Faults meet where they happen close together: half of them fall
+    // near one of a few hot spots of the fault phase, the rest anywhere.
+    let last = end.saturating_sub(ms(1));
+    let spots: Vec<u64> = (0..g.int(1, 3)).map(|_| g.int(0, last)).collect();
+    let at = |g: &mut Gen, lo: u64| {
+        if g.chance(0.5) {
+            let spot = g.pick(&spots);
+            (spot + g.log_us(1, ms(400))).clamp(lo, last.max(lo))
+        } else {
+            g.int(lo, last.max(lo))
+        }
+    };
     let replica = |g: &mut Gen| Node::Replica(g.int(1, n as u64) as u8);
     let all_replicas: Vec<Node> = (1..=n).map(Node::Replica).collect();
     if has(Kind::Partition) {
-        for _ in 0..g.int(1, 2) {
+        for _ in 0..g.int(1, 3) {
             let t = at(&mut g, 0);
-            let mut nodes = all_replicas.clone();
-            nodes.push(Node::Balancer);
-            nodes.push(Node::Clients);
-            g.shuffle(&mut nodes);
-            let parts = if nodes.len() >= 3 && g.chance(0.3) { 3 } else { 2 };
-            let mut cuts: Vec<usize> = (1..nodes.len()).collect();
-            g.shuffle(&mut cuts);
-            let mut cuts: Vec<usize> = cuts.into_iter().take(parts - 1).collect();
-            cuts.sort();
-            let mut groups = Vec::new();
-            let mut from = 0;
-            for c in cuts.into_iter().chain([nodes.len()]) {
-                let mut part = nodes[from..c].to_vec();
-                part.sort();
-                groups.push(part);
-                from = c;
+            faults.push(Fault { at_us: t, action: partition(&mut g, n) });
+            // Healed later, and sometimes reshaped at once: the network
+            // settles into another split (nodes that were apart meet).
+            if let Some(h) = heal_later(&mut g, &mut faults, t, end) {
+                if g.chance(0.4) {
+                    faults.push(Fault { at_us: h, action: partition(&mut g, n) });
+                    heal_later(&mut g, &mut faults, h, end);
+                }
             }
-            faults.push(Fault { at_us: t, action: Action::Partition(groups) });
-            heal_later(&mut g, &mut faults, t, end);
         }
     }
     if has(Kind::OneWay) {
@@ -549,17 +596,26 @@ pub fn generate(seed: u64, p: &Profile) -> Scenario {
     if has(Kind::CutReplica) && n > 1 {
         for _ in 0..g.int(1, 2) {
             let t = at(&mut g, 0);
-            let r = if g.chance(0.5) { 1 } else { g.int(1, n as u64) as u8 };
-            let others: Vec<Node> = all_replicas.iter().copied().filter(|x| *x != Node::Replica(r)).collect();
+            // The leader of the moment, or some replica (r1 leads first).
+            let r = if g.chance(0.4) {
+                Node::Leader
+            } else if g.chance(0.3) {
+                Node::Replica(1)
+            } else {
+                replica(&mut g)
+            };
+            // Every other replica (`leader` may be any of them: it is cut
+            // from all the others).
+            let others: Vec<Node> = all_replicas.iter().copied().filter(|x| *x != r).collect();
             let action = if g.chance(0.3) {
                 // Only the way out (or in) is cut.
                 if g.chance(0.5) {
-                    Action::PartitionOneWay { from: vec![Node::Replica(r)], to: others }
+                    Action::PartitionOneWay { from: vec![r], to: others }
                 } else {
-                    Action::PartitionOneWay { from: others, to: vec![Node::Replica(r)] }
+                    Action::PartitionOneWay { from: others, to: vec![r] }
                 }
             } else {
-                Action::Partition(vec![vec![Node::Replica(r)], others])
+                Action::Partition(vec![vec![r], others])
             };
             faults.push(Fault { at_us: t, action });
             heal_later(&mut g, &mut faults, t, end);
@@ -585,15 +641,24 @@ pub fn generate(seed: u64, p: &Profile) -> Scenario {
     if has(Kind::Crash) {
         for _ in 0..g.int(1, 3) {
             let t = at(&mut g, 0);
-            // r1 leads first: crash it more often than the others.
-            let first = if g.chance(0.4) { Node::Replica(1) } else { replica(&mut g) };
+            // The leader of the moment more often than the others.
+            let first = if g.chance(0.35) {
+                Node::Leader
+            } else if g.chance(0.25) {
+                Node::Replica(1)
+            } else {
+                replica(&mut g)
+            };
             // Sometimes a second replica goes down with it (a promotion
             // may stall: writes unavailable, never unsafe).
             let second = (n > 1 && g.chance(0.3)).then(|| replica(&mut g)).filter(|r| *r != first);
             for (r, t) in [(first, t)].into_iter().chain(second.map(|r| (r, t + g.log_us(1, ms(300))))) {
                 faults.push(Fault { at_us: t, action: Action::Crash(r) });
                 if g.chance(0.7) {
-                    let back = (t + g.log_us(ms(1), ms(1500))).min(end.saturating_sub(ms(1)).max(t + 1));
+                    // Down briefly (a restart before anyone notices) or for
+                    // seconds (clients give up meanwhile).
+                    let down = if g.chance(0.5) { g.log_us(ms(1), ms(300)) } else { g.int(ms(300), ms(4000)) };
+                    let back = (t + down).min(end.saturating_sub(ms(1)).max(t + 1));
                     faults.push(Fault { at_us: back, action: Action::Restart(r) });
                 }
             }
@@ -627,7 +692,13 @@ pub fn generate(seed: u64, p: &Profile) -> Scenario {
     if has(Kind::Pause) {
         for _ in 0..g.int(1, 3) {
             let t = at(&mut g, 0);
-            let node = if g.chance(0.75) { replica(&mut g) } else { Node::Balancer };
+            let node = if g.chance(0.25) {
+                Node::Balancer
+            } else if g.chance(0.35) {
+                Node::Leader
+            } else {
+                replica(&mut g)
+            };
             let room = end.saturating_sub(t).max(1000);
             let for_us = g.log_us(ms(5), ms(1500)).min(room);
             faults.push(Fault { at_us: t, action: Action::Pause { node, for_us } });
@@ -672,6 +743,11 @@ pub fn generate(seed: u64, p: &Profile) -> Scenario {
     for node in crashes {
         tail.push(Fault { at_us: end, action: Action::Restart(node) });
     }
+    // Each `restart leader` brings back one replica crashed as `leader`.
+    let leaders = faults.iter().filter(|f| f.action == Action::Crash(Node::Leader)).count();
+    for _ in 1..leaders {
+        tail.push(Fault { at_us: end, action: Action::Restart(Node::Leader) });
+    }
     // The heal comes last: from it on, nothing is wrong (the liveness
     // check counts from the last fault).
     tail.push(Fault { at_us: end, action: Action::Heal });
@@ -681,13 +757,17 @@ pub fn generate(seed: u64, p: &Profile) -> Scenario {
     // confirm (`sync_acks` of them besides a leader).
     let mut check_convergence = true;
     let quorum = cluster.promotion_quorum();
-    if has(Kind::Lasting) && n >= 3 && sync_acks + 2 <= n as usize && quorum < n as usize {
-        let r = if g.chance(0.5) { 1 } else { g.int(1, n as u64) as u8 };
+    // Not after corruption or torn writes: a replica that may lack rows it
+    // confirmed counts in a promotion only when every replica answers, so
+    // with one gone for good the cluster rightly stays unavailable.
+    let whole = !has(Kind::Corrupt) && disk.torn_write_probability == 0.0;
+    if has(Kind::Lasting) && whole && n >= 3 && sync_acks + 2 <= n as usize && quorum < n as usize {
+        let r = if g.chance(0.5) { Node::Leader } else { replica(&mut g) };
         if g.chance(0.5) {
-            faults.push(Fault { at_us: end, action: Action::Crash(Node::Replica(r)) });
+            faults.push(Fault { at_us: end, action: Action::Crash(r) });
         } else {
-            let others = all_replicas.iter().copied().filter(|x| *x != Node::Replica(r)).collect();
-            faults.push(Fault { at_us: end, action: Action::Partition(vec![vec![Node::Replica(r)], others]) });
+            let others = all_replicas.iter().copied().filter(|x| *x != r).collect();
+            faults.push(Fault { at_us: end, action: Action::Partition(vec![vec![r], others]) });
             // The one cut off falls behind for good.
             check_convergence = false;
         }
@@ -752,12 +832,54 @@ pub fn timing_valid(sc: &Scenario) -> bool {
 }
 
 /// A heal some time after `t`, before the end of the fault phase (or
-/// none: the final heal ends it).
-fn heal_later(g: &mut Gen, faults: &mut Vec<Fault>, t: u64, end: u64) {
+/// none: the final heal ends it); returns when.
+fn heal_later(g: &mut Gen, faults: &mut Vec<Fault>, t: u64, end: u64) -> Option<u64> {
     if g.chance(0.7) {
         let h = (t + g.log_us(ms(5), ms(1500))).min(end.saturating_sub(1).max(t + 1));
         faults.push(Fault { at_us: h, action: Action::Heal });
+        return Some(h);
     }
+    None
+}
+
+/// A symmetric partition of `n` replicas: one node alone (usually a
+/// replica, often the leader of the moment), or a random split into two or
+/// three groups, of everyone or of the replicas only (the balancer and the
+/// clients then reach every replica).
+fn partition(g: &mut Gen, n: u8) -> Action {
+    let replicas: Vec<Node> = (1..=n).map(Node::Replica).collect();
+    if g.chance(0.3) {
+        let alone = if g.chance(0.2) {
+            Node::Balancer
+        } else if g.chance(0.5) {
+            Node::Leader
+        } else {
+            Node::Replica(g.int(1, n as u64) as u8)
+        };
+        let mut rest: Vec<Node> = replicas.into_iter().filter(|x| *x != alone).collect();
+        rest.extend([Node::Balancer, Node::Clients].into_iter().filter(|x| *x != alone));
+        return Action::Partition(vec![vec![alone], rest]);
+    }
+    let mut nodes = replicas;
+    if n < 2 || g.chance(0.5) {
+        nodes.push(Node::Balancer);
+        nodes.push(Node::Clients);
+    }
+    g.shuffle(&mut nodes);
+    let parts = if nodes.len() >= 3 && g.chance(0.3) { 3 } else { 2 };
+    let mut cuts: Vec<usize> = (1..nodes.len()).collect();
+    g.shuffle(&mut cuts);
+    let mut cuts: Vec<usize> = cuts.into_iter().take(parts - 1).collect();
+    cuts.sort();
+    let mut groups = Vec::new();
+    let mut from = 0;
+    for c in cuts.into_iter().chain([nodes.len()]) {
+        let mut part = nodes[from..c].to_vec();
+        part.sort();
+        groups.push(part);
+        from = c;
+    }
+    Action::Partition(groups)
 }
 
 /// Probabilities with four significant decimals, so files read well.
@@ -995,7 +1117,20 @@ pub struct SeedReport {
 
 /// Generates and runs one seed.
 pub fn run_seed(seed: u64, p: &Profile) -> SeedReport {
-    let sc = generate(seed, p);
+    let sc = match try_generate(seed, p) {
+        Ok(sc) => sc,
+        Err(e) => {
+            return SeedReport {
+                seed,
+                verdict: Verdict::Panicked(format!("the profile makes no scenario for this seed: {e}")),
+                kinds: kinds_for(seed, p),
+                scenario: draw(seed, p),
+                events: 0,
+                wall_ms: 0.0,
+                check_wall_ms: 0.0,
+            }
+        }
+    };
     let (verdict, summary) = check(&sc, seed);
     let (events, wall_ms, check_wall_ms) =
         summary.as_ref().map(|s| (s.events, s.wall_ms, s.check_wall_ms)).unwrap_or((0, 0.0, 0.0));
@@ -1210,6 +1345,22 @@ mod tests {
         assert!(Profile::parse("bugs = [\"nope\"]").unwrap_err().contains("nope"));
         assert!(Profile::parse("replicas = [0]").is_err());
         assert!(Profile::parse("colour = 1").is_err());
+    }
+
+    #[test]
+    fn profiles_may_fix_any_scenario_field() {
+        let p = Profile::parse(
+            "replicas = [3]\n[scenario.cluster]\nrequest_timeout_ms = 300\n[scenario.network]\nduplicate_probability = 0.5\n",
+        )
+        .unwrap();
+        for seed in 1..=10 {
+            let sc = generate(seed, &p);
+            assert_eq!(sc.cluster.timing.request_timeout_us, 300_000);
+            assert_eq!(sc.network.duplicate_probability, 0.5);
+            assert_eq!(parse(&sc.to_toml(), "t", "t").unwrap(), sc);
+        }
+        let e = Profile::parse("[scenario.cluster]\nreplicas = 12\n").unwrap_err();
+        assert!(e.contains("replicas"), "{e}");
     }
 
     #[test]

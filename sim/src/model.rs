@@ -125,6 +125,15 @@ pub struct Bounds {
     pub horizon_us: u64,
     /// Timer ticks per path at most.
     pub max_ticks: Ticks,
+    /// Pongs the balancer hears per path at most (a ping is delivered only
+    /// while its pong could be). Once spent, pings and pongs are as good as
+    /// lost: replicas look silent to the balancer, which the fault model
+    /// allows (a slow or lossy link), and the balancer acts on that.
+    pub max_pongs: u32,
+    /// Messages on one link arrive in the order sent (TCP, as in kvnode);
+    /// otherwise any message in flight may arrive next (the simulator).
+    /// Pings and pongs are never held up behind each other or others.
+    pub fifo: bool,
     /// Stop (inconclusive) after this many distinct states.
     pub max_states: u64,
     /// Print a line per depth level to stderr.
@@ -168,6 +177,8 @@ impl Bounds {
             max_balancer_restarts: 0,
             horizon_us: u64::MAX,
             max_ticks: Ticks::UNBOUNDED,
+            max_pongs: u32::MAX,
+            fifo: false,
             max_states: 50_000_000,
             progress: false,
         }
@@ -417,6 +428,7 @@ struct Book {
     restarts_used: u32,
     /// Ticks taken by the balancer, the replicas, the clients.
     ticks_used: [u32; 3],
+    pongs_used: u32,
     /// The balancer's incarnation (0 first).
     lb_incarnation: u32,
     replica_incarnation: Vec<u32>,
@@ -583,6 +595,7 @@ impl Model<'_> {
             crashes_used: 0,
             restarts_used: 0,
             ticks_used: [0; 3],
+            pongs_used: 0,
             lb_incarnation: 0,
             replica_incarnation: vec![0; self.n],
             client_log: 0,
@@ -620,6 +633,7 @@ impl Model<'_> {
             book.net.iter().fold(0u128, |acc, m| acc.wrapping_add(m.key.wrapping_mul(u128::from(m.count))));
         h.u128(net);
         h.u64(u64::from(book.dups_used) | u64::from(book.drops_used) << 32);
+        h.u64(u64::from(book.pongs_used));
         h.u128(book.client_log);
         h.finish()
     }
@@ -628,7 +642,14 @@ impl Model<'_> {
     fn actions(&self, book: &Book) -> Vec<Action> {
         let b = self.b;
         let mut v = Vec::new();
-        for m in &book.net {
+        for (i, m) in book.net.iter().enumerate() {
+            if is_chatter(&m.msg) {
+                if book.pongs_used >= b.max_pongs {
+                    continue;
+                }
+            } else if b.fifo && book.net[..i].iter().any(|o| o.from == m.from && o.to == m.to && !is_chatter(&o.msg)) {
+                continue;
+            }
             v.push(Action::Deliver(m.key));
         }
         for (i, d) in book.disks.iter().enumerate() {
@@ -689,6 +710,9 @@ impl Model<'_> {
                     book.net.remove(i);
                 }
                 let x = self.index(m.to);
+                if matches!(*m.msg, Msg::Pong { .. }) {
+                    book.pongs_used += 1;
+                }
                 if let Some(l) = log.as_deref_mut() {
                     l.push(format!("{:<4} -> {:<4} {}", m.from.to_string(), m.to.to_string(), m.msg));
                 }
@@ -989,7 +1013,7 @@ impl Model<'_> {
     fn send(&self, book: &mut Book, from: NodeId, to: NodeId, msg: Msg) {
         let link =
             if matches!((from, to), (NodeId::Client(_), NodeId::Balancer)) { book.lb_incarnation } else { 0 };
-        if matches!(msg, Msg::Ping { .. } | Msg::Pong { .. }) {
+        if is_chatter(&msg) {
             let kind = msg.kind();
             book.net.retain(|m| !(m.from == from && m.to == to && m.msg.kind() == kind));
         }
@@ -999,6 +1023,12 @@ impl Model<'_> {
             None => book.net.push(InFlight { key, from, to, link, msg: Rc::new(msg), count: 1 }),
         }
     }
+}
+
+/// Pings and pongs: superseded on their link by a newer one, budgeted by
+/// `max_pongs`, never ordered by `fifo`.
+fn is_chatter(m: &Msg) -> bool {
+    matches!(m, Msg::Ping { .. } | Msg::Pong { .. })
 }
 
 fn show_op(op: &kvstore::PersistOp) -> String {
@@ -1248,8 +1278,9 @@ impl Model<'_> {
             self.apply(&mut book, &a, None).map_err(|v| format!("setup: {v}"))?;
             done.push(a);
         }
-        // The setup's ticks do not count against the budget.
+        // The setup's ticks and pongs do not count against the budgets.
         book.ticks_used = [0; 3];
+        book.pongs_used = 0;
         Ok((book, done))
     }
 
@@ -1284,6 +1315,7 @@ impl Model<'_> {
         if !setup.is_empty() {
             trace.push("search:".into());
             book.ticks_used = [0; 3];
+            book.pongs_used = 0;
         }
         for (n, a) in path.iter().enumerate() {
             let mut lines = Vec::new();

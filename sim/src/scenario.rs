@@ -148,6 +148,10 @@ pub enum Node {
     Client(u32),
     /// Every client.
     Clients,
+    /// The replica leading the newest epoch when the fault happens (none
+    /// leading: the fault touches no replica). In `restart`: the replica
+    /// most recently crashed as `leader` and still down.
+    Leader,
 }
 
 impl fmt::Display for Node {
@@ -157,6 +161,7 @@ impl fmt::Display for Node {
             Node::Replica(r) => write!(f, "r{r}"),
             Node::Client(c) => write!(f, "c{c}"),
             Node::Clients => write!(f, "clients"),
+            Node::Leader => write!(f, "leader"),
         }
     }
 }
@@ -586,7 +591,7 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
             },
             "pause" => {
                 let node = need_node()?;
-                if !matches!(node, Node::Replica(_) | Node::Balancer) {
+                if !matches!(node, Node::Replica(_) | Node::Balancer | Node::Leader) {
                     return Err(at(f.node.as_ref().map(|n| n.span()), "field `node`: only a replica or the balancer can be paused".into()));
                 }
                 let Some(for_ms) = f.for_ms.filter(|v| v.is_finite() && *v > 0.0 && *v <= 600_000.0) else {
@@ -819,12 +824,13 @@ fn quote(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
-/// `r1`, `lb`, `c3` or `clients`.
+/// `r1`, `lb`, `c3`, `clients` or `leader`.
 fn parse_node(s: &str, replicas: u8, clients: u32) -> Result<Node, String> {
-    let bad = || format!("unknown node `{s}` (expected lb, r1..r{replicas}, c1..c{clients} or clients)");
+    let bad = || format!("unknown node `{s}` (expected lb, r1..r{replicas}, c1..c{clients}, clients or leader)");
     match s {
         "lb" | "balancer" => return Ok(Node::Balancer),
         "clients" => return Ok(Node::Clients),
+        "leader" => return Ok(Node::Leader),
         _ => {}
     }
     if let Some(n) = s.strip_prefix('r') {

@@ -24,7 +24,7 @@
 use crate::fuzz::{check, timing_valid, within_model, Verdict};
 use crate::scenario::{Action, Clock, Disk, Distribution, Node, Scenario};
 use kvstore::config::Timing;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The result of a shrink.
 #[derive(Clone, Debug)]
@@ -103,8 +103,9 @@ pub fn shrink(
 pub struct EndState {
     /// Partitions made since the last heal.
     pub cuts: Vec<Action>,
-    /// Nodes crashed and not restarted.
-    pub down: BTreeSet<Node>,
+    /// Nodes crashed and not restarted (`leader` counted: each `restart
+    /// leader` undoes one `crash leader`).
+    pub down: BTreeMap<Node, u32>,
     /// Some pause outlasts the last fault.
     pub paused: bool,
     /// Random loss or duplication goes on after the last fault.
@@ -123,7 +124,7 @@ impl EndState {
             None => false,
         });
         cuts_within
-            && self.down.is_subset(&other.down)
+            && self.down.iter().all(|(n, k)| other.down.get(n).is_some_and(|o| o >= k))
             && (!self.paused || other.paused)
             && (!self.lossy || other.lossy)
     }
@@ -137,10 +138,16 @@ pub fn end_state(sc: &Scenario) -> EndState {
             Action::Partition(_) | Action::PartitionOneWay { .. } => e.cuts.push(f.action.clone()),
             Action::Heal => e.cuts.clear(),
             Action::Crash(n) => {
-                e.down.insert(*n);
+                let k = e.down.entry(*n).or_insert(0);
+                *k = if *n == Node::Leader { *k + 1 } else { 1 };
             }
             Action::Restart(n) => {
-                e.down.remove(n);
+                if let Some(k) = e.down.get_mut(n) {
+                    *k -= 1;
+                    if *k == 0 {
+                        e.down.remove(n);
+                    }
+                }
             }
             Action::Pause { for_us, .. } => e.paused |= f.at_us + for_us > last,
             Action::Corrupt(_) | Action::CorruptLast(_) => {}

@@ -146,8 +146,18 @@ pub struct Sim<'a> {
     rng_work: ChaCha8Rng,
     /// Balancer incarnations.
     rng_ids: ChaCha8Rng,
+    /// The (client, seq) of the row first seen applied at each LSN (index
+    /// LSN - 1; a no-op is (0, 0)), and the last applied LSN looked at per
+    /// replica (`watch_applied`).
+    applied_rows: Vec<Option<(u64, u64)>>,
+    applied_seen: Vec<u64>,
+    /// Replica incarnations (`Replica::with_incarnation`).
+    rng_lives: ChaCha8Rng,
     /// Bumped by every balancer crash (see `Ev::Deliver::link`).
     balancer_incarnation: u64,
+    /// Replicas crashed as `leader` and not yet restarted as `leader`,
+    /// most recent last.
+    leaders_crashed: Vec<u8>,
     /// Nodes paused until then (`Action::Pause`).
     paused_until: BTreeMap<NodeId, Time>,
     /// Each replica's and the balancer's clock: (rate in ppm, offset).
@@ -197,6 +207,7 @@ impl<'a> Sim<'a> {
         let mut rng_work = child();
         let rng_ids = child();
         let mut rng_clock = child();
+        let rng_lives = child();
         let n = sc.cluster.replicas.len();
         let mut clocks = BTreeMap::new();
         if sc.clock.drift_max_ppm > 0 || sc.clock.skew_max_us > 0 {
@@ -235,8 +246,12 @@ impl<'a> Sim<'a> {
             rng_disk,
             rng_work,
             rng_ids,
+            rng_lives,
+            applied_rows: Vec::new(),
+            applied_seen: vec![0; n],
             balancer_incarnation: 0,
             paused_until: BTreeMap::new(),
+            leaders_crashed: Vec::new(),
             clocks,
             replicas: (0..n).map(|_| None).collect(),
             disks: (0..n).map(|_| SimDisk::default()).collect(),
@@ -424,6 +439,47 @@ impl<'a> Sim<'a> {
 
     // ---- nodes ----
 
+    /// Online check: every replica applies the same row at each LSN. The
+    /// rows newly applied since the last look are compared with the first
+    /// seen applied there (those compacted within the same input go
+    /// unseen, and another replica's look covers them).
+    fn watch_applied(&mut self, r: ReplicaId) {
+        let i = r.0 as usize - 1;
+        let Some(m) = &self.replicas[i] else { return };
+        let applied = m.applied().0;
+        while (self.first_applied_at.len() as u64) < applied {
+            self.first_applied_at.push(self.now);
+        }
+        let from = self.applied_seen[i];
+        self.applied_seen[i] = applied;
+        if applied <= from {
+            return; // nothing new (or restarted: it starts again from its base)
+        }
+        let mut clash = None;
+        for lsn in (from + 1)..=applied {
+            let Some(row) = m.log().get(kvstore::Lsn(lsn)) else { continue };
+            let what = match &row.body {
+                kvstore::RowBody::Put { req, .. } => (req.client.0, req.seq),
+                kvstore::RowBody::Noop => (0, 0),
+            };
+            let at = lsn as usize - 1;
+            if self.applied_rows.len() <= at {
+                self.applied_rows.resize(at + 1, None);
+            }
+            match self.applied_rows[at] {
+                None => self.applied_rows[at] = Some(what),
+                Some(first) if first != what && clash.is_none() => clash = Some((lsn, first, what)),
+                Some(_) => {}
+            }
+        }
+        if let Some((lsn, (c1, s1), (c2, s2))) = clash {
+            self.violation(format!(
+                "replicas applied different rows at lsn {lsn}: first c{c1} #{s1}, then r{} applied c{c2} #{s2}",
+                r.0
+            ));
+        }
+    }
+
     /// A replica hears that its writes up to `id` are durable.
     fn persisted(&mut self, replica: usize, id: u64) {
         let node = NodeId::Replica(ReplicaId(replica as u8 + 1));
@@ -465,7 +521,8 @@ impl<'a> Sim<'a> {
                 format_args!("** recovery: re-sync unfinished; discarding the partial copy"),
             );
             self.disks[i].wipe();
-            self.replicas[i] = Some(Replica::resync(id, cfg, self.disks[i].promised()));
+            let life = self.rng_lives.random();
+            self.replicas[i] = Some(Replica::resync(id, cfg, self.disks[i].promised()).with_incarnation(life));
             self.reschedule(NodeId::Replica(id));
             return;
         }
@@ -506,7 +563,8 @@ impl<'a> Sim<'a> {
                 Replica::resync(id, cfg, self.disks[i].promised())
             }
         };
-        self.replicas[i] = Some(r);
+        self.applied_seen[i] = r.applied().0;
+        self.replicas[i] = Some(r.with_incarnation(self.rng_lives.random()));
         self.reschedule(NodeId::Replica(id));
     }
 
@@ -591,12 +649,7 @@ impl<'a> Sim<'a> {
     /// Carries out a machine's effects.
     fn handle(&mut self, n: NodeId, mut out: Outbox) {
         if let NodeId::Replica(r) = n {
-            if let Some(m) = &self.replicas[r.0 as usize - 1] {
-                let applied = m.applied().0 as usize;
-                while self.first_applied_at.len() < applied {
-                    self.first_applied_at.push(self.now);
-                }
-            }
+            self.watch_applied(r);
         }
         for e in out.drain() {
             match e {
@@ -705,7 +758,30 @@ impl<'a> Sim<'a> {
         self.last_fault_at = self.now;
         let leader_before = self.current_leader();
         self.line_raw("fault", format_args!("{}", f.action));
-        match &f.action {
+        // `leader` names a replica only now.
+        let lead = leader_before.map(|(r, _)| Node::Replica(r.0));
+        let action = match &f.action {
+            Action::Crash(Node::Leader) => {
+                if let Some((r, _)) = leader_before {
+                    self.leaders_crashed.push(r.0);
+                }
+                lead.map(Action::Crash)
+            }
+            Action::Restart(Node::Leader) => {
+                let down = self.leaders_crashed.iter().rposition(|r| self.replicas[*r as usize - 1].is_none());
+                down.map(|i| Action::Restart(Node::Replica(self.leaders_crashed.remove(i))))
+            }
+            Action::Pause { node: Node::Leader, for_us } => lead.map(|node| Action::Pause { node, for_us: *for_us }),
+            a => Some(a.clone()),
+        };
+        let Some(action) = action else {
+            self.line_raw("fault", format_args!("(no such replica now: nothing happens)"));
+            return;
+        };
+        if action != f.action {
+            self.line_raw("fault", format_args!("(that is {action})"));
+        }
+        match &action {
             Action::Crash(Node::Balancer) => {
                 self.balancer = None;
                 self.balancer_incarnation += 1;
@@ -792,7 +868,7 @@ impl<'a> Sim<'a> {
                 let n = match node {
                     Node::Balancer => NodeId::Balancer,
                     Node::Replica(r) => NodeId::Replica(ReplicaId(*r)),
-                    Node::Client(_) | Node::Clients => return,
+                    Node::Client(_) | Node::Clients | Node::Leader => return,
                 };
                 let until = self.now + *for_us;
                 let prev = self.paused_until.get(&n).copied().unwrap_or(Time::ZERO);
@@ -821,6 +897,7 @@ impl<'a> Sim<'a> {
                 Node::Clients => {
                     v.extend((1..=self.clients.len()).map(|c| NodeId::Client(ClientId(c as u64))))
                 }
+                Node::Leader => v.extend(self.current_leader().map(|(r, _)| NodeId::Replica(r))),
             }
         }
         v
@@ -1013,6 +1090,7 @@ impl<'a> Sim<'a> {
             unfinished: &unfinished,
             end: self.now,
             unfinished_writes: &unfinished_writes,
+            applied_rows: &self.applied_rows,
         });
         let check_wall_ms = check_wall.elapsed().as_secs_f64() * 1000.0;
         self.violations.extend(report.violations);

@@ -1,21 +1,31 @@
 use kvsim::model::{check, Bounds, Origin, Ticks};
 
+fn run(name: &str, b: &Bounds) {
+    let r = check(b);
+    eprintln!("{name}: {} states {:?} found={} depth {} {:?}", r.states, r.elapsed, r.violation.as_ref().map(|v| v.depth).unwrap_or(0), r.depth, r.levels);
+}
+
 #[test]
 fn probe() {
-    let cases: Vec<(Origin, usize, u32, u32)> = vec![
-        (Origin::Elected, 10, 0, 0),
-        (Origin::Settled, 12, 2, 0),
-        (Origin::Elected, 10, 0, 99),
-    ];
-    for (o, d, crashes, rt) in cases {
-        let mut b = Bounds::bug_a();
-        b.origin = o;
-        b.depth = d;
-        b.max_replica_crashes = crashes;
-        b.max_ticks = Ticks { balancer: 4, replicas: rt, clients: 0 };
-        b.horizon_us = u64::MAX;
-        let r = check(&b);
-        eprintln!("{o:?} d{d} crashes {crashes} rticks {rt}: {} states {:?} found={}", r.states, r.elapsed, r.violation.is_some());
-        if o == Origin::Settled { eprintln!("{r}"); }
+    let mut a = Bounds::bug_a();
+    a.origin = Origin::Elected;
+    a.depth = 10;
+    a.max_pongs = 0;
+    a.max_ticks = Ticks { balancer: 4, replicas: 0, clients: 0 };
+    a.horizon_us = u64::MAX;
+    run("A tight", &a);
+    let mut b = a.clone();
+    b.max_replica_crashes = 1;
+    b.max_duplicates = 1;
+    b.max_pongs = 2;
+    b.max_ticks = Ticks { balancer: 6, replicas: 2, clients: 0 };
+    run("A loose", &b);
+    for d in [8usize, 9, 10, 11] {
+        let mut c = Bounds::small();
+        c.origin = Origin::Elected;
+        c.depth = d;
+        c.max_pongs = 2;
+        c.max_ticks = Ticks { balancer: 4, replicas: 2, clients: 2 };
+        run(&format!("C d{d}"), &c);
     }
 }

@@ -91,3 +91,13 @@ fn bug_d_unavailable_counts_answers_is_caught() {
 fn bug_e_leader_judged_by_pongs_is_caught() {
     caught("leader-cut-from-followers.toml", "leader_judged_by_pongs", 1..=2, "liveness");
 }
+
+#[test]
+fn review_snapshot_over_confirmed_rows_is_caught() {
+    caught("snapshot-crosses-progress.toml", "snapshot_over_confirmed", 1..=3, "different rows");
+}
+
+#[test]
+fn review_resync_target_from_a_stale_append_is_caught() {
+    caught("resync-stale-append.toml", "resync_target_from_any_append", 47..=50, "different rows");
+}

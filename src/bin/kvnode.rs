@@ -324,8 +324,14 @@ fn node_keys(s: &SecurityArgs, clients: Option<&ClientAuthArgs>) -> Result<Keys,
 }
 
 fn client_password(file: Option<&std::path::Path>) -> Result<Option<Secret>, Failure> {
-    Secret::load("client password", file, auth::ENV_PASSWORD_FILE, auth::ENV_PASSWORD, auth::MIN_PASSWORD_BYTES)
-        .map_err(Failure::Refused)
+    Secret::load(
+        "client password",
+        file,
+        auth::ENV_PASSWORD_FILE,
+        auth::ENV_PASSWORD,
+        auth::MIN_PASSWORD_BYTES,
+    )
+    .map_err(Failure::Refused)
 }
 
 /// The balancer's client port reachable beyond loopback with no password.
@@ -389,14 +395,15 @@ fn replica(a: ReplicaArgs) -> Result<(), Failure> {
     let store = open_store(&a.storage, a.n)?;
     let cli = match a.peers {
         Some(peers) => Some(
-            ReplicaCluster::new(id, peers, a.sync_acks.unwrap_or(1), a.unsafe_failover).map_err(Failure::Refused)?,
+            ReplicaCluster::new(id, peers, a.sync_acks.unwrap_or(1), a.unsafe_failover)
+                .map_err(Failure::Refused)?,
         ),
         None => None,
     };
     // After the store is open (it locks the directory), so no other process
     // changes the file meanwhile.
-    let cluster =
-        cluster_file::settle(a.storage.data_dir.as_deref(), id, cli, a.reconfigure).map_err(Failure::Refused)?;
+    let cluster = cluster_file::settle(a.storage.data_dir.as_deref(), id, cli, a.reconfigure)
+        .map_err(Failure::Refused)?;
     let listen = a.listen.unwrap_or_else(|| cluster.own_addr().to_string());
     let opts = ReplicaOptions {
         id,
@@ -466,8 +473,8 @@ fn cluster(a: ClusterArgs) -> Result<(), Failure> {
         let store = open_store(&a.storage, n)?;
         let cli = ReplicaCluster::new(id, addrs.clone(), a.cluster.sync_acks, a.cluster.unsafe_failover)
             .map_err(Failure::Refused)?;
-        let cluster =
-            cluster_file::settle(a.storage.data_dir.as_deref(), id, Some(cli), false).map_err(Failure::Refused)?;
+        let cluster = cluster_file::settle(a.storage.data_dir.as_deref(), id, Some(cli), false)
+            .map_err(Failure::Refused)?;
         let opts = ReplicaOptions {
             id,
             listen: String::new(),

@@ -69,7 +69,8 @@ impl Secret {
         let from_env = std::env::var_os(env_file).filter(|v| !v.is_empty());
         let path = file.map(Path::to_path_buf).or(from_env.map(Into::into));
         if let Some(path) = path {
-            let bytes = std::fs::read(&path).map_err(|e| format!("cannot read the {what} from {}: {e}", path.display()))?;
+            let bytes = std::fs::read(&path)
+                .map_err(|e| format!("cannot read the {what} from {}: {e}", path.display()))?;
             warn_if_readable_by_others(what, &path);
             return Secret::new(what, &bytes, min).map(Some).map_err(|e| format!("{}: {e}", path.display()));
         }

@@ -103,7 +103,15 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
     });
     net::spawn_acceptor(
         listener,
-        Accepting::new(me, inbox.clone(), stopping.clone(), allowed, opts.keys.clone(), None, opts.client_idle),
+        Accepting::new(
+            me,
+            inbox.clone(),
+            stopping.clone(),
+            allowed,
+            opts.keys.clone(),
+            None,
+            opts.client_idle,
+        ),
     )?;
     let mut dialers = Vec::new();
     for (i, a) in opts.replicas.iter().enumerate() {
@@ -136,10 +144,9 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
 /// A number that differs between runs of this balancer process: request tags
 /// start from it, so a late answer to a previous run's request is never taken
 /// for one of ours.
+/// The balancer's incarnation, which is also its promotions' ballot: 64
+/// random bits from the OS, so no two runs share one (two attempts with one
+/// ballot in one epoch would break promise-once).
 fn incarnation() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    nanos ^ ((std::process::id() as u64) << 40)
+    super::random_u64()
 }

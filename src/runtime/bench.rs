@@ -162,8 +162,8 @@ pub fn run(opts: BenchOptions, stop: Arc<AtomicBool>) -> io::Result<Report> {
     let value: Arc<str> = "x".repeat(opts.value_size).into();
     let mut clients = Vec::with_capacity(opts.clients);
     for _ in 0..opts.clients {
-        let mut c =
-            SyncClient::new(&opts.connect, ClientId(random_u64()), opts.read).with_password(opts.password.clone());
+        let mut c = SyncClient::new(&opts.connect, ClientId(random_u64()), opts.read)
+            .with_password(opts.password.clone());
         c.connect()
             .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {}: {e}", opts.connect)))?;
         clients.push(c);

@@ -209,7 +209,11 @@ impl SyncClient {
 
     fn send(&mut self, msg: Msg) {
         if self.conn.as_mut().is_some_and(Self::closed_while_idle) {
-            debug!("client {}: the connection to {} was closed while idle; reconnecting", self.id().0, self.addr);
+            debug!(
+                "client {}: the connection to {} was closed while idle; reconnecting",
+                self.id().0,
+                self.addr
+            );
             self.conn = None;
         }
         if self.conn.is_none() {

@@ -222,7 +222,10 @@ struct InFlightState {
 
 impl InFlight {
     fn new() -> InFlight {
-        InFlight { state: Mutex::new(InFlightState { seqs: BTreeMap::new(), closed: false }), changed: Condvar::new() }
+        InFlight {
+            state: Mutex::new(InFlightState { seqs: BTreeMap::new(), closed: false }),
+            changed: Condvar::new(),
+        }
     }
 
     /// Counts request `seq` as in flight, waiting while the connection has
@@ -244,7 +247,8 @@ impl InFlight {
                 return true;
             }
             let oldest = s.seqs.values().min().copied().unwrap_or(now);
-            let wait = (oldest + IN_FLIGHT_EXPIRY).saturating_duration_since(now).max(Duration::from_millis(1));
+            let wait =
+                (oldest + IN_FLIGHT_EXPIRY).saturating_duration_since(now).max(Duration::from_millis(1));
             s = self.changed.wait_timeout(s, wait).expect("in-flight lock").0;
         }
     }
@@ -456,6 +460,10 @@ pub fn dial_handshake(
     }
 }
 
+/// Whether a peer may connect at all (its role, its replica number); the
+/// reason when not.
+pub type Allowed = Arc<dyn Fn(&Hello) -> Result<(), String> + Send + Sync>;
+
 /// What an acceptor knows about itself and who may connect.
 #[derive(Clone)]
 pub struct Accepting {
@@ -465,7 +473,7 @@ pub struct Accepting {
     pub stopping: Arc<AtomicBool>,
     /// Whether a peer may connect at all (its role, its replica number);
     /// the reason when not.
-    pub allowed: Arc<dyn Fn(&Hello) -> Result<(), String> + Send + Sync>,
+    pub allowed: Allowed,
     pub keys: Keys,
     /// The configuration a dialing balancer or replica must present (a
     /// replica's own); `None` at the balancer (only clients dial it).
@@ -481,7 +489,7 @@ impl Accepting {
         me: NodeId,
         inbox: Inbox,
         stopping: Arc<AtomicBool>,
-        allowed: Arc<dyn Fn(&Hello) -> Result<(), String> + Send + Sync>,
+        allowed: Allowed,
         keys: Keys,
         config: Option<ClusterConfig>,
         client_idle: Duration,
@@ -670,15 +678,21 @@ fn read_frames(stream: &TcpStream, dec: &mut FrameDecoder, r: &Reader<'_>) -> Co
             let before = dec.buffered();
             match dec.next_frame() {
                 Ok(Some(frame)) => {
-                    let allowed =
-                        if r.observer { wire::observer_accepts(&frame) } else { wire::accepts(r.me, r.from, &frame) };
+                    let allowed = if r.observer {
+                        wire::observer_accepts(&frame)
+                    } else {
+                        wire::accepts(r.me, r.from, &frame)
+                    };
                     if !allowed {
                         let what = match &frame {
                             Frame::Msg(m) => m.kind(),
                             Frame::Cluster(_) => "Cluster",
                         };
                         let who = if r.observer { "an observer".to_string() } else { r.from.to_string() };
-                        return ConnEnd::Wire(WireError::Invalid(format!("{who} may not send {what} to {}", r.me)));
+                        return ConnEnd::Wire(WireError::Invalid(format!(
+                            "{who} may not send {what} to {}",
+                            r.me
+                        )));
                     }
                     let mut bytes = 0;
                     if client {
@@ -689,7 +703,9 @@ fn read_frames(stream: &TcpStream, dec: &mut FrameDecoder, r: &Reader<'_>) -> Co
                         }
                         bytes = before - dec.buffered();
                         if !r.inbox.reserve_client_bytes(bytes, Duration::from_secs(10)) {
-                            return ConnEnd::Refused("the node is overloaded: its client queue stayed full".into());
+                            return ConnEnd::Refused(
+                                "the node is overloaded: its client queue stayed full".into(),
+                            );
                         }
                     }
                     if tx.send(Input::Frame { conn: r.conn, from: r.from, frame, bytes }).is_err() {
@@ -786,9 +802,10 @@ fn serve_accepted(stream: TcpStream, peer_addr: &str, a: &Accepting) {
     let stream = Arc::new(stream);
     let conn = next_conn();
     let mut dec = FrameDecoder::new();
-    let hello = stream.set_nodelay(true).map_err(ConnEnd::from).and_then(|()| {
-        accept_handshake(&stream, a, conn, peer_addr, &mut dec)
-    });
+    let hello = stream
+        .set_nodelay(true)
+        .map_err(ConnEnd::from)
+        .and_then(|()| accept_handshake(&stream, a, conn, peer_addr, &mut dec));
     HANDSHAKING.fetch_sub(1, Ordering::SeqCst);
     let hello = match hello {
         Ok(h) => h,
@@ -811,9 +828,8 @@ fn serve_accepted(stream: TcpStream, peer_addr: &str, a: &Accepting) {
         NodeId::Balancer if !observer => Some(BALANCER_SILENCE_TIMEOUT),
         _ => None,
     };
-    if observer {
-        dec.set_limit(wire::MAX_CLIENT_FRAME_BYTES);
-    }
+    // Observers send only pings and small reads.
+    dec.set_limit(if observer { wire::MAX_CLIENT_FRAME_BYTES } else { wire::limit_for(peer) });
     let end = (|| -> ConnEnd {
         if let Err(e) = stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
             return e.into();
@@ -830,7 +846,15 @@ fn serve_accepted(stream: TcpStream, peer_addr: &str, a: &Accepting) {
         if tx.send(connected).is_err() {
             return ConnEnd::NodeGone;
         }
-        let r = Reader { me: a.me, from: peer, conn, observer, inbox: &a.inbox, idle, in_flight: in_flight.clone() };
+        let r = Reader {
+            me: a.me,
+            from: peer,
+            conn,
+            observer,
+            inbox: &a.inbox,
+            idle,
+            in_flight: in_flight.clone(),
+        };
         read_frames(&stream, &mut dec, &r)
     })();
     if end.is_violation() {
@@ -955,8 +979,14 @@ fn dial_once(spec: &DialSpec, tx: &Sender<Input>) -> Result<(Arc<TcpStream>, Fra
     dial_handshake(&stream, &hello, &mut dec, HELLO_TIMEOUT)?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let conn = next_conn();
-    let connected =
-        Input::Connected { conn, peer: spec.peer, stream: stream.clone(), dialed: true, observer: false, in_flight: None };
+    let connected = Input::Connected {
+        conn,
+        peer: spec.peer,
+        stream: stream.clone(),
+        dialed: true,
+        observer: false,
+        in_flight: None,
+    };
     tx.send(connected).map_err(|_| ConnEnd::NodeGone)?;
     Ok((stream, dec, conn))
 }

@@ -48,7 +48,7 @@ fn start_machine(id: ReplicaId, config: &ClusterConfig, store: &mut dyn Store) -
         Err(e) => fail_stop(id, "recover", &e),
     };
     let (replicas, sync_acks) = (config.replicas.len(), config.sync_acks);
-    match start {
+    let machine = match start {
         Start::Recovered(stored) => {
             info!(
                 node = %me,
@@ -74,7 +74,10 @@ fn start_machine(id: ReplicaId, config: &ClusterConfig, store: &mut dyn Store) -
             );
             Replica::resync(id, config.clone(), promised)
         }
-    }
+    };
+    // A new life: acknowledgements name it, so catching up is judged
+    // against appends sent to this process, not to the one before.
+    machine.with_incarnation(super::random_u64())
 }
 
 fn describe_stored(stored: &crate::machine::Stored) -> String {

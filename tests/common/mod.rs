@@ -206,14 +206,26 @@ impl TestCluster {
         TestCluster::start_secured(n, data, &[], &[], false)
     }
 
-    pub fn start_secured(n: u8, data: bool, replica_args: &[&str], lb_args: &[&str], secured: bool) -> TestCluster {
+    pub fn start_secured(
+        n: u8,
+        data: bool,
+        replica_args: &[&str],
+        lb_args: &[&str],
+        secured: bool,
+    ) -> TestCluster {
         let c = TestCluster::start_unready(n, data, replica_args, lb_args, secured);
         c.wait_for_a_write(Duration::from_secs(20));
         c
     }
 
     /// Starts the processes and returns at once (no write waited for).
-    pub fn start_unready(n: u8, data: bool, replica_args: &[&str], lb_args: &[&str], secured: bool) -> TestCluster {
+    pub fn start_unready(
+        n: u8,
+        data: bool,
+        replica_args: &[&str],
+        lb_args: &[&str],
+        secured: bool,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut secret_args = Vec::new();
         if secured {
@@ -226,7 +238,9 @@ impl TestCluster {
         let mut shared = lb_args.iter();
         while let Some(a) = shared.next() {
             match a.as_str() {
-                "--sync-acks" => replica_args.extend(["--sync-acks".to_string(), shared.next().unwrap().clone()]),
+                "--sync-acks" => {
+                    replica_args.extend(["--sync-acks".to_string(), shared.next().unwrap().clone()])
+                }
                 "--unsafe-failover" => replica_args.push(a.clone()),
                 _ => {}
             }
@@ -283,7 +297,14 @@ impl TestCluster {
 
     /// Starts replica `i` again, on the same address and data directory.
     pub fn restart_replica(&mut self, i: u8) {
-        let p = start_replica(&self.dir, i, &self.replica_addrs, self.data, &self.replica_args, &self.secret_args);
+        let p = start_replica(
+            &self.dir,
+            i,
+            &self.replica_addrs,
+            self.data,
+            &self.replica_args,
+            &self.secret_args,
+        );
         p.wait_line(&format!("kvnode replica {i} listening at "), Duration::from_secs(10));
         self.replicas[i as usize - 1] = p;
     }
@@ -297,7 +318,14 @@ impl TestCluster {
     }
 }
 
-fn start_replica(dir: &TempDir, i: u8, peers: &[String], data: bool, extra: &[String], secret: &[String]) -> Proc {
+fn start_replica(
+    dir: &TempDir,
+    i: u8,
+    peers: &[String],
+    data: bool,
+    extra: &[String],
+    secret: &[String],
+) -> Proc {
     let n = i.to_string();
     let data_dir = dir.path().to_str().unwrap().to_string();
     let peers_arg = peers.join(",");
@@ -452,8 +480,13 @@ pub fn client_connection(
     let stream = net::connect(addr, Duration::from_secs(2))?;
     let mut dec = FrameDecoder::new();
     let keys = Keys { cluster: None, client: password };
-    let hello =
-        net::DialHello { me: NodeId::Client(id), expect: Some(NodeId::Balancer), observer: false, keys: &keys, config: None };
+    let hello = net::DialHello {
+        me: NodeId::Client(id),
+        expect: Some(NodeId::Balancer),
+        observer: false,
+        keys: &keys,
+        config: None,
+    };
     net::dial_handshake(&stream, &hello, &mut dec, Duration::from_secs(5))?;
     Ok((stream, dec))
 }
