@@ -680,6 +680,7 @@ mod tests {
                 commit: Lsn(4),
                 probe: 3,
                 end: Lsn(6),
+                echo: 77,
             }),
             Frame::Cluster(ClusterConfig::new(3, 1)),
         ]

@@ -213,6 +213,7 @@ fn check(history: &[Record], replicas: &[&Replica]) -> Report {
         unfinished: &[],
         end: Time(1_000_000),
         unfinished_writes: &[],
+        applied_rows: &[],
     });
     if replicas.is_empty() {
         let lost = |v: &String| v.starts_with("acknowledged write lost") || v.starts_with("... and");
