@@ -20,6 +20,9 @@ use crate::types::{
 };
 use std::collections::{BTreeMap, VecDeque};
 
+/// The highest LSN a replica accepts from a peer: far beyond any real log,
+/// and low enough that arithmetic on it never overflows.
+pub const MAX_LSN: Lsn = Lsn(u64::MAX / 2);
 /// Rows per `Append` message at most.
 pub const MAX_ROWS_PER_APPEND: usize = 256;
 /// Early (out-of-order) appends a follower holds at most, by count and by
@@ -207,7 +210,7 @@ fn valid_append(a: &Append) -> bool {
         }
         at = row.pos();
     }
-    a.end.0 >= last
+    a.end.0 >= last && a.end <= MAX_LSN
 }
 
 struct PendingRead {
@@ -793,7 +796,9 @@ impl Replica {
     /// leader if so. Refuses (with our newer epoch) if not.
     fn accept_leader(&mut self, leader: ReplicaId, epoch: Epoch, probe: u64, out: &mut Outbox) -> bool {
         let to = NodeId::Replica(leader);
-        if leader == self.id || !self.cfg.replicas.contains(&leader) || epoch > crate::balancer::MAX_EPOCH {
+        // No leader has epoch 0 (promotions start at 1) or one past the limit.
+        let valid = epoch > Epoch(0) && epoch <= crate::balancer::MAX_EPOCH;
+        if leader == self.id || !self.cfg.replicas.contains(&leader) || !valid {
             return false;
         }
         if epoch < self.promised {
@@ -833,7 +838,7 @@ impl Replica {
             return;
         }
         let last = snapshot.last;
-        if last.epoch > epoch {
+        if last.epoch > epoch || last.lsn > MAX_LSN {
             return; // no leader holds rows from a later epoch than its own
         }
         // Already holding the snapshot's last row (a stale request for it
@@ -844,6 +849,9 @@ impl Replica {
             && !self.cfg.bugs.snapshot_over_confirmed;
         if last.lsn > self.commit && !held {
             self.log.reset(last);
+            for p in self.persisting.iter_mut() {
+                p.1 = p.1.min(last.lsn);
+            }
             self.kv = snapshot.kv.clone();
             self.sessions = snapshot.sessions.clone();
             self.commit = last.lsn;
@@ -866,7 +874,7 @@ impl Replica {
             // (so a crash now cannot lose it again).
             if self.applied >= target && self.durable >= target {
                 self.resync = None;
-                out.event(Event::Resynced { applied: self.applied });
+                out.event(Event::Resynced { applied: self.applied.min(self.durable) });
             }
         }
     }
@@ -1066,6 +1074,12 @@ impl Replica {
             return false;
         }
         self.log.truncate_after(keep);
+        // Writes still in flight were issued for a longer log: once they
+        // complete they make durable only what is left of it, never the
+        // rows that will replace the ones dropped.
+        for p in self.persisting.iter_mut() {
+            p.1 = p.1.min(keep);
+        }
         self.durable = self.durable.min(keep);
         out.event(Event::Truncated { after: keep, dropped: len - keep.0, committed: committed_lost });
         if committed_lost > 0 {

@@ -5,14 +5,25 @@
 //!   commit point it has reported in this life (rows compacted below the
 //!   log's base are folded into the applied state); `applied`, `commit` and
 //!   `promised` never go down within one life; `applied <= commit <= last`;
-//!   persist ids are issued in increasing order; after `on_tick(now)`,
-//!   `next_wakeup()` is strictly later than `now`.
+//!   its log is contiguous from its base; persist ids are issued in
+//!   increasing order; after `on_tick(now)`, `next_wakeup()` is strictly
+//!   later than `now`. Against a model of its disk (the persists completed,
+//!   in order): a leader has every row of its own epoch at or below its
+//!   commit point on disk; an ok `AppendAck` never names rows beyond the
+//!   disk's end; a `Promise` leaves only once its epoch is on disk, naming
+//!   the disk's log end; `Resynced { applied }` only when the disk holds the
+//!   log's rows up to `applied`. Unless `cfg.unsafe_failover` (never set).
 //! - Balancer: never panics; after `on_tick(now)`, `next_wakeup()` is
-//!   strictly later than `now`.
+//!   strictly later than `now`; `Promote` only with its own ballot, to a
+//!   replica that promised, on a quorum of promises for that epoch and
+//!   ballot (or every replica's), one replica per epoch; answers go to the
+//!   client that asked; `Unavailable` never for a write it forwarded, and no
+//!   forwarding after `Unavailable` unless a newer attempt arrived.
 //! - Client: never panics; after `on_tick(now)`, `next_wakeup()` is strictly
 //!   later than `now`; no `Done` for an operation never submitted (or twice),
-//!   accepted operations finish in submission order, and every submitted
-//!   operation finishes once ticked long enough.
+//!   accepted operations finish in submission order, every submitted
+//!   operation finishes once ticked long enough; a write is reported
+//!   `Unavailable` only if `Unavailable` answers covered every attempt sent.
 //!
 //! Inputs are abstract actions, turned into concrete machine inputs against
 //! the machine's current state (so "the epoch promised plus one" or "the
@@ -1743,7 +1754,7 @@ fn run_balancer(
                 b.on_tick(now, &mut out);
                 match b.next_wakeup() {
                     Some(w) if w <= now => {
-                        return Err(fail(&trace, format!("after on_tick({now:?}) next_wakeup is {w:?}")))
+                        return Err(fail(trace, format!("after on_tick({now:?}) next_wakeup is {w:?}")))
                     }
                     _ => {}
                 }
@@ -1830,7 +1841,9 @@ fn run_balancer(
                 eprintln!("  {}", trace.last().expect("pushed"));
             }
             match (&from, &msg) {
-                (NodeId::Replica(r), Msg::Promise { epoch, ballot, missing, .. }) if cfg.replicas.contains(r) => {
+                (NodeId::Replica(r), Msg::Promise { epoch, ballot, missing, .. })
+                    if cfg.replicas.contains(r) =>
+                {
                     promises.entry((*epoch, *ballot)).or_default().insert(*r, *missing);
                 }
                 (NodeId::Client(c), Msg::Request { id, attempt, .. }) if id.client == *c && *attempt > 0 => {
@@ -1857,6 +1870,8 @@ fn run_balancer(
                     let quorum = whole >= cfg.promotion_quorum() || heard.len() >= cfg.replicas.len();
                     let what = if *ballot != incarnation {
                         Some(format!("Promote with ballot {ballot:#x}, not its own {incarnation:#x}"))
+                    } else if promoted.get(epoch) == Some(r) {
+                        None // said again (the first may have been lost)
                     } else if !quorum || !heard.contains_key(r) {
                         Some(format!(
                             "Promote r{} for {epoch:?} with promises from {heard:?} (quorum {})",
@@ -1864,7 +1879,10 @@ fn run_balancer(
                             cfg.promotion_quorum()
                         ))
                     } else if promoted.get(epoch).is_some_and(|p| p != r) {
-                        Some(format!("Promote r{} for {epoch:?}, already promoted r{}", r.0, promoted[epoch].0))
+                        Some(format!(
+                            "Promote r{} for {epoch:?}, already promoted r{}",
+                            r.0, promoted[epoch].0
+                        ))
                     } else {
                         None
                     };
@@ -1873,6 +1891,7 @@ fn run_balancer(
                         return Err(fail(trace, what));
                     }
                     promoted.insert(*epoch, *r);
+                    reach.promoted += 1;
                 }
                 // `Unavailable` promises no copy of any attempt up to the one
                 // it names was ever forwarded, or will be.
@@ -1913,6 +1932,7 @@ fn run_balancer(
 #[derive(Default)]
 struct Reach {
     led: bool,
+    promoted: usize,
     forwarded: usize,
     answered: usize,
 }
@@ -1923,16 +1943,20 @@ struct Reach {
 fn balancer_sequences_reach_a_leader_and_answer() {
     let mut runner = TestRunner::deterministic();
     let strategy = (balancer_cfg(), big(), prop::collection::vec(bact(), 1..=max_len()));
-    let (mut led, mut forwarded, mut answered, mut total) = (0, 0, 0, 0);
+    let (mut led, mut promoted, mut forwarded, mut answered, mut total) = (0, 0, 0, 0, 0);
     for _ in 0..200 {
         let (cfg, inc, acts) = strategy.new_tree(&mut runner).expect("strategy").current();
         let Ok(r) = run_balancer(cfg, inc, &acts, &mut Vec::new()) else { continue };
         total += 1;
         led += usize::from(r.led);
+        promoted += usize::from(r.promoted > 0);
         forwarded += usize::from(r.forwarded > 0);
         answered += usize::from(r.answered > 0);
     }
-    eprintln!("of {total} cases: {led} found a leader, {forwarded} forwarded, {answered} answered ok");
+    eprintln!(
+        "of {total} cases: {led} found a leader, {promoted} promoted one, {forwarded} forwarded, {answered} answered ok"
+    );
+    assert!(promoted * 5 >= total, "too few cases promote: {promoted} of {total}");
     assert!(led * 3 >= total, "too few cases reach a leader: {led} of {total}");
     assert!(answered * 5 >= total, "too few cases answer a request: {answered} of {total}");
 }
@@ -1997,16 +2021,30 @@ fn run_client(cfg: ClientConfig, acts: &[CAct], trace: &mut Vec<String>) -> Resu
     let fail = |trace: &[String], what: String| {
         format!("{what}\n  client config: {cfg:?}\n  trace:\n    {}", trace.join("\n    "))
     };
+    // Per sequence number: the highest attempt sent, and the highest an
+    // `Unavailable` answer delivered to it covered.
+    let mut unavail: BTreeMap<u64, u32> = BTreeMap::new();
     let mut handle = |out: &mut Outbox,
                       open: &mut Vec<(Op, Time)>,
                       trace: &[String],
-                      newest: &mut Option<(RequestId, u32)>|
+                      newest: &mut Option<(RequestId, u32)>,
+                      unavail: &BTreeMap<u64, u32>|
      -> Result<(), String> {
         for e in out.drain() {
             match e {
                 Effect::Send { msg: Msg::Request { id, attempt, .. }, .. } => *newest = Some((id, attempt)),
                 Effect::Done(d) => {
                     ok += usize::from(d.result.is_ok());
+                    // A write is reported certainly-not-applied only if every
+                    // attempt sent was answered `Unavailable`.
+                    let covered = unavail.get(&d.seq).copied().unwrap_or(0);
+                    if d.op.is_write() && d.result == Err(OpError::Unavailable) && covered < d.attempts {
+                        let what = format!(
+                            "write reported Unavailable after {} attempts, Unavailable answers covered {covered}: {d:?}",
+                            d.attempts
+                        );
+                        return Err(fail(trace, what));
+                    }
                     let Some(i) = open.iter().position(|(op, t)| *op == d.op && *t == d.invoked) else {
                         return Err(fail(trace, format!("Done for an op never submitted, or twice: {d:?}")));
                     };
@@ -2040,7 +2078,7 @@ fn run_client(cfg: ClientConfig, acts: &[CAct], trace: &mut Vec<String>) -> Resu
                 trace.push(format!("on_tick({now:?})"));
                 c.on_tick(now, &mut out);
                 if let Some(w) = c.next_wakeup().filter(|w| *w <= now) {
-                    return Err(fail(&trace, format!("after on_tick({now:?}) next_wakeup is {w:?}")));
+                    return Err(fail(trace, format!("after on_tick({now:?}) next_wakeup is {w:?}")));
                 }
             }
             CAct::Answer { attempt, seq, other, result } => {
@@ -2064,18 +2102,20 @@ fn run_client(cfg: ClientConfig, acts: &[CAct], trace: &mut Vec<String>) -> Resu
                     result: result.get(&Ctx::default()),
                 };
                 trace.push(format!("on_message({now:?}, Balancer, {msg:?})"));
+                note_unavailable(&msg, cfg.id, newest, &mut unavail);
                 c.on_message(now, NodeId::Balancer, msg, &mut out);
             }
             CAct::Hostile(from, h) => {
                 let msg = h.get(&Ctx::default());
                 trace.push(abbreviate(format!("on_message({now:?}, {from:?}, {msg:?})")));
+                note_unavailable(&msg, cfg.id, newest, &mut unavail);
                 c.on_message(now, *from, msg, &mut out);
             }
         }
         if tracing() {
             eprintln!("  {}", trace.last().map_or("", String::as_str));
         }
-        handle(&mut out, &mut open, trace, &mut newest)?;
+        handle(&mut out, &mut open, trace, &mut newest, &unavail)?;
     }
     // Nobody answers any more: ticking past every deadline finishes all.
     trace.push("...then on_tick at every next_wakeup".into());
@@ -2085,14 +2125,48 @@ fn run_client(cfg: ClientConfig, acts: &[CAct], trace: &mut Vec<String>) -> Resu
         let mut out = Outbox::new();
         c.on_tick(now, &mut out);
         if let Some(w) = c.next_wakeup().filter(|w| *w <= now) {
-            return Err(fail(&trace, format!("after on_tick({now:?}) next_wakeup is {w:?}")));
+            return Err(fail(trace, format!("after on_tick({now:?}) next_wakeup is {w:?}")));
         }
-        handle(&mut out, &mut open, trace, &mut newest)?;
+        handle(&mut out, &mut open, trace, &mut newest, &unavail)?;
     }
     if !open.is_empty() || !c.is_idle() {
-        return Err(fail(&trace, format!("never finished: {open:?} (client idle: {})", c.is_idle())));
+        return Err(fail(trace, format!("never finished: {open:?} (client idle: {})", c.is_idle())));
     }
     Ok(ok)
+}
+
+/// Records an `Unavailable` answer to the request in flight, for an attempt
+/// it has sent.
+fn note_unavailable(
+    msg: &Msg,
+    me: ClientId,
+    newest: Option<(RequestId, u32)>,
+    unavail: &mut BTreeMap<u64, u32>,
+) {
+    let Msg::Response { id, attempt, result: Err(OpError::Unavailable) } = msg else { return };
+    let Some((sent, attempts)) = newest else { return };
+    if id.client == me && *id == sent && *attempt >= 1 && *attempt <= attempts {
+        let u = unavail.entry(id.seq).or_default();
+        *u = (*u).max(*attempt);
+    }
+}
+
+/// The property has teeth: with bug D re-planted (the client counts
+/// `Unavailable` answers instead of matching them to attempts), it fails.
+#[test]
+fn the_client_property_catches_counting_unavailable_answers() {
+    let mut runner = TestRunner::deterministic();
+    let strategy = (client_cfg(), prop::collection::vec(cact(), 1..=max_len()));
+    for _ in 0..5000 {
+        let (mut cfg, acts) = strategy.new_tree(&mut runner).expect("strategy").current();
+        cfg.bug_counts_unavailable_answers = true;
+        if let Err(e) = run_client(cfg, &acts, &mut Vec::new()) {
+            if e.starts_with("write reported Unavailable") {
+                return;
+            }
+        }
+    }
+    panic!("5000 cases with bug D planted and no write wrongly reported Unavailable");
 }
 
 /// The answers really complete operations (not only timeouts).
