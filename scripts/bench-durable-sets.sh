@@ -18,7 +18,9 @@ cleanup() {
 }
 trap cleanup EXIT
 for n in 1 2 3; do
-  "$BIN" --log info replica "$n" --listen "127.0.0.1:$((PORT + n))" --data-dir "$DATA" "$@" 2>"$DATA/r$n.log" >/dev/null &
+  "$BIN" --log info replica "$n" --listen "127.0.0.1:$((PORT + n))" \
+    --peers "127.0.0.1:$((PORT + 1)),127.0.0.1:$((PORT + 2)),127.0.0.1:$((PORT + 3))" \
+    --data-dir "$DATA" "$@" 2>"$DATA/r$n.log" >/dev/null &
   pids+=($!)
 done
 sleep 0.5

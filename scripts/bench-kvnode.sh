@@ -4,13 +4,23 @@
 #   1. semi-synchronous sets from 50 clients      (target >= 30,000/s)
 #   2. session gets from 50 clients               (target >= 60,000/s)
 #   3. gets from one connection, p50 latency      (target < 150 us)
-# Usage: scripts/bench-kvnode.sh [DURATION] [--data-dir]   (default 10s, in memory)
+# Usage: scripts/bench-kvnode.sh [DURATION] [--data-dir] [--open]
+#   default 10s, in memory, every node proving a fresh random cluster secret
+#   (--open: no secret, to measure what authentication costs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-duration=${1:-10s}
-durable=${2:-}
+duration=10s
+durable=
+open=
+for a in "$@"; do
+  case "$a" in
+    --data-dir) durable=1 ;;
+    --open) open=1 ;;
+    *) duration=$a ;;
+  esac
+done
 cargo build -q --release -p kvstore --bin kvnode
-bin=target/release/kvnode
+bin=${KVNODE_BIN:-target/release/kvnode}
 work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -23,14 +33,21 @@ ss=[socket.socket() for _ in range(4)]
 [s.bind(("127.0.0.1",0)) for s in ss]
 print(*[s.getsockname()[1] for s in ss])
 [s.close() for s in ss]')
+secret=()
+if [ -z "$open" ]; then
+  head -c 32 /dev/urandom | base64 >"$work/secret"
+  chmod 600 "$work/secret"
+  secret=(--secret-file "$work/secret")
+fi
+peers="127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3"
 for i in 1 2 3; do
   port_var="p$i"
-  args=(replica "$i" --listen "127.0.0.1:${!port_var}")
+  args=(replica "$i" --listen "127.0.0.1:${!port_var}" --peers "$peers" "${secret[@]}")
   [ -n "$durable" ] && args+=(--data-dir "$work/r$i")
   "$bin" "${args[@]}" >"$work/r$i.log" 2>&1 &
   pids+=($!)
 done
-"$bin" balancer "127.0.0.1:$p0" "127.0.0.1:$p1" "127.0.0.1:$p2" "127.0.0.1:$p3" >"$work/lb.log" 2>&1 &
+"$bin" balancer "127.0.0.1:$p0" "127.0.0.1:$p1" "127.0.0.1:$p2" "127.0.0.1:$p3" "${secret[@]}" >"$work/lb.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do
   "$bin" client --connect "127.0.0.1:$p0" set bench-ready=1 >/dev/null 2>&1 && break

@@ -7,7 +7,7 @@ DIR=$1
 RUNS=${2:-3}
 for _ in $(seq "$RUNS"); do
   start=$(date +%s.%N)
-  coproc R { exec "$BIN" replica 1 --listen 127.0.0.1:0 --data-dir "$DIR" 2>/dev/null; }
+  coproc R { exec "$BIN" replica 1 --listen 127.0.0.1:0 --peers 127.0.0.1:1,127.0.0.1:2,127.0.0.1:3 --data-dir "$DIR" 2>/dev/null; }
   read -r line <&"${R[0]}"
   end=$(date +%s.%N)
   rss=$(awk '/VmRSS/ {print $2}' /proc/"$R_PID"/status)

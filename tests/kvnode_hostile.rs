@@ -178,6 +178,11 @@ fn killed_clients_and_garbage_leave_the_cluster_serving() {
         let got = client.call(get(&key)).result.unwrap();
         assert_eq!(got.value.as_deref(), Some("ok"));
     }
+    // The largest value there is still travels, both ways (client frames
+    // after the handshake have the client limit, not the hello's).
+    let big = "v".repeat(kvstore::types::MAX_VALUE_BYTES);
+    assert!(client.call(set("big", &big)).result.is_ok(), "a 64 KiB value was refused");
+    assert_eq!(client.call(get("big")).result.unwrap().value.as_deref(), Some(big.as_str()));
     assert!(c.all_alive(), "a node died");
     drop(stalled);
 

@@ -78,7 +78,7 @@ pub enum Kind {
     /// around: a replica stays down, or stays cut from the other replicas
     /// (the balancer and clients still reach it: if it leads, it must be
     /// replaced). Only where the others can still promote and confirm,
-    /// and with no corruption or torn writes in the run (see `generate`).
+    /// two seconds after the heal (see `draw`).
     Lasting,
 }
 
@@ -484,7 +484,8 @@ fn draw(seed: u64, p: &Profile) -> Scenario {
         timing.dead_after_us = g.int(dead_lo, dead_lo + dead_lo / 2);
         timing.promote_timeout_us = g.int(floor.promote_timeout_us, floor.promote_timeout_us.max(ms(300)));
         timing.forward_retry_us = g.int(ms(30), ms(300)).max(floor.forward_retry_us);
-        timing.request_timeout_us = g.int(2 * timing.forward_retry_us, ms(1500)).max(2 * timing.forward_retry_us);
+        timing.request_timeout_us =
+            g.int(2 * timing.forward_retry_us, ms(1500)).max(2 * timing.forward_retry_us);
     } else {
         timing.dead_after_us = d.dead_after_us.max(floor.dead_after(&timing));
         timing.promote_timeout_us = d.promote_timeout_us.max(floor.promote_timeout_us);
@@ -515,7 +516,8 @@ fn draw(seed: u64, p: &Profile) -> Scenario {
         value_bytes_min + g.int(0, 48) as usize
     };
     let set = g.int(1, 100) as u32;
-    let mix = Mix { set, get: g.int(0, 100) as u32, del: if g.chance(0.5) { g.int(0, 30) as u32 } else { 0 } };
+    let mix =
+        Mix { set, get: g.int(0, 100) as u32, del: if g.chance(0.5) { g.int(0, 30) as u32 } else { 0 } };
     // About how long one operation takes in a healthy cluster: a write is
     // six hops (client, balancer, leader, followers and back) and a disk
     // write on the leader and on its followers.
@@ -543,7 +545,8 @@ fn draw(seed: u64, p: &Profile) -> Scenario {
         let stop_us = g.chance(0.2).then(|| g.int(start_us + 1, duration_us));
         groups.push(Group { clients, read, rate_per_s, think_us, start_us, stop_us, script: None });
     }
-    let workload = Workload { duration_us, keys, zipf_exponent, value_bytes_min, value_bytes_max, mix, groups };
+    let mut workload =
+        Workload { duration_us, keys, zipf_exponent, value_bytes_min, value_bytes_max, mix, groups };
 
     // -- faults, all within [0, end); `end` heals everything
     let end = ((duration_us as f64 * p.fault_phase * (0.5 + g.int(0, 50) as f64 / 100.0)) as u64).max(ms(50));
@@ -565,12 +568,33 @@ fn draw(seed: u64, p: &Profile) -> Scenario {
     if has(Kind::Partition) {
         for _ in 0..g.int(1, 3) {
             let t = at(&mut g, 0);
-            faults.push(Fault { at_us: t, action: partition(&mut g, n) });
+            let first = partition(&mut g, n);
+            faults.push(Fault { at_us: t, action: first.clone() });
             // Healed later, and sometimes reshaped at once: the network
-            // settles into another split (nodes that were apart meet).
+            // settles into another split. A replica that was alone (a
+            // leader deposed meanwhile, say) may meet just one other
+            // replica, apart from the rest.
             if let Some(h) = heal_later(&mut g, &mut faults, t, end) {
                 if g.chance(0.4) {
-                    faults.push(Fault { at_us: h, action: partition(&mut g, n) });
+                    let alone = match &first {
+                        Action::Partition(gs) => match gs[0].as_slice() {
+                            [Node::Replica(x)] => Some(*x),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    let next = match alone {
+                        Some(x) if n >= 3 && g.chance(0.5) => {
+                            let mut others: Vec<Node> =
+                                all_replicas.iter().copied().filter(|r| *r != Node::Replica(x)).collect();
+                            g.shuffle(&mut others);
+                            let mut pair = vec![Node::Replica(x), others.remove(0)];
+                            pair.sort();
+                            Action::Partition(vec![pair, others])
+                        }
+                        _ => partition(&mut g, n),
+                    };
+                    faults.push(Fault { at_us: h, action: next });
                     heal_later(&mut g, &mut faults, h, end);
                 }
             }
@@ -657,7 +681,8 @@ fn draw(seed: u64, p: &Profile) -> Scenario {
                 if g.chance(0.7) {
                     // Down briefly (a restart before anyone notices) or for
                     // seconds (clients give up meanwhile).
-                    let down = if g.chance(0.5) { g.log_us(ms(1), ms(300)) } else { g.int(ms(300), ms(4000)) };
+                    let down =
+                        if g.chance(0.5) { g.log_us(ms(1), ms(300)) } else { g.int(ms(300), ms(4000)) };
                     let back = (t + down).min(end.saturating_sub(ms(1)).max(t + 1));
                     faults.push(Fault { at_us: back, action: Action::Restart(r) });
                 }
@@ -719,9 +744,13 @@ fn draw(seed: u64, p: &Profile) -> Scenario {
             let action = if g.chance(0.5) { Action::CorruptLast(id) } else { Action::Corrupt(id) };
             faults.push(Fault { at_us: t, action });
             let down = t + g.log_us(1, ms(100));
-            let up = down + g.log_us(ms(1), ms(300));
             faults.push(Fault { at_us: down, action: Action::Crash(r) });
-            faults.push(Fault { at_us: up, action: Action::Restart(r) });
+            // Back soon, or only at the end of the fault phase, as the
+            // network heals (it may then meet a leader deposed meanwhile).
+            if g.chance(0.7) {
+                let up = down + g.log_us(ms(1), ms(300));
+                faults.push(Fault { at_us: up, action: Action::Restart(r) });
+            }
         }
     }
     // Whatever ran past the end of the fault phase is moved back into it,
@@ -748,26 +777,35 @@ fn draw(seed: u64, p: &Profile) -> Scenario {
     for _ in 1..leaders {
         tail.push(Fault { at_us: end, action: Action::Restart(Node::Leader) });
     }
-    // The heal comes last: from it on, nothing is wrong (the liveness
-    // check counts from the last fault).
-    tail.push(Fault { at_us: end, action: Action::Heal });
+    // All at one instant: from it on, nothing is wrong (the liveness check
+    // counts from the last fault). The heal comes first or last: a node
+    // restarting into a healed network meets whoever was cut off (a leader
+    // deposed meanwhile, say) before it meets anyone else, or the other way.
+    if g.chance(0.5) {
+        tail.insert(0, Fault { at_us: end, action: Action::Heal });
+    } else {
+        tail.push(Fault { at_us: end, action: Action::Heal });
+    }
     faults.extend(tail);
     // A fault that lasts, where the others can still make progress
     // without that replica: they can promote (a quorum of them) and
     // confirm (`sync_acks` of them besides a leader).
     let mut check_convergence = true;
     let quorum = cluster.promotion_quorum();
-    // Not after corruption or torn writes: a replica that may lack rows it
-    // confirmed counts in a promotion only when every replica answers, so
-    // with one gone for good the cluster rightly stays unavailable.
-    let whole = !has(Kind::Corrupt) && disk.torn_write_probability == 0.0;
-    if has(Kind::Lasting) && whole && n >= 3 && sync_acks + 2 <= n as usize && quorum < n as usize {
+    // It comes two seconds after the heal, once every replica has caught
+    // up: a replica that may lack rows it confirmed (a torn or corrupt
+    // log) counts in a promotion only when every replica answers, so with
+    // one gone for good before it caught up, the cluster would rightly stay
+    // unavailable.
+    if has(Kind::Lasting) && n >= 3 && sync_acks + 2 <= n as usize && quorum < n as usize {
+        let t = end + ms(2000);
+        workload.duration_us = workload.duration_us.max(t + ms(1500));
         let r = if g.chance(0.5) { Node::Leader } else { replica(&mut g) };
         if g.chance(0.5) {
-            faults.push(Fault { at_us: end, action: Action::Crash(r) });
+            faults.push(Fault { at_us: t, action: Action::Crash(r) });
         } else {
             let others = all_replicas.iter().copied().filter(|x| *x != r).collect();
-            faults.push(Fault { at_us: end, action: Action::Partition(vec![vec![r], others]) });
+            faults.push(Fault { at_us: t, action: Action::Partition(vec![vec![r], others]) });
             // The one cut off falls behind for good.
             check_convergence = false;
         }
@@ -851,8 +889,10 @@ fn partition(g: &mut Gen, n: u8) -> Action {
     if g.chance(0.3) {
         let alone = if g.chance(0.2) {
             Node::Balancer
-        } else if g.chance(0.5) {
+        } else if g.chance(0.4) {
             Node::Leader
+        } else if g.chance(0.5) {
+            Node::Replica(1)
         } else {
             Node::Replica(g.int(1, n as u64) as u8)
         };
@@ -910,10 +950,16 @@ pub enum Verdict {
     Passed,
     /// Violations: the kind of the most serious (see [`violation_kind`]),
     /// and every line.
-    Failed { kind: String, violations: Vec<String> },
+    Failed {
+        kind: String,
+        violations: Vec<String>,
+    },
     /// No violation, but a check could not decide, or the run ran out of
     /// its event budget.
-    Inconclusive { kind: String, why: Vec<String> },
+    Inconclusive {
+        kind: String,
+        why: Vec<String>,
+    },
     /// The run panicked: where and why.
     Panicked(String),
 }
@@ -944,9 +990,10 @@ impl Verdict {
 }
 
 /// Kinds of violation, most serious first.
-pub const KINDS: [&str; 12] = [
+pub const KINDS: [&str; 13] = [
     "led twice",
     "acknowledged write lost",
+    "applied different rows",
     "linearizability",
     "session",
     "read a value never written",
@@ -966,6 +1013,8 @@ pub fn violation_kind(v: &str) -> &'static str {
         "led twice"
     } else if has("acknowledged write lost") {
         "acknowledged write lost"
+    } else if has("replicas applied different rows") {
+        "applied different rows"
     } else if has("linearizability:") {
         "linearizability"
     } else if has("session:") {
@@ -1298,9 +1347,11 @@ mod tests {
         p.plant("epochs_promised_twice").unwrap();
         for seed in 1..=300 {
             let sc = generate(seed, &p);
-            let text = sc.to_toml();
-            let back = parse(&text, "gen.toml", "gen").unwrap_or_else(|e| panic!("seed {seed}: {e}\n{text}"));
-            assert_eq!(back, sc, "seed {seed}:\n{text}");
+            for text in [sc.to_toml(), sc.to_toml_compact()] {
+                let back =
+                    parse(&text, "gen.toml", "gen").unwrap_or_else(|e| panic!("seed {seed}: {e}\n{text}"));
+                assert_eq!(back, sc, "seed {seed}:\n{text}");
+            }
         }
     }
 
@@ -1316,8 +1367,11 @@ mod tests {
             assert!(timing_valid(&sc), "seed {seed}: {:?}", sc.cluster.timing);
             let heal = sc.faults.iter().rposition(|f| f.action == Action::Heal).expect("a final heal");
             let end = sc.faults[heal].at_us;
-            assert!(heal + 1 >= sc.faults.len() || kinds_for(seed, &p).contains(&Kind::Lasting), "seed {seed}");
-            assert!(sc.faults.iter().all(|f| f.at_us <= end));
+            let after: Vec<&Fault> = sc.faults.iter().filter(|f| f.at_us > end).collect();
+            assert!(
+                after.len() <= 1 && (after.is_empty() || kinds_for(seed, &p).contains(&Kind::Lasting)),
+                "seed {seed}"
+            );
             for g in &sc.workload.groups {
                 reads.insert(format!("{:?}/{}", g.read, g.rate_per_s.is_some()));
             }
@@ -1338,7 +1392,7 @@ mod tests {
             let sc = generate(seed, &p);
             assert_eq!(sc.cluster.replicas.len(), 3);
             assert!(sc.cluster.unsafe_failover);
-            assert!(sc.faults.iter().any(|f| matches!(f.action, Action::Crash(Node::Replica(_)))));
+            assert!(sc.faults.iter().any(|f| matches!(f.action, Action::Crash(Node::Replica(_) | Node::Leader))));
             assert!(kinds_for(seed, &p).is_subset(&p.enabled));
         }
         assert!(Profile::parse("faults = [\"earthquake\"]").unwrap_err().contains("earthquake"));

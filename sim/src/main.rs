@@ -252,7 +252,8 @@ fn main() -> ExitCode {
                                 return ExitCode::from(EXIT_USAGE);
                             }
                         }
-                        let stem = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                        let stem =
+                            f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                         (sc, f.display().to_string(), f.with_file_name(format!("{stem}.shrunk.toml")))
                     }
                     Err(code) => return code,
@@ -263,7 +264,11 @@ fn main() -> ExitCode {
                         Err(code) => return code,
                     };
                     let origin = format!("`kvsim fuzz --seeds {seed}..{seed}{args}`");
-                    (fuzz::generate(seed, &p), origin, PathBuf::from(format!("fuzz-failures/seed-{seed}.shrunk.toml")))
+                    (
+                        fuzz::generate(seed, &p),
+                        origin,
+                        PathBuf::from(format!("fuzz-failures/seed-{seed}.shrunk.toml")),
+                    )
                 }
             };
             let out = out.unwrap_or(default_out);
@@ -273,7 +278,11 @@ fn main() -> ExitCode {
                 eprintln!("error: {origin} passes with seed {seed}: nothing to shrink");
                 return ExitCode::from(EXIT_USAGE);
             }
-            eprintln!("shrinking a failure of kind `{}`: {}", verdict.kind().unwrap_or("?"), brief(&verdict.first()));
+            eprintln!(
+                "shrinking a failure of kind `{}`: {}",
+                verdict.kind().unwrap_or("?"),
+                brief(&verdict.first())
+            );
             let shrunk = kvsim::shrink::shrink(&sc, seed, &verdict, max_runs, |what, runs| {
                 eprintln!("  run {runs:>4}: kept: {what}");
             });
@@ -410,7 +419,13 @@ struct FuzzOpts {
     max_runs: usize,
 }
 
-fn fuzz_cmd(seeds: RangeInclusive<u64>, profile: &Profile, profile_args: &str, out: &Path, o: FuzzOpts) -> ExitCode {
+fn fuzz_cmd(
+    seeds: RangeInclusive<u64>,
+    profile: &Profile,
+    profile_args: &str,
+    out: &Path,
+    o: FuzzOpts,
+) -> ExitCode {
     let FuzzOpts { jobs, json, shrink, write_all, max_runs } = o;
     let list: Vec<u64> = seeds.clone().collect();
     let bar = if json { ProgressBar::hidden() } else { ProgressBar::new(list.len() as u64) };
@@ -428,53 +443,59 @@ fn fuzz_cmd(seeds: RangeInclusive<u64>, profile: &Profile, profile_args: &str, o
     let mut failed_scenarios: Vec<(u64, Scenario, Verdict)> = Vec::new();
     let (mut passed, mut panicked, mut inconclusive) = (0u64, 0u64, 0u64);
     let (mut run_ms, mut check_ms, mut events) = (0.0f64, 0.0f64, 0u64);
-    fuzz::parallel(&list, jobs, |&seed| fuzz::run_seed(seed, profile), |r: SeedReport| {
-        run_ms += r.wall_ms;
-        check_ms += r.check_wall_ms;
-        events += r.events;
-        match &r.verdict {
-            Verdict::Passed => {
-                passed += 1;
-                if write_all {
-                    if let Err(e) = write_failure(out, &r, profile_args) {
-                        bar.suspend(|| eprintln!("error: {}: {e}", out.display()));
+    fuzz::parallel(
+        &list,
+        jobs,
+        |&seed| fuzz::run_seed(seed, profile),
+        |r: SeedReport| {
+            run_ms += r.wall_ms;
+            check_ms += r.check_wall_ms;
+            events += r.events;
+            match &r.verdict {
+                Verdict::Passed => {
+                    passed += 1;
+                    if write_all {
+                        if let Err(e) = write_failure(out, &r, profile_args) {
+                            bar.suspend(|| eprintln!("error: {}: {e}", out.display()));
+                        }
                     }
                 }
-            }
-            v => {
-                match v {
-                    Verdict::Panicked(_) => panicked += 1,
-                    Verdict::Inconclusive { .. } => inconclusive += 1,
-                    _ => {}
+                v => {
+                    match v {
+                        Verdict::Panicked(_) => panicked += 1,
+                        Verdict::Inconclusive { .. } => inconclusive += 1,
+                        _ => {}
+                    }
+                    let file = write_failure(out, &r, profile_args);
+                    let kind = v.kind().unwrap_or("?").to_string();
+                    let first = v.first();
+                    let reproduce = match &file {
+                        Ok(f) => format!("kvsim run {} --seed {}", f.display(), r.seed),
+                        Err(_) => format!("kvsim fuzz --seeds {}..{}{profile_args}", r.seed, r.seed),
+                    };
+                    if !json {
+                        bar.suspend(|| {
+                            println!("FAIL seed {} [{kind}]: {reproduce}   # {}", r.seed, brief(&first));
+                            if let Err(e) = &file {
+                                println!("    (could not write its scenario under {}: {e})", out.display());
+                            }
+                        });
+                    }
+                    failures.push(Failure { seed: r.seed, kind, first, file: file.ok(), shrunk: None });
+                    failed_scenarios.push((r.seed, r.scenario.clone(), r.verdict.clone()));
+                    bar.set_message(format!("{} failed", failures.len()));
                 }
-                let file = write_failure(out, &r, profile_args);
-                let kind = v.kind().unwrap_or("?").to_string();
-                let first = v.first();
-                let reproduce = match &file {
-                    Ok(f) => format!("kvsim run {} --seed {}", f.display(), r.seed),
-                    Err(_) => format!("kvsim fuzz --seeds {}..{}{profile_args}", r.seed, r.seed),
-                };
-                if !json {
-                    bar.suspend(|| {
-                        println!("FAIL seed {} [{kind}]: {reproduce}   # {}", r.seed, brief(&first));
-                        if let Err(e) = &file {
-                            println!("    (could not write its scenario under {}: {e})", out.display());
-                        }
-                    });
-                }
-                failures.push(Failure { seed: r.seed, kind, first, file: file.ok(), shrunk: None });
-                failed_scenarios.push((r.seed, r.scenario.clone(), r.verdict.clone()));
-                bar.set_message(format!("{} failed", failures.len()));
             }
-        }
-        bar.inc(1);
-    });
+            bar.inc(1);
+        },
+    );
     bar.finish_and_clear();
     let wall_s = started.elapsed().as_secs_f64();
     failures.sort_by_key(|f| f.seed);
     failed_scenarios.sort_by_key(|f| f.0);
     if shrink && !failed_scenarios.is_empty() {
-        let shrunk_bar = if json { ProgressBar::hidden() } else { ProgressBar::new(failed_scenarios.len() as u64) };
+        let shrunk_bar =
+            if json { ProgressBar::hidden() } else { ProgressBar::new(failed_scenarios.len() as u64) };
         shrunk_bar.set_style(
             ProgressStyle::with_template("[{bar:30}] {pos}/{len} shrunk ({elapsed})")
                 .expect("a valid template")
@@ -488,9 +509,11 @@ fn fuzz_cmd(seeds: RangeInclusive<u64>, profile: &Profile, profile_args: &str, o
                 let f = failures.iter_mut().find(|f| f.seed == seed).expect("a failure per scenario");
                 let original = &failed_scenarios.iter().find(|x| x.0 == seed).expect("listed").1;
                 let path = out.join(format!("seed-{seed}.shrunk.toml"));
-                let origin = f.file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| {
-                    format!("`kvsim fuzz --seeds {seed}..{seed}{profile_args}`")
-                });
+                let origin = f
+                    .file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| format!("`kvsim fuzz --seeds {seed}..{seed}{profile_args}`"));
                 match write_shrunk(&shrunk, seed, &origin, original, &path) {
                     Ok(()) => {
                         if !json {

@@ -59,7 +59,7 @@ use kvstore::{
     ClientId, ClusterConfig, Effect, Epoch, Event, Lsn, Msg, NodeId, Op, OpError, Outbox, ReadMode,
     ReplicaId, RequestId, Row, RowBody, Stored, Time,
 };
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::{self, Write as _};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
@@ -134,7 +134,12 @@ pub struct Bounds {
     /// otherwise any message in flight may arrive next (the simulator).
     /// Pings and pongs are never held up behind each other or others.
     pub fifo: bool,
-    /// Stop (inconclusive) after this many distinct states.
+    /// Persists complete within the step that issued them (a disk with no
+    /// latency: a crash then never loses an unsynced write), instead of
+    /// each being an action of its own.
+    pub instant_disk: bool,
+    /// Stop (inconclusive) after this many distinct states (memory: about
+    /// a kilobyte for each state of the deepest level kept).
     pub max_states: u64,
     /// Print a line per depth level to stderr.
     pub progress: bool,
@@ -179,7 +184,8 @@ impl Bounds {
             max_ticks: Ticks::UNBOUNDED,
             max_pongs: u32::MAX,
             fifo: false,
-            max_states: 50_000_000,
+            instant_disk: false,
+            max_states: 5_000_000,
             progress: false,
         }
     }
@@ -194,26 +200,119 @@ impl Bounds {
         self
     }
 
-    /// Bounds the CI test runs (debug build): the workload from a cluster
-    /// that has already elected r1 (see `check`), every fault once.
-    pub fn small() -> Bounds {
-        let mut b = Bounds::cluster(9).with_workload();
+    /// Election under every fault: a fresh cluster, no clients; one
+    /// duplicate, one replica crash, one balancer restart; the balancer
+    /// hears 3 pongs and ticks 5 times, replicas tick once.
+    pub fn election() -> Bounds {
+        let mut b = Bounds::cluster(8);
         b.max_duplicates = 1;
-        b.max_drops = 0;
         b.max_replica_crashes = 1;
         b.max_balancer_restarts = 1;
+        b.max_pongs = 3;
+        b.max_ticks = Ticks { balancer: 5, replicas: 1, clients: 0 };
         b
     }
 
-    /// Bug A re-planted (`[bugs] epochs_promised_twice`), with a balancer
-    /// restart allowed and nothing else: the shortest path to two leaders of
-    /// one epoch.
+    /// The workload on a settled cluster, every order of its messages on
+    /// FIFO links, no faults and no timers (so nothing times out): small
+    /// enough to exhaust, so every interleaving of the two writes and the
+    /// read is checked for linearizability.
+    pub fn workload() -> Bounds {
+        let mut b = Bounds::cluster(60).with_workload();
+        b.origin = Origin::Settled;
+        b.fifo = true;
+        b.instant_disk = true;
+        b.max_ticks = Ticks { balancer: 0, replicas: 0, clients: 0 };
+        b
+    }
+
+    /// The two writes on a settled cluster under every fault: one
+    /// duplicate, one replica crash, one balancer restart, one lost
+    /// message; the balancer hears 2 pongs; 2 balancer ticks, one replica
+    /// tick, one client tick (a retry).
+    pub fn workload_faults() -> Bounds {
+        let mut b = Bounds::workload();
+        b.depth = 8;
+        b.clients[0].ops.truncate(1);
+        b.max_duplicates = 1;
+        b.max_drops = 1;
+        b.max_replica_crashes = 1;
+        b.max_balancer_restarts = 1;
+        b.max_pongs = 2;
+        b.max_ticks = Ticks { balancer: 2, replicas: 1, clients: 1 };
+        b
+    }
+
+    /// Bug A re-planted (`[bugs] epochs_promised_twice`) just after r1's
+    /// election: one balancer restart, 4 balancer ticks, no pongs heard,
+    /// no replica ticks.
     pub fn bug_a() -> Bounds {
-        let mut b = Bounds::cluster(22);
+        let mut b = Bounds::cluster(10);
+        b.origin = Origin::Elected;
         b.cfg.bugs.epochs_promised_twice = true;
         b.max_balancer_restarts = 1;
-        b.horizon_us = 60_000;
+        b.max_pongs = 0;
+        b.max_ticks = Ticks { balancer: 4, replicas: 0, clients: 0 };
         b
+    }
+
+    /// Named bounds, for `kvsim model`: (name, bounds).
+    pub fn presets() -> Vec<(&'static str, Bounds)> {
+        vec![
+            ("election", Bounds::election()),
+            ("workload", Bounds::workload()),
+            ("workload-faults", Bounds::workload_faults()),
+            ("bug-a", Bounds::bug_a()),
+        ]
+    }
+
+    pub fn preset(name: &str) -> Option<Bounds> {
+        Bounds::presets().into_iter().find(|(n, _)| *n == name).map(|(_, b)| b)
+    }
+}
+
+impl fmt::Display for Bounds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = |x: u32| if x == u32::MAX { "any".to_string() } else { x.to_string() };
+        let origin = match self.origin {
+            Origin::Fresh => "a fresh cluster",
+            Origin::Elected => "r1 just elected for e1",
+            Origin::Settled => "r1 leading e1, at rest",
+        };
+        write!(
+            f,
+            "{} replicas (sync_acks {}) from {origin}; depth {}",
+            self.cfg.replicas.len(),
+            self.cfg.sync_acks,
+            self.depth
+        )?;
+        for (i, c) in self.clients.iter().enumerate() {
+            let ops: Vec<String> = c.ops.iter().map(|o| o.to_string()).collect();
+            write!(f, "; c{} ({} reads): {}", i + 1, c.read, ops.join(", "))?;
+        }
+        write!(
+            f,
+            "; at most {} duplicate(s), {} drop(s), {} replica crash(es), {} balancer restart(s), {} pong(s); ticks: balancer {}, replicas {}, clients {}",
+            self.max_duplicates,
+            if self.fifo { self.max_drops } else { 0 },
+            self.max_replica_crashes,
+            self.max_balancer_restarts,
+            n(self.max_pongs),
+            n(self.max_ticks.balancer),
+            n(self.max_ticks.replicas),
+            n(self.max_ticks.clients)
+        )?;
+        if self.horizon_us != u64::MAX {
+            write!(f, "; clocks up to {}", Time(self.horizon_us))?;
+        }
+        write!(f, "; {} links", if self.fifo { "FIFO" } else { "reordering" })?;
+        if self.instant_disk {
+            write!(f, "; instant disks")?;
+        }
+        if self.cfg.bugs != kvstore::config::Bugs::default() {
+            write!(f, "; bugs: {:?}", self.cfg.bugs)?;
+        }
+        Ok(())
     }
 }
 
@@ -236,7 +335,8 @@ pub struct Report {
     pub states: u64,
     /// Actions taken (each an edge of the state graph).
     pub transitions: u64,
-    /// Every path this long was explored (or ended earlier).
+    /// Every path this long was explored (or ended earlier); with a
+    /// violation, its depth (no shorter path to any violation exists).
     pub depth: usize,
     pub max_depth: usize,
     /// New states per depth level.
@@ -279,37 +379,74 @@ impl fmt::Display for Report {
 
 // ---------------------------------------------------------------- hashing
 
-/// 128-bit hashes from two SipHash instances with different salts (the std
-/// hasher with its fixed keys: the same on every run).
-struct H2(std::hash::DefaultHasher, std::hash::DefaultHasher);
+/// A fast 128-bit hash (two multiply-rotate lanes, murmur3's finalizer):
+/// fingerprints need to be well spread and the same on every run, not
+/// resistant to an adversary; SipHash over every message's text was a
+/// fifth of the search's time.
+struct H2 {
+    a: u64,
+    b: u64,
+    tail: u64,
+    n: u32,
+    len: u64,
+}
 
 impl H2 {
     fn new(salt: u64) -> H2 {
-        let mut a = std::hash::DefaultHasher::new();
-        let mut b = std::hash::DefaultHasher::new();
-        a.write_u64(salt);
-        b.write_u64(!salt ^ 0x9e37_79b9_7f4a_7c15);
-        H2(a, b)
+        H2 { a: salt ^ 0x243f_6a88_85a3_08d3, b: !salt ^ 0x1319_8a2e_0370_7344, tail: 0, n: 0, len: 0 }
+    }
+    fn block(&mut self, w: u64) {
+        self.a = (self.a ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+        self.b = (self.b ^ w.rotate_left(32)).wrapping_mul(0xc2b2_ae3d_27d4_eb4f).rotate_left(31);
+    }
+    fn bytes(&mut self, mut bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        while self.n != 0 && !bytes.is_empty() {
+            self.tail |= u64::from(bytes[0]) << (8 * self.n);
+            self.n += 1;
+            bytes = &bytes[1..];
+            if self.n == 8 {
+                let t = std::mem::take(&mut self.tail);
+                self.block(t);
+                self.n = 0;
+            }
+        }
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.block(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        for (i, b) in chunks.remainder().iter().enumerate() {
+            self.tail |= u64::from(*b) << (8 * i);
+        }
+        self.n = chunks.remainder().len() as u32;
     }
     fn u128(&mut self, x: u128) -> &mut H2 {
-        self.0.write_u128(x);
-        self.1.write_u128(x);
+        self.bytes(&x.to_le_bytes());
         self
     }
     fn u64(&mut self, x: u64) -> &mut H2 {
-        self.0.write_u64(x);
-        self.1.write_u64(x);
+        self.bytes(&x.to_le_bytes());
         self
     }
     fn finish(&self) -> u128 {
-        (u128::from(self.0.finish()) << 64) | u128::from(self.1.finish())
+        fn fmix(mut k: u64) -> u64 {
+            k ^= k >> 33;
+            k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+            k ^= k >> 33;
+            k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+            k ^ (k >> 33)
+        }
+        let mut h = H2 { ..*self };
+        h.block(h.tail ^ h.len.rotate_left(56));
+        let a = fmix(h.a ^ h.len);
+        let b = fmix(h.b ^ a);
+        (u128::from(a) << 64) | u128::from(b)
     }
 }
 
 impl fmt::Write for H2 {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.write(s.as_bytes());
-        self.1.write(s.as_bytes());
+        self.bytes(s.as_bytes());
         Ok(())
     }
 }
@@ -342,13 +479,43 @@ fn node_code(n: NodeId) -> u64 {
     }
 }
 
-/// A message's identity: sender, receiver, the balancer incarnation of a
-/// client's connection, and the content.
-fn msg_key(from: NodeId, to: NodeId, link: u32, msg: &Msg) -> u128 {
-    let mut h = H2::new(1);
-    h.u64(node_code(from)).u64(node_code(to)).u64(u64::from(link));
-    let _ = write!(h, "{msg:?}");
-    h.finish()
+/// A message's content, hashed from its `Debug` text (with sender,
+/// receiver and link it names an entry in flight).
+fn msg_hash(msg: &Msg) -> u128 {
+    thread_local! {
+        static TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    TEXT.with(|t| {
+        let mut t = t.borrow_mut();
+        t.clear();
+        let _ = write!(t, "{msg:?}");
+        let mut h = H2::new(1);
+        h.bytes(t.as_bytes());
+        h.finish()
+    })
+}
+
+/// Memoized steps at most (then the memo starts over).
+const CACHE_MAX: usize = 2_000_000;
+
+/// What one input did to one node state (see `Model::step`).
+struct StepResult {
+    effects: Vec<Out>,
+    wake: Option<Time>,
+    status: Status,
+    leader: Option<(ReplicaId, Epoch)>,
+    idle: bool,
+    /// Replicas: the rows newly committed (above the commit point before).
+    rows: Vec<Row>,
+    neutral: bool,
+}
+
+/// An effect, shareable between states.
+enum Out {
+    Send { to: NodeId, hash: u128, msg: Rc<Msg> },
+    Persist { id: u64, op: Rc<kvstore::PersistOp> },
+    Done(kvstore::Completion),
+    Event(Event),
 }
 
 // ---------------------------------------------------------------- state
@@ -392,10 +559,14 @@ struct NodeBook {
 
 #[derive(Clone)]
 struct InFlight {
+    /// This entry's identity: the content's, or its complement for the
+    /// duplicate copies `fifo` lets arrive at any time.
     key: u128,
+    /// Sender, receiver, the client's balancer incarnation, the message.
+    content: u128,
+    copy: bool,
     from: NodeId,
     to: NodeId,
-    link: u32,
     msg: Rc<Msg>,
     count: u32,
 }
@@ -403,7 +574,7 @@ struct InFlight {
 #[derive(Clone, Default)]
 struct Disk {
     stored: Rc<Stored>,
-    pending: VecDeque<(u64, kvstore::PersistOp)>,
+    pending: VecDeque<(u64, Rc<kvstore::PersistOp>)>,
 }
 
 /// A client operation, for the linearizability check; times are positions
@@ -436,15 +607,13 @@ struct Book {
     client_log: u128,
     client_events: u32,
     next_op: Vec<usize>,
-    history: Vec<OpRec>,
+    history: Rc<Vec<OpRec>>,
     /// (epoch, replica, incarnation) of every `BecameLeader` on the path.
-    leaders: Vec<(Epoch, ReplicaId, u32)>,
+    leaders: Rc<Vec<(Epoch, ReplicaId, u32)>>,
     /// Every position ever committed by any replica, with its row and who
     /// committed it first.
     committed: Rc<BTreeMap<u64, (Row, ReplicaId)>>,
-    /// Per replica: committed rows already checked.
-    checked: Vec<u64>,
-    acked: Vec<(RequestId, Lsn)>,
+    acked: Rc<Vec<(RequestId, Lsn)>>,
 }
 
 enum Machine {
@@ -480,7 +649,13 @@ impl Machine {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Action {
     Deliver(u128),
-    Duplicate(u128),
+    /// Delivers, and a duplicate stays in flight (the only point where a
+    /// duplicate matters is when one copy arrives: any path that
+    /// duplicates a message earlier is equivalent to one doing it here).
+    DeliverKeep(u128),
+    /// `fifo` only: the message at the head of its link is lost, so the
+    /// ones behind it may arrive. (Without `fifo`, a message never
+    /// delivered is as good as lost.)
     Drop(u128),
     /// The oldest pending persist of replica index i completes.
     Persist(usize),
@@ -500,6 +675,8 @@ fn incarnation(k: u32) -> u64 {
 struct Model<'a> {
     b: &'a Bounds,
     n: usize,
+    /// (node, chain, input) -> what the step did.
+    cache: std::cell::RefCell<HashMap<u128, Rc<StepResult>, BuildHasherDefault<Identity>>>,
 }
 
 impl Model<'_> {
@@ -601,11 +778,10 @@ impl Model<'_> {
             client_log: 0,
             client_events: 0,
             next_op: vec![0; self.b.clients.len()],
-            history: Vec::new(),
-            leaders: Vec::new(),
+            history: Rc::new(Vec::new()),
+            leaders: Rc::new(Vec::new()),
             committed: Rc::new(BTreeMap::new()),
-            checked: vec![0; self.n],
-            acked: Vec::new(),
+            acked: Rc::new(Vec::new()),
         };
         for x in 0..nodes_n {
             let m = self.build(&book, x);
@@ -642,15 +818,27 @@ impl Model<'_> {
     fn actions(&self, book: &Book) -> Vec<Action> {
         let b = self.b;
         let mut v = Vec::new();
+        let mut keeps = Vec::new();
+        let mut drops = Vec::new();
         for (i, m) in book.net.iter().enumerate() {
-            if is_chatter(&m.msg) {
+            let chatter = is_chatter(&m.msg);
+            if chatter {
                 if book.pongs_used >= b.max_pongs {
                     continue;
                 }
-            } else if b.fifo && book.net[..i].iter().any(|o| o.from == m.from && o.to == m.to && !is_chatter(&o.msg)) {
-                continue;
+            } else if b.fifo && !m.copy {
+                let ahead = |o: &InFlight| o.from == m.from && o.to == m.to && !o.copy && !is_chatter(&o.msg);
+                if book.net[..i].iter().any(ahead) {
+                    continue;
+                }
+                if book.drops_used < b.max_drops {
+                    drops.push(Action::Drop(m.key));
+                }
             }
             v.push(Action::Deliver(m.key));
+            if book.dups_used < b.max_duplicates {
+                keeps.push(Action::DeliverKeep(m.key));
+            }
         }
         for (i, d) in book.disks.iter().enumerate() {
             if !d.pending.is_empty() {
@@ -676,12 +864,8 @@ impl Model<'_> {
         if book.restarts_used < b.max_balancer_restarts {
             v.push(Action::RestartBalancer);
         }
-        if book.dups_used < b.max_duplicates {
-            v.extend(book.net.iter().map(|m| Action::Duplicate(m.key)));
-        }
-        if book.drops_used < b.max_drops {
-            v.extend(book.net.iter().map(|m| Action::Drop(m.key)));
-        }
+        v.extend(keeps);
+        v.extend(drops);
         v
     }
 
@@ -692,46 +876,44 @@ impl Model<'_> {
         nb.chain = h.finish();
     }
 
-    fn push_input(nb: &mut NodeBook, input: Input) {
-        let prev = nb.inputs.take();
-        nb.inputs = Some(Rc::new(Cons { input, prev }));
-    }
-
     /// Takes action `a` in `book`. `Err` is a violation. With `log`, writes
     /// the action's trace lines.
     fn apply(&self, book: &mut Book, a: &Action, mut log: Option<&mut Vec<String>>) -> Result<(), String> {
         match a {
-            Action::Deliver(key) => {
+            Action::Deliver(key) | Action::DeliverKeep(key) => {
+                let keep = matches!(a, Action::DeliverKeep(_));
                 let i = book.net.iter().position(|m| m.key == *key).expect("enabled");
                 let m = book.net[i].clone();
-                if m.count > 1 {
+                if keep {
+                    book.dups_used += 1;
+                }
+                if keep && !self.b.fifo {
+                    // The copy stays where it is.
+                } else if m.count > 1 {
                     book.net[i].count -= 1;
                 } else {
                     book.net.remove(i);
+                }
+                if keep && self.b.fifo {
+                    let ck = !m.content;
+                    match book.net.iter_mut().find(|o| o.key == ck) {
+                        Some(o) => o.count += 1,
+                        None => book.net.push(InFlight { key: ck, copy: true, count: 1, ..m.clone() }),
+                    }
                 }
                 let x = self.index(m.to);
                 if matches!(*m.msg, Msg::Pong { .. }) {
                     book.pongs_used += 1;
                 }
                 if let Some(l) = log.as_deref_mut() {
-                    l.push(format!("{:<4} -> {:<4} {}", m.from.to_string(), m.to.to_string(), m.msg));
+                    let dup = if keep { "   (duplicated: a copy stays in flight)" } else { "" };
+                    l.push(format!("{:<4} -> {:<4} {}{dup}", m.from.to_string(), m.to.to_string(), m.msg));
                 }
                 let now = book.nodes[x].clock;
                 let input = Input::Msg { now, from: m.from, msg: m.msg.clone() };
                 let neutral_candidate = matches!(*m.msg, Msg::Ping { .. }) && x >= 1 && x <= self.n;
-                let key = m.key;
-                self.step(book, x, input, neutral_candidate, log, |h| {
-                    h.u64(1).u128(key);
-                })
-            }
-            Action::Duplicate(key) => {
-                let m = book.net.iter_mut().find(|m| m.key == *key).expect("enabled");
-                m.count += 1;
-                book.dups_used += 1;
-                if let Some(l) = log {
-                    l.push(format!("net  duplicates {} -> {} {}", m.from, m.to, m.msg));
-                }
-                Ok(())
+                let content = m.content;
+                self.step(book, x, input, H2::new(1).u128(content).finish(), neutral_candidate, log)
             }
             Action::Drop(key) => {
                 let i = book.net.iter().position(|m| m.key == *key).expect("enabled");
@@ -759,9 +941,7 @@ impl Model<'_> {
                     ));
                 }
                 let now = book.nodes[x].clock;
-                self.step(book, x, Input::Persisted { now, id }, false, log, |h| {
-                    h.u64(2).u64(id);
-                })
+                self.step(book, x, Input::Persisted { now, id }, H2::new(2).u64(id).finish(), false, log)
             }
             Action::Tick(x) => {
                 let x = *x;
@@ -772,9 +952,7 @@ impl Model<'_> {
                 if let Some(l) = log.as_deref_mut() {
                     l.push(format!("{:<12} tick, clock {now}", self.node_id(x).to_string()));
                 }
-                self.step(book, x, Input::Tick(now), false, log, |h| {
-                    h.u64(3).u64(now.0);
-                })?;
+                self.step(book, x, Input::Tick(now), H2::new(3).u64(now.0).finish(), false, log)?;
                 let nb = &book.nodes[x];
                 if nb.wake.is_some_and(|w| w <= now) {
                     return Err(format!(
@@ -794,7 +972,7 @@ impl Model<'_> {
                 }
                 book.client_events += 1;
                 book.client_log = H2::new(5).u128(book.client_log).u64(c as u64).u64(0).finish();
-                book.history.push(OpRec {
+                Rc::make_mut(&mut book.history).push(OpRec {
                     client: c,
                     op: op.clone(),
                     invoked: book.client_events,
@@ -802,9 +980,7 @@ impl Model<'_> {
                 });
                 let now = book.nodes[x].clock;
                 let idx = book.next_op[c] as u64;
-                self.step(book, x, Input::Submit { now, op }, false, log, |h| {
-                    h.u64(4).u64(idx);
-                })
+                self.step(book, x, Input::Submit { now, op }, H2::new(4).u64(idx).finish(), false, log)
             }
             Action::Crash(r) => {
                 let r = *r;
@@ -822,7 +998,6 @@ impl Model<'_> {
                 let m = self.build(book, x);
                 self.observe(book, x, &m);
                 let Machine::R(rep) = &m else { unreachable!() };
-                book.checked[r] = rep.status().commit.0;
                 if let Some(l) = log {
                     let s = rep.status();
                     l.push(format!(
@@ -860,21 +1035,78 @@ impl Model<'_> {
         }
     }
 
-    /// Feeds `input` to node `x` (rebuilt from `book`), records it, and
-    /// carries out the effects.
+    /// Feeds `input` (named `id`) to node `x`, records it, and carries out
+    /// the effects. The machine is rebuilt by replay only the first time
+    /// this node state meets this input: the outcome is memoized under
+    /// (node, chain, input), as the machines are deterministic.
     fn step(
         &self,
         book: &mut Book,
         x: usize,
         input: Input,
+        id: u128,
         neutral_candidate: bool,
         mut log: Option<&mut Vec<String>>,
-        desc: impl FnOnce(&mut H2),
     ) -> Result<(), String> {
+        let key = H2::new(7).u64(x as u64).u128(book.nodes[x].chain).u128(id).finish();
+        let hit = self.cache.borrow().get(&key).cloned();
+        let res = match hit {
+            Some(r) => r,
+            None => {
+                let r = Rc::new(self.run(book, x, &input, neutral_candidate)?);
+                let mut cache = self.cache.borrow_mut();
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(key, r.clone());
+                r
+            }
+        };
+        let before = book.nodes[x].status.commit;
+        let nb = &mut book.nodes[x];
+        nb.wake = res.wake;
+        nb.status = res.status;
+        nb.leader = res.leader;
+        nb.idle = res.idle;
+        if !res.neutral {
+            let mut h = H2::new(4);
+            h.u128(nb.chain).u128(id);
+            nb.chain = h.finish();
+            let prev = nb.inputs.take();
+            nb.inputs = Some(Rc::new(Cons { input, prev }));
+        }
+        self.handle(book, x, &res, before, log.as_deref_mut())?;
+        if self.b.instant_disk && x >= 1 && x <= self.n {
+            while let Some((pid, op)) = book.disks[x - 1].pending.pop_front() {
+                Rc::make_mut(&mut book.disks[x - 1].stored).apply(&op);
+                if let Some(l) = log.as_deref_mut() {
+                    l.push(format!(
+                        "              {} disk: persist #{pid} durable: {}",
+                        self.node_id(x),
+                        show_op(&op)
+                    ));
+                }
+                let input = Input::Persisted { now: book.nodes[x].clock, id: pid };
+                let id = H2::new(2).u64(pid).finish();
+                self.step(book, x, input, id, false, log.as_deref_mut())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds node `x` and feeds it `input`: what it does, and what can be
+    /// seen of it after.
+    fn run(
+        &self,
+        book: &Book,
+        x: usize,
+        input: &Input,
+        neutral_candidate: bool,
+    ) -> Result<StepResult, String> {
         let mut m = self.build(book, x);
         let mut out = Outbox::new();
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            m.input(&input, &mut out);
+            m.input(input, &mut out);
             m
         }));
         let m = match ran {
@@ -888,41 +1120,65 @@ impl Model<'_> {
                 return Err(format!("{} panicked: {what}", self.node_id(x)));
             }
         };
-        let before = (book.nodes[x].status, book.nodes[x].wake);
-        self.observe(book, x, &m);
-        let neutral = neutral_candidate
-            && (book.nodes[x].status, book.nodes[x].wake) == before
-            && matches!(&out.effects[..], [Effect::Send { msg: Msg::Pong { .. }, .. }]);
-        if !neutral {
-            let nb = &mut book.nodes[x];
-            Self::chain(nb, desc);
-            Self::push_input(nb, input);
+        let nb = &book.nodes[x];
+        let mut res = StepResult {
+            effects: Vec::new(),
+            wake: m.wake(),
+            status: nb.status,
+            leader: nb.leader,
+            idle: nb.idle,
+            rows: Vec::new(),
+            neutral: false,
+        };
+        match &m {
+            Machine::R(r) => {
+                res.status = r.status();
+                let (from, to) = (nb.status.commit.0 + 1, res.status.commit.0);
+                res.rows = (from..=to).filter_map(|l| r.log().get(Lsn(l)).cloned()).collect();
+            }
+            Machine::B(b) => res.leader = b.leader(),
+            Machine::C(c) => res.idle = c.is_idle(),
         }
-        self.handle(book, x, &m, out, log.as_deref_mut())
+        res.neutral = neutral_candidate
+            && (res.status, res.wake) == (nb.status, nb.wake)
+            && matches!(&out.effects[..], [Effect::Send { msg: Msg::Pong { .. }, .. }]);
+        res.effects = out
+            .effects
+            .into_iter()
+            .map(|e| match e {
+                Effect::Send { to, msg } => Out::Send { to, hash: msg_hash(&msg), msg: Rc::new(msg) },
+                Effect::Persist { id, op } => Out::Persist { id, op: Rc::new(op) },
+                Effect::Done(c) => Out::Done(c),
+                Effect::Event(e) => Out::Event(e),
+            })
+            .collect();
+        Ok(res)
     }
 
+    /// Carries out a step's effects and checks what they show. `before`:
+    /// the replica's commit point before the step.
     fn handle(
         &self,
         book: &mut Book,
         x: usize,
-        m: &Machine,
-        out: Outbox,
+        res: &StepResult,
+        before: Lsn,
         mut log: Option<&mut Vec<String>>,
     ) -> Result<(), String> {
         let me = self.node_id(x);
         let mut violation = None;
-        for e in out.effects {
+        for e in &res.effects {
             match e {
-                Effect::Send { to, msg } => self.send(book, me, to, msg),
-                Effect::Persist { id, op } => {
+                Out::Send { to, hash, msg } => self.send(book, me, *to, msg.clone(), *hash),
+                Out::Persist { id, op } => {
                     let NodeId::Replica(r) = me else { continue };
-                    book.disks[r.0 as usize - 1].pending.push_back((id, op));
+                    book.disks[r.0 as usize - 1].pending.push_back((*id, op.clone()));
                 }
-                Effect::Event(ev) => {
+                Out::Event(ev) => {
                     if let Some(l) = log.as_deref_mut() {
                         l.push(format!("              {me} {ev}"));
                     }
-                    if let (Event::BecameLeader { epoch, .. }, NodeId::Replica(r)) = (&ev, me) {
+                    if let (Event::BecameLeader { epoch, .. }, NodeId::Replica(r)) = (ev, me) {
                         let inc = book.replica_incarnation[r.0 as usize - 1];
                         let twice =
                             book.leaders.iter().find(|(e, rr, i)| e == epoch && (*rr, *i) != (r, inc));
@@ -932,10 +1188,10 @@ impl Model<'_> {
                                 r0.0, r.0
                             ));
                         }
-                        book.leaders.push((*epoch, r, inc));
+                        Rc::make_mut(&mut book.leaders).push((*epoch, r, inc));
                     }
                 }
-                Effect::Done(c) => {
+                Out::Done(c) => {
                     let ci = x - self.n - 1;
                     if let Some(l) = log.as_deref_mut() {
                         let what = match &c.result {
@@ -949,12 +1205,13 @@ impl Model<'_> {
                     book.client_events += 1;
                     book.client_log = H2::new(5).u128(book.client_log).u64(ci as u64).u64(1).finish();
                     let at = book.client_events;
-                    if let Some(rec) = book.history.iter_mut().find(|h| h.client == ci && h.done.is_none()) {
+                    let history = Rc::make_mut(&mut book.history);
+                    if let Some(rec) = history.iter_mut().find(|h| h.client == ci && h.done.is_none()) {
                         rec.done = Some((at, c.result.clone()));
                     }
                     if let (Ok(reply), true) = (&c.result, c.op.is_write()) {
                         let id = RequestId { client: ClientId(ci as u64 + 1), seq: c.seq };
-                        book.acked.push((id, reply.lsn));
+                        Rc::make_mut(&mut book.acked).push((id, reply.lsn));
                         let held = book.committed.get(&reply.lsn.0);
                         let ok = held.is_some_and(
                             |(row, _)| matches!(&row.body, RowBody::Put { req, .. } if *req == id),
@@ -978,31 +1235,27 @@ impl Model<'_> {
                 }
             }
         }
-        if let (Machine::R(r), NodeId::Replica(id)) = (m, me) {
-            let i = id.0 as usize - 1;
-            let commit = r.status().commit.0;
-            let mut lsn = book.checked[i] + 1;
-            while lsn <= commit {
-                if let Some(row) = r.log().get(Lsn(lsn)) {
-                    match book.committed.get(&lsn) {
-                        None => {
-                            Rc::make_mut(&mut book.committed).insert(lsn, (row.clone(), id));
-                        }
-                        Some((first, by)) if first != row => {
-                            violation.get_or_insert(format!(
-                                "lsn {lsn} committed as {} by r{} and as {} by r{}",
-                                show_row(first),
-                                by.0,
-                                show_row(row),
-                                id.0
-                            ));
-                        }
-                        Some(_) => {}
+        if let NodeId::Replica(id) = me {
+            // Rows newly committed here: the same row wherever and whenever
+            // that position is committed.
+            for row in res.rows.iter().filter(|r| r.lsn > before) {
+                match book.committed.get(&row.lsn.0) {
+                    None => {
+                        Rc::make_mut(&mut book.committed).insert(row.lsn.0, (row.clone(), id));
                     }
+                    Some((first, by)) if first != row => {
+                        violation.get_or_insert(format!(
+                            "lsn {} committed as {} by r{} and as {} by r{}",
+                            row.lsn,
+                            show_row(first),
+                            by.0,
+                            show_row(row),
+                            id.0
+                        ));
+                    }
+                    Some(_) => {}
                 }
-                lsn += 1;
             }
-            book.checked[i] = book.checked[i].max(commit);
         }
         match violation {
             Some(v) => Err(v),
@@ -1010,17 +1263,17 @@ impl Model<'_> {
         }
     }
 
-    fn send(&self, book: &mut Book, from: NodeId, to: NodeId, msg: Msg) {
+    fn send(&self, book: &mut Book, from: NodeId, to: NodeId, msg: Rc<Msg>, hash: u128) {
         let link =
             if matches!((from, to), (NodeId::Client(_), NodeId::Balancer)) { book.lb_incarnation } else { 0 };
         if is_chatter(&msg) {
             let kind = msg.kind();
             book.net.retain(|m| !(m.from == from && m.to == to && m.msg.kind() == kind));
         }
-        let key = msg_key(from, to, link, &msg);
+        let key = H2::new(1).u64(node_code(from)).u64(node_code(to)).u64(u64::from(link)).u128(hash).finish();
         match book.net.iter_mut().find(|m| m.key == key) {
             Some(m) => m.count += 1,
-            None => book.net.push(InFlight { key, from, to, link, msg: Rc::new(msg), count: 1 }),
+            None => book.net.push(InFlight { key, content: key, copy: false, from, to, msg, count: 1 }),
         }
     }
 }
@@ -1151,7 +1404,7 @@ fn order_exists(set: &[&OpRec], used: &mut [bool], value: Option<&str>) -> bool 
 /// stops at the first violation: its path is a shortest one.
 pub fn check(bounds: &Bounds) -> Report {
     let started = Instant::now();
-    let model = Model { b: bounds, n: bounds.cfg.replicas.len() };
+    let model = Model { b: bounds, n: bounds.cfg.replicas.len(), cache: Default::default() };
     let (init, setup) = match model.setup() {
         Ok(x) => x,
         Err(v) => {
@@ -1211,8 +1464,9 @@ pub fn check(bounds: &Bounds) -> Report {
                     next.push((arena.len() as u32 - 1, child));
                 }
                 if report.states >= bounds.max_states {
+                    // This level is incomplete: `depth` stays at the last
+                    // complete one.
                     report.truncated = true;
-                    report.depth += 1;
                     report.levels.push(new);
                     break 'levels;
                 }
@@ -1232,9 +1486,6 @@ pub fn check(bounds: &Bounds) -> Report {
             report.exhausted = true;
         }
         frontier = next;
-    }
-    if report.violation.is_none() && !report.truncated && frontier.is_empty() && report.depth < bounds.depth {
-        report.exhausted = true;
     }
     report.elapsed = started.elapsed();
     report

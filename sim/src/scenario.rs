@@ -644,78 +644,169 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
 
 impl Scenario {
     /// The scenario as a scenario file: [`parse`] reads it back to an equal
-    /// `Scenario` (every field is written out, defaults included, so the
-    /// file keeps meaning the same if a default changes).
+    /// `Scenario`. Every field is written out, defaults included, so the
+    /// file keeps meaning the same if a default changes.
     pub fn to_toml(&self) -> String {
+        self.write_toml(false)
+    }
+
+    /// The same, leaving out every field at its default (what `kvsim
+    /// shrink` writes: short files to read and check in). It parses back
+    /// to an equal `Scenario` as long as the defaults stay as they are.
+    pub fn to_toml_compact(&self) -> String {
+        self.write_toml(true)
+    }
+
+    fn write_toml(&self, compact: bool) -> String {
         use std::fmt::Write as _;
+        let d = parse("", "defaults", "").expect("the empty scenario is valid");
         let mut t = String::new();
-        let c = &self.cluster;
-        let tm = &c.timing;
+        // A section: its lines, each kept unless compact and at its default.
+        let mut section = |t: &mut String, header: &str, lines: Vec<(String, bool)>| {
+            let kept: Vec<String> =
+                lines.into_iter().filter(|(_, dflt)| !compact || !dflt).map(|(l, _)| l).collect();
+            if !kept.is_empty() || (!compact && !header.is_empty()) {
+                let _ = writeln!(t, "\n{header}");
+                for l in kept {
+                    let _ = writeln!(t, "{l}");
+                }
+            }
+        };
+        let line = |l: String, dflt: bool| (l, dflt);
         let _ = writeln!(t, "name = {}", quote(&self.name));
-        let _ = writeln!(t, "\n[cluster]");
-        let _ = writeln!(t, "replicas = {}", c.replicas.len());
-        let _ = writeln!(t, "sync_acks = {}", c.sync_acks);
-        let _ = writeln!(t, "unsafe_failover = {}", c.unsafe_failover);
-        let _ = writeln!(t, "log_rows_max = {}", c.log_rows_max);
-        let _ = writeln!(t, "heartbeat_ms = {}", ms_text(tm.heartbeat_us));
-        let _ = writeln!(t, "ping_ms = {}", ms_text(tm.ping_us));
-        let _ = writeln!(t, "dead_after_ms = {}", ms_text(tm.dead_after_us));
-        let _ = writeln!(t, "promote_timeout_ms = {}", ms_text(tm.promote_timeout_us));
-        let _ = writeln!(t, "forward_retry_ms = {}", ms_text(tm.forward_retry_us));
-        let _ = writeln!(t, "request_timeout_ms = {}", ms_text(tm.request_timeout_us));
-        let n = &self.network;
-        let _ = writeln!(t, "\n[network]");
-        let _ = writeln!(t, "delay_min_ms = {}", ms_text(n.delay_min_us));
-        let _ = writeln!(t, "delay_mean_ms = {}", ms_text(n.delay_mean_us));
+        let (c, dc) = (&self.cluster, &d.cluster);
+        let (tm, dt) = (&c.timing, &dc.timing);
+        section(
+            &mut t,
+            "[cluster]",
+            vec![
+                line(format!("replicas = {}", c.replicas.len()), c.replicas == dc.replicas),
+                line(format!("sync_acks = {}", c.sync_acks), c.sync_acks == dc.sync_acks),
+                line(
+                    format!("unsafe_failover = {}", c.unsafe_failover),
+                    c.unsafe_failover == dc.unsafe_failover,
+                ),
+                line(format!("log_rows_max = {}", c.log_rows_max), c.log_rows_max == dc.log_rows_max),
+                line(
+                    format!("heartbeat_ms = {}", ms_text(tm.heartbeat_us)),
+                    tm.heartbeat_us == dt.heartbeat_us,
+                ),
+                line(format!("ping_ms = {}", ms_text(tm.ping_us)), tm.ping_us == dt.ping_us),
+                line(
+                    format!("dead_after_ms = {}", ms_text(tm.dead_after_us)),
+                    tm.dead_after_us == dt.dead_after_us,
+                ),
+                line(
+                    format!("promote_timeout_ms = {}", ms_text(tm.promote_timeout_us)),
+                    tm.promote_timeout_us == dt.promote_timeout_us,
+                ),
+                line(
+                    format!("forward_retry_ms = {}", ms_text(tm.forward_retry_us)),
+                    tm.forward_retry_us == dt.forward_retry_us,
+                ),
+                line(
+                    format!("request_timeout_ms = {}", ms_text(tm.request_timeout_us)),
+                    tm.request_timeout_us == dt.request_timeout_us,
+                ),
+            ],
+        );
+        let (n, dn) = (&self.network, &d.network);
         let dist = match n.distribution {
             Distribution::Constant => "constant",
             Distribution::Uniform => "uniform",
             Distribution::Exponential => "exponential",
             Distribution::Pareto => "pareto",
         };
-        let _ = writeln!(t, "distribution = \"{dist}\"");
-        let _ = writeln!(t, "drop_probability = {}", n.drop_probability);
-        let _ = writeln!(t, "duplicate_probability = {}", n.duplicate_probability);
+        let mut lines = vec![
+            line(format!("delay_min_ms = {}", ms_text(n.delay_min_us)), n.delay_min_us == dn.delay_min_us),
+            line(
+                format!("delay_mean_ms = {}", ms_text(n.delay_mean_us)),
+                n.delay_mean_us == dn.delay_mean_us,
+            ),
+            line(format!("distribution = \"{dist}\""), n.distribution == dn.distribution),
+            line(
+                format!("drop_probability = {}", n.drop_probability),
+                n.drop_probability == dn.drop_probability,
+            ),
+            line(
+                format!("duplicate_probability = {}", n.duplicate_probability),
+                n.duplicate_probability == dn.duplicate_probability,
+            ),
+        ];
         if let Some(u) = n.faults_until_us {
-            let _ = writeln!(t, "faults_until_ms = {}", ms_text(u));
+            lines.push(line(format!("faults_until_ms = {}", ms_text(u)), false));
         }
-        let d = &self.disk;
-        let _ = writeln!(t, "\n[disk]");
-        let _ = writeln!(t, "write_min_ms = {}", ms_text(d.write_min_us));
-        let _ = writeln!(t, "write_mean_ms = {}", ms_text(d.write_mean_us));
-        let _ = writeln!(t, "torn_write_probability = {}", d.torn_write_probability);
-        let _ = writeln!(t, "\n[clock]");
-        let _ = writeln!(t, "drift_max = {}", self.clock.drift_max_ppm as f64 / 1e6);
-        let _ = writeln!(t, "skew_max_ms = {}", ms_text(self.clock.skew_max_us));
-        let w = &self.workload;
-        let _ = writeln!(t, "\n[workload]");
-        let _ = writeln!(t, "duration_ms = {}", ms_text(w.duration_us));
-        let _ = writeln!(t, "keys = {}", w.keys);
+        section(&mut t, "[network]", lines);
+        let (k, dk) = (&self.disk, &d.disk);
+        section(
+            &mut t,
+            "[disk]",
+            vec![
+                line(
+                    format!("write_min_ms = {}", ms_text(k.write_min_us)),
+                    k.write_min_us == dk.write_min_us,
+                ),
+                line(
+                    format!("write_mean_ms = {}", ms_text(k.write_mean_us)),
+                    k.write_mean_us == dk.write_mean_us,
+                ),
+                line(
+                    format!("torn_write_probability = {}", k.torn_write_probability),
+                    k.torn_write_probability == dk.torn_write_probability,
+                ),
+            ],
+        );
+        section(
+            &mut t,
+            "[clock]",
+            vec![
+                line(
+                    format!("drift_max = {}", self.clock.drift_max_ppm as f64 / 1e6),
+                    self.clock.drift_max_ppm == 0,
+                ),
+                line(
+                    format!("skew_max_ms = {}", ms_text(self.clock.skew_max_us)),
+                    self.clock.skew_max_us == 0,
+                ),
+            ],
+        );
+        let (w, dw) = (&self.workload, &d.workload);
+        let mut lines = vec![
+            line(format!("duration_ms = {}", ms_text(w.duration_us)), w.duration_us == dw.duration_us),
+            line(format!("keys = {}", w.keys), w.keys == dw.keys),
+        ];
         if let Some(z) = w.zipf_exponent {
-            let _ = writeln!(t, "zipf_exponent = {z}");
+            lines.push(line(format!("zipf_exponent = {z}"), false));
         }
-        let _ = writeln!(t, "value_bytes_min = {}", w.value_bytes_min);
-        let _ = writeln!(t, "value_bytes_max = {}", w.value_bytes_max);
-        let _ = writeln!(t, "mix = {{ set = {}, get = {}, del = {} }}", w.mix.set, w.mix.get, w.mix.del);
+        lines.extend([
+            line(format!("value_bytes_min = {}", w.value_bytes_min), w.value_bytes_min == dw.value_bytes_min),
+            line(format!("value_bytes_max = {}", w.value_bytes_max), w.value_bytes_max == dw.value_bytes_max),
+            line(
+                format!("mix = {{ set = {}, get = {}, del = {} }}", w.mix.set, w.mix.get, w.mix.del),
+                w.mix == dw.mix,
+            ),
+        ]);
+        section(&mut t, "[workload]", lines);
         for g in &w.groups {
-            let _ = writeln!(t, "\n[[workload.groups]]");
-            let _ = writeln!(t, "clients = {}", g.clients);
             let read = match g.read {
                 ReadMode::Any => "any",
                 ReadMode::Session => "session",
                 ReadMode::Leader => "leader",
             };
-            let _ = writeln!(t, "read = \"{read}\"");
+            let mut lines = vec![
+                line(format!("clients = {}", g.clients), g.clients == 1),
+                line(format!("read = \"{read}\""), g.read == ReadMode::default()),
+            ];
             if let Some(r) = g.rate_per_s {
-                let _ = writeln!(t, "rate_per_s = {r}");
+                lines.push(line(format!("rate_per_s = {r}"), false));
             }
-            let _ = writeln!(t, "think_ms = {}", ms_text(g.think_us));
-            let _ = writeln!(t, "start_ms = {}", ms_text(g.start_us));
+            lines.push(line(format!("think_ms = {}", ms_text(g.think_us)), g.think_us == 0));
+            lines.push(line(format!("start_ms = {}", ms_text(g.start_us)), g.start_us == 0));
             if let Some(s) = g.stop_us {
-                let _ = writeln!(t, "stop_ms = {}", ms_text(s));
+                lines.push(line(format!("stop_ms = {}", ms_text(s)), false));
             }
             if let Some(script) = &g.script {
-                let lines: Vec<String> = script
+                let ops: Vec<String> = script
                     .iter()
                     .map(|op| match op {
                         Op::Get { key } => quote(&format!("get {key}")),
@@ -723,7 +814,14 @@ impl Scenario {
                         Op::Del { key } => quote(&format!("del {key}")),
                     })
                     .collect();
-                let _ = writeln!(t, "script = [{}]", lines.join(", "));
+                lines.push(line(format!("script = [{}]", ops.join(", ")), false));
+            }
+            // A group is always written: groups replace the default one.
+            let _ = writeln!(t, "\n[[workload.groups]]");
+            for (l, dflt) in lines {
+                if !compact || !dflt {
+                    let _ = writeln!(t, "{l}");
+                }
             }
         }
         let nodes = |v: &[Node]| v.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
@@ -764,14 +862,19 @@ impl Scenario {
                 }
             }
         }
-        let r = &self.run;
-        let _ = writeln!(t, "\n[run]");
-        let _ = writeln!(t, "quiet_ms = {}", ms_text(r.quiet_us));
-        let _ = writeln!(t, "liveness_ms = {}", ms_text(r.liveness_us));
-        let _ = writeln!(t, "check_convergence = {}", r.check_convergence);
+        let (r, dr) = (&self.run, &d.run);
+        let mut lines = vec![
+            line(format!("quiet_ms = {}", ms_text(r.quiet_us)), r.quiet_us == dr.quiet_us),
+            line(format!("liveness_ms = {}", ms_text(r.liveness_us)), r.liveness_us == dr.liveness_us),
+            line(
+                format!("check_convergence = {}", r.check_convergence),
+                r.check_convergence == dr.check_convergence,
+            ),
+        ];
         if let Some(m) = r.max_events {
-            let _ = writeln!(t, "max_events = {m}");
+            lines.push(line(format!("max_events = {m}"), false));
         }
+        section(&mut t, "[run]", lines);
         let bugs = bugs_on(&c.bugs);
         if !bugs.is_empty() {
             let _ = writeln!(t, "\n[bugs]");
@@ -826,7 +929,8 @@ fn quote(s: &str) -> String {
 
 /// `r1`, `lb`, `c3`, `clients` or `leader`.
 fn parse_node(s: &str, replicas: u8, clients: u32) -> Result<Node, String> {
-    let bad = || format!("unknown node `{s}` (expected lb, r1..r{replicas}, c1..c{clients}, clients or leader)");
+    let bad =
+        || format!("unknown node `{s}` (expected lb, r1..r{replicas}, c1..c{clients}, clients or leader)");
     match s {
         "lb" | "balancer" => return Ok(Node::Balancer),
         "clients" => return Ok(Node::Clients),
@@ -940,7 +1044,8 @@ mod tests {
         for f in files {
             let sc = load(&f).unwrap_or_else(|e| panic!("{e}"));
             let text = sc.to_toml();
-            let back = parse(&text, "back.toml", "back").unwrap_or_else(|e| panic!("{}: {e}\n{text}", f.display()));
+            let back =
+                parse(&text, "back.toml", "back").unwrap_or_else(|e| panic!("{}: {e}\n{text}", f.display()));
             assert_eq!(back, sc, "{}:\n{text}", f.display());
         }
     }
@@ -988,6 +1093,9 @@ cut_tail_trusted = true
         assert_eq!(sc.run.max_events, Some(1000));
         let again = parse(&sc.to_toml(), "t.toml", "t").unwrap();
         assert_eq!(again, sc, "{}", sc.to_toml());
+        let again = parse(&sc.to_toml_compact(), "t.toml", "t").unwrap();
+        assert_eq!(again, sc, "{}", sc.to_toml_compact());
+        assert!(!sc.to_toml_compact().contains("heartbeat_ms"));
         assert_eq!(bugs_on(&sc.cluster.bugs), vec!["cut_tail_trusted".to_string()]);
         assert!(err("[run]\nmax_events = 0\n").contains("max_events"));
         let mut b = kvstore::config::Bugs::default();

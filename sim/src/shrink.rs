@@ -191,6 +191,20 @@ pub fn candidates(sc: &Scenario) -> Vec<(String, Scenario)> {
             }
         }
     }
+    // A crash with the restart that ends it, together.
+    for i in 0..faults {
+        let Action::Crash(node) = sc.faults[i].action else { continue };
+        let Some(j) = (i + 1..faults).find(|&j| sc.faults[j].action == Action::Restart(node)) else {
+            continue;
+        };
+        push(
+            format!("removed the crash of {node} at {} and its restart", show_ms(sc.faults[i].at_us)),
+            &|c| {
+                c.faults.remove(j);
+                c.faults.remove(i);
+            },
+        );
+    }
     for i in (0..faults).rev() {
         let what = format!("removed fault at {}: {}", show_ms(sc.faults[i].at_us), sc.faults[i].action);
         push(what, &|c| {
@@ -229,7 +243,8 @@ pub fn candidates(sc: &Scenario) -> Vec<(String, Scenario)> {
         }
     }
     let last_fault = sc.faults.last().map(|f| f.at_us).unwrap_or(0);
-    for d in [round_up(last_fault + 100_000, 100_000), w.duration_us / 2, w.duration_us * 3 / 4] {
+    let (half, most) = (round_to(w.duration_us / 2, 10_000), round_to(w.duration_us * 3 / 4, 10_000));
+    for d in [round_up(last_fault + 100_000, 100_000), half, most, round_to(w.duration_us, 100_000)] {
         if d < w.duration_us && d >= 100_000 {
             push(format!("workload of {} instead of {}", show_ms(d), show_ms(w.duration_us)), &|c| {
                 c.workload.duration_us = d;
@@ -244,7 +259,8 @@ pub fn candidates(sc: &Scenario) -> Vec<(String, Scenario)> {
     let n = sc.cluster.replicas.len() as u8;
     if n > 1 && !names_replica(sc, n) {
         push(format!("{} replicas instead of {n}", n - 1), &|c| {
-            let mut cluster = kvstore::config::ClusterConfig::new(n - 1, c.cluster.sync_acks.min(n as usize - 2));
+            let mut cluster =
+                kvstore::config::ClusterConfig::new(n - 1, c.cluster.sync_acks.min(n as usize - 2));
             cluster.unsafe_failover = c.cluster.unsafe_failover;
             cluster.log_rows_max = c.cluster.log_rows_max;
             cluster.timing = c.cluster.timing.clone();
@@ -335,7 +351,9 @@ pub fn candidates(sc: &Scenario) -> Vec<(String, Scenario)> {
         if g.think_us > 0 && g.rate_per_s.is_none() {
             let r = round_to(g.think_us, 1000);
             if r != g.think_us {
-                push(format!("group {}: think {}", i + 1, show_ms(r)), &|c| c.workload.groups[i].think_us = r);
+                push(format!("group {}: think {}", i + 1, show_ms(r)), &|c| {
+                    c.workload.groups[i].think_us = r
+                });
             }
         }
     }
@@ -409,7 +427,8 @@ fn show_ms(us: u64) -> String {
 }
 
 /// The shrunk scenario as a file to check in: a header saying what it
-/// reproduces and where it came from, then the scenario.
+/// reproduces and where it came from, then the scenario (fields at their
+/// defaults left out).
 pub fn commented(shrunk: &Shrunk, seed: u64, origin: &str, original: &Scenario, path: &str) -> String {
     use std::fmt::Write as _;
     let mut t = String::new();
@@ -432,7 +451,7 @@ pub fn commented(shrunk: &Shrunk, seed: u64, origin: &str, original: &Scenario, 
     let _ = writeln!(t, "# The scenario and the seed reproduce it together; the file alone, on");
     let _ = writeln!(t, "# other seeds, may not.");
     t.push('\n');
-    t.push_str(&shrunk.scenario.to_toml());
+    t.push_str(&shrunk.scenario.to_toml_compact());
     t
 }
 

@@ -522,7 +522,8 @@ impl<'a> Sim<'a> {
             );
             self.disks[i].wipe();
             let life = self.rng_lives.random();
-            self.replicas[i] = Some(Replica::resync(id, cfg, self.disks[i].promised()).with_incarnation(life));
+            self.replicas[i] =
+                Some(Replica::resync(id, cfg, self.disks[i].promised()).with_incarnation(life));
             self.reschedule(NodeId::Replica(id));
             return;
         }
@@ -768,10 +769,13 @@ impl<'a> Sim<'a> {
                 lead.map(Action::Crash)
             }
             Action::Restart(Node::Leader) => {
-                let down = self.leaders_crashed.iter().rposition(|r| self.replicas[*r as usize - 1].is_none());
+                let down =
+                    self.leaders_crashed.iter().rposition(|r| self.replicas[*r as usize - 1].is_none());
                 down.map(|i| Action::Restart(Node::Replica(self.leaders_crashed.remove(i))))
             }
-            Action::Pause { node: Node::Leader, for_us } => lead.map(|node| Action::Pause { node, for_us: *for_us }),
+            Action::Pause { node: Node::Leader, for_us } => {
+                lead.map(|node| Action::Pause { node, for_us: *for_us })
+            }
             a => Some(a.clone()),
         };
         let Some(action) = action else {

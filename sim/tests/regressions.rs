@@ -101,3 +101,30 @@ fn review_snapshot_over_confirmed_rows_is_caught() {
 fn review_resync_target_from_a_stale_append_is_caught() {
     caught("resync-stale-append.toml", "resync_target_from_any_append", 47..=50, "different rows");
 }
+
+/// The planted bugs as `kvsim fuzz` found them and `kvsim shrink` reduced
+/// them (each file names the fuzz seed and profile); the seed the shrink
+/// kept reproduces it.
+#[test]
+fn fuzz_found_bugs_are_caught_on_their_shrunk_scenarios() {
+    caught("fuzz-epoch-reused-one-replica.toml", "epochs_promised_twice", 101..=101, "led twice");
+    caught(
+        "fuzz-corrupt-last-record-after-failover.toml",
+        "cut_tail_trusted",
+        108..=108,
+        "acknowledged write lost",
+    );
+    caught(
+        "fuzz-resync-meets-deposed-leader.toml",
+        "resync_forgets_promise",
+        61..=61,
+        "acknowledged write lost",
+    );
+    caught(
+        "fuzz-duplicated-unavailable-outage.toml",
+        "unavailable_counts_answers",
+        65..=65,
+        "linearizability",
+    );
+    caught("fuzz-leader-of-five-cut-off.toml", "leader_judged_by_pongs", 1..=2, "liveness");
+}

@@ -22,11 +22,11 @@ use crate::msg::Msg;
 use crate::types::NodeId;
 use crate::wire::{self, Auth, Frame, FrameDecoder, Hello, Side, WireError};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -130,8 +130,10 @@ pub fn inbox() -> (Inbox, Inputs) {
 }
 
 impl Inbox {
-    /// The channel for a connection with `peer` (every input of one
-    /// connection goes through one channel, so they stay in order).
+    /// The channel for a connection's events and frames with `peer`: a
+    /// client's all go to the clients' channel (so they stay in order),
+    /// a cluster peer's to the cluster's, except the reads and writes a
+    /// balancer forwards for clients (see `read_frames`).
     pub fn for_peer(&self, peer: NodeId) -> &Sender<Input> {
         match peer {
             NodeId::Client(_) => &self.clients,
@@ -164,6 +166,16 @@ impl Inputs {
             Ok(i) => return Some(i),
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
         }
+        self.clients.try_recv().ok()
+    }
+
+    /// The next input already queued from the cluster.
+    pub fn try_recv_cluster(&self) -> Option<Input> {
+        self.cluster.try_recv().ok()
+    }
+
+    /// The next client input already queued.
+    pub fn try_recv_clients(&self) -> Option<Input> {
         self.clients.try_recv().ok()
     }
 
@@ -514,6 +526,7 @@ fn accept_handshake(
     stream: &TcpStream,
     a: &Accepting,
     conn: ConnId,
+    stage: &AtomicU8,
     peer_addr: &str,
     dec: &mut FrameDecoder,
 ) -> Result<Hello, ConnEnd> {
@@ -524,6 +537,7 @@ fn accept_handshake(
     wire::encode_hello(&mine, &mut out);
     send_raw(stream, &out)?;
     let (theirs, theirs_body) = read_until(stream, dec, deadline, "hello", FrameDecoder::next_hello_raw)?;
+    stage.store(1, Ordering::SeqCst);
     let who = theirs.from;
     let refused = |why: String| {
         refuse(stream, &why);
@@ -547,6 +561,7 @@ fn accept_handshake(
             Keys::name_for_link(a.me, who)
         )));
     }
+    stage.store(2, Ordering::SeqCst);
     let node_link = !theirs.observer && matches!(who, NodeId::Balancer | NodeId::Replica(_));
     if let (true, Some(mine)) = (node_link, &a.config) {
         dec.set_limit(wire::MAX_CLUSTER_FRAME_BYTES);
@@ -668,7 +683,6 @@ struct Reader<'a> {
 
 /// Reads frames until the connection ends, handing each to the node.
 fn read_frames(stream: &TcpStream, dec: &mut FrameDecoder, r: &Reader<'_>) -> ConnEnd {
-    let tx = r.inbox.for_peer(r.from);
     let client = matches!(r.from, NodeId::Client(_));
     if let Err(e) = stream.set_read_timeout(r.idle) {
         return e.into();
@@ -695,7 +709,14 @@ fn read_frames(stream: &TcpStream, dec: &mut FrameDecoder, r: &Reader<'_>) -> Co
                         )));
                     }
                     let mut bytes = 0;
-                    if client {
+                    // Clients' requests, and the reads and writes the
+                    // balancer forwards for them, wait behind the cluster's
+                    // own traffic (pings, promotions, appends, acks). The
+                    // machines take reordering between the two.
+                    let forwarded = r.from == NodeId::Balancer
+                        && matches!(frame, Frame::Msg(Msg::Write { .. } | Msg::Read { .. }));
+                    let tx = if client || forwarded { &r.inbox.clients } else { &r.inbox.cluster };
+                    if client || forwarded {
                         if let (Some(f), Frame::Msg(Msg::Request { id, .. })) = (&r.in_flight, &frame) {
                             if !f.acquire(id.seq) {
                                 return ConnEnd::NodeGone;
@@ -733,15 +754,43 @@ fn read_frames(stream: &TcpStream, dec: &mut FrameDecoder, r: &Reader<'_>) -> Co
 
 // ---- accepting ----
 
-/// Accepted connections open in this process, and those still in their
-/// handshake (at most half of the limit, so strangers who never finish a
-/// handshake cannot take every slot).
+/// Accepted connections open in this process.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
-static HANDSHAKING: AtomicUsize = AtomicUsize::new(0);
+/// Accepted connections still in their handshake, oldest first: at most half
+/// of the limit. When that many are waiting, a new connection pushes out the
+/// oldest of those that got least far (a peer with the key sends its hello at
+/// once and finishes in a round trip or two), so strangers who never finish
+/// a handshake cannot keep the cluster's own peers out.
+static HANDSHAKING: Mutex<VecDeque<Handshaking>> = Mutex::new(VecDeque::new());
+
+/// A connection in its handshake, and how far it got: 0 nothing yet, 1 its
+/// hello, 2 its proof. The one pushed out for a newcomer is the oldest that
+/// got least far, so a peer that has said hello is not pushed out for
+/// strangers who never said anything.
+struct Handshaking {
+    conn: ConnId,
+    stream: Arc<TcpStream>,
+    stage: Arc<AtomicU8>,
+}
 
 /// Accepted connections open in this process now.
 pub fn open_connections() -> usize {
     OPEN.load(Ordering::SeqCst)
+}
+
+fn handshake_done(conn: ConnId) {
+    let mut h = HANDSHAKING.lock().expect("handshake list");
+    if let Some(i) = h.iter().position(|x| x.conn == conn) {
+        h.remove(i);
+    }
+}
+
+/// Takes out the connection to push out: the oldest of those that got least
+/// far in their handshake.
+fn pick_evictee(h: &mut VecDeque<Handshaking>) -> Option<Handshaking> {
+    let least = h.iter().map(|x| x.stage.load(Ordering::SeqCst)).min()?;
+    let i = h.iter().position(|x| x.stage.load(Ordering::SeqCst) == least)?;
+    h.remove(i)
 }
 
 /// Accepts connections until `stopping` is set (the node then makes one last
@@ -766,31 +815,45 @@ pub fn spawn_acceptor(listener: TcpListener, a: Accepting) -> io::Result<JoinHan
             };
             let peer_addr = stream.peer_addr().map(|p| p.to_string()).unwrap_or_default();
             let n = OPEN.load(Ordering::SeqCst);
-            let h = HANDSHAKING.load(Ordering::SeqCst);
-            if n >= limit || h >= limit / 2 {
+            if n >= limit {
                 if a.throttle.allow(a.me) {
-                    warn!(
-                        node = %a.me,
-                        "refusing connection from {peer_addr}: {n} connections open, {h} in their handshake \
-                         (limits {limit} and {})",
-                        limit / 2
-                    );
+                    warn!(node = %a.me, "refusing connection from {peer_addr}: {n} connections open (limit {limit})");
                 }
                 continue;
             }
+            let stream = Arc::new(stream);
+            let conn = next_conn();
+            let stage = Arc::new(AtomicU8::new(0));
+            {
+                let mut h = HANDSHAKING.lock().expect("handshake list");
+                if h.len() >= limit / 2 {
+                    if let Some(Handshaking { stream: oldest, .. }) = pick_evictee(&mut h) {
+                        if a.throttle.allow(a.me) {
+                            let from = oldest.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+                            warn!(
+                                node = %a.me,
+                                "refusing connection from {from}: {} connections are in their handshake (limit); \
+                                 the oldest makes room for one from {peer_addr}",
+                                limit / 2
+                            );
+                        }
+                        let _ = oldest.shutdown(std::net::Shutdown::Both);
+                    }
+                }
+                h.push_back(Handshaking { conn, stream: stream.clone(), stage: stage.clone() });
+            }
             OPEN.fetch_add(1, Ordering::SeqCst);
-            HANDSHAKING.fetch_add(1, Ordering::SeqCst);
             let a2 = a.clone();
             let spawned = thread::Builder::new()
                 .name(format!("{}-conn", a.me))
                 .stack_size(READER_STACK_BYTES)
                 .spawn(move || {
-                    serve_accepted(stream, &peer_addr, &a2);
+                    serve_accepted(stream, conn, &stage, &peer_addr, &a2);
                     OPEN.fetch_sub(1, Ordering::SeqCst);
                 });
             if let Err(e) = spawned {
                 warn!(node = %a.me, "cannot start a reader thread: {e}");
-                HANDSHAKING.fetch_sub(1, Ordering::SeqCst);
+                handshake_done(conn);
                 OPEN.fetch_sub(1, Ordering::SeqCst);
             }
         }
@@ -798,15 +861,13 @@ pub fn spawn_acceptor(listener: TcpListener, a: Accepting) -> io::Result<JoinHan
     })
 }
 
-fn serve_accepted(stream: TcpStream, peer_addr: &str, a: &Accepting) {
-    let stream = Arc::new(stream);
-    let conn = next_conn();
+fn serve_accepted(stream: Arc<TcpStream>, conn: ConnId, stage: &AtomicU8, peer_addr: &str, a: &Accepting) {
     let mut dec = FrameDecoder::new();
     let hello = stream
         .set_nodelay(true)
         .map_err(ConnEnd::from)
-        .and_then(|()| accept_handshake(&stream, a, conn, peer_addr, &mut dec));
-    HANDSHAKING.fetch_sub(1, Ordering::SeqCst);
+        .and_then(|()| accept_handshake(&stream, a, conn, stage, peer_addr, &mut dec));
+    handshake_done(conn);
     let hello = match hello {
         Ok(h) => h,
         Err(end) => {

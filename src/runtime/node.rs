@@ -9,8 +9,9 @@
 //! (which may release more sends). Batching is what turns many small
 //! messages into few system calls under load.
 //!
-//! Inputs from the cluster (replicas, the balancer, connection events) are
-//! taken before clients' frames ([`Inputs`]), so pings, appends and acks are
+//! Inputs from the cluster (pings, promotions, appends, acks, connection
+//! events) are taken before clients' frames and the reads and writes a
+//! balancer forwards for them ([`Inputs`]), so the cluster's own traffic is
 //! never stuck behind a flood of client requests. A reply produced while
 //! handling a frame goes back on the connection that frame came in on.
 //! Writes to clients never block the node: what a client does not take at
@@ -33,6 +34,10 @@ use tracing::{debug, info, warn};
 
 /// Inputs handled per batch at most, so timers and flushes are never starved.
 pub const MAX_BATCH: usize = 1024;
+/// Client inputs (and forwarded reads and writes) per batch at most: a
+/// batch ends sooner under a client flood, so the cluster's own messages
+/// that arrive meanwhile are answered within one short batch.
+pub const MAX_CLIENT_BATCH: usize = 128;
 /// Bytes buffered for one connection before it is written out mid-batch.
 const FLUSH_BYTES: usize = 256 * 1024;
 /// Replies a client has not taken, buffered at most before it is dropped.
@@ -346,6 +351,7 @@ pub fn run<R: Role>(mut role: R, rx: Inputs, clock: Clock, stop_accepting: impl 
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut handled = 0;
+        let mut clients_handled = 0;
         while let Some(i) = input.take() {
             let now = clock.now();
             match i {
@@ -377,7 +383,11 @@ pub fn run<R: Role>(mut role: R, rx: Inputs, clock: Clock, stop_accepting: impl 
             }
             handled += 1;
             if handled < MAX_BATCH {
-                input = rx.try_recv();
+                input = rx.try_recv_cluster();
+                if input.is_none() && clients_handled < MAX_CLIENT_BATCH {
+                    input = rx.try_recv_clients();
+                    clients_handled += usize::from(input.is_some());
+                }
             }
         }
     }

@@ -231,6 +231,8 @@ impl TestCluster {
         if secured {
             let file = dir.path().join("secret");
             std::fs::write(&file, SECRET).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
             secret_args = vec!["--secret-file".to_string(), file.to_str().unwrap().to_string()];
         }
         let mut replica_args: Vec<String> = replica_args.iter().map(|a| a.to_string()).collect();
