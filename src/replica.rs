@@ -745,7 +745,10 @@ impl Replica {
             // Our row at `prev` came from a deposed leader: drop it and after.
             let keep = prev.lsn.prev();
             if self.truncate_after(keep, out) {
-                out.send(to, Msg::AppendAck { epoch, ok: false, last: keep, probe, incarnation: self.incarnation });
+                out.send(
+                    to,
+                    Msg::AppendAck { epoch, ok: false, last: keep, probe, incarnation: self.incarnation },
+                );
             }
             return;
         }
@@ -802,7 +805,16 @@ impl Replica {
             return false;
         }
         if epoch < self.promised {
-            out.send(to, Msg::AppendAck { epoch: self.promised, ok: false, last: Lsn(0), probe, incarnation: self.incarnation });
+            out.send(
+                to,
+                Msg::AppendAck {
+                    epoch: self.promised,
+                    ok: false,
+                    last: Lsn(0),
+                    probe,
+                    incarnation: self.incarnation,
+                },
+            );
             return false;
         }
         if epoch > self.promised || matches!(&self.role, Role::Leader(l) if l.epoch < epoch) {
@@ -996,7 +1008,8 @@ impl Replica {
         let prev = LogPos { lsn: prev_lsn, epoch: self.log.epoch_of(prev_lsn).unwrap_or_default() };
         p.next = Lsn(upto.max(from - 1) + 1);
         let end = Lsn(last);
-        let msg = Msg::Append { epoch: l.epoch, prev, rows, commit, probe: l.probe, end, echo: p.incarnation };
+        let msg =
+            Msg::Append { epoch: l.epoch, prev, rows, commit, probe: l.probe, end, echo: p.incarnation };
         out.send(NodeId::Replica(peer), msg);
     }
 

@@ -1392,7 +1392,10 @@ mod tests {
             let sc = generate(seed, &p);
             assert_eq!(sc.cluster.replicas.len(), 3);
             assert!(sc.cluster.unsafe_failover);
-            assert!(sc.faults.iter().any(|f| matches!(f.action, Action::Crash(Node::Replica(_) | Node::Leader))));
+            assert!(sc
+                .faults
+                .iter()
+                .any(|f| matches!(f.action, Action::Crash(Node::Replica(_) | Node::Leader))));
             assert!(kinds_for(seed, &p).is_subset(&p.enabled));
         }
         assert!(Profile::parse("faults = [\"earthquake\"]").unwrap_err().contains("earthquake"));

@@ -662,7 +662,7 @@ impl Scenario {
         let d = parse("", "defaults", "").expect("the empty scenario is valid");
         let mut t = String::new();
         // A section: its lines, each kept unless compact and at its default.
-        let mut section = |t: &mut String, header: &str, lines: Vec<(String, bool)>| {
+        let section = |t: &mut String, header: &str, lines: Vec<(String, bool)>| {
             let kept: Vec<String> =
                 lines.into_iter().filter(|(_, dflt)| !compact || !dflt).map(|(l, _)| l).collect();
             if !kept.is_empty() || (!compact && !header.is_empty()) {
