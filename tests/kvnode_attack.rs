@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{client_connection, cluster_keys, set, wait_until, Proc, TestCluster, SECRET};
+use common::{client_connection, set, wait_until, Proc, TestCluster, SECRET};
 use kvstore::config::ClusterConfig;
 use kvstore::msg::Msg;
 use kvstore::runtime::auth::{Keys, Secret};
@@ -235,7 +235,8 @@ fn a_client_password_is_checked_both_ways() {
 fn a_replayed_handshake_is_refused() {
     let c = TestCluster::start(3, false);
     let addr = &c.replica_addrs[0];
-    let key = SECRET.as_bytes();
+    let key = c.secret_bytes();
+    let key = &key[..];
     // A legitimate observer's handshake, recorded.
     let stream = net::connect(addr, Duration::from_secs(2)).unwrap();
     let mut dec = FrameDecoder::new();
@@ -383,7 +384,6 @@ fn a_balancer_with_another_configuration_is_refused_on_both_sides() {
 /// sides while the first is alive; the first keeps serving without a
 /// failover; once the first is gone, the second takes over.
 #[test]
-#[ignore = "unfinished (issue 10): a second balancer is not yet refused reliably"]
 fn a_second_balancer_is_refused_and_takes_over_only_when_the_first_is_gone() {
     let mut c = TestCluster::start(3, false);
     let from = c.lb.stderr_lines().len();
@@ -457,7 +457,7 @@ fn the_trickle_attack_is_bounded() {
     // With the secret (a replica peer may send up to 1 GiB frames) ...
     for _ in 0..8 {
         let mut p =
-            dial(&c.replica_addrs[0], NodeId::Replica(ReplicaId(2)), &cluster_keys(), Some(&config)).unwrap();
+            dial(&c.replica_addrs[0], NodeId::Replica(ReplicaId(2)), &c.keys(), Some(&config)).unwrap();
         p.stream.write_all(&(1u32 << 30).to_be_bytes()).unwrap();
         conns.push(p.stream);
     }
@@ -675,7 +675,6 @@ impl Drop for ShProc {
 /// (pings, appends and acks go first), and a well-behaved client is served
 /// throughout.
 #[test]
-#[ignore = "unfinished (issue 10): cluster traffic is not yet prioritised over client floods"]
 fn pipelining_clients_do_not_starve_cluster_traffic() {
     let c = TestCluster::start(3, false);
     let from = c.lb.stderr_lines().len();
@@ -780,11 +779,10 @@ fn pipelining_clients_do_not_starve_cluster_traffic() {
 /// last line (the test hook panics the node thread after 300 ms).
 #[test]
 fn a_panicking_node_thread_ends_the_process() {
-    let ports = common::free_ports(3);
-    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let peers = lone_peers(common::free_ports(1)[0]);
     let mut p = Proc::spawn_env(
         "replica 1",
-        &["replica", "1", "--peers", &peers.join(",")],
+        &["replica", "1", "--peers", &peers],
         Stdio::null(),
         &[(kvstore::runtime::auth::ENV_TEST_PANIC, "300")],
     );
@@ -915,13 +913,17 @@ fn squat(s: TcpStream, f: u8, got: &AtomicUsize) -> bool {
 
 // ---- without a secret ----
 
+/// `--peers` for a replica 1 started alone on `port`: its peers' ports are
+/// ones nothing listens on (never a port another test's cluster may have).
+fn lone_peers(port: u16) -> String {
+    format!("127.0.0.1:{port},127.0.0.1:2,127.0.0.1:3")
+}
+
 /// Without a secret a node refuses to listen beyond loopback (unless told
 /// to), warns once that the cluster is open; a short secret is refused.
 #[test]
 fn without_a_secret_nodes_listen_on_loopback_only() {
-    let ports = common::free_ports(3);
-    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let peers = peers.join(",");
+    let peers = lone_peers(common::free_ports(1)[0]);
     let run = |args: &[&str], env: &[(&str, &str)]| {
         let mut p = Proc::spawn_env("node", args, Stdio::null(), env);
         let status = p.wait_exit(Duration::from_secs(3));
@@ -957,9 +959,8 @@ fn without_a_secret_nodes_listen_on_loopback_only() {
 fn a_replica_keeps_its_configuration_with_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let ports = common::free_ports(3);
-    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let peers = peers.join(",");
+    let ports = common::free_ports(1);
+    let peers = lone_peers(ports[0]);
     let mut p = Proc::spawn("replica 1", &["replica", "1", "--peers", &peers, "--data-dir", d]);
     p.wait_line("kvnode replica 1 listening at ", Duration::from_secs(10));
     p.signal("TERM");

@@ -1166,14 +1166,15 @@ pub struct SeedReport {
 
 /// Generates and runs one seed.
 pub fn run_seed(seed: u64, p: &Profile) -> SeedReport {
-    let sc = match try_generate(seed, p) {
+    // A generator that panics is reported like a run that does.
+    let sc = match catching(|| try_generate(seed, p)).and_then(|r| r) {
         Ok(sc) => sc,
         Err(e) => {
             return SeedReport {
                 seed,
-                verdict: Verdict::Panicked(format!("the profile makes no scenario for this seed: {e}")),
+                verdict: Verdict::Panicked(format!("no scenario drawn for this seed: {e}")),
                 kinds: kinds_for(seed, p),
-                scenario: draw(seed, p),
+                scenario: catching(|| draw(seed, p)).unwrap_or_else(|_| draw(1, &Profile::default())),
                 events: 0,
                 wall_ms: 0.0,
                 check_wall_ms: 0.0,

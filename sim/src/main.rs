@@ -113,10 +113,14 @@ enum Cmd {
         /// The failing scenario; without it, the scenario `fuzz` draws for
         /// the seed (with --profile and --bug as given to fuzz).
         file: Option<PathBuf>,
+        /// The seed the run fails with (kept: the result and this seed
+        /// reproduce it together).
         #[arg(long)]
         seed: u64,
+        /// The fuzz profile, when shrinking a fuzz seed without a file.
         #[arg(long)]
         profile: Option<PathBuf>,
+        /// Plant a bug, as `fuzz --bug` (in FILE too); repeatable.
         #[arg(long)]
         bug: Vec<String>,
         /// Where to write the result (default: beside FILE as

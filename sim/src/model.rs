@@ -2,48 +2,72 @@
 //!
 //! A breadth-first search over every interleaving of a small cluster's
 //! inputs, up to a number of actions, driving the very `Replica`, `Balancer`
-//! and `Client` the simulator and kvnode run. The machines are neither
-//! `Clone` nor `Hash`, so a state keeps, for each node, what it was started
-//! from and the inputs it has had since: a node is rebuilt by replaying
-//! them (a few dozen calls at these bounds) whenever an action needs it.
+//! and `Client` that the simulator and kvnode run (nothing is copied or
+//! abstracted: each action is one call into a machine). It stops at the
+//! first violation, and breadth first means its path is a shortest one.
 //!
-//! **Actions** (each one step of a path): deliver any message in flight (in
-//! any order), duplicate or drop one (bounded counts), complete a replica's
-//! oldest pending persist, tick a node (its clock jumps to its
-//! `next_wakeup`: every node has a clock of its own that only goes forward,
-//! so timers are abstract), crash a replica (its volatile state and unsynced
-//! persists are lost; it restarts from what completed, through
-//! `Stored::apply` and `Replica::recover`), crash and restart the balancer
-//! (a new incarnation, hence a new ballot; client requests in flight to the
-//! old one are lost, as in the simulator), and submit a client's next
+//! **State.** The machines are neither `Clone` nor `Hash`, so a state keeps,
+//! for each node, what it was started from (a replica's `Stored`, a
+//! balancer's start time and incarnation) and the inputs it has had since,
+//! and rebuilds a machine by replaying them. Replays are rare: machines are
+//! deterministic, so what one input does to one node state is memoized
+//! under (node, hash chain of its inputs, input), and the same local step
+//! recurs in many global states (that recurrence is what makes the state
+//! space large). Around the machines: the messages in flight, each replica's
+//! disk (what completed, and the persists still pending), fault counters,
+//! and what the properties need.
+//!
+//! **Actions**, each one step of a path: deliver a message in flight (any
+//! of them, or with `fifo` the oldest on its link), possibly leaving a
+//! duplicate in flight (a duplicate only matters once one copy arrives, so
+//! every path that duplicates earlier is equivalent to one doing it there);
+//! drop the message at the head of a link (`fifo` only: without it, a
+//! message never delivered is as good as lost); complete a replica's oldest
+//! pending persist (or, with `instant_disk`, persists complete within the
+//! step that issued them); tick a node (its clock jumps to its
+//! `next_wakeup`: each node has a clock of its own that only goes forward,
+//! and the machines only compare times they were given); crash a replica
+//! (memory and unsynced persists are lost; it comes back at once through
+//! `Stored::apply` over what completed and `Replica::recover`: staying
+//! down is the same as never being scheduled, except that messages sent to
+//! it stay in flight, as they do in the simulator); crash and restart the
+//! balancer (a new incarnation, so a new ballot; client requests in flight
+//! to the old one are lost, as in the simulator); submit a client's next
 //! scripted operation.
 //!
-//! **Fingerprint** (for deduplication): per node, a hash chain of the inputs
-//! it has had (machines are deterministic, so the chain determines the
-//! state; a crash or restart is an input too, so the chain also covers past
-//! incarnations); the multiset of messages in flight, by content; the fault
-//! counters; and the order of client invocations and completions (what
-//! linearizability depends on). Everything the properties look at (leaders
-//! of each epoch, committed rows, acknowledged writes) is a function of
-//! these. One input is treated as changing nothing: a `Ping` delivered to a
+//! **Fingerprint**, for deduplication: per node, a hash chain of the inputs
+//! it has had (a crash or restart is an input too, so the chain covers past
+//! incarnations); the multiset of messages in flight, by content; the
+//! budgets used that no chain records (duplicates, drops, pongs); and the
+//! order of client invocations and completions (what linearizability
+//! depends on). Machines being deterministic, equal fingerprints are equal
+//! states, and everything the properties look at (who led which epoch,
+//! committed rows, acknowledged writes, client results) is a function of
+//! them. One input is taken as changing nothing: a `Ping` delivered to a
 //! replica (`Replica::on_message` only answers it), and only when the
-//! replica's status is the same after and its only effect is the `Pong`.
+//! replica's status and next wake-up are the same after and its only
+//! effect is the `Pong`. Pings and pongs on one link supersede each other
+//! (an older one still in flight is lost, which the network may do).
 //!
 //! **Properties**, checked after every action: an epoch is led by one
-//! replica incarnation at most, over the whole path; a log position once
-//! committed anywhere holds the same row everywhere it is ever committed
-//! (which covers "logs agree up to the smaller commit point" and "every
-//! later leader that committed past an acknowledged write holds it"); an
-//! acknowledged write is committed at the LSN it was given; the completed
-//! client operations are linearizable (brute force over the few there are;
-//! a timed-out or unfinished write may take effect or not); no machine asks
-//! to be woken at or before `now` after a tick; no machine panics.
+//! replica incarnation at most, over the whole path (every
+//! `Event::BecameLeader`, with the replica's incarnation); a log position
+//! once committed anywhere holds the same row wherever and whenever it is
+//! committed (so logs agree up to the smaller commit point, and a later
+//! leader that committed past an acknowledged write holds it); a write
+//! acknowledged at an LSN is the row committed there; the client results
+//! are linearizable (brute force over the few operations: a write that
+//! timed out or is unfinished may take effect or not, one refused did
+//! not); no machine asks to be woken at or before `now` after a tick; no
+//! machine panics.
 //!
-//! Pings and pongs on one link supersede each other (an older one still in
-//! flight counts as lost: the network may lose messages, so this only
-//! removes paths, and it keeps one timer tick from adding three messages to
-//! every later state). Dropping a message is offered too, but for safety it
-//! adds nothing a message left in flight forever does not.
+//! **Bounds**: the depth, a budget per fault (duplicates, drops, replica
+//! crashes, balancer restarts), timer ticks per role, and pongs the
+//! balancer hears (pings and pongs are most of the state space: each
+//! balancer tick sends three, and every order of their answers is a state).
+//! A search may start from a fresh cluster or from one that a fixed
+//! fault-free setup brought to r1's election (`Origin`); the setup heads
+//! the counterexample's trace.
 
 // The visited set is a HashSet of fingerprints: membership only, never
 // iterated into output. The search's wall time is measured for the report,
@@ -121,8 +145,6 @@ pub struct Bounds {
     pub max_drops: u32,
     pub max_replica_crashes: u32,
     pub max_balancer_restarts: u32,
-    /// No node's clock goes past this (a tick that would is not taken).
-    pub horizon_us: u64,
     /// Timer ticks per path at most.
     pub max_ticks: Ticks,
     /// Pongs the balancer hears per path at most (a ping is delivered only
@@ -180,7 +202,6 @@ impl Bounds {
             max_drops: 0,
             max_replica_crashes: 0,
             max_balancer_restarts: 0,
-            horizon_us: u64::MAX,
             max_ticks: Ticks::UNBOUNDED,
             max_pongs: u32::MAX,
             fifo: false,
@@ -204,7 +225,7 @@ impl Bounds {
     /// duplicate, one replica crash, one balancer restart; the balancer
     /// hears 3 pongs and ticks 5 times, replicas tick once.
     pub fn election() -> Bounds {
-        let mut b = Bounds::cluster(8);
+        let mut b = Bounds::cluster(7);
         b.max_duplicates = 1;
         b.max_replica_crashes = 1;
         b.max_balancer_restarts = 1;
@@ -226,13 +247,14 @@ impl Bounds {
         b
     }
 
-    /// The two writes on a settled cluster under every fault: one
-    /// duplicate, one replica crash, one balancer restart, one lost
-    /// message; the balancer hears 2 pongs; 2 balancer ticks, one replica
-    /// tick, one client tick (a retry).
-    pub fn workload_faults() -> Bounds {
+    /// c1's write on a settled cluster under every fault: one duplicate,
+    /// one lost message, one replica crash, one balancer restart; the
+    /// balancer hears 2 pongs; 2 balancer ticks, one replica tick, one
+    /// client tick (a retry). FIFO links, instant disks.
+    pub fn write_faults() -> Bounds {
         let mut b = Bounds::workload();
         b.depth = 8;
+        b.clients.truncate(1);
         b.clients[0].ops.truncate(1);
         b.max_duplicates = 1;
         b.max_drops = 1;
@@ -240,6 +262,15 @@ impl Bounds {
         b.max_balancer_restarts = 1;
         b.max_pongs = 2;
         b.max_ticks = Ticks { balancer: 2, replicas: 1, clients: 1 };
+        b
+    }
+
+    /// As `write_faults`, with c2's write of the same key concurrent.
+    pub fn writes_faults() -> Bounds {
+        let mut b = Bounds::write_faults();
+        b.depth = 6;
+        b.clients = Bounds::workload().clients;
+        b.clients[0].ops.truncate(1);
         b
     }
 
@@ -261,7 +292,8 @@ impl Bounds {
         vec![
             ("election", Bounds::election()),
             ("workload", Bounds::workload()),
-            ("workload-faults", Bounds::workload_faults()),
+            ("write-faults", Bounds::write_faults()),
+            ("writes-faults", Bounds::writes_faults()),
             ("bug-a", Bounds::bug_a()),
         ]
     }
@@ -302,15 +334,15 @@ impl fmt::Display for Bounds {
             n(self.max_ticks.replicas),
             n(self.max_ticks.clients)
         )?;
-        if self.horizon_us != u64::MAX {
-            write!(f, "; clocks up to {}", Time(self.horizon_us))?;
-        }
         write!(f, "; {} links", if self.fifo { "FIFO" } else { "reordering" })?;
         if self.instant_disk {
             write!(f, "; instant disks")?;
         }
-        if self.cfg.bugs != kvstore::config::Bugs::default() {
-            write!(f, "; bugs: {:?}", self.cfg.bugs)?;
+        if let Ok(serde_json::Value::Object(bugs)) = serde_json::to_value(&self.cfg.bugs) {
+            let on: Vec<&str> = bugs.iter().filter(|(_, v)| **v == true).map(|(k, _)| k.as_str()).collect();
+            if !on.is_empty() {
+                write!(f, "; BUGS: {}", on.join(", "))?;
+            }
         }
         Ok(())
     }
@@ -335,6 +367,10 @@ pub struct Report {
     pub states: u64,
     /// Actions taken (each an edge of the state graph).
     pub transitions: u64,
+    /// Inputs actually fed to a machine: every other step was memoized.
+    pub machine_steps: u64,
+    /// Fault-free actions of the setup before the search (`Origin`).
+    pub setup: usize,
     /// Every path this long was explored (or ended earlier); with a
     /// violation, its depth (no shorter path to any violation exists).
     pub depth: usize,
@@ -354,15 +390,19 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "model: {} distinct states, {} transitions, depth {} of {}{}{}, {:.2?}",
+            "model: {} distinct states, {} transitions ({} machine steps), depth {} of {}{}{}, {:.2?}",
             self.states,
             self.transitions,
+            self.machine_steps,
             self.depth,
             self.max_depth,
             if self.exhausted { " (state space exhausted)" } else { "" },
             if self.truncated { " (TRUNCATED at the state cap)" } else { "" },
             self.elapsed
         )?;
+        if self.setup > 0 {
+            writeln!(f, "(after a fault-free setup of {} actions)", self.setup)?;
+        }
         writeln!(f, "states per depth: {:?}", self.levels)?;
         match &self.violation {
             None => writeln!(f, "no violation"),
@@ -421,11 +461,15 @@ impl H2 {
         self.n = chunks.remainder().len() as u32;
     }
     fn u128(&mut self, x: u128) -> &mut H2 {
-        self.bytes(&x.to_le_bytes());
-        self
+        self.u64(x as u64).u64((x >> 64) as u64)
     }
     fn u64(&mut self, x: u64) -> &mut H2 {
-        self.bytes(&x.to_le_bytes());
+        if self.n == 0 {
+            self.len += 8;
+            self.block(x);
+        } else {
+            self.bytes(&x.to_le_bytes());
+        }
         self
     }
     fn finish(&self) -> u128 {
@@ -537,8 +581,12 @@ struct Cons {
 
 #[derive(Clone)]
 enum Start {
-    Replica(Rc<Stored>),
-    Balancer { at: Time, incarnation: u64 },
+    /// What survived on disk, and which life of the replica this is.
+    Replica(Rc<Stored>, u32),
+    Balancer {
+        at: Time,
+        incarnation: u64,
+    },
     Client,
 }
 
@@ -577,12 +625,15 @@ struct Disk {
     pending: VecDeque<(u64, Rc<kvstore::PersistOp>)>,
 }
 
-/// A client operation, for the linearizability check; times are positions
-/// in the sequence of client events along the path.
+/// A client operation, for the linearizability check; times are action
+/// numbers along the path.
 #[derive(Clone)]
 struct OpRec {
     client: usize,
     op: Op,
+    /// A write, or a read of a `leader` client: what must be linearizable
+    /// (`any` and `session` reads may be stale by design).
+    judged: bool,
     invoked: u32,
     done: Option<(u32, Result<Reply, OpError>)>,
 }
@@ -590,9 +641,9 @@ struct OpRec {
 /// Everything about a state except the live machines: cheap to clone.
 #[derive(Clone)]
 struct Book {
-    nodes: Vec<NodeBook>,
+    nodes: Vec<Rc<NodeBook>>,
     net: Vec<InFlight>,
-    disks: Vec<Disk>,
+    disks: Vec<Rc<Disk>>,
     dups_used: u32,
     drops_used: u32,
     crashes_used: u32,
@@ -605,7 +656,8 @@ struct Book {
     replica_incarnation: Vec<u32>,
     /// Hash of the order of client invocations and completions.
     client_log: u128,
-    client_events: u32,
+    /// Actions since the search began (the setup's do not count).
+    step: u32,
     next_op: Vec<usize>,
     history: Rc<Vec<OpRec>>,
     /// (epoch, replica, incarnation) of every `BecameLeader` on the path.
@@ -613,7 +665,6 @@ struct Book {
     /// Every position ever committed by any replica, with its row and who
     /// committed it first.
     committed: Rc<BTreeMap<u64, (Row, ReplicaId)>>,
-    acked: Rc<Vec<(RequestId, Lsn)>>,
 }
 
 enum Machine {
@@ -666,10 +717,18 @@ enum Action {
     RestartBalancer,
 }
 
-/// Balancer incarnations: distinct, and their ballots read `b0001`, `b0002`.
+/// Balancer incarnations: distinct, their ballots read `b0001`, `b0002`,
+/// and their request tags (which start at the incarnation) do not meet
+/// within 65,535 requests.
 fn incarnation(k: u32) -> u64 {
     let k = u64::from(k) + 1;
-    (k << 48) | k
+    (k << 16) | k
+}
+
+/// A replica's incarnation (`Replica::with_incarnation`, drawn at random by
+/// the simulator at every start): distinct for every life of every replica.
+fn replica_life(x: usize, life: u32) -> u64 {
+    ((x as u64) << 32) | (u64::from(life) + 1)
 }
 
 struct Model<'a> {
@@ -677,6 +736,8 @@ struct Model<'a> {
     n: usize,
     /// (node, chain, input) -> what the step did.
     cache: std::cell::RefCell<HashMap<u128, Rc<StepResult>, BuildHasherDefault<Identity>>>,
+    /// Steps actually run on a machine (memo misses).
+    runs: std::cell::Cell<u64>,
 }
 
 impl Model<'_> {
@@ -719,8 +780,9 @@ impl Model<'_> {
     fn build(&self, book: &Book, x: usize) -> Machine {
         let nb = &book.nodes[x];
         let mut m = match &nb.start {
-            Start::Replica(stored) => {
-                Machine::R(Replica::recover(ReplicaId(x as u8), self.b.cfg.clone(), (**stored).clone()))
+            Start::Replica(stored, life) => {
+                let r = Replica::recover(ReplicaId(x as u8), self.b.cfg.clone(), (**stored).clone());
+                Machine::R(r.with_incarnation(replica_life(x, *life)))
             }
             Start::Balancer { at, incarnation } => {
                 Machine::B(Balancer::new(self.b.cfg.clone(), *at, *incarnation))
@@ -748,11 +810,11 @@ impl Model<'_> {
             let start = if x == 0 {
                 Start::Balancer { at: Time::ZERO, incarnation: incarnation(0) }
             } else if x <= self.n {
-                Start::Replica(Rc::new(Stored::default()))
+                Start::Replica(Rc::new(Stored::default()), 0)
             } else {
                 Start::Client
             };
-            nodes.push(NodeBook {
+            nodes.push(Rc::new(NodeBook {
                 chain: H2::new(2).u64(x as u64).finish(),
                 clock: Time::ZERO,
                 start,
@@ -761,12 +823,12 @@ impl Model<'_> {
                 status: Status::default(),
                 leader: None,
                 idle: true,
-            });
+            }));
         }
         let mut book = Book {
             nodes,
             net: Vec::new(),
-            disks: vec![Disk::default(); self.n],
+            disks: (0..self.n).map(|_| Rc::new(Disk::default())).collect(),
             dups_used: 0,
             drops_used: 0,
             crashes_used: 0,
@@ -776,12 +838,11 @@ impl Model<'_> {
             lb_incarnation: 0,
             replica_incarnation: vec![0; self.n],
             client_log: 0,
-            client_events: 0,
+            step: 0,
             next_op: vec![0; self.b.clients.len()],
             history: Rc::new(Vec::new()),
             leaders: Rc::new(Vec::new()),
             committed: Rc::new(BTreeMap::new()),
-            acked: Rc::new(Vec::new()),
         };
         for x in 0..nodes_n {
             let m = self.build(&book, x);
@@ -791,7 +852,7 @@ impl Model<'_> {
     }
 
     fn observe(&self, book: &mut Book, x: usize, m: &Machine) {
-        let nb = &mut book.nodes[x];
+        let nb = Rc::make_mut(&mut book.nodes[x]);
         nb.wake = m.wake();
         match m {
             Machine::R(r) => nb.status = r.status(),
@@ -849,7 +910,7 @@ impl Model<'_> {
         let budget = [t.balancer, t.replicas, t.clients];
         for (x, nb) in book.nodes.iter().enumerate() {
             let role = self.role(x);
-            if book.ticks_used[role] < budget[role] && nb.wake.is_some_and(|w| w.0 <= b.horizon_us) {
+            if book.ticks_used[role] < budget[role] && nb.wake.is_some() {
                 v.push(Action::Tick(x));
             }
         }
@@ -879,6 +940,7 @@ impl Model<'_> {
     /// Takes action `a` in `book`. `Err` is a violation. With `log`, writes
     /// the action's trace lines.
     fn apply(&self, book: &mut Book, a: &Action, mut log: Option<&mut Vec<String>>) -> Result<(), String> {
+        book.step += 1;
         match a {
             Action::Deliver(key) | Action::DeliverKeep(key) => {
                 let keep = matches!(a, Action::DeliverKeep(_));
@@ -930,8 +992,9 @@ impl Model<'_> {
                 Ok(())
             }
             Action::Persist(r) => {
-                let (id, op) = book.disks[*r].pending.pop_front().expect("enabled");
-                Rc::make_mut(&mut book.disks[*r].stored).apply(&op);
+                let disk = Rc::make_mut(&mut book.disks[*r]);
+                let (id, op) = disk.pending.pop_front().expect("enabled");
+                Rc::make_mut(&mut disk.stored).apply(&op);
                 let x = r + 1;
                 if let Some(l) = log.as_deref_mut() {
                     l.push(format!(
@@ -946,7 +1009,7 @@ impl Model<'_> {
             Action::Tick(x) => {
                 let x = *x;
                 book.ticks_used[self.role(x)] += 1;
-                let nb = &mut book.nodes[x];
+                let nb = Rc::make_mut(&mut book.nodes[x]);
                 let now = nb.clock.max(nb.wake.expect("enabled"));
                 nb.clock = now;
                 if let Some(l) = log.as_deref_mut() {
@@ -970,12 +1033,13 @@ impl Model<'_> {
                 if let Some(l) = log.as_deref_mut() {
                     l.push(format!("{:<12} invoke {op}", self.node_id(x).to_string()));
                 }
-                book.client_events += 1;
                 book.client_log = H2::new(5).u128(book.client_log).u64(c as u64).u64(0).finish();
+                let judged = op.is_write() || self.b.clients[c].read == ReadMode::Leader;
                 Rc::make_mut(&mut book.history).push(OpRec {
                     client: c,
                     op: op.clone(),
-                    invoked: book.client_events,
+                    judged,
+                    invoked: book.step,
                     done: None,
                 });
                 let now = book.nodes[x].clock;
@@ -988,12 +1052,12 @@ impl Model<'_> {
                 book.crashes_used += 1;
                 book.replica_incarnation[r] += 1;
                 let lost = book.disks[r].pending.len();
-                book.disks[r].pending.clear();
-                let nb = &mut book.nodes[x];
+                Rc::make_mut(&mut book.disks[r]).pending.clear();
+                let nb = Rc::make_mut(&mut book.nodes[x]);
                 Self::chain(nb, |h| {
                     h.u64(5);
                 });
-                nb.start = Start::Replica(book.disks[r].stored.clone());
+                nb.start = Start::Replica(book.disks[r].stored.clone(), book.replica_incarnation[r]);
                 nb.inputs = None;
                 let m = self.build(book, x);
                 self.observe(book, x, &m);
@@ -1016,7 +1080,7 @@ impl Model<'_> {
                 book.net.retain(|m| !matches!((m.from, m.to), (NodeId::Client(_), NodeId::Balancer)));
                 let lost = before - book.net.len();
                 let inc = incarnation(book.lb_incarnation);
-                let nb = &mut book.nodes[0];
+                let nb = Rc::make_mut(&mut book.nodes[0]);
                 Self::chain(nb, |h| {
                     h.u64(6);
                 });
@@ -1053,6 +1117,7 @@ impl Model<'_> {
         let res = match hit {
             Some(r) => r,
             None => {
+                self.runs.set(self.runs.get() + 1);
                 let r = Rc::new(self.run(book, x, &input, neutral_candidate)?);
                 let mut cache = self.cache.borrow_mut();
                 if cache.len() >= CACHE_MAX {
@@ -1063,7 +1128,7 @@ impl Model<'_> {
             }
         };
         let before = book.nodes[x].status.commit;
-        let nb = &mut book.nodes[x];
+        let nb = Rc::make_mut(&mut book.nodes[x]);
         nb.wake = res.wake;
         nb.status = res.status;
         nb.leader = res.leader;
@@ -1077,8 +1142,8 @@ impl Model<'_> {
         }
         self.handle(book, x, &res, before, log.as_deref_mut())?;
         if self.b.instant_disk && x >= 1 && x <= self.n {
-            while let Some((pid, op)) = book.disks[x - 1].pending.pop_front() {
-                Rc::make_mut(&mut book.disks[x - 1].stored).apply(&op);
+            while let Some((pid, op)) = Rc::make_mut(&mut book.disks[x - 1]).pending.pop_front() {
+                Rc::make_mut(&mut Rc::make_mut(&mut book.disks[x - 1]).stored).apply(&op);
                 if let Some(l) = log.as_deref_mut() {
                     l.push(format!(
                         "              {} disk: persist #{pid} durable: {}",
@@ -1172,7 +1237,7 @@ impl Model<'_> {
                 Out::Send { to, hash, msg } => self.send(book, me, *to, msg.clone(), *hash),
                 Out::Persist { id, op } => {
                     let NodeId::Replica(r) = me else { continue };
-                    book.disks[r.0 as usize - 1].pending.push_back((*id, op.clone()));
+                    Rc::make_mut(&mut book.disks[r.0 as usize - 1]).pending.push_back((*id, op.clone()));
                 }
                 Out::Event(ev) => {
                     if let Some(l) = log.as_deref_mut() {
@@ -1184,8 +1249,11 @@ impl Model<'_> {
                             book.leaders.iter().find(|(e, rr, i)| e == epoch && (*rr, *i) != (r, inc));
                         if let Some((_, r0, i0)) = twice {
                             violation.get_or_insert(format!(
-                                "{epoch} led twice: by r{} (incarnation {i0}) and by r{} (incarnation {inc})",
-                                r0.0, r.0
+                                "{epoch} led twice: by r{} (life {}) and by r{} (life {})",
+                                r0.0,
+                                i0 + 1,
+                                r.0,
+                                inc + 1
                             ));
                         }
                         Rc::make_mut(&mut book.leaders).push((*epoch, r, inc));
@@ -1202,16 +1270,14 @@ impl Model<'_> {
                         };
                         l.push(format!("              {me} done {} -> {what}", c.op));
                     }
-                    book.client_events += 1;
                     book.client_log = H2::new(5).u128(book.client_log).u64(ci as u64).u64(1).finish();
-                    let at = book.client_events;
+                    let at = book.step;
                     let history = Rc::make_mut(&mut book.history);
                     if let Some(rec) = history.iter_mut().find(|h| h.client == ci && h.done.is_none()) {
                         rec.done = Some((at, c.result.clone()));
                     }
                     if let (Ok(reply), true) = (&c.result, c.op.is_write()) {
                         let id = RequestId { client: ClientId(ci as u64 + 1), seq: c.seq };
-                        Rc::make_mut(&mut book.acked).push((id, reply.lsn));
                         let held = book.committed.get(&reply.lsn.0);
                         let ok = held.is_some_and(
                             |(row, _)| matches!(&row.body, RowBody::Put { req, .. } if *req == id),
@@ -1310,18 +1376,18 @@ fn show_row(r: &Row) -> String {
 
 // ---------------------------------------------------------------- linearizability
 
-/// Whether the client operations so far can be put in one order that
-/// respects real time (an operation that finished before another began
-/// comes first) and the semantics of a register per key. Writes that
-/// finished ok took effect; writes that timed out or have not finished may
-/// or may not have; writes refused (unavailable, invalid) did not. Reads
-/// that did not finish ok say nothing.
+/// Whether the client operations so far (writes, and the reads of `leader`
+/// clients) fit one order that respects real time (an operation that
+/// finished before another began comes first) and a register per key.
+/// Writes that finished ok took effect; writes that timed out or have not
+/// finished may or may not have; writes refused (unavailable, invalid) did
+/// not. Reads that did not finish ok say nothing.
 fn linearizable(history: &[OpRec]) -> Result<(), String> {
     let mut keys: Vec<&str> = history.iter().map(|h| h.op.key()).collect();
     keys.sort_unstable();
     keys.dedup();
     for key in keys {
-        let ops: Vec<&OpRec> = history.iter().filter(|h| h.op.key() == key).collect();
+        let ops: Vec<&OpRec> = history.iter().filter(|h| h.judged && h.op.key() == key).collect();
         let mut must = Vec::new();
         let mut maybe = Vec::new();
         for h in &ops {
@@ -1344,11 +1410,11 @@ fn linearizable(history: &[OpRec]) -> Result<(), String> {
                 .map(|h| {
                     let res = match &h.done {
                         None => "unfinished".to_string(),
-                        Some((at, Ok(r))) if h.op.is_write() => format!("ok lsn={} (done at {at})", r.lsn),
-                        Some((at, Ok(r))) => format!("{} (done at {at})", ShowValue(&r.value)),
-                        Some((at, Err(e))) => format!("{e} (done at {at})"),
+                        Some((at, Ok(r))) if h.op.is_write() => format!("ok lsn={} at {at}", r.lsn),
+                        Some((at, Ok(r))) => format!("{} at {at}", ShowValue(&r.value)),
+                        Some((at, Err(e))) => format!("{e} at {at}"),
                     };
-                    format!("c{} {} invoked at {} -> {res}", h.client + 1, h.op, h.invoked)
+                    format!("c{} {} from {} -> {res}", h.client + 1, h.op, h.invoked)
                 })
                 .collect();
             return Err(format!("not linearizable on key {key}: {}", lines.join("; ")));
@@ -1404,33 +1470,17 @@ fn order_exists(set: &[&OpRec], used: &mut [bool], value: Option<&str>) -> bool 
 /// stops at the first violation: its path is a shortest one.
 pub fn check(bounds: &Bounds) -> Report {
     let started = Instant::now();
-    let model = Model { b: bounds, n: bounds.cfg.replicas.len(), cache: Default::default() };
-    let (init, setup) = match model.setup() {
-        Ok(x) => x,
-        Err(v) => {
-            let mut r = Report {
-                states: 0,
-                transitions: 0,
-                depth: 0,
-                max_depth: bounds.depth,
-                levels: Vec::new(),
-                exhausted: false,
-                truncated: false,
-                elapsed: started.elapsed(),
-                violation: None,
-            };
-            r.violation = Some(Counterexample { violation: v, trace: Vec::new(), depth: 0 });
-            return r;
-        }
+    let model = Model {
+        b: bounds,
+        n: bounds.cfg.replicas.len(),
+        cache: Default::default(),
+        runs: Default::default(),
     };
-    let mut visited = Visited::default();
-    visited.insert(model.fingerprint(&init));
-    // Every state reached: its parent and the action that reached it.
-    let mut arena: Vec<(u32, Action)> = vec![(u32::MAX, Action::RestartBalancer)];
-    let mut frontier: Vec<(u32, Book)> = vec![(0, init)];
     let mut report = Report {
         states: 1,
         transitions: 0,
+        machine_steps: 0,
+        setup: 0,
         depth: 0,
         max_depth: bounds.depth,
         levels: vec![1],
@@ -1439,6 +1489,20 @@ pub fn check(bounds: &Bounds) -> Report {
         elapsed: Duration::ZERO,
         violation: None,
     };
+    let (init, setup) = match model.setup() {
+        Ok(x) => x,
+        Err(v) => {
+            report.violation = Some(Counterexample { violation: v, trace: Vec::new(), depth: 0 });
+            report.elapsed = started.elapsed();
+            return report;
+        }
+    };
+    report.setup = setup.len();
+    let mut visited = Visited::default();
+    visited.insert(model.fingerprint(&init));
+    // Every state reached: its parent and the action that reached it.
+    let mut arena: Vec<(u32, Action)> = vec![(u32::MAX, Action::RestartBalancer)];
+    let mut frontier: Vec<(u32, Book)> = vec![(0, init)];
     'levels: while report.depth < bounds.depth && !frontier.is_empty() {
         let last_level = report.depth + 1 == bounds.depth;
         let mut next = Vec::new();
@@ -1487,6 +1551,7 @@ pub fn check(bounds: &Bounds) -> Report {
         }
         frontier = next;
     }
+    report.machine_steps = model.runs.get();
     report.elapsed = started.elapsed();
     report
 }
@@ -1529,10 +1594,16 @@ impl Model<'_> {
             self.apply(&mut book, &a, None).map_err(|v| format!("setup: {v}"))?;
             done.push(a);
         }
-        // The setup's ticks and pongs do not count against the budgets.
+        Self::begin_search(&mut book);
+        Ok((book, done))
+    }
+
+    /// The setup's actions, ticks and pongs do not count against the
+    /// search's bounds.
+    fn begin_search(book: &mut Book) {
+        book.step = 0;
         book.ticks_used = [0; 3];
         book.pongs_used = 0;
-        Ok((book, done))
     }
 
     /// Replays the setup and the path to `at`, writing one numbered line per
@@ -1565,8 +1636,7 @@ impl Model<'_> {
         }
         if !setup.is_empty() {
             trace.push("search:".into());
-            book.ticks_used = [0; 3];
-            book.pongs_used = 0;
+            Self::begin_search(&mut book);
         }
         for (n, a) in path.iter().enumerate() {
             let mut lines = Vec::new();

@@ -144,11 +144,11 @@ request_timeout_ms = 300
 duplicate_probability = 0.5
 [scenario.workload]
 keys = 2
+mix = { set = 50, get = 50, del = 0 }
 groups = [ { clients = 3, read = "leader", think_ms = 20 } ]
 "#;
 
 #[test]
-#[ignore = "unfinished: the profile does not yet find bug D within its bound"]
 fn bug_d_unavailable_counts_answers_is_found_with_long_outages_and_duplicates() {
     let (seed, v) = first_failure(
         LONG_OUTAGES_DUPLICATED,

@@ -206,6 +206,10 @@ struct ClusterArgs {
     storage: StorageArgs,
     #[command(flatten)]
     cluster: ClusterConfigArgs,
+    /// Accept a number of replicas, sync_acks or unsafe_failover other than
+    /// the one stored in --data-dir.
+    #[arg(long)]
+    reconfigure: bool,
     #[command(flatten)]
     security: SecurityArgs,
     #[command(flatten)]
@@ -473,7 +477,7 @@ fn cluster(a: ClusterArgs) -> Result<(), Failure> {
         let store = open_store(&a.storage, n)?;
         let cli = ReplicaCluster::new(id, addrs.clone(), a.cluster.sync_acks, a.cluster.unsafe_failover)
             .map_err(Failure::Refused)?;
-        let cluster = cluster_file::settle(a.storage.data_dir.as_deref(), id, Some(cli), false)
+        let cluster = cluster_file::settle(a.storage.data_dir.as_deref(), id, Some(cli), a.reconfigure)
             .map_err(Failure::Refused)?;
         let opts = ReplicaOptions {
             id,

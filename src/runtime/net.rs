@@ -230,12 +230,15 @@ pub struct InFlight {
 struct InFlightState {
     seqs: BTreeMap<u64, Instant>,
     closed: bool,
+    /// The reader waits for a slot (only then is it worth a wake-up, a
+    /// system call on the node thread).
+    waiting: bool,
 }
 
 impl InFlight {
     fn new() -> InFlight {
         InFlight {
-            state: Mutex::new(InFlightState { seqs: BTreeMap::new(), closed: false }),
+            state: Mutex::new(InFlightState { seqs: BTreeMap::new(), closed: false, waiting: false }),
             changed: Condvar::new(),
         }
     }
@@ -261,14 +264,16 @@ impl InFlight {
             let oldest = s.seqs.values().min().copied().unwrap_or(now);
             let wait =
                 (oldest + IN_FLIGHT_EXPIRY).saturating_duration_since(now).max(Duration::from_millis(1));
+            s.waiting = true;
             s = self.changed.wait_timeout(s, wait).expect("in-flight lock").0;
+            s.waiting = false;
         }
     }
 
     /// Request `seq` was answered.
     pub fn release(&self, seq: u64) {
         let mut s = self.state.lock().expect("in-flight lock");
-        if s.seqs.remove(&seq).is_some() {
+        if s.seqs.remove(&seq).is_some() && s.waiting {
             self.changed.notify_one();
         }
     }

@@ -22,17 +22,13 @@ use tempfile::TempDir;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kvnode");
 
-/// The cluster secret of every [`TestCluster`] (written to a file in its
-/// temporary directory).
+/// A cluster secret for a test that needs one of its own.
 pub const SECRET: &str = "test secret: 32 bytes, not random";
 
-pub fn secret() -> Secret {
-    Secret::new("cluster secret", SECRET.as_bytes(), 16).unwrap()
-}
-
-/// The keys of a node of a [`TestCluster`].
-pub fn cluster_keys() -> Keys {
-    Keys { cluster: Some(secret()), client: None }
+/// A fresh random cluster secret (each [`TestCluster`] has its own, so that
+/// tests running side by side can never talk to each other's nodes).
+pub fn random_secret() -> String {
+    format!("{:016x}{:016x}", kvstore::runtime::random_u64(), kvstore::runtime::random_u64())
 }
 
 /// `n` loopback ports free a moment ago (bound to port 0, then released):
@@ -183,6 +179,7 @@ pub struct TestCluster {
     lb_args: Vec<String>,
     /// `--secret-file FILE`, or nothing for an open cluster.
     secret_args: Vec<String>,
+    secret: Option<String>,
 }
 
 impl TestCluster {
@@ -228,9 +225,10 @@ impl TestCluster {
     ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut secret_args = Vec::new();
-        if secured {
+        let secret = secured.then(random_secret);
+        if let Some(secret) = &secret {
             let file = dir.path().join("secret");
-            std::fs::write(&file, SECRET).unwrap();
+            std::fs::write(&file, secret).unwrap();
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
             secret_args = vec!["--secret-file".to_string(), file.to_str().unwrap().to_string()];
@@ -257,7 +255,29 @@ impl TestCluster {
         }
         let lb = start_balancer("127.0.0.1:0", &replica_addrs, &lb_args, &secret_args);
         let lb_addr = lb.wait_line("kvnode balancer listening at ", Duration::from_secs(10));
-        TestCluster { replicas, replica_addrs, lb, lb_addr, dir, data, replica_args, lb_args, secret_args }
+        TestCluster {
+            replicas,
+            replica_addrs,
+            lb,
+            lb_addr,
+            dir,
+            data,
+            replica_args,
+            lb_args,
+            secret_args,
+            secret,
+        }
+    }
+
+    /// The cluster secret's bytes (empty for an open cluster).
+    pub fn secret_bytes(&self) -> Vec<u8> {
+        self.secret.clone().unwrap_or_default().into_bytes()
+    }
+
+    /// The keys a node of this cluster has.
+    pub fn keys(&self) -> Keys {
+        let cluster = self.secret.as_ref().map(|s| Secret::new("cluster secret", s.as_bytes(), 16).unwrap());
+        Keys { cluster, client: None }
     }
 
     /// The arguments that give a node this cluster's secret (none when open).
@@ -267,8 +287,7 @@ impl TestCluster {
 
     /// Looks at replica `i`'s own state (an observer: pings and `any` reads).
     pub fn probe(&self, i: u8) -> Probe {
-        let keys = if self.secret_args.is_empty() { Keys::default() } else { cluster_keys() };
-        Probe::connect(&self.replica_addrs[i as usize - 1], i, &keys)
+        Probe::connect(&self.replica_addrs[i as usize - 1], i, &self.keys())
     }
 
     /// Waits until a client write succeeds; panics after `timeout`.
