@@ -422,9 +422,8 @@ impl Replica {
         }
         if self.is_leader() {
             self.advance_commit(out);
-        } else {
-            self.check_resynced(out);
         }
+        self.check_resynced(out);
     }
 
     pub fn on_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Outbox) {
@@ -536,11 +535,15 @@ impl Replica {
         }));
         self.held.clear();
         out.event(Event::BecameLeader { epoch, last });
-        if self.resync.take().is_some() {
+        if self.resync.is_some() {
             // Promoted from promises of every replica (or a quorum that
             // holds every row): whatever we lost, no acknowledged row is
-            // missing from the most up-to-date log, which is ours.
-            out.event(Event::Resynced { applied: last.lsn });
+            // missing from the most up-to-date log, which is ours. We are
+            // whole once that log is on our own disk: rows still being
+            // written would be lost again by a crash now, and a restart
+            // that forgot it was missing would promise as if it held them.
+            self.resync = Some(Some(last.lsn));
+            self.check_resynced(out);
         }
         // A row of our own epoch: once it commits, everything before it has.
         let row = Row { epoch, lsn: next, body: RowBody::Noop };
@@ -883,10 +886,13 @@ impl Replica {
     fn check_resynced(&mut self, out: &mut Outbox) {
         if let Some(Some(target)) = self.resync {
             // Applied (so it matches the leader's log) and on our own disk
-            // (so a crash now cannot lose it again).
-            if self.applied >= target && self.durable >= target {
+            // (so a crash now cannot lose it again). A leader's own log is
+            // the one to match: its disk is enough.
+            let leader = self.is_leader();
+            if (leader || self.applied >= target) && self.durable >= target {
                 self.resync = None;
-                out.event(Event::Resynced { applied: self.applied.min(self.durable) });
+                let upto = if leader { target } else { self.applied.min(self.durable) };
+                out.event(Event::Resynced { applied: upto });
             }
         }
     }
