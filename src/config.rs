@@ -69,6 +69,9 @@ pub struct Bugs {
     /// Found in review: a replica catching up takes its target from any
     /// append, even one sent to its previous life.
     pub resync_target_from_any_append: bool,
+    /// Classic: a follower takes appends from a leader of an epoch older
+    /// than the one it promised (a deposed leader keeps replicating).
+    pub accepts_older_epochs: bool,
 }
 
 /// Timeouts, all in microseconds.

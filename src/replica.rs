@@ -807,7 +807,7 @@ impl Replica {
         if leader == self.id || !self.cfg.replicas.contains(&leader) || !valid {
             return false;
         }
-        if epoch < self.promised {
+        if epoch < self.promised && !self.cfg.bugs.accepts_older_epochs {
             out.send(
                 to,
                 Msg::AppendAck {

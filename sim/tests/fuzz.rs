@@ -84,6 +84,26 @@ fn promoting_without_enough_promises_is_found_by_the_default_swarm() {
     eprintln!("unsafe_failover: seed {seed}: {}", v.first());
 }
 
+#[test]
+fn accepting_appends_from_an_older_epoch_is_found_by_the_default_swarm() {
+    // `accepts_older_epochs`: first at seed 318 (a deposed leader keeps
+    // replicating to a follower that promised its successor; the logs
+    // diverge). With pauses and delays only, first at seed 67.
+    let (seed, v) = first_failure(
+        SWARM,
+        "accepts_older_epochs",
+        400,
+        &[
+            "acknowledged write lost",
+            "applied different rows",
+            "replicas differ",
+            "linearizability",
+            "session",
+        ],
+    );
+    eprintln!("accepts_older_epochs: seed {seed}: {}", v.first());
+}
+
 /// Bug B wants a corrupted last record on a replica that confirmed rows,
 /// then the loss of the leader: three replicas, crashes and corruption.
 /// (The default swarm finds it too, first at seed 242, 3 in 1,000.)
