@@ -27,12 +27,12 @@ fn regression_traces_match_snapshots() {
     });
 }
 
-/// 25 seeds each in release builds; 5 in debug builds (what `cargo test`
-/// runs in CI), where a heavy regression takes seconds per seed. The wide
-/// sweep is `kvsim sweep scenarios/regressions/*.toml --from 1 --to 1000`.
+/// Test builds are optimised (the workspace's dev profile), so every
+/// regression runs 25 seeds in a few seconds. The wide sweep is
+/// `kvsim sweep scenarios/regressions/*.toml --from 1 --to 1000`.
 #[test]
 fn every_regression_holds_for_seeds_1_to_25() {
-    let last = if cfg!(debug_assertions) { 5 } else { 25 };
+    let last = 25;
     let mut paths: Vec<_> = std::fs::read_dir(regressions()).unwrap().map(|e| e.unwrap().path()).collect();
     paths.sort();
     assert!(paths.len() >= 8, "regressions found: {paths:?}");
