@@ -977,3 +977,58 @@ fn a_replica_keeps_its_configuration_with_its_data() {
     let at = p.wait_line("kvnode replica 1 listening at ", Duration::from_secs(10));
     assert_eq!(at, format!("127.0.0.1:{}", ports[0]));
 }
+
+// ---- found in review ----
+
+/// Clients that ask for a large value again and again and never read the
+/// replies: each connection's backlog is capped (4 MiB), but nothing capped
+/// them all together, so N such clients cost the balancer N x 4 MiB (64 of
+/// them: 150 MB). A client needs no secret, only the client password if
+/// there is one. Now all clients' backlogs together are capped (32 MiB).
+#[test]
+fn clients_that_never_read_cannot_exhaust_the_balancers_memory() {
+    let c = TestCluster::start(3, false);
+    let mut client = c.client(ReadMode::Session);
+    let big = "v".repeat(60 * 1024);
+    assert!(client.call(set("big", &big)).result.is_ok());
+    std::thread::sleep(Duration::from_millis(300));
+    let before = vm_rss_kib(c.lb.pid());
+    let mut conns = Vec::new();
+    for i in 0..64u64 {
+        let id = ClientId(90_000 + i);
+        let Ok((s, _)) = client_connection(&c.lb_addr, id, None) else { continue };
+        // Takes almost nothing from the socket.
+        rustix::net::sockopt::set_socket_recv_buffer_size(&s, 4096).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = Vec::new();
+        // Just under 4 MiB of replies each (with what the sockets hold).
+        for seq in 1..=100 {
+            let get = request(id, seq, Op::Get { key: "big".into() });
+            wire::encode_frame(&get, wire::MAX_CLIENT_FRAME_BYTES, &mut buf).unwrap();
+        }
+        let _ = (&s).write_all(&buf);
+        conns.push(s);
+    }
+    let mut peak = before;
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_secs(3) {
+        peak = peak.max(vm_rss_kib(c.lb.pid()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "balancer resident: {before} KiB before, at most {peak} KiB with {} clients not reading",
+        conns.len()
+    );
+    assert!(conns.len() >= 48, "only {} clients connected", conns.len());
+    // The balancer still serves everyone else.
+    assert!(client.call(set("other", "1")).result.is_ok());
+    // Measured on loopback: 64 clients grew it by about 133 MB before the
+    // total cap, by 45 to 80 MB with it (the rest is replies on their way
+    // through the balancer, at most 16 per client, and the allocator).
+    assert!(
+        wait_log(&c.lb, "for all clients", Duration::from_secs(5)),
+        "no client was dropped for the total backlog"
+    );
+    assert!(peak < before + 112 * 1024, "the balancer grew from {before} KiB to {peak} KiB");
+    drop(conns);
+}

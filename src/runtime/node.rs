@@ -42,6 +42,10 @@ pub const MAX_CLIENT_BATCH: usize = 128;
 const FLUSH_BYTES: usize = 256 * 1024;
 /// Replies a client has not taken, buffered at most before it is dropped.
 pub const MAX_CLIENT_BACKLOG: usize = 4 << 20;
+/// Replies all clients together have not taken, buffered at most: beyond
+/// it the client with the most waiting is dropped (each client's own cap
+/// alone let N clients that never read cost N x [`MAX_CLIENT_BACKLOG`]).
+pub const MAX_CLIENT_BACKLOG_TOTAL: usize = 32 << 20;
 /// How soon a node tries again to write to a client that took nothing.
 const BACKLOG_RETRY: Duration = Duration::from_millis(1);
 
@@ -86,6 +90,9 @@ pub struct Net {
     /// a time: the acceptor admits no second. Observers are never routes.)
     routes: BTreeMap<NodeId, ConnId>,
     dirty: Vec<ConnId>,
+    /// Bytes held for clients that did not take their replies at once
+    /// (the sum of every connection's `backlog`).
+    backlog: usize,
 }
 
 struct Conn {
@@ -96,6 +103,8 @@ struct Conn {
     out: Vec<u8>,
     /// A client's: requests in flight, released as answers are queued.
     in_flight: Option<Arc<InFlight>>,
+    /// The buffer's size counted in `Net::backlog` (while replies wait).
+    backlog: usize,
 }
 
 impl Conn {
@@ -107,7 +116,7 @@ impl Conn {
 
 impl Net {
     pub fn new(me: NodeId) -> Net {
-        Net { me, conns: BTreeMap::new(), routes: BTreeMap::new(), dirty: Vec::new() }
+        Net { me, conns: BTreeMap::new(), routes: BTreeMap::new(), dirty: Vec::new(), backlog: 0 }
     }
 
     fn connected(
@@ -128,7 +137,8 @@ impl Net {
                 self.routes.insert(peer, conn);
             }
         }
-        self.conns.insert(conn, Conn { peer, dialed, observer, stream, out: Vec::new(), in_flight });
+        self.conns
+            .insert(conn, Conn { peer, dialed, observer, stream, out: Vec::new(), in_flight, backlog: 0 });
     }
 
     fn closed(&mut self, conn: ConnId) {
@@ -136,6 +146,7 @@ impl Net {
             return;
         };
         let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        self.backlog -= c.backlog;
         if let Some(f) = &c.in_flight {
             f.close();
         }
@@ -215,6 +226,9 @@ impl Net {
         let result = if c.nonblocking() { write_nonblocking(c) } else { (&*c.stream).write_all(&c.out) };
         match result {
             Ok(()) if c.nonblocking() && !c.out.is_empty() => {
+                let held = c.out.capacity();
+                self.backlog = self.backlog - c.backlog + held;
+                c.backlog = held;
                 if c.out.len() > MAX_CLIENT_BACKLOG {
                     info!(
                         node = %self.me,
@@ -223,11 +237,18 @@ impl Net {
                         c.out.len()
                     );
                     self.closed(id);
-                } else if !self.dirty.contains(&id) {
+                    return;
+                }
+                if self.backlog > MAX_CLIENT_BACKLOG_TOTAL {
+                    self.shed_backlog();
+                }
+                if self.conns.contains_key(&id) && !self.dirty.contains(&id) {
                     self.dirty.push(id);
                 }
             }
             Ok(()) => {
+                self.backlog -= c.backlog;
+                c.backlog = 0;
                 c.out.clear();
                 if c.out.capacity() > 4 * FLUSH_BYTES {
                     c.out = Vec::new();
@@ -239,6 +260,26 @@ impl Net {
                 info!(node = %self.me, "dropping connection to {}: write failed: {e}", c.peer);
                 self.closed(id);
             }
+        }
+    }
+
+    /// Drops the clients with the most replies waiting until all of them
+    /// together hold at most [`MAX_CLIENT_BACKLOG_TOTAL`].
+    fn shed_backlog(&mut self) {
+        while self.backlog > MAX_CLIENT_BACKLOG_TOTAL {
+            let Some((&id, c)) =
+                self.conns.iter().filter(|(_, c)| c.backlog > 0).max_by_key(|(_, c)| c.backlog)
+            else {
+                return;
+            };
+            info!(
+                node = %self.me,
+                "dropping connection to {}: it does not read its replies ({} bytes waiting; {} for all clients)",
+                c.peer,
+                c.out.len(),
+                self.backlog
+            );
+            self.closed(id);
         }
     }
 
