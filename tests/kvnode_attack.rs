@@ -24,6 +24,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The flood tests measure timing under load they make themselves; run side
+/// by side on two cores they would measure each other. They take turns.
+fn flood_lock() -> std::sync::MutexGuard<'static, ()> {
+    static FLOODS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    FLOODS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 // ---- helpers ----
 
 /// A connection that finished a handshake.
@@ -385,6 +392,7 @@ fn a_balancer_with_another_configuration_is_refused_on_both_sides() {
 /// failover; once the first is gone, the second takes over.
 #[test]
 fn a_second_balancer_is_refused_and_takes_over_only_when_the_first_is_gone() {
+    let _alone = flood_lock();
     let mut c = TestCluster::start(3, false);
     let from = c.lb.stderr_lines().len();
     let mut args = vec!["--log", "info", "balancer", "127.0.0.1:0"];
@@ -449,6 +457,7 @@ fn a_live_client_id_cannot_be_taken_over() {
 /// connections: the replica's resident memory stays small.
 #[test]
 fn the_trickle_attack_is_bounded() {
+    let _alone = flood_lock();
     let c = TestCluster::start(3, false);
     let r = &c.replicas[0];
     let before = vm_rss_kib(r.pid());
@@ -488,6 +497,7 @@ fn the_trickle_attack_is_bounded() {
 /// idle timeout, so they cannot hold every slot.
 #[test]
 fn idle_hellos_are_evicted() {
+    let _alone = flood_lock();
     let c = TestCluster::start_with(3, false, &[], &["--client-idle-timeout", "1s"]);
     let mut idle: Vec<TcpStream> =
         (0..100).map(|i| client_connection(&c.lb_addr, ClientId(5000 + i), None).unwrap().0).collect();
@@ -516,6 +526,7 @@ fn idle_hellos_are_evicted() {
 /// restarted balancer reaches it within a few seconds, and it keeps up.
 #[test]
 fn a_connection_flood_leaves_room_for_the_cluster() {
+    let _alone = flood_lock();
     let mut c = TestCluster::start(3, true);
     // Replica 3 again, with at most 256 descriptors (soft and hard).
     c.replica(3).kill9();
@@ -676,6 +687,7 @@ impl Drop for ShProc {
 /// throughout.
 #[test]
 fn pipelining_clients_do_not_starve_cluster_traffic() {
+    let _alone = flood_lock();
     let c = TestCluster::start(3, false);
     let from = c.lb.stderr_lines().len();
     let stop = Arc::new(AtomicBool::new(false));
@@ -987,6 +999,7 @@ fn a_replica_keeps_its_configuration_with_its_data() {
 /// there is one. Now all clients' backlogs together are capped (32 MiB).
 #[test]
 fn clients_that_never_read_cannot_exhaust_the_balancers_memory() {
+    let _alone = flood_lock();
     let c = TestCluster::start(3, false);
     let mut client = c.client(ReadMode::Session);
     let big = "v".repeat(60 * 1024);

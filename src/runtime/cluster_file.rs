@@ -181,6 +181,18 @@ pub fn settle(
     };
     let file = path(dir, replica);
     let stored = load(&file)?;
+    if let Some(s) = &stored {
+        // A file copied from another replica's directory would make this
+        // one listen at that replica's address and answer as it.
+        if s.replica != replica {
+            return Err(format!(
+                "{} belongs to replica {}, not replica {}: was it copied from another data directory?",
+                file.display(),
+                s.replica.0,
+                replica.0
+            ));
+        }
+    }
     match (stored, cli) {
         (None, None) => Err(format!(
             "replica {} needs --peers ADDR1,ADDR2,... (every replica's address, replica 1 first); \
@@ -220,6 +232,16 @@ mod tests {
     fn cluster(n: usize, k: usize) -> ReplicaCluster {
         let peers = (1..=n).map(|i| format!("127.0.0.1:{}", 8080 + i)).collect();
         ReplicaCluster::new(ReplicaId(2), peers, k, false).unwrap()
+    }
+
+    #[test]
+    fn a_file_of_another_replica_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cluster(3, 1);
+        store(&path(dir.path(), ReplicaId(3)), &c).unwrap();
+        let e = settle(Some(dir.path()), ReplicaId(3), None, false).unwrap_err();
+        assert!(e.contains("belongs to replica 2, not replica 3"), "{e}");
+        assert_eq!(settle(Some(dir.path()), ReplicaId(2), Some(c.clone()), false), Ok(c));
     }
 
     #[test]

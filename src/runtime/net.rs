@@ -762,21 +762,25 @@ fn read_frames(stream: &TcpStream, dec: &mut FrameDecoder, r: &Reader<'_>) -> Co
 /// Accepted connections open in this process.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 /// Accepted connections still in their handshake, oldest first: at most half
-/// of the limit. When that many are waiting, a new connection pushes out the
-/// oldest of those that got least far (a peer with the key sends its hello at
-/// once and finishes in a round trip or two), so strangers who never finish
-/// a handshake cannot keep the cluster's own peers out.
+/// of the limit. When that many are waiting, a new connection pushes out one
+/// of them ([`pick_evictee`]: silent ones first, then those without a proof,
+/// oldest first; a peer with the key finishes in a round trip or two), so
+/// strangers who never finish a handshake cannot keep the cluster's own
+/// peers out.
 static HANDSHAKING: Mutex<VecDeque<Handshaking>> = Mutex::new(VecDeque::new());
 
 /// A connection in its handshake, and how far it got: 0 nothing yet, 1 its
-/// hello, 2 its proof. The one pushed out for a newcomer is the oldest that
-/// got least far, so a peer that has said hello is not pushed out for
-/// strangers who never said anything.
+/// hello, 2 its proof (checked). See [`pick_evictee`].
 struct Handshaking {
     conn: ConnId,
     stream: Arc<TcpStream>,
     stage: Arc<AtomicU8>,
+    since: Instant,
 }
+
+/// A peer sends its hello as soon as it connects: one silent for this long
+/// is not following the protocol.
+const SILENT_AFTER: Duration = Duration::from_millis(50);
 
 /// Accepted connections open in this process now.
 pub fn open_connections() -> usize {
@@ -790,11 +794,18 @@ fn handshake_done(conn: ConnId) {
     }
 }
 
-/// Takes out the connection to push out: the oldest of those that got least
-/// far in their handshake.
-fn pick_evictee(h: &mut VecDeque<Handshaking>) -> Option<Handshaking> {
-    let least = h.iter().map(|x| x.stage.load(Ordering::SeqCst)).min()?;
-    let i = h.iter().position(|x| x.stage.load(Ordering::SeqCst) == least)?;
+/// Takes out the connection to push out: the oldest of those silent since
+/// they connected (longer than [`SILENT_AFTER`]), else the oldest that has
+/// not proved the key, else the oldest. A hello costs a stranger nothing, so
+/// it buys no protection over a newcomer whose hello is still on its way;
+/// only the proof does.
+fn pick_evictee(h: &mut VecDeque<Handshaking>, now: Instant) -> Option<Handshaking> {
+    let stage = |x: &Handshaking| x.stage.load(Ordering::SeqCst);
+    let i = h
+        .iter()
+        .position(|x| stage(x) == 0 && now.saturating_duration_since(x.since) >= SILENT_AFTER)
+        .or_else(|| h.iter().position(|x| stage(x) < 2))
+        .unwrap_or(0);
     h.remove(i)
 }
 
@@ -832,7 +843,7 @@ pub fn spawn_acceptor(listener: TcpListener, a: Accepting) -> io::Result<JoinHan
             {
                 let mut h = HANDSHAKING.lock().expect("handshake list");
                 if h.len() >= limit / 2 {
-                    if let Some(Handshaking { stream: oldest, .. }) = pick_evictee(&mut h) {
+                    if let Some(Handshaking { stream: oldest, .. }) = pick_evictee(&mut h, Instant::now()) {
                         if a.throttle.allow(a.me) {
                             let from = oldest.peer_addr().map(|p| p.to_string()).unwrap_or_default();
                             warn!(
@@ -845,7 +856,7 @@ pub fn spawn_acceptor(listener: TcpListener, a: Accepting) -> io::Result<JoinHan
                         let _ = oldest.shutdown(std::net::Shutdown::Both);
                     }
                 }
-                h.push_back(Handshaking { conn, stream: stream.clone(), stage: stage.clone() });
+                h.push_back(Handshaking { conn, stream: stream.clone(), stage: stage.clone(), since: Instant::now() });
             }
             OPEN.fetch_add(1, Ordering::SeqCst);
             let a2 = a.clone();
