@@ -182,7 +182,7 @@ impl Balancer {
     /// Each replica as its latest pong showed it: whether it counts as
     /// alive at `now`, when that pong came, and its status.
     pub fn replica_views(&self, now: Time) -> Vec<(ReplicaId, bool, Option<Time>, Status)> {
-        self.views.iter().map(|(r, v)| (*r, self.alive(*r, now), v.last_pong, v.status.clone())).collect()
+        self.views.iter().map(|(r, v)| (*r, self.alive(*r, now), v.last_pong, v.status)).collect()
     }
     pub fn next_wakeup(&self) -> Option<Time> {
         Some(self.next_tick.min(self.next_ping))

@@ -254,6 +254,14 @@ struct BenchArgs {
     /// Read consistency for gets: any, session or leader.
     #[arg(long, default_value = "session", value_name = "MODE")]
     read: ReadMode,
+    /// Speak the Redis protocol to ADDR (a balancer's --resp port, or a
+    /// Redis server) instead of the native one at --connect.
+    #[arg(long, value_name = "ADDR")]
+    resp: Option<String>,
+    /// With --resp: send WAIT N 0 after every SET (one operation together),
+    /// and count a reply below N as an error.
+    #[arg(long, value_name = "N", requires = "resp")]
+    wait: Option<u32>,
     /// Print the results as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -601,7 +609,9 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
     let password = client_password(a.password.password_file.as_deref())?;
     let opts = BenchOptions {
         password,
-        connect: a.connect,
+        resp: a.resp.is_some(),
+        wait: a.wait,
+        connect: a.resp.unwrap_or(a.connect),
         clients: a.clients,
         duration: a.duration,
         ops: a.ops,

@@ -31,8 +31,8 @@ pub mod cluster_file;
 pub mod net;
 pub mod node;
 pub mod repl;
-pub mod resp;
 pub mod replica_node;
+pub mod resp;
 pub mod store;
 
 use crate::types::{NodeId, Time};

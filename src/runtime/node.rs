@@ -139,7 +139,8 @@ impl Net {
                 self.routes.insert(peer, conn);
             }
         }
-        self.conns.insert(conn, Conn { peer, dialed, observer, stream, out: Vec::new(), in_flight, resp: None });
+        self.conns
+            .insert(conn, Conn { peer, dialed, observer, stream, out: Vec::new(), in_flight, resp: None });
     }
 
     fn connected_resp(&mut self, conn: ConnId, peer: NodeId, stream: Arc<TcpStream>, replies: Box<Replies>) {
@@ -159,7 +160,9 @@ impl Net {
 
     /// Whether a RESP reply waits for the cluster view (see `info`).
     fn wants_info(&self) -> bool {
-        self.dirty.iter().any(|id| self.conns.get(id).and_then(|c| c.resp.as_ref()).is_some_and(|r| r.wants_info()))
+        self.dirty
+            .iter()
+            .any(|id| self.conns.get(id).and_then(|c| c.resp.as_ref()).is_some_and(|r| r.wants_info()))
     }
 
     fn closed(&mut self, conn: ConnId) {

@@ -35,6 +35,10 @@ impl fmt::Display for ProtoError {
     }
 }
 
+/// One command's arguments and the bytes it took, or `None` if more bytes
+/// are needed.
+pub type Parsed = Result<Option<(Vec<Vec<u8>>, usize)>, ProtoError>;
+
 fn err<T>(s: impl Into<String>) -> Result<T, ProtoError> {
     Err(ProtoError(s.into()))
 }
@@ -42,7 +46,7 @@ fn err<T>(s: impl Into<String>) -> Result<T, ProtoError> {
 /// Parses one command from the front of `buf`: `Ok(None)` if more bytes
 /// are needed, else the arguments and how many bytes they took. An empty
 /// argument list (a blank inline line, `*0`) is a command to skip.
-pub fn parse(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtoError> {
+pub fn parse(buf: &[u8]) -> Parsed {
     match buf.first() {
         None => Ok(None),
         Some(b'*') => parse_multibulk(buf),
@@ -71,7 +75,7 @@ fn header(buf: &[u8], at: usize, what: &str) -> Result<Option<(i64, usize)>, Pro
     Ok(Some((n, at + cr + 2)))
 }
 
-fn parse_multibulk(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtoError> {
+fn parse_multibulk(buf: &[u8]) -> Parsed {
     let Some((n, mut at)) = header(buf, 0, "multibulk")? else { return Ok(None) };
     if n <= 0 {
         return Ok(Some((Vec::new(), at)));
@@ -111,7 +115,7 @@ fn parse_multibulk(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtoErr
     Ok(Some((args, at)))
 }
 
-fn parse_inline(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtoError> {
+fn parse_inline(buf: &[u8]) -> Parsed {
     let window = &buf[..buf.len().min(MAX_INLINE_BYTES + 1)];
     let Some(nl) = window.iter().position(|&b| b == b'\n') else {
         if buf.len() > MAX_INLINE_BYTES {
@@ -182,7 +186,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn one(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtoError> {
+    fn one(buf: &[u8]) -> Parsed {
         parse(buf)
     }
 

@@ -14,6 +14,7 @@
 //! the connection's earlier writes (its session LSN includes them) and a
 //! write never overtakes an earlier read.
 
+pub mod client;
 pub mod codec;
 pub mod replies;
 
@@ -22,7 +23,7 @@ use super::net::{self, Inbox, Input};
 use crate::msg::Msg;
 use crate::types::{ClientId, Lsn, NodeId, Op, ReadMode, RequestId};
 use crate::wire::Frame;
-pub use replies::{ClusterInfo, Item, Replies, ReplicaInfo, Shape};
+pub use replies::{ClusterInfo, Item, ReplicaInfo, Replies, Shape};
 use std::collections::BTreeSet;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -68,7 +69,10 @@ impl Flight {
     }
 
     /// Waits until `ready` holds; false once the connection closed.
-    fn wait_until(&self, ready: impl Fn(&FlightState) -> bool) -> Option<std::sync::MutexGuard<'_, FlightState>> {
+    fn wait_until(
+        &self,
+        ready: impl Fn(&FlightState) -> bool,
+    ) -> Option<std::sync::MutexGuard<'_, FlightState>> {
         let mut s = self.lock();
         loop {
             if s.closed {
@@ -175,10 +179,11 @@ fn accept_loop(listener: TcpListener, opts: RespOptions) {
             continue;
         }
         let o = opts.clone();
-        let spawned = thread::Builder::new().name("lb-resp".into()).stack_size(READER_STACK_BYTES).spawn(move || {
-            serve(stream, &o);
-            net::close_one();
-        });
+        let spawned =
+            thread::Builder::new().name("lb-resp".into()).stack_size(READER_STACK_BYTES).spawn(move || {
+                serve(stream, &o);
+                net::close_one();
+            });
         if let Err(e) = spawned {
             warn!("cannot start a RESP reader thread: {e}");
             net::close_one();
@@ -296,7 +301,9 @@ impl Session<'_> {
                 }
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if net::is_timeout(&e) => return End::Gone(format!("idle for {:?}", self.opts.client_idle)),
+                Err(e) if net::is_timeout(&e) => {
+                    return End::Gone(format!("idle for {:?}", self.opts.client_idle))
+                }
                 Err(e) => return End::Gone(e.to_string()),
             }
         }
@@ -332,7 +339,9 @@ impl Session<'_> {
     fn requests(&mut self, shape: Shape, ops: Vec<(Op, ReadMode)>) -> Flow {
         let first = self.next_seq;
         let n = ops.len() as u64;
-        let Some(end) = first.checked_add(n) else { return Flow::Stop(End::Gone("sequence numbers used up".into())) };
+        let Some(end) = first.checked_add(n) else {
+            return Flow::Stop(End::Gone("sequence numbers used up".into()));
+        };
         self.next_seq = end;
         if !self.item(Item::Await { shape, seqs: (first..end).collect() }) {
             return Flow::Stop(End::Gone("node gone".into()));
@@ -352,8 +361,14 @@ impl Session<'_> {
             if !self.opts.inbox.reserve_client_bytes(bytes, Duration::from_secs(10)) {
                 return Flow::Stop(End::Gone("the node is overloaded: its client queue stayed full".into()));
             }
-            let msg = Msg::Request { id: RequestId { client: self.client, seq }, attempt: 1, op, read, min_lsn };
-            let input = Input::Frame { conn: self.conn, from: NodeId::Client(self.client), frame: Frame::Msg(msg), bytes };
+            let msg =
+                Msg::Request { id: RequestId { client: self.client, seq }, attempt: 1, op, read, min_lsn };
+            let input = Input::Frame {
+                conn: self.conn,
+                from: NodeId::Client(self.client),
+                frame: Frame::Msg(msg),
+                bytes,
+            };
             if self.opts.inbox.clients.send(input).is_err() {
                 return Flow::Stop(End::Gone("node gone".into()));
             }
@@ -365,7 +380,8 @@ impl Session<'_> {
         let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
         let rest = &args[1..];
         let arity = |ok: bool| -> Option<String> {
-            (!ok).then(|| format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()))
+            (!ok)
+                .then(|| format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()))
         };
         if !self.authed && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
             return self.error("NOAUTH Authentication required.");
@@ -399,7 +415,10 @@ impl Session<'_> {
                 self.item(Item::Close);
                 Flow::Stop(End::Quit)
             }
-            "AUTH" => self.auth(rest.last().map(Vec::as_slice).unwrap_or_default(), rest.first().filter(|_| rest.len() == 2)),
+            "AUTH" => self.auth(
+                rest.last().map(Vec::as_slice).unwrap_or_default(),
+                rest.first().filter(|_| rest.len() == 2),
+            ),
             "HELLO" => self.hello(rest),
             "SELECT" => match rest[0].as_slice() {
                 b"0" => self.ok(),
@@ -426,13 +445,15 @@ impl Session<'_> {
                 (Some(_), Some(_)) => self.error("ERR timeout is negative"),
                 _ => self.error("ERR value is not an integer or out of range"),
             },
-            "KVSTORE.READMODE" => match String::from_utf8_lossy(&rest[0]).to_ascii_lowercase().parse::<ReadMode>() {
-                Ok(m) => {
-                    self.mode = m;
-                    self.ok()
+            "KVSTORE.READMODE" => {
+                match String::from_utf8_lossy(&rest[0]).to_ascii_lowercase().parse::<ReadMode>() {
+                    Ok(m) => {
+                        self.mode = m;
+                        self.ok()
+                    }
+                    Err(e) => self.error(&format!("ERR {e}")),
                 }
-                Err(e) => self.error(&format!("ERR {e}")),
-            },
+            }
             "GET" | "SET" | "DEL" | "EXISTS" | "MGET" | "MSET" => self.data(&name, rest),
             _ => {
                 let mut shown = String::new();
@@ -464,8 +485,12 @@ impl Session<'_> {
                 let key = text.pop().unwrap_or_default();
                 self.requests(Shape::Ok, vec![(Op::Set { key, value }, mode)])
             }
-            "MGET" => self.requests(Shape::Values, text.into_iter().map(|key| (Op::Get { key }, mode)).collect()),
-            "EXISTS" => self.requests(Shape::Count, text.into_iter().map(|key| (Op::Get { key }, mode)).collect()),
+            "MGET" => {
+                self.requests(Shape::Values, text.into_iter().map(|key| (Op::Get { key }, mode)).collect())
+            }
+            "EXISTS" => {
+                self.requests(Shape::Count, text.into_iter().map(|key| (Op::Get { key }, mode)).collect())
+            }
             "MSET" => {
                 let mut ops = Vec::with_capacity(text.len() / 2);
                 let mut it = text.into_iter();
@@ -561,7 +586,9 @@ impl Session<'_> {
                 let id = (self.client.0 >> 1) as i64;
                 self.ready(|o| codec::int(o, id))
             }
-            _ => self.error("ERR unknown subcommand for CLIENT (kvstore knows SETNAME, GETNAME, SETINFO, ID)"),
+            _ => {
+                self.error("ERR unknown subcommand for CLIENT (kvstore knows SETNAME, GETNAME, SETINFO, ID)")
+            }
         }
     }
 
@@ -604,8 +631,24 @@ const CONFIG: [(&str, &str); 5] =
 
 /// The commands served (for `COMMAND COUNT`).
 const COMMANDS: [&str; 18] = [
-    "get", "set", "del", "exists", "mget", "mset", "ping", "echo", "quit", "auth", "hello", "client", "select",
-    "wait", "info", "config", "command", "kvstore.readmode",
+    "get",
+    "set",
+    "del",
+    "exists",
+    "mget",
+    "mset",
+    "ping",
+    "echo",
+    "quit",
+    "auth",
+    "hello",
+    "client",
+    "select",
+    "wait",
+    "info",
+    "config",
+    "command",
+    "kvstore.readmode",
 ];
 
 /// `*` and `?` globbing, as CONFIG GET patterns use (iterative, with one

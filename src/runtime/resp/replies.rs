@@ -85,7 +85,11 @@ impl ClusterInfo {
     /// The `INFO` text (sections Server, Clients, Replication).
     pub fn render(&self, section: Option<&str>) -> String {
         use std::fmt::Write;
-        let want = |s: &str| section.is_none_or(|w| w.eq_ignore_ascii_case(s) || w == "all" || w == "everything" || w == "default");
+        let want = |s: &str| {
+            section.is_none_or(|w| {
+                w.eq_ignore_ascii_case(s) || w == "all" || w == "everything" || w == "default"
+            })
+        };
         let mut t = String::new();
         if want("server") {
             t.push_str("# Server\r\nredis_version:7.0.0\r\nredis_mode:standalone\r\n");
@@ -200,9 +204,7 @@ impl Replies {
         let mut popped = 0;
         while let Some(head) = self.queue.front() {
             match head {
-                Item::Await { seqs, .. } if !seqs.iter().all(|s| self.results.contains_key(s)) => {
-                    break
-                }
+                Item::Await { seqs, .. } if !seqs.iter().all(|s| self.results.contains_key(s)) => break,
                 Item::Wait(_) if info.is_none() => break,
                 _ => {}
             }
@@ -262,7 +264,9 @@ impl Replies {
                 }
             }
             Shape::Count => codec::int(out, values().filter(Option::is_some).count() as i64),
-            Shape::Del { reads } => codec::int(out, values().take(reads).filter(Option::is_some).count() as i64),
+            Shape::Del { reads } => {
+                codec::int(out, values().take(reads).filter(Option::is_some).count() as i64)
+            }
         }
     }
 }
