@@ -158,6 +158,14 @@ impl Net {
         }
     }
 
+    /// A RESP connection's requests come from several client ids (its
+    /// lanes): answers to each go back on it.
+    fn note_resp_peer(&mut self, conn: ConnId, from: NodeId) {
+        if self.routes.get(&from) != Some(&conn) && self.conns.get(&conn).is_some_and(|c| c.resp.is_some()) {
+            self.routes.insert(from, conn);
+        }
+    }
+
     /// Whether a RESP reply waits for the cluster view (see `info`).
     fn wants_info(&self) -> bool {
         self.dirty
@@ -175,6 +183,7 @@ impl Net {
         }
         if let Some(r) = &c.resp {
             r.close();
+            self.routes.retain(|_, id| *id != conn);
         }
         if self.routes.get(&c.peer) == Some(&conn) {
             self.routes.remove(&c.peer);
@@ -216,7 +225,7 @@ impl Net {
         };
         if let Some(r) = c.resp.as_mut() {
             if let Frame::Msg(Msg::Response { id: req, result, .. }) = frame {
-                r.on_response(req.seq, result);
+                r.on_response(req, result);
                 if !self.dirty.contains(&id) {
                     self.dirty.push(id);
                 }
@@ -433,6 +442,9 @@ pub fn run<R: Role>(mut role: R, rx: Inputs, clock: Clock, stop_accepting: impl 
                 Input::Resp { conn, item } => net.resp_item(conn, item),
                 Input::Closed { conn } => net.closed(conn),
                 Input::Frame { conn, from, frame, bytes } => {
+                    if matches!(from, NodeId::Client(_)) {
+                        net.note_resp_peer(conn, from);
+                    }
                     role.on_frame(now, from, frame, &mut out, &mut net);
                     apply(&mut role, &mut net, &mut out, Some((from, conn)));
                     rx.release_client_bytes(bytes);

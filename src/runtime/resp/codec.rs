@@ -194,7 +194,7 @@ mod tests {
     fn parses_arrays_and_inline() {
         let (a, n) = one(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nrest").unwrap().unwrap();
         assert_eq!(a, vec![b"GET".to_vec(), b"k".to_vec()]);
-        assert_eq!(n, 22);
+        assert_eq!(n, 20);
         let (a, n) = one(b"PING  hello\r\nX").unwrap().unwrap();
         assert_eq!(a, vec![b"PING".to_vec(), b"hello".to_vec()]);
         assert_eq!(n, 13);

@@ -8,6 +8,15 @@
 //! answers ([`Item`]). The node thread writes replies in command order
 //! ([`Replies`]), so a pipeline is forwarded as fast as it is read.
 //!
+//! Lanes: a connection's requests go out under several client ids, each
+//! with one request in flight at a time, exactly as native clients do
+//! (the machines' at-most-once table and retries assume that: a retried
+//! write of a client that has a newer one in flight is refused as
+//! superseded). A lane is taken for each request from those with nothing
+//! in flight; up to [`MAX_IN_FLIGHT`] lanes, made as the pipeline deepens.
+//! The balancer forwards requests in the order they arrive, and the leader
+//! appends them in that order.
+//!
 //! Ordering within one connection: writes go out back to back (the leader
 //! applies them in order), reads too; a command of the other kind waits
 //! until the connection's requests in flight are answered, so a read sees
@@ -24,7 +33,7 @@ use crate::msg::Msg;
 use crate::types::{ClientId, Lsn, NodeId, Op, ReadMode, RequestId};
 use crate::wire::Frame;
 pub use replies::{ClusterInfo, Item, ReplicaInfo, Replies, Shape};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,11 +43,15 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 /// Requests one RESP connection may have in flight (its pipeline depth at
-/// the balancer); the reader stops reading beyond that, so TCP pushes back.
-pub const MAX_IN_FLIGHT: usize = 256;
+/// the balancer, and its number of lanes); the reader stops reading beyond
+/// that, so TCP pushes back.
+pub const MAX_IN_FLIGHT: usize = 128;
 /// Replies one RESP connection may owe at most (answered or not, not yet
 /// written); the reader stops reading beyond that.
 pub const MAX_QUEUED_REPLIES: usize = 4096;
+/// Bytes of ready replies (PING, ECHO, errors...) one RESP connection may
+/// have queued behind replies still waiting, at most.
+pub const MAX_QUEUED_REPLY_BYTES: usize = 1 << 20;
 /// Bytes read from a RESP socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
 const READER_STACK_BYTES: usize = 256 * 1024;
@@ -52,8 +65,14 @@ pub struct Flight {
 
 #[derive(Default)]
 struct FlightState {
-    seqs: BTreeSet<u64>,
+    /// Requests in flight: the reply ticket each feeds, and its lane.
+    in_flight: BTreeMap<RequestId, (u64, usize)>,
+    /// Lanes with nothing in flight, and how many lanes there are.
+    free: Vec<usize>,
+    lanes: usize,
+    lane_of: BTreeMap<ClientId, usize>,
     replies: usize,
+    reply_bytes: usize,
     max_lsn: Lsn,
     closed: bool,
     waiting: bool,
@@ -87,20 +106,37 @@ impl Flight {
         }
     }
 
-    fn acquire(&self, seq: u64) -> bool {
-        match self.wait_until(|s| s.seqs.len() < MAX_IN_FLIGHT) {
-            Some(mut s) => {
-                s.seqs.insert(seq);
-                true
-            }
-            None => false,
+    /// A lane with nothing in flight (a new one while fewer than
+    /// [`MAX_IN_FLIGHT`] exist: `Err` with its index, to be named with
+    /// [`Flight::name_lane`]). None once the connection closed.
+    fn acquire_lane(&self) -> Option<Result<usize, usize>> {
+        let mut s = self.wait_until(|s| !s.free.is_empty() || s.lanes < MAX_IN_FLIGHT)?;
+        if let Some(l) = s.free.pop() {
+            return Some(Ok(l));
         }
+        s.lanes += 1;
+        Some(Err(s.lanes - 1))
     }
 
-    fn acquire_reply(&self) -> bool {
-        match self.wait_until(|s| s.replies < MAX_QUEUED_REPLIES) {
+    fn name_lane(&self, lane: usize, client: ClientId) {
+        self.lock().lane_of.insert(client, lane);
+    }
+
+    /// Request `id` (on `lane`) goes out, feeding reply `ticket`.
+    fn start(&self, id: RequestId, ticket: u64, lane: usize) {
+        self.lock().in_flight.insert(id, (ticket, lane));
+    }
+
+    /// Room for one more reply of `bytes` ready bytes (0 for one to be made).
+    fn acquire_reply(&self, bytes: usize) -> bool {
+        let fits = |s: &FlightState| {
+            s.replies < MAX_QUEUED_REPLIES
+                && (s.reply_bytes == 0 || s.reply_bytes.saturating_add(bytes) <= MAX_QUEUED_REPLY_BYTES)
+        };
+        match self.wait_until(fits) {
             Some(mut s) => {
                 s.replies += 1;
+                s.reply_bytes = s.reply_bytes.saturating_add(bytes);
                 true
             }
             None => false,
@@ -109,7 +145,7 @@ impl Flight {
 
     /// Waits until nothing is in flight; the newest LSN answered.
     fn drained(&self) -> Option<Lsn> {
-        self.wait_until(|s| s.seqs.is_empty()).map(|s| s.max_lsn)
+        self.wait_until(|s| s.in_flight.is_empty()).map(|s| s.max_lsn)
     }
 
     fn max_lsn(&self) -> Lsn {
@@ -122,16 +158,20 @@ impl Flight {
         }
     }
 
-    pub(crate) fn release(&self, seq: u64, lsn: Lsn) {
+    /// Request `id` was answered: the ticket it fed, if it was ours.
+    pub(crate) fn release(&self, id: RequestId, lsn: Lsn) -> Option<u64> {
         let mut s = self.lock();
-        s.seqs.remove(&seq);
+        let (ticket, lane) = s.in_flight.remove(&id)?;
+        s.free.push(lane);
         s.max_lsn = s.max_lsn.max(lsn);
         self.notify(&s);
+        Some(ticket)
     }
 
-    pub(crate) fn release_items(&self, n: usize) {
+    pub(crate) fn release_items(&self, n: usize, bytes: usize) {
         let mut s = self.lock();
         s.replies = s.replies.saturating_sub(n);
+        s.reply_bytes = s.reply_bytes.saturating_sub(bytes);
         self.notify(&s);
     }
 
@@ -213,7 +253,8 @@ fn serve(stream: TcpStream, opts: &RespOptions) {
     let mut s = Session {
         conn,
         client,
-        next_seq: 1,
+        next_ticket: 1,
+        lanes: Vec::new(),
         mode: ReadMode::Session,
         authed: opts.keys.client.is_none(),
         last_kind: None,
@@ -246,8 +287,12 @@ enum Kind {
 
 struct Session<'a> {
     conn: net::ConnId,
+    /// The connection's own id (CLIENT ID, HELLO).
     client: ClientId,
-    next_seq: u64,
+    /// Replies made from requests are numbered by tickets.
+    next_ticket: u64,
+    /// Each lane's client id and next sequence number.
+    lanes: Vec<(ClientId, u64)>,
     mode: ReadMode,
     authed: bool,
     last_kind: Option<Kind>,
@@ -311,7 +356,11 @@ impl Session<'_> {
 
     /// Queues `item` for the node; false when the node or connection is gone.
     fn item(&self, item: Item) -> bool {
-        if !self.flight.acquire_reply() {
+        let bytes = match &item {
+            Item::Ready(b) => b.len(),
+            _ => 0,
+        };
+        if !self.flight.acquire_reply(bytes) {
             return false;
         }
         self.opts.inbox.clients.send(Input::Resp { conn: self.conn, item }).is_ok()
@@ -337,35 +386,47 @@ impl Session<'_> {
 
     /// Sends `ops` as requests whose answers make one reply of `shape`.
     fn requests(&mut self, shape: Shape, ops: Vec<(Op, ReadMode)>) -> Flow {
-        let first = self.next_seq;
+        let first = self.next_ticket;
         let n = ops.len() as u64;
         let Some(end) = first.checked_add(n) else {
-            return Flow::Stop(End::Gone("sequence numbers used up".into()));
+            return Flow::Stop(End::Gone("tickets used up".into()));
         };
-        self.next_seq = end;
+        self.next_ticket = end;
         if !self.item(Item::Await { shape, seqs: (first..end).collect() }) {
             return Flow::Stop(End::Gone("node gone".into()));
         }
         for (i, (op, read)) in ops.into_iter().enumerate() {
-            let seq = first + i as u64;
+            let ticket = first + i as u64;
             let kind = if op.is_write() { Kind::Write } else { Kind::Read };
             if self.last_kind.is_some_and(|k| k != kind) && self.flight.drained().is_none() {
                 return Flow::Stop(End::Gone("connection closed".into()));
             }
             self.last_kind = Some(kind);
             let min_lsn = self.flight.max_lsn();
-            if !self.flight.acquire(seq) {
-                return Flow::Stop(End::Gone("connection closed".into()));
-            }
+            let lane = match self.flight.acquire_lane() {
+                None => return Flow::Stop(End::Gone("connection closed".into())),
+                Some(Ok(lane)) => lane,
+                Some(Err(new)) => {
+                    let client = ClientId(super::random_u64());
+                    self.flight.name_lane(new, client);
+                    self.lanes.push((client, 1));
+                    new
+                }
+            };
+            let Some((client, next)) = self.lanes.get_mut(lane) else {
+                return Flow::Stop(End::Gone("no such lane".into()));
+            };
+            let id = RequestId { client: *client, seq: *next };
+            *next = next.saturating_add(1);
+            self.flight.start(id, ticket, lane);
             let bytes = 64 + op_bytes(&op);
             if !self.opts.inbox.reserve_client_bytes(bytes, Duration::from_secs(10)) {
                 return Flow::Stop(End::Gone("the node is overloaded: its client queue stayed full".into()));
             }
-            let msg =
-                Msg::Request { id: RequestId { client: self.client, seq }, attempt: 1, op, read, min_lsn };
+            let msg = Msg::Request { id, attempt: 1, op, read, min_lsn };
             let input = Input::Frame {
                 conn: self.conn,
-                from: NodeId::Client(self.client),
+                from: NodeId::Client(id.client),
                 frame: Frame::Msg(msg),
                 bytes,
             };

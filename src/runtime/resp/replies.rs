@@ -5,7 +5,7 @@
 use super::codec;
 use super::Flight;
 use crate::msg::{Reply, Status};
-use crate::types::{Epoch, Lsn, OpError, ReplicaId};
+use crate::types::{Epoch, Lsn, OpError, ReplicaId, RequestId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -14,7 +14,8 @@ use std::sync::Arc;
 pub enum Item {
     /// An answer ready now.
     Ready(Vec<u8>),
-    /// An answer made from the results of requests `seqs` once all came.
+    /// An answer made from the results of the requests feeding tickets
+    /// `seqs`, once all came.
     Await { shape: Shape, seqs: Vec<u64> },
     /// `INFO [section]`: made by the node from what the balancer knows now.
     Info(Option<String>),
@@ -158,6 +159,8 @@ pub struct Replies {
     last_write: Lsn,
     /// A `Close` reached the head: close once the output is written.
     pub closing: bool,
+    /// WAITs queued: the node hands the cluster view to a flush then.
+    waits: usize,
 }
 
 impl Replies {
@@ -169,6 +172,7 @@ impl Replies {
             awaited: BTreeSet::new(),
             last_write: Lsn(0),
             closing: false,
+            waits: 0,
         }
     }
 
@@ -176,6 +180,9 @@ impl Replies {
     pub fn push(&mut self, item: Item) {
         if let Item::Await { seqs, .. } = &item {
             self.awaited.extend(seqs.iter().copied());
+        }
+        if matches!(item, Item::Wait(_)) {
+            self.waits += 1;
         }
         self.queue.push_back(item);
     }
@@ -185,23 +192,24 @@ impl Replies {
         self.flight.close();
     }
 
-    /// Whether the head waits for the cluster view (a WAIT).
+    /// Whether a WAIT is queued (it needs the cluster view when its turn
+    /// comes, perhaps in this flush).
     pub fn wants_info(&self) -> bool {
-        matches!(self.queue.front(), Some(Item::Wait(_)))
+        self.waits > 0
     }
 
-    /// The balancer answered request `seq`.
-    pub fn on_response(&mut self, seq: u64, result: Result<Reply, OpError>) {
+    /// The balancer answered request `id`.
+    pub fn on_response(&mut self, id: RequestId, result: Result<Reply, OpError>) {
         let lsn = result.as_ref().map_or(Lsn(0), |r| r.lsn);
-        if self.awaited.remove(&seq) {
-            self.results.insert(seq, result);
+        let Some(ticket) = self.flight.release(id, lsn) else { return };
+        if self.awaited.remove(&ticket) {
+            self.results.insert(ticket, result);
         }
-        self.flight.release(seq, lsn);
     }
 
     /// Encodes every reply now complete at the head of the queue into `out`.
     pub fn pump(&mut self, info: Option<&ClusterInfo>, out: &mut Vec<u8>) {
-        let mut popped = 0;
+        let (mut popped, mut ready_bytes) = (0, 0);
         while let Some(head) = self.queue.front() {
             match head {
                 Item::Await { seqs, .. } if !seqs.iter().all(|s| self.results.contains_key(s)) => break,
@@ -211,7 +219,10 @@ impl Replies {
             let Some(entry) = self.queue.pop_front() else { break };
             popped += 1;
             match entry {
-                Item::Ready(bytes) => out.extend_from_slice(&bytes),
+                Item::Ready(bytes) => {
+                    ready_bytes += bytes.len();
+                    out.extend_from_slice(&bytes)
+                }
                 Item::Await { shape, seqs } => {
                     let results: Vec<Result<Reply, OpError>> =
                         seqs.iter().filter_map(|s| self.results.remove(s)).collect();
@@ -219,6 +230,7 @@ impl Replies {
                 }
                 Item::Info(_) => codec::error(out, "ERR INFO not available"),
                 Item::Wait(_) => {
+                    self.waits -= 1;
                     let info = info.expect("checked above");
                     let mut n = info.followers_holding(self.last_write);
                     if self.last_write > Lsn(0) {
@@ -229,12 +241,13 @@ impl Replies {
                 }
                 Item::Close => {
                     self.closing = true;
+                    self.waits = 0;
                     self.queue.clear();
                 }
             }
         }
         if popped > 0 {
-            self.flight.release_items(popped);
+            self.flight.release_items(popped, ready_bytes);
         }
     }
 
