@@ -159,6 +159,16 @@ struct BalancerArgs {
     security: SecurityArgs,
     #[command(flatten)]
     clients: ClientAuthArgs,
+    #[command(flatten)]
+    resp: RespArgs,
+}
+
+#[derive(Args)]
+struct RespArgs {
+    /// Also serve the Redis protocol (RESP2) here, e.g. 127.0.0.1:6379
+    /// (redis-cli, redis-benchmark, any Redis client).
+    #[arg(long, value_name = "ADDR")]
+    resp: Option<String>,
 }
 
 #[derive(Args)]
@@ -214,6 +224,8 @@ struct ClusterArgs {
     security: SecurityArgs,
     #[command(flatten)]
     clients: ClientAuthArgs,
+    #[command(flatten)]
+    resp: RespArgs,
 }
 
 #[derive(Args)]
@@ -242,6 +254,14 @@ struct BenchArgs {
     /// Read consistency for gets: any, session or leader.
     #[arg(long, default_value = "session", value_name = "MODE")]
     read: ReadMode,
+    /// Speak the Redis protocol to ADDR (a balancer's --resp port, or a
+    /// Redis server) instead of the native one at --connect.
+    #[arg(long, value_name = "ADDR")]
+    resp: Option<String>,
+    /// With --resp: send WAIT N 0 after every SET (one operation together),
+    /// and count a reply below N as an error.
+    #[arg(long, value_name = "N", requires = "resp")]
+    wait: Option<u32>,
     /// Print the results as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -439,15 +459,18 @@ fn balancer_options(
         keys,
         insecure_open: s.insecure_open,
         client_idle: clients.client_idle_timeout,
+        resp: None,
     }
 }
 
 fn balancer(a: BalancerArgs) -> Result<(), Failure> {
     let keys = node_keys(&a.security, Some(&a.clients))?;
-    let opts = balancer_options(a.listen, a.replicas, &a.cluster, keys.clone(), &a.security, &a.clients);
+    let mut opts = balancer_options(a.listen, a.replicas, &a.cluster, keys.clone(), &a.security, &a.clients);
+    opts.resp = a.resp.resp;
     let node = runtime::start_balancer(opts, Clock::new())?;
     warn_if_clients_open(node.addr, &keys);
     println!("kvnode balancer listening at {}", node.addr);
+    print_resp(&node);
     Ok(serve(vec![node])?)
 }
 
@@ -493,13 +516,22 @@ fn cluster(a: ClusterArgs) -> Result<(), Failure> {
         replicas.push(node);
     }
     let listen = format!("{}:{}", a.host, port(0));
-    let opts = balancer_options(listen, addrs, &a.cluster, keys.clone(), &a.security, &a.clients);
+    let mut opts = balancer_options(listen, addrs, &a.cluster, keys.clone(), &a.security, &a.clients);
+    opts.resp = a.resp.resp;
     let lb = runtime::start_balancer(opts, clock)?;
     warn_if_clients_open(lb.addr, &keys);
     println!("kvnode balancer listening at {}", lb.addr);
+    print_resp(&lb);
     let mut nodes = vec![lb];
     nodes.extend(replicas);
     Ok(serve(nodes)?)
+}
+
+/// The RESP port's line, for scripts and tests to find it.
+fn print_resp(node: &NodeHandle) {
+    if let Some(a) = node.resp_addr {
+        println!("kvnode balancer serving RESP at {a}");
+    }
 }
 
 fn client(a: ClientArgs) -> ExitCode {
@@ -577,7 +609,9 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
     let password = client_password(a.password.password_file.as_deref())?;
     let opts = BenchOptions {
         password,
-        connect: a.connect,
+        resp: a.resp.is_some(),
+        wait: a.wait,
+        connect: a.resp.unwrap_or(a.connect),
         clients: a.clients,
         duration: a.duration,
         ops: a.ops,

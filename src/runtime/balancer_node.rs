@@ -23,6 +23,8 @@ use std::time::Duration;
 
 pub struct BalancerNode {
     machine: Balancer,
+    /// Replica `i + 1`'s address, for INFO.
+    addrs: Vec<String>,
     drain: Duration,
     _dialers: Vec<Dialer>,
 }
@@ -59,6 +61,29 @@ impl Role for BalancerNode {
     fn drain_timeout(&self) -> Duration {
         self.drain
     }
+
+    fn resp_info(&self, now: Time) -> Option<super::resp::ClusterInfo> {
+        let m = &self.machine;
+        let replicas = m
+            .replica_views(now)
+            .into_iter()
+            .map(|(id, alive, pong, status)| super::resp::ReplicaInfo {
+                id,
+                addr: self.addrs.get(usize::from(id.0).wrapping_sub(1)).cloned().unwrap_or_default(),
+                alive,
+                since_pong_ms: pong.map(|t| now.saturating_sub(t) / 1000),
+                status,
+            })
+            .collect();
+        Some(super::resp::ClusterInfo {
+            phase: m.phase(),
+            leader: m.leader(),
+            highest_epoch: m.highest_epoch(),
+            sync_acks: m.config().sync_acks,
+            pending_requests: m.pending_requests(),
+            replicas,
+        })
+    }
 }
 
 pub struct BalancerOptions {
@@ -72,6 +97,8 @@ pub struct BalancerOptions {
     pub insecure_open: bool,
     /// A client connection silent this long after its hello is closed.
     pub client_idle: Duration,
+    /// Where to serve the Redis protocol (RESP2) too, if anywhere.
+    pub resp: Option<String>,
 }
 
 impl BalancerOptions {
@@ -127,7 +154,20 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
     let timing = &config.timing;
     // Long enough for the machine to answer or time out every request.
     let drain = Duration::from_micros(timing.request_timeout_us + 2 * crate::balancer::TICK_US);
+    let resp_addr = match &opts.resp {
+        Some(at) => {
+            let o = super::resp::RespOptions {
+                inbox: inbox.clone(),
+                stopping: stopping.clone(),
+                keys: opts.keys.clone(),
+                client_idle: opts.client_idle,
+            };
+            Some(super::resp::start(at, o, opts.insecure_open)?)
+        }
+        None => None,
+    };
     let role = BalancerNode {
+        addrs: opts.replicas.clone(),
         machine: Balancer::new(config.clone(), clock.now(), incarnation()),
         drain,
         _dialers: dialers,
@@ -136,9 +176,14 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
         node::run(role, inputs, clock, move || {
             stopping.store(true, Ordering::SeqCst);
             net::wake_acceptor(addr);
+            if let Some(a) = resp_addr {
+                net::wake_acceptor(a);
+            }
         })
     })?;
-    Ok(NodeHandle::new(me, addr, inbox, thread))
+    let mut handle = NodeHandle::new(me, addr, inbox, thread);
+    handle.resp_addr = resp_addr;
+    Ok(handle)
 }
 
 /// A number that differs between runs of this balancer process: request tags

@@ -3,6 +3,7 @@
 
 use super::client::{describe_error, SyncClient};
 use super::random_u64;
+use super::resp::client::{RespClient, Value};
 use crate::types::{ClientId, Op, ReadMode};
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
@@ -33,6 +34,12 @@ pub struct BenchOptions {
     pub progress: bool,
     /// The client password, if the balancer wants one.
     pub password: Option<super::auth::Secret>,
+    /// Speak RESP2 to `connect` (a kvstore balancer's RESP port, or Redis)
+    /// instead of the native protocol.
+    pub resp: bool,
+    /// With `resp`: send `WAIT n 0` after every SET (Redis's way to wait
+    /// for replicas), counting the pair as one operation.
+    pub wait: Option<u32>,
 }
 
 /// Parses `10`, `2.5`, `10s`, `500ms` or `1m` (a bare number is seconds).
@@ -162,11 +169,23 @@ pub fn run(opts: BenchOptions, stop: Arc<AtomicBool>) -> io::Result<Report> {
     let value: Arc<str> = "x".repeat(opts.value_size).into();
     let mut clients = Vec::with_capacity(opts.clients);
     for _ in 0..opts.clients {
+        let cannot =
+            |e: io::Error| io::Error::new(e.kind(), format!("cannot connect to {}: {e}", opts.connect));
+        if opts.resp {
+            let mut c = RespClient::connect(&opts.connect, Duration::from_secs(1)).map_err(cannot)?;
+            if let Some(p) = &opts.password {
+                resp_ok(c.call(&[b"AUTH", p.bytes()]))?;
+            }
+            if opts.read != ReadMode::Session {
+                resp_ok(c.call(&[b"KVSTORE.READMODE", opts.read.to_string().as_bytes()]))?;
+            }
+            clients.push(BenchClient::Resp(c, opts.wait));
+            continue;
+        }
         let mut c = SyncClient::new(&opts.connect, ClientId(random_u64()), opts.read)
             .with_password(opts.password.clone());
-        c.connect()
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {}: {e}", opts.connect)))?;
-        clients.push(c);
+        c.connect().map_err(cannot)?;
+        clients.push(BenchClient::Native(Box::new(c)));
     }
 
     let prefill = if opts.mix.get > 0 { opts.keys.min(MAX_PREFILL_KEYS) } else { 0 };
@@ -194,7 +213,7 @@ pub fn run(opts: BenchOptions, stop: Arc<AtomicBool>) -> io::Result<Report> {
             // Reads of keys nobody wrote would measure nothing: write them first.
             let mut k = i as u64;
             while k < prefill && !stop.load(Ordering::Relaxed) {
-                client.call(Op::Set { key: format!("key{k}"), value: value.to_string() });
+                let _ = client.call(Op::Set { key: format!("key{k}"), value: value.to_string() });
                 k += n;
             }
             barrier.wait();
@@ -220,18 +239,17 @@ pub fn run(opts: BenchOptions, stop: Arc<AtomicBool>) -> io::Result<Report> {
                     Kind::Del => Op::Del { key },
                 };
                 let began = Instant::now();
-                let c = client.call(op);
+                let result = client.call(op);
                 let us = began.elapsed().as_micros() as u64;
-                match &c.result {
-                    Ok(_) => {
+                match result {
+                    Ok(()) => {
                         t.hist[kind as usize].saturating_record(us.max(1));
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
                         t.errors += 1;
                         failed.fetch_add(1, Ordering::Relaxed);
-                        t.first_error
-                            .get_or_insert_with(|| format!("{} -> {}", c.op, describe_error(&c.op, e)));
+                        t.first_error.get_or_insert(e);
                     }
                 }
             }
@@ -287,6 +305,60 @@ pub fn run(opts: BenchOptions, stop: Arc<AtomicBool>) -> io::Result<Report> {
     Ok(Report { ok: all.len(), errors, first_error, elapsed, all, by_kind, opts })
 }
 
+/// One benchmark connection, either protocol.
+enum BenchClient {
+    Native(Box<SyncClient>),
+    /// With the `WAIT n` to send after each SET.
+    Resp(RespClient, Option<u32>),
+}
+
+impl BenchClient {
+    /// One operation; the error as a line for the report.
+    fn call(&mut self, op: Op) -> Result<(), String> {
+        match self {
+            BenchClient::Native(c) => {
+                let c = c.call(op);
+                c.result.as_ref().map(|_| ()).map_err(|e| format!("{} -> {}", c.op, describe_error(&c.op, e)))
+            }
+            BenchClient::Resp(c, wait) => {
+                let shown = op.to_string();
+                let fail = |e: String| format!("{shown} -> {e}");
+                let reply = match &op {
+                    Op::Set { key, value } => {
+                        c.send(&[b"SET", key.as_bytes(), value.as_bytes()])
+                            .map_err(|e| fail(e.to_string()))?;
+                        if let Some(n) = wait {
+                            c.send(&[b"WAIT", n.to_string().as_bytes(), b"0"])
+                                .map_err(|e| fail(e.to_string()))?;
+                        }
+                        c.flush().and_then(|()| c.read()).map_err(|e| fail(e.to_string()))?
+                    }
+                    Op::Get { key } => c.call(&[b"GET", key.as_bytes()]).map_err(|e| fail(e.to_string()))?,
+                    Op::Del { key } => c.call(&[b"DEL", key.as_bytes()]).map_err(|e| fail(e.to_string()))?,
+                };
+                if let Value::Error(e) = reply {
+                    return Err(fail(e));
+                }
+                if let (Op::Set { .. }, Some(n)) = (&op, wait) {
+                    match c.read().map_err(|e| fail(e.to_string()))? {
+                        Value::Int(got) if got >= i64::from(*n) => {}
+                        other => return Err(fail(format!("WAIT {n} answered {other:?}"))),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An `+OK` reply, or the error it is.
+fn resp_ok(r: io::Result<Value>) -> io::Result<()> {
+    match r? {
+        Value::Simple(_) => Ok(()),
+        other => Err(io::Error::other(format!("refused: {other:?}"))),
+    }
+}
+
 const PERCENTILES: [(&str, f64); 4] = [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)];
 
 fn show_us(us: u64) -> String {
@@ -322,7 +394,12 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "kvnode bench: {} clients, mix {}, read {}, {}-byte values, {} keys, {:.1}s",
+            "kvnode bench{}: {} clients, mix {}, read {}, {}-byte values, {} keys, {:.1}s",
+            match (o.resp, o.wait) {
+                (true, Some(n)) => format!(" (RESP, WAIT {n} after each SET)"),
+                (true, None) => " (RESP)".to_string(),
+                _ => String::new(),
+            },
             o.clients,
             o.mix,
             o.read,

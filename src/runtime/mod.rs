@@ -32,6 +32,7 @@ pub mod net;
 pub mod node;
 pub mod repl;
 pub mod replica_node;
+pub mod resp;
 pub mod store;
 
 use crate::types::{NodeId, Time};
@@ -81,13 +82,15 @@ pub struct NodeHandle {
     pub id: NodeId,
     /// Where it listens (with the port the OS picked for port 0).
     pub addr: SocketAddr,
+    /// Where a balancer serves the Redis protocol, if it does.
+    pub resp_addr: Option<SocketAddr>,
     inbox: Inbox,
     thread: Option<JoinHandle<()>>,
 }
 
 impl NodeHandle {
     fn new(id: NodeId, addr: SocketAddr, inbox: Inbox, thread: JoinHandle<()>) -> NodeHandle {
-        NodeHandle { id, addr, inbox, thread: Some(thread) }
+        NodeHandle { id, addr, resp_addr: None, inbox, thread: Some(thread) }
     }
 
     /// Asks the node to stop: it stops accepting, drains, flushes.

@@ -80,6 +80,21 @@ fn next_conn() -> ConnId {
     NEXT_CONN.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A fresh connection number (for the RESP port's connections).
+pub fn new_conn_id() -> ConnId {
+    next_conn()
+}
+
+/// Counts one more accepted connection, unless `limit` are open already.
+pub fn open_one(limit: usize) -> bool {
+    OPEN.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < limit).then_some(n + 1)).is_ok()
+}
+
+/// An accepted connection counted by [`open_one`] ended.
+pub fn close_one() {
+    OPEN.fetch_sub(1, Ordering::SeqCst);
+}
+
 /// What the network threads (and the signal handler) tell a node thread.
 pub enum Input {
     /// A connection finished its handshake. The node only writes to
@@ -97,6 +112,11 @@ pub enum Input {
     /// A frame that passed [`wire::accepts`]. `bytes`: its size, for a
     /// client's frame (returned to the queue's byte budget once handled).
     Frame { conn: ConnId, from: NodeId, frame: Frame, bytes: usize },
+    /// A RESP connection to the balancer (see `resp`): its replies are
+    /// made by `replies`, not framed.
+    RespConnected { conn: ConnId, peer: NodeId, stream: Arc<TcpStream>, replies: Box<super::resp::Replies> },
+    /// How a RESP command's reply is made (sent before its requests).
+    Resp { conn: ConnId, item: super::resp::Item },
     /// The reader of `conn` stopped; the node drops it.
     Closed { conn: ConnId },
     /// Stop accepting, finish or fail what is in flight, flush, and return.
@@ -143,7 +163,7 @@ impl Inbox {
 
     /// Waits (at most `patience`) until `bytes` more fit in the client
     /// queue's byte budget, then takes them. False: the node is too slow.
-    fn reserve_client_bytes(&self, bytes: usize, patience: Duration) -> bool {
+    pub(crate) fn reserve_client_bytes(&self, bytes: usize, patience: Duration) -> bool {
         let end = Instant::now() + patience;
         loop {
             let used = self.client_bytes.load(Ordering::Acquire);

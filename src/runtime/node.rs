@@ -19,6 +19,7 @@
 //! client is dropped).
 
 use super::net::{ConnId, InFlight, Input, Inputs};
+use super::resp::{ClusterInfo, Item, Replies};
 use super::Clock;
 use crate::machine::{Effect, Outbox, PersistOp};
 use crate::msg::Msg;
@@ -78,6 +79,11 @@ pub trait Role {
     }
     /// How long a stopping node waits for `drained` at most.
     fn drain_timeout(&self) -> Duration;
+    /// What the balancer knows of the cluster, for RESP's INFO and WAIT.
+    fn resp_info(&self, now: Time) -> Option<ClusterInfo> {
+        let _ = now;
+        None
+    }
 }
 
 /// The write halves of a node's connections and where to send what.
@@ -93,6 +99,9 @@ pub struct Net {
     /// Bytes held for clients that did not take their replies at once
     /// (the sum of every connection's `backlog`).
     backlog: usize,
+    /// The cluster view RESP replies waiting at their head need (a WAIT),
+    /// taken from the role just before a flush.
+    info: Option<ClusterInfo>,
 }
 
 struct Conn {
@@ -105,6 +114,8 @@ struct Conn {
     in_flight: Option<Arc<InFlight>>,
     /// The buffer's size counted in `Net::backlog` (while replies wait).
     backlog: usize,
+    /// A RESP connection's owed replies (its output is RESP, not frames).
+    resp: Option<Box<Replies>>,
 }
 
 impl Conn {
@@ -116,7 +127,7 @@ impl Conn {
 
 impl Net {
     pub fn new(me: NodeId) -> Net {
-        Net { me, conns: BTreeMap::new(), routes: BTreeMap::new(), dirty: Vec::new(), backlog: 0 }
+        Net { me, conns: BTreeMap::new(), routes: BTreeMap::new(), dirty: Vec::new(), backlog: 0, info: None }
     }
 
     fn connected(
@@ -137,8 +148,40 @@ impl Net {
                 self.routes.insert(peer, conn);
             }
         }
-        self.conns
-            .insert(conn, Conn { peer, dialed, observer, stream, out: Vec::new(), in_flight, backlog: 0 });
+        self.conns.insert(
+            conn,
+            Conn { peer, dialed, observer, stream, out: Vec::new(), in_flight, backlog: 0, resp: None },
+        );
+    }
+
+    fn connected_resp(&mut self, conn: ConnId, peer: NodeId, stream: Arc<TcpStream>, replies: Box<Replies>) {
+        self.connected(conn, peer, stream, false, false, None);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.resp = Some(replies);
+        }
+    }
+
+    fn resp_item(&mut self, conn: ConnId, item: Item) {
+        let Some(r) = self.conns.get_mut(&conn).and_then(|c| c.resp.as_mut()) else { return };
+        r.push(item);
+        if !self.dirty.contains(&conn) {
+            self.dirty.push(conn);
+        }
+    }
+
+    /// A RESP connection's requests come from several client ids (its
+    /// lanes): answers to each go back on it.
+    fn note_resp_peer(&mut self, conn: ConnId, from: NodeId) {
+        if self.routes.get(&from) != Some(&conn) && self.conns.get(&conn).is_some_and(|c| c.resp.is_some()) {
+            self.routes.insert(from, conn);
+        }
+    }
+
+    /// Whether a RESP reply waits for the cluster view (see `info`).
+    fn wants_info(&self) -> bool {
+        self.dirty
+            .iter()
+            .any(|id| self.conns.get(id).and_then(|c| c.resp.as_ref()).is_some_and(|r| r.wants_info()))
     }
 
     fn closed(&mut self, conn: ConnId) {
@@ -149,6 +192,10 @@ impl Net {
         self.backlog -= c.backlog;
         if let Some(f) = &c.in_flight {
             f.close();
+        }
+        if let Some(r) = &c.resp {
+            r.close();
+            self.routes.retain(|_, id| *id != conn);
         }
         if self.routes.get(&c.peer) == Some(&conn) {
             self.routes.remove(&c.peer);
@@ -188,6 +235,15 @@ impl Net {
         let Some(c) = self.conns.get_mut(&id) else {
             return self.send(to, frame);
         };
+        if let Some(r) = c.resp.as_mut() {
+            if let Frame::Msg(Msg::Response { id: req, result, .. }) = frame {
+                r.on_response(req, result);
+                if !self.dirty.contains(&id) {
+                    self.dirty.push(id);
+                }
+            }
+            return;
+        }
         if let Err(e) = wire::encode_frame(&frame, wire::limit_for(to), &mut c.out) {
             warn!(node = %self.me, "not sending {} to {to}: {e}", describe(&frame));
             return;
@@ -207,8 +263,23 @@ impl Net {
     pub fn flush(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
         for id in dirty {
+            if let Some(c) = self.conns.get_mut(&id) {
+                if let Some(r) = c.resp.as_mut() {
+                    r.pump(self.info.as_ref(), &mut c.out);
+                    if r.wants_info() && self.info.is_none() {
+                        // Flushed without a view (a WAIT): try again soon.
+                        self.dirty.push(id);
+                    }
+                }
+            }
             self.write_out(id);
+            if let Some(c) = self.conns.get(&id) {
+                if c.out.is_empty() && c.resp.as_ref().is_some_and(|r| r.closing) {
+                    self.closed(id);
+                }
+            }
         }
+        self.info = None;
     }
 
     /// Whether some client has replies it did not take yet.
@@ -349,10 +420,12 @@ pub fn run<R: Role>(mut role: R, rx: Inputs, clock: Clock, stop_accepting: impl 
                 not_before = now + 1000;
             }
         }
+        refresh_info(&role, &mut net, now);
         net.flush();
         role.sync(now, &mut out);
         if !out.is_empty() {
             apply(&mut role, &mut net, &mut out, None);
+            refresh_info(&role, &mut net, now);
             net.flush();
         }
         role.maintain();
@@ -399,8 +472,21 @@ pub fn run<R: Role>(mut role: R, rx: Inputs, clock: Clock, stop_accepting: impl 
                 Input::Connected { conn, peer, stream, dialed, observer, in_flight } => {
                     net.connected(conn, peer, stream, dialed, observer, in_flight)
                 }
+                Input::RespConnected { conn, peer, stream, replies } => {
+                    net.connected_resp(conn, peer, stream, replies)
+                }
+                Input::Resp { conn, item: Item::Info(section) } => {
+                    let text = role.resp_info(now).map(|i| i.render(section.as_deref())).unwrap_or_default();
+                    let mut b = Vec::new();
+                    super::resp::codec::bulk(&mut b, text.as_bytes());
+                    net.resp_item(conn, Item::Ready(b));
+                }
+                Input::Resp { conn, item } => net.resp_item(conn, item),
                 Input::Closed { conn } => net.closed(conn),
                 Input::Frame { conn, from, frame, bytes } => {
+                    if matches!(from, NodeId::Client(_)) {
+                        net.note_resp_peer(conn, from);
+                    }
                     role.on_frame(now, from, frame, &mut out, &mut net);
                     apply(&mut role, &mut net, &mut out, Some((from, conn)));
                     rx.release_client_bytes(bytes);
@@ -440,6 +526,13 @@ pub fn run<R: Role>(mut role: R, rx: Inputs, clock: Clock, stop_accepting: impl 
     net.flush();
     net.close_all();
     debug!(node = %me, "node thread done");
+}
+
+/// Gives the connections the cluster view when a RESP reply waits for it.
+fn refresh_info<R: Role>(role: &R, net: &mut Net, now: Time) {
+    if net.wants_info() {
+        net.info = role.resp_info(now);
+    }
 }
 
 /// When the test hook says this node thread should panic.

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# kvstore against Redis on this machine, with the same tools, one run:
+#   Redis 7: a primary and two replicas, no persistence (save "", no AOF);
+#   kvstore: 3 replicas as processes, durable (--data-dir, group-commit
+#   fsync), semi-synchronous (sync_acks 1), balancer serving RESP (--resp).
+# Then, against each in turn (everything on loopback):
+#   redis-benchmark -t set,get -c 50 -n N -P 1     (N = 200000 by default)
+#   redis-benchmark -t set,get -c 50 -n N -P 16
+#   kvnode bench --resp ADDR --mix set:100 --wait 1   (SET, then WAIT 1 0)
+#   kvnode bench --resp ADDR --mix get:100            (50 clients, and 1)
+# and prints a table of kvstore/Redis ratios.
+# Usage: scripts/bench-vs-redis.sh [-n N] [DURATION]   (default 200000, 10s)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=200000
+duration=10s
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -n) n=$2; shift ;;
+    *) duration=$1 ;;
+  esac
+  shift
+done
+for tool in redis-server redis-cli redis-benchmark; do
+  command -v "$tool" >/dev/null || { echo "error: $tool not found (apt-get install -y redis-tools redis-server)" >&2; exit 2; }
+done
+cargo build -q --release -p kvstore --bin kvnode
+bin=${KVNODE_BIN:-target/release/kvnode}
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+# Eight free loopback ports, chosen by the kernel.
+read -r rp rr1 rr2 p0 p1 p2 p3 pr < <(python3 -c '
+import socket
+ss=[socket.socket() for _ in range(8)]
+[s.bind(("127.0.0.1",0)) for s in ss]
+print(*[s.getsockname()[1] for s in ss])
+[s.close() for s in ss]')
+
+# ---- Redis: a primary and two replicas, no persistence.
+redis_args=(--bind 127.0.0.1 --save "" --appendonly no --protected-mode no --daemonize no --dir "$work")
+redis-server --port "$rp" "${redis_args[@]}" >"$work/redis-p.log" 2>&1 &
+pids+=($!)
+for port in "$rr1" "$rr2"; do
+  redis-server --port "$port" --replicaof 127.0.0.1 "$rp" "${redis_args[@]}" >"$work/redis-$port.log" 2>&1 &
+  pids+=($!)
+done
+for _ in $(seq 100); do
+  up=0
+  for port in "$rr1" "$rr2"; do
+    redis-cli -p "$port" info replication 2>/dev/null | grep -q "master_link_status:up" && up=$((up + 1))
+  done
+  [ "$up" = 2 ] && break
+  sleep 0.1
+done
+[ "$(redis-cli -p "$rp" info replication | tr -d '\r' | grep connected_slaves)" = "connected_slaves:2" ] ||
+  { echo "error: Redis replicas did not connect" >&2; exit 1; }
+
+# ---- kvstore: durable, semi-synchronous, with a cluster secret.
+head -c 32 /dev/urandom | base64 >"$work/secret"
+chmod 600 "$work/secret"
+secret=(--secret-file "$work/secret")
+peers="127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3"
+for i in 1 2 3; do
+  port_var="p$i"
+  "$bin" replica "$i" --listen "127.0.0.1:${!port_var}" --peers "$peers" --data-dir "$work/kv" "${secret[@]}" \
+    >"$work/r$i.log" 2>&1 &
+  pids+=($!)
+done
+"$bin" balancer "127.0.0.1:$p0" "127.0.0.1:$p1" "127.0.0.1:$p2" "127.0.0.1:$p3" --resp "127.0.0.1:$pr" \
+  "${secret[@]}" >"$work/lb.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  [ "$(redis-cli -p "$pr" set bench-ready 1 2>/dev/null)" = OK ] && break
+  sleep 0.1
+done
+[ "$(redis-cli -p "$pr" set bench-ready 1)" = OK ] || { echo "error: kvstore never took a write" >&2; exit 1; }
+
+declare -A fig
+# redis-benchmark's "SET: 12345.67 requests per second, p50=..." lines.
+rb() { # name port pipeline
+  local out
+  out=$(redis-benchmark -p "$2" -t set,get -c 50 -n "$n" -P "$3" -q 2>&1 | tr '\r' '\n')
+  if grep -qi error <<<"$out"; then echo "redis-benchmark against $1 -P $3 reported errors:" >&2; echo "$out" >&2; exit 1; fi
+  fig[$1.set.P$3]=$(grep '^SET:' <<<"$out" | tail -1 | awk '{print $2}')
+  fig[$1.get.P$3]=$(grep '^GET:' <<<"$out" | tail -1 | awk '{print $2}')
+  echo "  $1 -P $3: SET ${fig[$1.set.P$3]}/s  GET ${fig[$1.get.P$3]}/s"
+}
+kb() { # name port key -- bench args
+  local name=$1 port=$2 key=$3
+  shift 4
+  local json
+  json=$("$bin" bench --resp "127.0.0.1:$port" --duration "$duration" --quiet --json "$@")
+  local errors
+  errors=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["errors"])' <<<"$json")
+  [ "$errors" = 0 ] || { echo "kvnode bench against $name $*: $errors errors: $json" >&2; exit 1; }
+  fig[$name.$key]=$(python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["throughput_ops_s"]))' <<<"$json")
+  fig[$name.$key.p50]=$(python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["latency_us"]["p50"])' <<<"$json")
+  echo "  $name $key: ${fig[$name.$key]}/s, p50 ${fig[$name.$key.p50]} us"
+}
+
+for target in redis kvstore; do
+  port=$rp
+  [ "$target" = kvstore ] && port=$pr
+  echo "== $target"
+  rb "$target" "$port" 1
+  rb "$target" "$port" 16
+  kb "$target" "$port" setwait -- --clients 50 --mix set:100 --wait 1
+  kb "$target" "$port" get50 -- --clients 50 --mix get:100
+  kb "$target" "$port" get1 -- --clients 1 --mix get:100
+done
+
+ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
+echo
+echo "| what (50 clients unless said) | Redis | kvstore | kvstore/Redis | target |"
+echo "| --- | --- | --- | --- | --- |"
+row() { # label redis kvstore target
+  printf '| %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$(ratio "$3" "$2")" "$4"
+}
+row "redis-benchmark SET -P 1 (ops/s)" "${fig[redis.set.P1]}" "${fig[kvstore.set.P1]}" ">= 0.75x"
+row "redis-benchmark GET -P 1 (ops/s)" "${fig[redis.get.P1]}" "${fig[kvstore.get.P1]}" ">= 0.75x"
+row "redis-benchmark SET -P 16 (ops/s)" "${fig[redis.set.P16]}" "${fig[kvstore.set.P16]}" "report"
+row "redis-benchmark GET -P 16 (ops/s)" "${fig[redis.get.P16]}" "${fig[kvstore.get.P16]}" "report"
+row "kvnode bench --resp SET + WAIT 1 0 (ops/s)" "${fig[redis.setwait]}" "${fig[kvstore.setwait]}" ">= 1.0x"
+row "kvnode bench --resp GET (ops/s)" "${fig[redis.get50]}" "${fig[kvstore.get50]}" "report"
+row "kvnode bench --resp GET, 1 client (ops/s)" "${fig[redis.get1]}" "${fig[kvstore.get1]}" "report"
+printf '| %s | %s | %s | %s | %s |\n' "GET p50, 1 client (us; Redis/kvstore)" "${fig[redis.get1.p50]}" \
+  "${fig[kvstore.get1.p50]}" "$(ratio "${fig[redis.get1.p50]}" "${fig[kvstore.get1.p50]}")" "report"
+echo
+echo "(kvstore: durable, fsync per group commit, semi-sync; Redis: no persistence. $(nproc) cores, shared by servers and clients.)"
