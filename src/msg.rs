@@ -6,7 +6,7 @@
 //! protocol and must bump `wire::PROTOCOL_VERSION`.
 
 use crate::machine::Snapshot;
-use crate::types::{Epoch, LogPos, Lsn, Op, OpError, ReadMode, RequestId, Row};
+use crate::types::{Epoch, LogPos, Lsn, Op, OpError, ReadMode, ReplicaId, RequestId, Row};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -133,6 +133,95 @@ pub enum Msg {
         snapshot: Box<Snapshot>,
         commit: Lsn,
     },
+
+    // ---- client <-> balancer: looking, not touching (protocol 5) ----
+    /// What does the balancer know of the cluster? Changes nothing.
+    StatusQuery {
+        tag: u64,
+    },
+    /// The balancer's view, answering the query with the same `tag`.
+    StatusAnswer {
+        tag: u64,
+        view: ClusterView,
+    },
+}
+
+/// What a balancer knows of its cluster, for `kvnode status`: built from the
+/// pongs it has had, so it is as fresh as the last ping (50 ms by default).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub phase: Phase,
+    /// The replica requests go to, once there is one.
+    pub leader: Option<ReplicaId>,
+    /// The leader's epoch; while promoting, the epoch being promoted; while
+    /// discovering, the newest epoch seen.
+    pub epoch: Epoch,
+    /// Every replica, replica 1 first.
+    pub replicas: Vec<ReplicaView>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Just started: pinging to learn who leads.
+    #[default]
+    Discovering,
+    /// Gathering promises for a new epoch.
+    Promoting,
+    /// A leader takes the writes.
+    Leading,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Discovering => "discovering",
+            Phase::Promoting => "promoting",
+            Phase::Leading => "leading",
+        })
+    }
+}
+
+/// One replica as the balancer sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub id: ReplicaId,
+    /// Where the balancer dials it (filled in by the runtime; the machine
+    /// knows no addresses).
+    pub addr: String,
+    /// Microseconds since its last pong; `None`: never heard from.
+    pub heard_us_ago: Option<u64>,
+    /// Heard from within `dead_after`.
+    pub alive: bool,
+    /// What its last pong said.
+    pub status: Status,
+}
+
+impl ReplicaView {
+    /// `leader`, `follower`, or `-` when nothing is known.
+    pub fn role(&self) -> &'static str {
+        match (self.heard_us_ago, self.status.leading) {
+            (None, _) => "-",
+            (Some(_), Some(_)) => "leader",
+            (Some(_), None) => "follower",
+        }
+    }
+
+    /// `ok`, `down` (silent for longer than `dead_after`), `unreachable`
+    /// (never heard from), `cut off` (a leader without enough followers) or
+    /// `missing rows` (may lack rows it confirmed, catching up).
+    pub fn health(&self) -> &'static str {
+        if self.heard_us_ago.is_none() {
+            "unreachable"
+        } else if !self.alive {
+            "down"
+        } else if self.status.cut_off {
+            "cut off"
+        } else if self.status.missing {
+            "missing rows"
+        } else {
+            "ok"
+        }
+    }
 }
 
 /// The answer to a completed operation: the value read (`None` is missing),
@@ -199,6 +288,8 @@ impl Msg {
             Msg::Append { .. } => "Append",
             Msg::AppendAck { .. } => "AppendAck",
             Msg::InstallSnapshot { .. } => "InstallSnapshot",
+            Msg::StatusQuery { .. } => "StatusQuery",
+            Msg::StatusAnswer { .. } => "StatusAnswer",
         }
     }
 }
@@ -277,6 +368,14 @@ impl fmt::Display for Msg {
                 snapshot.last,
                 snapshot.kv.len()
             ),
+            Msg::StatusQuery { tag } => write!(f, "StatusQuery {tag}"),
+            Msg::StatusAnswer { tag, view } => {
+                write!(f, "StatusAnswer {tag} {} {}", view.phase, view.epoch)?;
+                if let Some(l) = view.leader {
+                    write!(f, " leader=r{}", l.0)?;
+                }
+                Ok(())
+            }
             Msg::AppendAck { epoch, ok, last, probe, .. } => {
                 write!(f, "AppendAck {epoch} {} last={last}", if *ok { "ok" } else { "need" })?;
                 if *probe > 0 {

@@ -93,7 +93,8 @@ use std::io::{self, Read};
 pub const MAGIC: [u8; 4] = *b"KVST";
 /// Bumped on any change to the frame layout or to the encoding of `Frame`.
 /// 4: nonces and proofs in the handshake, the Cluster frame inside it.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: `StatusQuery` and `StatusAnswer` (client and balancer).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Bytes of the length prefix.
 pub const LEN_BYTES: usize = 4;
@@ -102,6 +103,9 @@ pub const LEN_BYTES: usize = 4;
 pub const MAX_HELLO_BYTES: usize = 256;
 /// The dialer's `Cluster` frame, inside the handshake.
 pub const MAX_CLUSTER_FRAME_BYTES: usize = 4096;
+/// Longest replica address a status answer may carry (a status of
+/// `MAX_REPLICAS` such entries fits a client frame easily).
+pub const MAX_STATUS_ADDR_BYTES: usize = 255;
 /// Bytes of a hello's nonce.
 pub const NONCE_BYTES: usize = 32;
 /// Bytes of a proof (HMAC-SHA256).
@@ -514,7 +518,7 @@ pub fn check_limits(frame: &Frame) -> Result<(), WireError> {
         Frame::Msg(msg) => check_msg(msg),
         Frame::Cluster(config) => {
             let n = config.replicas.len();
-            if n == 0 || n > u8::MAX as usize {
+            if n == 0 || n > crate::config::MAX_REPLICAS as usize {
                 return Err(WireError::Invalid(format!("cluster of {n} replicas")));
             }
             Ok(())
@@ -533,6 +537,15 @@ fn check_msg(msg: &Msg) -> Result<(), WireError> {
             check_value(value.as_deref())
         }
         Msg::Read { key, .. } => check_key(key),
+        Msg::StatusAnswer { view, .. } => {
+            if view.replicas.len() > crate::config::MAX_REPLICAS as usize {
+                return Err(WireError::Invalid(format!("status of {} replicas", view.replicas.len())));
+            }
+            match view.replicas.iter().find(|r| r.addr.len() > MAX_STATUS_ADDR_BYTES) {
+                Some(r) => Err(WireError::Invalid(format!("address of {} bytes in a status", r.addr.len()))),
+                None => Ok(()),
+            }
+        }
         Msg::InstallSnapshot { snapshot, .. } => {
             for (key, value) in &snapshot.kv {
                 check_key(key)?;
@@ -604,7 +617,9 @@ pub fn accepts(local: NodeId, from: NodeId, frame: &Frame) -> bool {
         return false;
     };
     match (local, from) {
-        (Balancer, Client(c)) => matches!(msg, Msg::Request { id, .. } if id.client == c),
+        (Balancer, Client(c)) => {
+            matches!(msg, Msg::Request { id, .. } if id.client == c) || matches!(msg, Msg::StatusQuery { .. })
+        }
         (Balancer, Replica(_)) => matches!(
             msg,
             Msg::Pong { .. }
@@ -624,7 +639,7 @@ pub fn accepts(local: NodeId, from: NodeId, frame: &Frame) -> bool {
         (Replica(_), Replica(_)) => {
             matches!(msg, Msg::Append { .. } | Msg::AppendAck { .. } | Msg::InstallSnapshot { .. })
         }
-        (Client(_), Balancer) => matches!(msg, Msg::Response { .. }),
+        (Client(_), Balancer) => matches!(msg, Msg::Response { .. } | Msg::StatusAnswer { .. }),
         _ => false,
     }
 }
