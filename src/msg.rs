@@ -307,8 +307,11 @@ impl fmt::Display for Msg {
                 write!(f, " {op} read={read} min_lsn={min_lsn}")
             }
             Msg::Response { id, attempt, result } => match result {
+                // A set or del is answered with no value: nothing to show
+                // (the client's `done` line says what a get found).
+                Ok(Reply { value: None, lsn }) => write!(f, "Response #{} ok lsn={lsn}", id.seq),
                 Ok(r) => write!(f, "Response #{} ok {} lsn={}", id.seq, ShowValue(&r.value), r.lsn),
-                Err(e) => write!(f, "Response #{} error {e:?} (tries 1..{attempt})", id.seq),
+                Err(e) => write!(f, "Response #{} error {} (tries 1..{attempt})", id.seq, ErrorName(e)),
             },
             Msg::Write { id, key, value } => match value {
                 Some(v) => write!(f, "Write c{}#{} set {key}={}", id.client.0, id.seq, Abbrev(v)),
@@ -316,21 +319,21 @@ impl fmt::Display for Msg {
             },
             Msg::WriteResult { id, result } => match result {
                 Ok(lsn) => write!(f, "WriteResult c{}#{} ok lsn={lsn}", id.client.0, id.seq),
-                Err(r) => write!(f, "WriteResult c{}#{} refused {r:?}", id.client.0, id.seq),
+                Err(r) => write!(f, "WriteResult c{}#{} refused {r}", id.client.0, id.seq),
             },
             Msg::Read { tag, key, mode, min_lsn } => {
-                write!(f, "Read t{tag} get {key} read={mode} min_lsn={min_lsn}")
+                write!(f, "Read t{} get {key} read={mode} min_lsn={min_lsn}", Tag(*tag))
             }
             Msg::ReadResult { tag, result } => match result {
-                Ok(r) => write!(f, "ReadResult t{tag} {} lsn={}", ShowValue(&r.value), r.lsn),
-                Err(r) => write!(f, "ReadResult t{tag} refused {r:?}"),
+                Ok(r) => write!(f, "ReadResult t{} {} lsn={}", Tag(*tag), ShowValue(&r.value), r.lsn),
+                Err(r) => write!(f, "ReadResult t{} refused {r}", Tag(*tag)),
             },
             Msg::Ping { nonce } => write!(f, "Ping {nonce}"),
             Msg::Pong { nonce, status } => write!(
                 f,
-                "Pong {nonce} promised={} leading={:?} last={} commit={}",
+                "Pong {nonce} promised={} leading={} last={} commit={}",
                 status.promised,
-                status.leading.map(|e| e.0),
+                status.leading.map_or("-".to_string(), |e| e.to_string()),
                 status.last,
                 status.commit
             ),
@@ -384,6 +387,41 @@ impl fmt::Display for Msg {
                 Ok(())
             }
         }
+    }
+}
+
+/// A balancer's read tag in a trace: its last four hex digits (tags count
+/// up from a random start, so neighbours differ there).
+struct Tag(u64);
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04x}", self.0 & 0xffff)
+    }
+}
+
+/// An error's short name in a trace.
+struct ErrorName<'a>(&'a OpError);
+
+impl fmt::Display for ErrorName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            OpError::Unavailable => f.write_str("unavailable"),
+            OpError::Timeout => f.write_str("timeout"),
+            OpError::Overloaded => f.write_str("overloaded"),
+            OpError::Invalid(why) => write!(f, "invalid ({why})"),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::NotLeader => "not-leader",
+            Refusal::Behind => "behind",
+            Refusal::Superseded => "superseded",
+            Refusal::Invalid => "invalid",
+        })
     }
 }
 
