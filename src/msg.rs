@@ -197,11 +197,15 @@ pub struct ReplicaView {
 }
 
 impl ReplicaView {
-    /// `leader`, `follower`, or `-` when nothing is known.
-    pub fn role(&self) -> &'static str {
+    /// `leader` (the one the balancer sends writes to: a pong from before
+    /// its promotion may not say so yet), `old leader` (its last pong says
+    /// it leads an epoch the balancer has moved past), `follower`, or `-`
+    /// when never heard from.
+    pub fn role(&self, leader: Option<ReplicaId>) -> &'static str {
         match (self.heard_us_ago, self.status.leading) {
+            _ if leader == Some(self.id) => "leader",
             (None, _) => "-",
-            (Some(_), Some(_)) => "leader",
+            (Some(_), Some(_)) => "old leader",
             (Some(_), None) => "follower",
         }
     }

@@ -184,9 +184,10 @@ struct BalancerArgs {
 #[derive(Args)]
 struct ClusterConfigArgs {
     /// Followers that must have a write on disk before it is acknowledged:
-    /// 0 asynchronous, 1 semi-synchronous, N-1 synchronous.
-    #[arg(long, default_value_t = 1, value_name = "K")]
-    sync_acks: usize,
+    /// 0 asynchronous, 1 semi-synchronous, N-1 synchronous (at most N-1)
+    /// [default: 1, or 0 for a single replica].
+    #[arg(long, value_name = "K")]
+    sync_acks: Option<usize>,
     /// Promote a leader even when it may lack acknowledged writes.
     #[arg(long)]
     unsafe_failover: bool,
@@ -402,6 +403,12 @@ fn open_store(s: &StorageArgs, n: u8) -> Result<Box<dyn Store>, Failure> {
     }
 }
 
+/// `--sync-acks` when not given: semi-synchronous, or asynchronous for a
+/// replica with no followers.
+fn default_sync_acks(replicas: usize) -> usize {
+    1.min(replicas.saturating_sub(1))
+}
+
 /// Runs until SIGINT/SIGTERM, then stops the nodes in order (each drains
 /// before the next is asked, so the balancer can still reach the replicas
 /// while it answers what is in flight). A second signal exits at once.
@@ -436,8 +443,13 @@ fn replica(a: ReplicaArgs) -> Result<(), Failure> {
     let store = open_store(&a.storage, a.n)?;
     let cli = match a.peers {
         Some(peers) => Some(
-            ReplicaCluster::new(id, peers, a.sync_acks.unwrap_or(1), a.unsafe_failover)
-                .map_err(Failure::Refused)?,
+            ReplicaCluster::new(
+                id,
+                peers.clone(),
+                a.sync_acks.unwrap_or(default_sync_acks(peers.len())),
+                a.unsafe_failover,
+            )
+            .map_err(Failure::Refused)?,
         ),
         None => None,
     };
@@ -468,10 +480,11 @@ fn balancer_options(
     s: &SecurityArgs,
     clients: &ClientAuthArgs,
 ) -> BalancerOptions {
+    let sync_acks = c.sync_acks.unwrap_or(default_sync_acks(replicas.len()));
     BalancerOptions {
         listen,
         replicas,
-        sync_acks: c.sync_acks,
+        sync_acks,
         unsafe_failover: c.unsafe_failover,
         keys,
         insecure_open: s.insecure_open,
@@ -480,7 +493,8 @@ fn balancer_options(
 }
 
 fn balancer(a: BalancerArgs) -> Result<(), Failure> {
-    kvstore::config::check_cluster(a.replicas.len(), a.cluster.sync_acks).map_err(Failure::Refused)?;
+    let sync_acks = a.cluster.sync_acks.unwrap_or(default_sync_acks(a.replicas.len()));
+    kvstore::config::check_cluster(a.replicas.len(), sync_acks).map_err(Failure::Refused)?;
     let keys = node_keys(&a.security, Some(&a.clients))?;
     let opts = balancer_options(a.listen, a.replicas, &a.cluster, keys.clone(), &a.security, &a.clients);
     let node = runtime::start_balancer(opts, Clock::new())?;
@@ -490,7 +504,8 @@ fn balancer(a: BalancerArgs) -> Result<(), Failure> {
 }
 
 fn cluster(a: ClusterArgs) -> Result<(), Failure> {
-    kvstore::config::check_cluster(a.replicas as usize, a.cluster.sync_acks).map_err(Failure::Refused)?;
+    let sync_acks = a.cluster.sync_acks.unwrap_or(default_sync_acks(a.replicas as usize));
+    kvstore::config::check_cluster(a.replicas as usize, sync_acks).map_err(Failure::Refused)?;
     let clock = Clock::new();
     let keys = node_keys(&a.security, Some(&a.clients))?;
     let port = |i: u16| {
@@ -514,7 +529,7 @@ fn cluster(a: ClusterArgs) -> Result<(), Failure> {
         let n = i as u8 + 1;
         let id = ReplicaId(n);
         let store = open_store(&a.storage, n)?;
-        let cli = ReplicaCluster::new(id, addrs.clone(), a.cluster.sync_acks, a.cluster.unsafe_failover)
+        let cli = ReplicaCluster::new(id, addrs.clone(), sync_acks, a.cluster.unsafe_failover)
             .map_err(Failure::Refused)?;
         let cluster = cluster_file::settle(a.storage.data_dir.as_deref(), id, Some(cli), a.reconfigure)
             .map_err(Failure::Refused)?;

@@ -36,7 +36,7 @@ pub fn table(view: &ClusterView) -> String {
         rows.push([
             format!("r{}", r.id.0),
             printable(&r.addr),
-            r.role().to_string(),
+            r.role(view.leader).to_string(),
             if heard { r.status.last.lsn.0.to_string() } else { "-".into() },
             lag(view, i).map_or("-".into(), |l| l.to_string()),
             r.health().to_string(),
@@ -89,7 +89,7 @@ pub fn json(view: &ClusterView) -> String {
              \"lag\":{},\"health\":\"{}\",\"heard_ms_ago\":{}}}",
             r.id.0,
             json_string(&r.addr),
-            r.role(),
+            r.role(view.leader),
             s.last.lsn.0,
             s.last.epoch.0,
             s.commit.0,
