@@ -640,7 +640,7 @@ fn log_recovery(node: NodeId, dir: &Path, r: &RecoveryReport, began: Instant) {
         "recovered {} in {:?}: {snapshot}, {} replayed from {}",
         dir.display(),
         began.elapsed(),
-        plural(r.records_replayed as u64, "record"),
+        plural(r.records_replayed, "record"),
         plural(r.segments_replayed as u64, "segment")
     );
     for (path, why) in &r.snapshots_skipped {
