@@ -828,11 +828,16 @@ fn model(preset: &str, depth: Option<usize>, max_states: Option<u64>, bugs: &[St
 mod tests {
     use super::*;
 
+    /// The panic hook is global: two sweeps in parallel tests would put
+    /// each other's hook back mid-run (and lose a panic's location).
+    static ONE_SWEEP_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn run_sweep(
         scenarios: &[(String, u64)],
         seeds: RangeInclusive<u64>,
         run_one: impl FnMut(&u64, u64) -> SeedResult,
     ) -> (Tally, Vec<String>, Vec<u64>) {
+        let _one = ONE_SWEEP_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let mut lines = Vec::new();
         let mut seen = Vec::new();
         let tally = sweep(scenarios, seeds, run_one, |l| lines.push(l.to_owned()), |t| seen.push(t.runs));

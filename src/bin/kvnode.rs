@@ -397,7 +397,24 @@ fn open_store(s: &StorageArgs, n: u8) -> Result<Box<dyn Store>, Failure> {
             | WalError::PromiseLost { .. }),
         ) => Err(Failure::Refused(format!("replica {n} cannot use its data directory: {e}"))),
         Err(WalError::Io { path, source }) => {
-            Err(Failure::Io(io::Error::new(source.kind(), format!("{}: {source}", path.display()))))
+            // A path that cannot be a data directory is the user's to fix.
+            let why = match source.kind() {
+                io::ErrorKind::NotADirectory => Some("a part of that path is a file, not a directory"),
+                io::ErrorKind::NotFound => Some("that path cannot be created (a parent is missing)"),
+                io::ErrorKind::PermissionDenied => Some("permission denied"),
+                io::ErrorKind::ReadOnlyFilesystem => Some("the file system is read-only"),
+                _ => None,
+            };
+            match why {
+                Some(why) => Err(Failure::Refused(format!(
+                    "replica {n} cannot use its data directory {}: {} ({why})",
+                    dir.display(),
+                    path.display()
+                ))),
+                None => {
+                    Err(Failure::Io(io::Error::new(source.kind(), format!("{}: {source}", path.display()))))
+                }
+            }
         }
         Err(e) => Err(Failure::Io(io::Error::other(e.to_string()))),
     }
@@ -439,8 +456,8 @@ fn serve(nodes: Vec<NodeHandle>) -> io::Result<()> {
 
 fn replica(a: ReplicaArgs) -> Result<(), Failure> {
     let id = ReplicaId(a.n);
-    let keys = node_keys(&a.security, None)?;
     let store = open_store(&a.storage, a.n)?;
+    let keys = node_keys(&a.security, None)?;
     let cli = match a.peers {
         Some(peers) => Some(
             ReplicaCluster::new(
