@@ -738,9 +738,9 @@ mod tests {
         let mut h = hello(NodeId::Replica(ReplicaId(3)));
         h.observer = true;
         encode_hello(&h, &mut bytes);
-        // len=41: "KVST", version 4, flags 1 (observer), 32 nonce bytes,
+        // len=41: "KVST", version 5, flags 1 (observer), 32 nonce bytes,
         // NodeId::Replica tag 1, id 3
-        let mut want = vec![0, 0, 0, 41, b'K', b'V', b'S', b'T', 0, 4, 1];
+        let mut want = vec![0, 0, 0, 41, b'K', b'V', b'S', b'T', 0, 5, 1];
         want.extend_from_slice(&[9; NONCE_BYTES]);
         want.extend_from_slice(&[1, 3]);
         assert_eq!(bytes, want);
@@ -933,6 +933,43 @@ mod tests {
         assert!(observer_accepts(&read(ReadMode::Any)));
         assert!(!observer_accepts(&read(ReadMode::Leader)));
         assert!(!observer_accepts(&promote));
+        // Status: a client asks the balancer, only the balancer answers.
+        let query = Frame::Msg(Msg::StatusQuery { tag: 1 });
+        let answer = Frame::Msg(Msg::StatusAnswer { tag: 1, view: crate::msg::ClusterView::default() });
+        assert!(accepts(b, c, &query));
+        assert!(!accepts(r, b, &query) && !accepts(r, r, &query) && !accepts(r, c, &query));
+        assert!(!accepts(c, b, &query));
+        assert!(accepts(c, b, &answer));
+        assert!(!accepts(b, c, &answer) && !accepts(b, r, &answer) && !accepts(r, b, &answer));
+        assert!(!observer_accepts(&query));
+    }
+
+    #[test]
+    fn a_status_answer_is_checked_against_its_limits() {
+        use crate::msg::{ClusterView, ReplicaView, Status};
+        let view = |n: u8, addr: usize| ClusterView {
+            replicas: (1..=n)
+                .map(|i| ReplicaView {
+                    id: ReplicaId(i),
+                    addr: "a".repeat(addr),
+                    heard_us_ago: Some(1),
+                    alive: true,
+                    status: Status::default(),
+                })
+                .collect(),
+            ..ClusterView::default()
+        };
+        let frame = |v| Frame::Msg(Msg::StatusAnswer { tag: 9, view: v });
+        let full = frame(view(crate::config::MAX_REPLICAS, MAX_STATUS_ADDR_BYTES));
+        assert_eq!(check_limits(&full), Ok(()));
+        let mut bytes = Vec::new();
+        encode_frame(&full, MAX_CLIENT_FRAME_BYTES, &mut bytes)
+            .expect("the largest status fits a client frame");
+        let mut dec = FrameDecoder::with_limit(MAX_CLIENT_FRAME_BYTES);
+        dec.feed(&bytes);
+        assert_eq!(dec.next_frame(), Ok(Some(full)));
+        assert!(check_limits(&frame(view(10, 1))).is_err());
+        assert!(check_limits(&frame(view(3, MAX_STATUS_ADDR_BYTES + 1))).is_err());
     }
 
     #[test]

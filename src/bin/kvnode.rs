@@ -51,8 +51,8 @@ enum Command {
     /// over by itself.
     Balancer(BalancerArgs),
     /// Talk to the cluster: a REPL reading `set key=value`, `get key`,
-    /// `del key`, `help`, `quit` (from a terminal or a pipe), or one command
-    /// given on the command line (`kvnode client get KEY`).
+    /// `del key`, `status`, `help`, `quit` (from a terminal or a pipe), or
+    /// one command given on the command line (`kvnode client get KEY`).
     Client(ClientArgs),
     /// Run N replicas and the balancer in this process.
     Cluster(ClusterArgs),
