@@ -306,3 +306,33 @@ fn an_unreachable_replica_address_is_reported() {
     p.signal("TERM");
     assert!(p.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()));
 }
+
+/// Ctrl-C (SIGINT) while a command waits gives up on that command only:
+/// the REPL says so and reads the next line.
+#[test]
+fn an_interrupt_cancels_the_command_in_flight_not_the_repl() {
+    let nobody = format!("127.0.0.1:{}", common::free_ports(1)[0]);
+    let mut p = Proc::spawn_with("client", &["client", "--connect", &nobody], Stdio::piped());
+    assert!(wait_until(Duration::from_secs(10), || !p.stderr_lines().is_empty()), "no start-up warning");
+    p.stdin().write_all(b"set a=1\n").unwrap();
+    p.stdin().flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(p.alive(), "the set is still waiting (nobody listens)");
+    p.signal("INT");
+    assert!(wait_until(Duration::from_secs(5), || !p.stdout_lines().is_empty()), "{:?}", p.stderr_lines());
+    p.stdin().write_all(b"help\n").unwrap();
+    p.close_stdin();
+    let st = p.wait_exit(Duration::from_secs(10)).expect("the REPL ends at end of input");
+    assert!(st.success(), "{st:?}");
+    wait_until(Duration::from_secs(2), || p.stdout_lines().len() >= 2);
+    assert_eq!(
+        p.stdout_lines(),
+        ["error: interrupted (the write may or may not have been applied)", repl_help()],
+        "{:?}",
+        p.stderr_lines()
+    );
+}
+
+fn repl_help() -> &'static str {
+    kvstore::runtime::repl::HELP
+}

@@ -52,7 +52,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         "status" => return Err("usage: status".into()),
         "help" | "?" => Command::Help,
         "quit" | "exit" => Command::Quit,
-        other => return Err(format!("unknown command '{}' ({HELP})", echo(other))),
+        _ => return Err(format!("unknown command '{}' ({HELP})", echo(word))),
     };
     Ok(Some(cmd))
 }
@@ -213,6 +213,19 @@ mod tests {
         assert!(parse("get").unwrap_err().starts_with("usage"));
         assert!(parse("get a b").unwrap_err().starts_with("usage"));
         assert!(parse("frobnicate x").unwrap_err().starts_with("unknown command 'frobnicate'"));
+        assert_eq!(parse("status"), Ok(Some(Command::Status)));
+        assert!(parse("status now").unwrap_err().starts_with("usage: status"));
+    }
+
+    #[test]
+    fn an_unknown_command_is_shown_back_short_and_harmless() {
+        let huge = format!("x{}", "y".repeat(100_000));
+        let e = parse(&huge).unwrap_err();
+        assert!(e.len() < 200, "{} bytes", e.len());
+        assert!(e.starts_with(&format!("unknown command '{}... (100001 bytes)'", &huge[..40])), "{e}");
+        let e = parse("ding\u{7}\u{1b}[2J").unwrap_err();
+        assert!(e.starts_with("unknown command 'ding\\u{7}\\u{1b}[2J'"), "{e}");
+        assert!(!e.contains('\u{7}') && !e.contains('\u{1b}'), "{e:?}");
     }
 
     #[test]
