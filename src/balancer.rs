@@ -9,7 +9,7 @@
 
 use crate::config::ClusterConfig;
 use crate::machine::{Event, Outbox};
-use crate::msg::{Msg, Refusal, Reply, Status};
+use crate::msg::{ClusterView, Msg, Phase, Refusal, ReplicaView, Reply, Status};
 use crate::types::{
     validate_op, ClientId, Epoch, LogPos, Lsn, NodeId, Op, OpError, ReadMode, ReplicaId, RequestId, Time,
 };
@@ -159,6 +159,27 @@ impl Balancer {
             State::Leading { leader, epoch, .. } => Some((leader, epoch)),
             _ => None,
         }
+    }
+    /// What this balancer knows of the cluster at `now`, for status
+    /// reports (addresses left empty: the driver knows them). Read only.
+    pub fn view(&self, now: Time) -> ClusterView {
+        let (phase, leader, epoch) = match &self.state {
+            State::Discovering { .. } => (Phase::Discovering, None, self.highest_epoch),
+            State::Preparing { epoch, .. } => (Phase::Promoting, None, *epoch),
+            State::Leading { leader, epoch, .. } => (Phase::Leading, Some(*leader), *epoch),
+        };
+        let replicas = self
+            .views
+            .iter()
+            .map(|(r, v)| ReplicaView {
+                id: *r,
+                addr: String::new(),
+                heard_us_ago: v.last_pong.map(|t| now.saturating_sub(t)),
+                alive: self.alive(*r, now),
+                status: v.status,
+            })
+            .collect();
+        ClusterView { phase, leader, epoch, replicas }
     }
     pub fn pending_requests(&self) -> usize {
         self.pending.len()

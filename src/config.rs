@@ -4,6 +4,26 @@
 use crate::types::{Micros, ReplicaId};
 use serde::{Deserialize, Serialize};
 
+/// Replicas in a cluster at most (kvnode, kvsim and the wire agree):
+/// replica N of `kvnode cluster` listens on port base + N, 8081 to 8089.
+pub const MAX_REPLICAS: u8 = 9;
+
+/// Checks a cluster's size and `sync_acks` as a user gave them: 1 to
+/// [`MAX_REPLICAS`] replicas, and no more confirming followers than there
+/// are followers.
+pub fn check_cluster(replicas: usize, sync_acks: usize) -> Result<(), String> {
+    if replicas == 0 || replicas > MAX_REPLICAS as usize {
+        return Err(format!("a cluster has 1 to {MAX_REPLICAS} replicas, not {replicas}"));
+    }
+    let followers = replicas - 1;
+    if sync_acks > followers {
+        return Err(format!(
+            "--sync-acks {sync_acks} but {replicas} replica(s) have only {followers} follower(s): use 0 to {followers}"
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterConfig {
     /// Every replica, sorted; the first is promoted at a fresh start.

@@ -6,7 +6,7 @@
 //! protocol and must bump `wire::PROTOCOL_VERSION`.
 
 use crate::machine::Snapshot;
-use crate::types::{Epoch, LogPos, Lsn, Op, OpError, ReadMode, RequestId, Row};
+use crate::types::{Epoch, LogPos, Lsn, Op, OpError, ReadMode, ReplicaId, RequestId, Row};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -133,6 +133,99 @@ pub enum Msg {
         snapshot: Box<Snapshot>,
         commit: Lsn,
     },
+
+    // ---- client <-> balancer: looking, not touching (protocol 5) ----
+    /// What does the balancer know of the cluster? Changes nothing.
+    StatusQuery {
+        tag: u64,
+    },
+    /// The balancer's view, answering the query with the same `tag`.
+    StatusAnswer {
+        tag: u64,
+        view: ClusterView,
+    },
+}
+
+/// What a balancer knows of its cluster, for `kvnode status`: built from the
+/// pongs it has had, so it is as fresh as the last ping (50 ms by default).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub phase: Phase,
+    /// The replica requests go to, once there is one.
+    pub leader: Option<ReplicaId>,
+    /// The leader's epoch; while promoting, the epoch being promoted; while
+    /// discovering, the newest epoch seen.
+    pub epoch: Epoch,
+    /// Every replica, replica 1 first.
+    pub replicas: Vec<ReplicaView>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Just started: pinging to learn who leads.
+    #[default]
+    Discovering,
+    /// Gathering promises for a new epoch.
+    Promoting,
+    /// A leader takes the writes.
+    Leading,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Discovering => "discovering",
+            Phase::Promoting => "promoting",
+            Phase::Leading => "leading",
+        })
+    }
+}
+
+/// One replica as the balancer sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub id: ReplicaId,
+    /// Where the balancer dials it (filled in by the runtime; the machine
+    /// knows no addresses).
+    pub addr: String,
+    /// Microseconds since its last pong; `None`: never heard from.
+    pub heard_us_ago: Option<u64>,
+    /// Heard from within `dead_after`.
+    pub alive: bool,
+    /// What its last pong said.
+    pub status: Status,
+}
+
+impl ReplicaView {
+    /// `leader` (the one the balancer sends writes to: a pong from before
+    /// its promotion may not say so yet), `old leader` (its last pong says
+    /// it leads an epoch the balancer has moved past), `follower`, or `-`
+    /// when never heard from.
+    pub fn role(&self, leader: Option<ReplicaId>) -> &'static str {
+        match (self.heard_us_ago, self.status.leading) {
+            _ if leader == Some(self.id) => "leader",
+            (None, _) => "-",
+            (Some(_), Some(_)) => "old leader",
+            (Some(_), None) => "follower",
+        }
+    }
+
+    /// `ok`, `down` (silent for longer than `dead_after`), `unreachable`
+    /// (never heard from), `cut off` (a leader without enough followers) or
+    /// `missing rows` (may lack rows it confirmed, catching up).
+    pub fn health(&self) -> &'static str {
+        if self.heard_us_ago.is_none() {
+            "unreachable"
+        } else if !self.alive {
+            "down"
+        } else if self.status.cut_off {
+            "cut off"
+        } else if self.status.missing {
+            "missing rows"
+        } else {
+            "ok"
+        }
+    }
 }
 
 /// The answer to a completed operation: the value read (`None` is missing),
@@ -199,6 +292,8 @@ impl Msg {
             Msg::Append { .. } => "Append",
             Msg::AppendAck { .. } => "AppendAck",
             Msg::InstallSnapshot { .. } => "InstallSnapshot",
+            Msg::StatusQuery { .. } => "StatusQuery",
+            Msg::StatusAnswer { .. } => "StatusAnswer",
         }
     }
 }
@@ -216,8 +311,11 @@ impl fmt::Display for Msg {
                 write!(f, " {op} read={read} min_lsn={min_lsn}")
             }
             Msg::Response { id, attempt, result } => match result {
+                // A set or del is answered with no value: nothing to show
+                // (the client's `done` line says what a get found).
+                Ok(Reply { value: None, lsn }) => write!(f, "Response #{} ok lsn={lsn}", id.seq),
                 Ok(r) => write!(f, "Response #{} ok {} lsn={}", id.seq, ShowValue(&r.value), r.lsn),
-                Err(e) => write!(f, "Response #{} error {e:?} (tries 1..{attempt})", id.seq),
+                Err(e) => write!(f, "Response #{} error {} (tries 1..{attempt})", id.seq, ErrorName(e)),
             },
             Msg::Write { id, key, value } => match value {
                 Some(v) => write!(f, "Write c{}#{} set {key}={}", id.client.0, id.seq, Abbrev(v)),
@@ -225,21 +323,21 @@ impl fmt::Display for Msg {
             },
             Msg::WriteResult { id, result } => match result {
                 Ok(lsn) => write!(f, "WriteResult c{}#{} ok lsn={lsn}", id.client.0, id.seq),
-                Err(r) => write!(f, "WriteResult c{}#{} refused {r:?}", id.client.0, id.seq),
+                Err(r) => write!(f, "WriteResult c{}#{} refused {r}", id.client.0, id.seq),
             },
             Msg::Read { tag, key, mode, min_lsn } => {
-                write!(f, "Read t{tag} get {key} read={mode} min_lsn={min_lsn}")
+                write!(f, "Read t{} get {key} read={mode} min_lsn={min_lsn}", Tag(*tag))
             }
             Msg::ReadResult { tag, result } => match result {
-                Ok(r) => write!(f, "ReadResult t{tag} {} lsn={}", ShowValue(&r.value), r.lsn),
-                Err(r) => write!(f, "ReadResult t{tag} refused {r:?}"),
+                Ok(r) => write!(f, "ReadResult t{} {} lsn={}", Tag(*tag), ShowValue(&r.value), r.lsn),
+                Err(r) => write!(f, "ReadResult t{} refused {r}", Tag(*tag)),
             },
             Msg::Ping { nonce } => write!(f, "Ping {nonce}"),
             Msg::Pong { nonce, status } => write!(
                 f,
-                "Pong {nonce} promised={} leading={:?} last={} commit={}",
+                "Pong {nonce} promised={} leading={} last={} commit={}",
                 status.promised,
-                status.leading.map(|e| e.0),
+                status.leading.map_or("-".to_string(), |e| e.to_string()),
                 status.last,
                 status.commit
             ),
@@ -277,6 +375,14 @@ impl fmt::Display for Msg {
                 snapshot.last,
                 snapshot.kv.len()
             ),
+            Msg::StatusQuery { tag } => write!(f, "StatusQuery {tag}"),
+            Msg::StatusAnswer { tag, view } => {
+                write!(f, "StatusAnswer {tag} {} {}", view.phase, view.epoch)?;
+                if let Some(l) = view.leader {
+                    write!(f, " leader=r{}", l.0)?;
+                }
+                Ok(())
+            }
             Msg::AppendAck { epoch, ok, last, probe, .. } => {
                 write!(f, "AppendAck {epoch} {} last={last}", if *ok { "ok" } else { "need" })?;
                 if *probe > 0 {
@@ -285,6 +391,41 @@ impl fmt::Display for Msg {
                 Ok(())
             }
         }
+    }
+}
+
+/// A balancer's read tag in a trace: its last four hex digits (tags count
+/// up from a random start, so neighbours differ there).
+struct Tag(u64);
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04x}", self.0 & 0xffff)
+    }
+}
+
+/// An error's short name in a trace.
+struct ErrorName<'a>(&'a OpError);
+
+impl fmt::Display for ErrorName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            OpError::Unavailable => f.write_str("unavailable"),
+            OpError::Timeout => f.write_str("timeout"),
+            OpError::Overloaded => f.write_str("overloaded"),
+            OpError::Invalid(why) => write!(f, "invalid ({why})"),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::NotLeader => "not-leader",
+            Refusal::Behind => "behind",
+            Refusal::Superseded => "superseded",
+            Refusal::Invalid => "invalid",
+        })
     }
 }
 

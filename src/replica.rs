@@ -456,7 +456,9 @@ impl Replica {
             | Msg::ReadResult { .. }
             | Msg::Pong { .. }
             | Msg::Promise { .. }
-            | Msg::PrepareRefused { .. } => {}
+            | Msg::PrepareRefused { .. }
+            | Msg::StatusQuery { .. }
+            | Msg::StatusAnswer { .. } => {}
         }
     }
 

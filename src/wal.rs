@@ -298,7 +298,7 @@ impl fmt::Display for WalError {
         match self {
             WalError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             WalError::Locked { dir } => {
-                write!(f, "{}: already opened by another process or Wal", dir.display())
+                write!(f, "{}: in use by another replica (this process or another one holds its lock); stop that one first", dir.display())
             }
             WalError::Foreign { path, why } => {
                 write!(f, "{}: {why}; refusing to use this directory (nothing was changed)", path.display())

@@ -93,7 +93,8 @@ use std::io::{self, Read};
 pub const MAGIC: [u8; 4] = *b"KVST";
 /// Bumped on any change to the frame layout or to the encoding of `Frame`.
 /// 4: nonces and proofs in the handshake, the Cluster frame inside it.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: `StatusQuery` and `StatusAnswer` (client and balancer).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Bytes of the length prefix.
 pub const LEN_BYTES: usize = 4;
@@ -102,6 +103,9 @@ pub const LEN_BYTES: usize = 4;
 pub const MAX_HELLO_BYTES: usize = 256;
 /// The dialer's `Cluster` frame, inside the handshake.
 pub const MAX_CLUSTER_FRAME_BYTES: usize = 4096;
+/// Longest replica address a status answer may carry (a status of
+/// `MAX_REPLICAS` such entries fits a client frame easily).
+pub const MAX_STATUS_ADDR_BYTES: usize = 255;
 /// Bytes of a hello's nonce.
 pub const NONCE_BYTES: usize = 32;
 /// Bytes of a proof (HMAC-SHA256).
@@ -514,7 +518,7 @@ pub fn check_limits(frame: &Frame) -> Result<(), WireError> {
         Frame::Msg(msg) => check_msg(msg),
         Frame::Cluster(config) => {
             let n = config.replicas.len();
-            if n == 0 || n > u8::MAX as usize {
+            if n == 0 || n > crate::config::MAX_REPLICAS as usize {
                 return Err(WireError::Invalid(format!("cluster of {n} replicas")));
             }
             Ok(())
@@ -533,6 +537,15 @@ fn check_msg(msg: &Msg) -> Result<(), WireError> {
             check_value(value.as_deref())
         }
         Msg::Read { key, .. } => check_key(key),
+        Msg::StatusAnswer { view, .. } => {
+            if view.replicas.len() > crate::config::MAX_REPLICAS as usize {
+                return Err(WireError::Invalid(format!("status of {} replicas", view.replicas.len())));
+            }
+            match view.replicas.iter().find(|r| r.addr.len() > MAX_STATUS_ADDR_BYTES) {
+                Some(r) => Err(WireError::Invalid(format!("address of {} bytes in a status", r.addr.len()))),
+                None => Ok(()),
+            }
+        }
         Msg::InstallSnapshot { snapshot, .. } => {
             for (key, value) in &snapshot.kv {
                 check_key(key)?;
@@ -604,7 +617,9 @@ pub fn accepts(local: NodeId, from: NodeId, frame: &Frame) -> bool {
         return false;
     };
     match (local, from) {
-        (Balancer, Client(c)) => matches!(msg, Msg::Request { id, .. } if id.client == c),
+        (Balancer, Client(c)) => {
+            matches!(msg, Msg::Request { id, .. } if id.client == c) || matches!(msg, Msg::StatusQuery { .. })
+        }
         (Balancer, Replica(_)) => matches!(
             msg,
             Msg::Pong { .. }
@@ -624,7 +639,7 @@ pub fn accepts(local: NodeId, from: NodeId, frame: &Frame) -> bool {
         (Replica(_), Replica(_)) => {
             matches!(msg, Msg::Append { .. } | Msg::AppendAck { .. } | Msg::InstallSnapshot { .. })
         }
-        (Client(_), Balancer) => matches!(msg, Msg::Response { .. }),
+        (Client(_), Balancer) => matches!(msg, Msg::Response { .. } | Msg::StatusAnswer { .. }),
         _ => false,
     }
 }
@@ -723,9 +738,9 @@ mod tests {
         let mut h = hello(NodeId::Replica(ReplicaId(3)));
         h.observer = true;
         encode_hello(&h, &mut bytes);
-        // len=41: "KVST", version 4, flags 1 (observer), 32 nonce bytes,
+        // len=41: "KVST", version 5, flags 1 (observer), 32 nonce bytes,
         // NodeId::Replica tag 1, id 3
-        let mut want = vec![0, 0, 0, 41, b'K', b'V', b'S', b'T', 0, 4, 1];
+        let mut want = vec![0, 0, 0, 41, b'K', b'V', b'S', b'T', 0, 5, 1];
         want.extend_from_slice(&[9; NONCE_BYTES]);
         want.extend_from_slice(&[1, 3]);
         assert_eq!(bytes, want);
@@ -918,6 +933,43 @@ mod tests {
         assert!(observer_accepts(&read(ReadMode::Any)));
         assert!(!observer_accepts(&read(ReadMode::Leader)));
         assert!(!observer_accepts(&promote));
+        // Status: a client asks the balancer, only the balancer answers.
+        let query = Frame::Msg(Msg::StatusQuery { tag: 1 });
+        let answer = Frame::Msg(Msg::StatusAnswer { tag: 1, view: crate::msg::ClusterView::default() });
+        assert!(accepts(b, c, &query));
+        assert!(!accepts(r, b, &query) && !accepts(r, r, &query) && !accepts(r, c, &query));
+        assert!(!accepts(c, b, &query));
+        assert!(accepts(c, b, &answer));
+        assert!(!accepts(b, c, &answer) && !accepts(b, r, &answer) && !accepts(r, b, &answer));
+        assert!(!observer_accepts(&query));
+    }
+
+    #[test]
+    fn a_status_answer_is_checked_against_its_limits() {
+        use crate::msg::{ClusterView, ReplicaView, Status};
+        let view = |n: u8, addr: usize| ClusterView {
+            replicas: (1..=n)
+                .map(|i| ReplicaView {
+                    id: ReplicaId(i),
+                    addr: "a".repeat(addr),
+                    heard_us_ago: Some(1),
+                    alive: true,
+                    status: Status::default(),
+                })
+                .collect(),
+            ..ClusterView::default()
+        };
+        let frame = |v| Frame::Msg(Msg::StatusAnswer { tag: 9, view: v });
+        let full = frame(view(crate::config::MAX_REPLICAS, MAX_STATUS_ADDR_BYTES));
+        assert_eq!(check_limits(&full), Ok(()));
+        let mut bytes = Vec::new();
+        encode_frame(&full, MAX_CLIENT_FRAME_BYTES, &mut bytes)
+            .expect("the largest status fits a client frame");
+        let mut dec = FrameDecoder::with_limit(MAX_CLIENT_FRAME_BYTES);
+        dec.feed(&bytes);
+        assert_eq!(dec.next_frame(), Ok(Some(full)));
+        assert!(check_limits(&frame(view(10, 1))).is_err());
+        assert!(check_limits(&frame(view(3, MAX_STATUS_ADDR_BYTES + 1))).is_err());
     }
 
     #[test]

@@ -193,7 +193,7 @@ fn whole_cluster_stopped_and_restarted_keeps_every_acknowledged_write() {
     let missing = missing_through_leader(&c, acked.iter().map(|w| (w.key.clone(), w.value.clone())));
     assert!(
         missing.is_empty(),
-        "{} acknowledged writes missing, e.g. {:?}",
+        "{} acknowledged writes missing (the leader answered another value, or none), e.g. {:?}",
         missing.len(),
         &missing[..missing.len().min(5)]
     );
@@ -219,7 +219,7 @@ fn every_replica_killed_at_once_loses_nothing_acknowledged() {
     let missing = missing_through_leader(&c, acked.iter().map(|w| (w.key.clone(), w.value.clone())));
     assert!(
         missing.is_empty(),
-        "{} acknowledged writes missing, e.g. {:?}",
+        "{} acknowledged writes missing (the leader answered another value, or none), e.g. {:?}",
         missing.len(),
         &missing[..missing.len().min(5)]
     );
@@ -295,7 +295,7 @@ fn replica_refuses_foreign_newer_or_locked_data_dirs() {
         &["replica", "3", "--listen", "127.0.0.1:0", "--peers", PEERS, "--data-dir", dir],
     );
     first.wait_line("kvnode replica 3 listening at ", Duration::from_secs(10));
-    assert_refused(3, tmp.path(), "already opened by another process");
+    assert_refused(3, tmp.path(), "in use by another replica");
     drop(first);
 }
 

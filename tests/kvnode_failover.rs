@@ -96,7 +96,7 @@ fn sigkill_leader_under_load() {
     let missing = missing_through_leader(&c, acked.iter().map(|w| (w.key.clone(), w.value.clone())));
     assert!(
         missing.is_empty(),
-        "{} acknowledged writes missing, e.g. {:?}",
+        "{} acknowledged writes missing (the leader answered another value, or none), e.g. {:?}",
         missing.len(),
         &missing[..missing.len().min(5)]
     );

@@ -820,7 +820,17 @@ fn draw(seed: u64, p: &Profile) -> Scenario {
         check_convergence,
         max_events: Some(p.max_events),
     };
-    Scenario { name: format!("fuzz-{seed}"), cluster, network, disk, clock, workload, faults, run }
+    Scenario {
+        name: format!("fuzz-{seed}"),
+        about: String::new(),
+        cluster,
+        network,
+        disk,
+        clock,
+        workload,
+        faults,
+        run,
+    }
 }
 
 /// The least timeouts that let a healthy cluster make progress under

@@ -20,8 +20,19 @@ pub use scenario::{load, parse, Scenario, ScenarioError};
 pub use sim::{Outcome, Sim, Summary, TraceLevel};
 
 /// Runs a scenario with one seed.
+/// A trace opens with what the scenario is about (its file's leading
+/// comment, each line marked `#`).
 pub fn run(sc: &Scenario, seed: u64, level: TraceLevel) -> Outcome {
-    Sim::new(sc, seed, level).run(seed)
+    let mut out = Sim::new(sc, seed, level).run(seed);
+    if level > TraceLevel::None && !sc.about.is_empty() {
+        let about: String = sc
+            .about
+            .lines()
+            .map(|l| if l.is_empty() { "#\n".to_string() } else { format!("# {l}\n") })
+            .collect();
+        out.trace.insert_str(0, &about);
+    }
+    out
 }
 
 /// The human-readable closing summary (deterministic: no wall-clock figures).

@@ -179,6 +179,30 @@ enum Trace {
     All,
 }
 
+/// `println!` that treats a closed stdout (`kvsim run ... | head`) as the
+/// reader being done: exit 0 at once, no panic.
+macro_rules! outln {
+    () => { write_stdout(format_args!("\n")) };
+    ($($t:tt)*) => { write_stdout(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// `print!`, the same way.
+macro_rules! out {
+    ($($t:tt)*) => { write_stdout(format_args!($($t)*)) };
+}
+
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
@@ -199,10 +223,10 @@ fn main() -> ExitCode {
             };
             let out = run(&sc, seed, level);
             if json {
-                println!("{}", serde_json::to_string_pretty(&out.summary).expect("summary serializes"));
+                outln!("{}", serde_json::to_string_pretty(&out.summary).expect("summary serializes"));
             } else {
-                print!("{}", out.trace);
-                print!("{}", summary_text(&out.summary, &file.display().to_string()));
+                out!("{}", out.trace);
+                out!("{}", summary_text(&out.summary, &file.display().to_string()));
             }
             let code = exit_code(&out.summary);
             if json && code != ExitCode::SUCCESS {
@@ -236,22 +260,22 @@ fn main() -> ExitCode {
                 &scenarios,
                 from..=to,
                 |sc, seed| judge(&run(sc, seed, TraceLevel::None).summary),
-                |line| bar.suspend(|| println!("{line}")),
+                |line| bar.suspend(|| outln!("{line}")),
                 |tally| {
                     bar.set_message(format!("{} failed, {} inconclusive", tally.failed, tally.inconclusive));
                     bar.inc(1);
                 },
             );
             bar.finish_and_clear();
-            println!("{tally}");
+            outln!("{tally}");
             tally.exit_code()
         }
         Cmd::Bench { json } => {
             let report = kvsim::bench::run_all();
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
+                outln!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
             } else {
-                print!("{}", kvsim::bench::text(&report));
+                out!("{}", kvsim::bench::text(&report));
             }
             ExitCode::SUCCESS
         }
@@ -309,7 +333,7 @@ fn main() -> ExitCode {
             });
             match write_shrunk(&shrunk, seed, &origin, &sc, &out) {
                 Ok(()) => {
-                    println!(
+                    outln!(
                         "{} faults -> {}, in {} runs; wrote {}\nreproduce: kvsim run {} --seed {seed}",
                         sc.faults.len(),
                         shrunk.scenario.faults.len(),
@@ -344,23 +368,23 @@ fn main() -> ExitCode {
                 )
             };
             match &d.difference {
-                None => println!("deterministic: two runs with seed {seed} match ({} trace lines)", d.lines),
-                Some(diff) => println!("NOT deterministic: the two runs first differ at {}", show(diff)),
+                None => outln!("deterministic: two runs with seed {seed} match ({} trace lines)", d.lines),
+                Some(diff) => outln!("NOT deterministic: the two runs first differ at {}", show(diff)),
             }
             match &d.reversed_difference {
-                None => println!("ties reversed: the same trace"),
-                Some(diff) => println!(
+                None => outln!("ties reversed: the same trace"),
+                Some(diff) => outln!(
                     "ties reversed: the trace differs (allowed) from {}",
                     show(diff).replace("first: ", "normal:").replace("second:", "reversed:")
                 ),
             }
             if d.reversed_violations.is_empty() {
-                println!("ties reversed: no violation");
+                outln!("ties reversed: no violation");
             } else {
                 let also = if d.violations.is_empty() { "" } else { " (the normal run fails too)" };
-                println!("ties reversed: {} violation(s){also}:", d.reversed_violations.len());
+                outln!("ties reversed: {} violation(s){also}:", d.reversed_violations.len());
                 for v in &d.reversed_violations {
-                    println!("  - {}", indent(v));
+                    outln!("  - {}", indent(v));
                 }
             }
             if d.ok() {
@@ -497,9 +521,9 @@ fn fuzz_cmd(
                     };
                     if !json {
                         bar.suspend(|| {
-                            println!("FAIL seed {} [{kind}]: {reproduce}   # {}", r.seed, brief(&first));
+                            outln!("FAIL seed {} [{kind}]: {reproduce}   # {}", r.seed, brief(&first));
                             if let Err(e) = &file {
-                                println!("    (could not write its scenario under {}: {e})", out.display());
+                                outln!("    (could not write its scenario under {}: {e})", out.display());
                             }
                         });
                     }
@@ -540,7 +564,7 @@ fn fuzz_cmd(
                     Ok(()) => {
                         if !json {
                             shrunk_bar.suspend(|| {
-                                println!(
+                                outln!(
                                     "SHRUNK seed {seed} [{}]: {} faults -> {}: kvsim run {} --seed {seed}",
                                     shrunk.verdict.kind().unwrap_or("?"),
                                     original.faults.len(),
@@ -592,10 +616,10 @@ fn fuzz_cmd(
             "check_share": check_share,
             "failures": list,
         });
-        println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
+        outln!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
     } else {
         let s = if runs == 1 { "" } else { "s" };
-        println!(
+        outln!(
             "{runs} seed{s}: {passed} passed, {} failed ({panicked} panicked, {inconclusive} inconclusive); \
              {:.1} s, {per_min:.0} seeds/min, {:.1} M events; checks took {:.1}% of run time",
             failures.len(),
@@ -788,9 +812,9 @@ fn model(preset: &str, depth: Option<usize>, max_states: Option<u64>, bugs: &[St
         }
     }
     b.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    println!("bounds: {b}");
+    outln!("bounds: {b}");
     let r = kvsim::model::check(&b);
-    print!("{r}");
+    out!("{r}");
     if r.violation.is_some() {
         ExitCode::from(EXIT_VIOLATION)
     } else if r.truncated {
@@ -804,11 +828,16 @@ fn model(preset: &str, depth: Option<usize>, max_states: Option<u64>, bugs: &[St
 mod tests {
     use super::*;
 
+    /// The panic hook is global: two sweeps in parallel tests would put
+    /// each other's hook back mid-run (and lose a panic's location).
+    static ONE_SWEEP_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn run_sweep(
         scenarios: &[(String, u64)],
         seeds: RangeInclusive<u64>,
         run_one: impl FnMut(&u64, u64) -> SeedResult,
     ) -> (Tally, Vec<String>, Vec<u64>) {
+        let _one = ONE_SWEEP_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let mut lines = Vec::new();
         let mut seen = Vec::new();
         let tally = sweep(scenarios, seeds, run_one, |l| lines.push(l.to_owned()), |t| seen.push(t.runs));

@@ -15,6 +15,9 @@ use toml::Spanned;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scenario {
     pub name: String,
+    /// What the scenario shows: the file's leading comment, without the
+    /// `#` marks (a trace opens with it). Empty when the file has none.
+    pub about: String,
     pub cluster: ClusterConfig,
     pub network: Network,
     pub disk: Disk,
@@ -632,6 +635,7 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
     cluster.bugs = raw.bugs;
     Ok(Scenario {
         name: raw.name.unwrap_or_else(|| default_name.to_string()),
+        about: leading_comment(text),
         cluster,
         network,
         disk,
@@ -640,6 +644,18 @@ pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, Sce
         faults,
         run,
     })
+}
+
+/// The comment lines a file opens with (before its first blank line or
+/// setting), `#` and one space taken off each.
+fn leading_comment(text: &str) -> String {
+    let mut about = String::new();
+    for line in text.lines() {
+        let Some(c) = line.trim_start().strip_prefix('#') else { break };
+        about.push_str(c.strip_prefix(' ').unwrap_or(c).trim_end());
+        about.push('\n');
+    }
+    about
 }
 
 impl Scenario {
@@ -661,6 +677,12 @@ impl Scenario {
         use std::fmt::Write as _;
         let d = parse("", "defaults", "").expect("the empty scenario is valid");
         let mut t = String::new();
+        if !compact {
+            // The leading comment comes back as the same `about`.
+            for l in self.about.lines() {
+                let _ = writeln!(t, "{}", if l.is_empty() { "#".to_string() } else { format!("# {l}") });
+            }
+        }
         // A section: its lines, each kept unless compact and at its default.
         let section = |t: &mut String, header: &str, lines: Vec<(String, bool)>| {
             let kept: Vec<String> =

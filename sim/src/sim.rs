@@ -402,8 +402,8 @@ impl<'a> Sim<'a> {
                 if broken {
                     if self.level >= TraceLevel::Messages {
                         self.line(
-                            to,
-                            format_args!("<- {from} {msg} (lost: sent to a balancer since restarted)"),
+                            from,
+                            format_args!("-x {to} {msg} (lost: sent to a balancer since restarted)"),
                         );
                     }
                     return;
@@ -628,7 +628,7 @@ impl<'a> Sim<'a> {
     fn deliver(&mut self, from: NodeId, to: NodeId, msg: Msg) {
         if !self.is_up(to) {
             if self.level >= TraceLevel::Messages && (self.level == TraceLevel::All || !msg.is_chatter()) {
-                self.line(to, format_args!("<- {from} {msg} (lost: {to} is down)"));
+                self.line(from, format_args!("-x {to} {msg} (lost: {to} is down)"));
             }
             return;
         }
@@ -1000,7 +1000,8 @@ impl<'a> Sim<'a> {
                 Ok(r) if c.op.is_write() => format!("ok lsn={}", r.lsn),
                 Ok(r) => format!("{} lsn={}", kvstore::msg::ShowValue(&r.value), r.lsn),
                 Err(e) if c.is_ambiguous() => format!("ambiguous: {e}"),
-                Err(e) => format!("error: {e}"),
+                // A read that timed out changed nothing: no "a write may...".
+                Err(e) => format!("error: {}", kvstore::runtime::client::describe_error(&c.op, e)),
             };
             self.line(id, format_args!("done {} -> {what} ({}.{:03}ms)", c.op, took / 1000, took % 1000));
         }

@@ -53,3 +53,23 @@ fn same_seed_same_bytes_other_seed_other_trace() {
         assert_ne!(a.trace, c.trace, "{name}: seeds 7 and 8 gave the same trace");
     }
 }
+
+/// The README's example trace is what `kvsim run scenarios/failover.toml
+/// --seed 42` prints: each of its lines, in order (`...` marks lines left out).
+#[test]
+fn readme_example_trace_matches_seed_42() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let intro = "Here is `./target/release/kvsim run scenarios/failover.toml\n--seed 42`";
+    let at = readme.find(intro).expect("the README introduces its example trace");
+    let block = &readme[at..];
+    let start = block.find("```text\n").expect("a text block follows") + "```text\n".len();
+    let excerpt = &block[start..start + block[start..].find("```").unwrap()];
+    let sc = load(&root.join("scenarios/failover.toml")).unwrap();
+    let trace = run(&sc, SEED, TraceLevel::Messages).trace;
+    let mut lines = trace.lines();
+    assert_eq!(excerpt.lines().next(), trace.lines().next(), "the trace opens with the scenario's comment");
+    for want in excerpt.lines().filter(|l| *l != "...") {
+        assert!(lines.any(|l| l == want), "README line not in the trace (in order): {want}");
+    }
+}

@@ -98,3 +98,27 @@ fn a_scenario_that_does_not_parse_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).starts_with("error: "), "{}", text(&out.stderr));
 }
+
+/// `kvsim run ... | head -2`: the reader goes away; kvsim stops quietly
+/// with status 0 (no "failed printing to stdout" panic, no backtrace).
+#[test]
+fn a_closed_stdout_is_a_clean_exit() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/failover.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvsim"))
+        .args(["run", file, "--seed", "42"])
+        .env("RUST_BACKTRACE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.starts_with("# The leader (r1) crashes"), "{first}");
+    drop(out);
+    let done = child.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(0), "stderr: {}", text(&done.stderr));
+    assert_eq!(text(&done.stderr), "", "nothing on stderr");
+}

@@ -3,17 +3,20 @@
 //! work is in `kvstore::runtime`.
 
 use clap::{Args, Parser, Subcommand};
+use kvstore::config::MAX_REPLICAS;
 use kvstore::runtime::auth::{self, Keys, Secret};
 use kvstore::runtime::bench::{self, BenchOptions, Mix};
 use kvstore::runtime::client::SyncClient;
 use kvstore::runtime::cluster_file::{self, ReplicaCluster};
 use kvstore::runtime::net;
 use kvstore::runtime::repl::{self, Outcome};
+use kvstore::runtime::status;
 use kvstore::runtime::store::{MemStore, Store, SyncMode, WalOptions, WalStore, SNAPSHOT_LOG_BYTES_DEFAULT};
 use kvstore::runtime::{self, BalancerOptions, Clock, NodeHandle, ReplicaOptions};
+use kvstore::types::MAX_VALUE_BYTES;
 use kvstore::types::{ClientId, ReadMode, ReplicaId};
 use kvstore::wal::WalError;
-use std::io::{self, IsTerminal};
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,9 +26,11 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(name = "kvnode", version, about = "A replicated key-value store over TCP", long_about = None)]
 struct Cli {
-    /// Log level on stderr: off, error, warn, info, debug or trace.
-    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
-    log: String,
+    /// Log level on stderr: off, error, warn, info, debug or trace
+    /// [default: warn]. Leadership changes and start-up lines go to stdout
+    /// whatever the level.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,19 +51,34 @@ enum Command {
     /// over by itself.
     Balancer(BalancerArgs),
     /// Talk to the cluster: a REPL reading `set key=value`, `get key`,
-    /// `del key`, `help`, `quit` (from a terminal or a pipe), or one command
-    /// given on the command line (`kvnode client get KEY`).
+    /// `del key`, `status`, `help`, `quit` (from a terminal or a pipe), or
+    /// one command given on the command line (`kvnode client get KEY`).
     Client(ClientArgs),
     /// Run N replicas and the balancer in this process.
     Cluster(ClusterArgs),
     /// Measure throughput and latency with many concurrent clients.
     Bench(BenchArgs),
+    /// Show the balancer's view of the cluster: the leader, the epoch, and
+    /// each replica's address, role, last LSN, lag and health.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The balancer's address.
+    #[arg(long, default_value = "localhost:8080", value_name = "ADDR")]
+    connect: String,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    password: PasswordArgs,
 }
 
 #[derive(Args)]
 struct ReplicaArgs {
-    /// Replica number, 1 to 255.
-    #[arg(value_parser = clap::value_parser!(u8).range(1..))]
+    /// Replica number, 1 to 9 (its entry in --peers).
+    #[arg(value_parser = clap::value_parser!(u8).range(1..=MAX_REPLICAS as i64))]
     n: u8,
     /// Every replica's address, replica 1 first, this one's included:
     /// ADDR1,ADDR2,ADDR3. Peers are dialed there, and nowhere else. May be
@@ -174,9 +194,10 @@ struct RespArgs {
 #[derive(Args)]
 struct ClusterConfigArgs {
     /// Followers that must have a write on disk before it is acknowledged:
-    /// 0 asynchronous, 1 semi-synchronous, N-1 synchronous.
-    #[arg(long, default_value_t = 1, value_name = "K")]
-    sync_acks: usize,
+    /// 0 asynchronous, 1 semi-synchronous, N-1 synchronous (at most N-1)
+    /// [default: 1, or 0 for a single replica].
+    #[arg(long, value_name = "K")]
+    sync_acks: Option<usize>,
     /// Promote a leader even when it may lack acknowledged writes.
     #[arg(long)]
     unsafe_failover: bool,
@@ -202,8 +223,8 @@ struct ClientArgs {
 
 #[derive(Args)]
 struct ClusterArgs {
-    /// Number of replicas.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..))]
+    /// Number of replicas, 1 to 9.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=MAX_REPLICAS as i64))]
     replicas: u8,
     /// The balancer listens on this port and replica N on port + N; 0 picks
     /// free ports (the addresses are printed).
@@ -233,9 +254,10 @@ struct BenchArgs {
     /// The balancer's address.
     #[arg(long, default_value = "localhost:8080", value_name = "ADDR")]
     connect: String,
-    /// Concurrent clients (one connection and one request in flight each).
-    #[arg(long, default_value_t = 50)]
-    clients: usize,
+    /// Concurrent clients (one connection and one request in flight each),
+    /// 1 to 1000.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000u64))]
+    clients: u64,
     /// How long to run: 10, 10s, 500ms, 1m (unless --ops is given).
     #[arg(long, default_value = "10s", value_parser = bench::parse_duration, value_name = "TIME")]
     duration: Duration,
@@ -245,11 +267,13 @@ struct BenchArgs {
     /// Operation weights, e.g. set:50,get:50 or get:100.
     #[arg(long, default_value = "set:50,get:50")]
     mix: Mix,
-    /// Bytes per value written.
-    #[arg(long, default_value_t = 100, value_name = "BYTES")]
-    value_size: usize,
-    /// Number of distinct keys.
-    #[arg(long, default_value_t = 1000)]
+    /// Bytes per value written, 0 to 65536.
+    #[arg(long, default_value_t = 100, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(0..=MAX_VALUE_BYTES as u64))]
+    value_size: u64,
+    /// Number of distinct keys, 1 to 1000000 (with gets in the mix, every
+    /// key is written once first: a million take about a minute).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000u64))]
     keys: u64,
     /// Read consistency for gets: any, session or leader.
     #[arg(long, default_value = "session", value_name = "MODE")]
@@ -274,7 +298,7 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = runtime::init_logging(&cli.log) {
+    if let Err(e) = runtime::init_logging(cli.log.as_deref().unwrap_or("warn")) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
@@ -287,6 +311,7 @@ fn main() -> ExitCode {
         Command::Client(a) => return client(a),
         Command::Cluster(a) => cluster(a),
         Command::Bench(a) => bench(a),
+        Command::Status(a) => status(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -303,14 +328,19 @@ fn main() -> ExitCode {
 
 /// Why `kvnode` gave up, and with which exit status.
 enum Failure {
-    /// Refused to start (a data directory that is not ours, or too new): 2.
+    /// A usage or input error, or a refusal to start (a data directory
+    /// that is not ours, or too new): 2.
     Refused(String),
+    /// Something failed at run time (a port in use, a cluster that cannot
+    /// be reached): 1.
     Io(io::Error),
 }
 
 impl From<io::Error> for Failure {
     fn from(e: io::Error) -> Failure {
-        if e.kind() == io::ErrorKind::PermissionDenied && e.to_string().starts_with("refusing to listen") {
+        let refused =
+            e.kind() == io::ErrorKind::PermissionDenied && e.to_string().starts_with("refusing to listen");
+        if refused || e.kind() == io::ErrorKind::InvalidInput {
             return Failure::Refused(e.to_string());
         }
         Failure::Io(e)
@@ -387,10 +417,33 @@ fn open_store(s: &StorageArgs, n: u8) -> Result<Box<dyn Store>, Failure> {
             | WalError::PromiseLost { .. }),
         ) => Err(Failure::Refused(format!("replica {n} cannot use its data directory: {e}"))),
         Err(WalError::Io { path, source }) => {
-            Err(Failure::Io(io::Error::new(source.kind(), format!("{}: {source}", path.display()))))
+            // A path that cannot be a data directory is the user's to fix.
+            let why = match source.kind() {
+                io::ErrorKind::NotADirectory => Some("a part of that path is a file, not a directory"),
+                io::ErrorKind::NotFound => Some("that path cannot be created (a parent is missing)"),
+                io::ErrorKind::PermissionDenied => Some("permission denied"),
+                io::ErrorKind::ReadOnlyFilesystem => Some("the file system is read-only"),
+                _ => None,
+            };
+            match why {
+                Some(why) => Err(Failure::Refused(format!(
+                    "replica {n} cannot use its data directory {}: {} ({why})",
+                    dir.display(),
+                    path.display()
+                ))),
+                None => {
+                    Err(Failure::Io(io::Error::new(source.kind(), format!("{}: {source}", path.display()))))
+                }
+            }
         }
         Err(e) => Err(Failure::Io(io::Error::other(e.to_string()))),
     }
+}
+
+/// `--sync-acks` when not given: semi-synchronous, or asynchronous for a
+/// replica with no followers.
+fn default_sync_acks(replicas: usize) -> usize {
+    1.min(replicas.saturating_sub(1))
 }
 
 /// Runs until SIGINT/SIGTERM, then stops the nodes in order (each drains
@@ -398,6 +451,7 @@ fn open_store(s: &StorageArgs, n: u8) -> Result<Box<dyn Store>, Failure> {
 /// while it answers what is in flight). A second signal exits at once.
 fn serve(nodes: Vec<NodeHandle>) -> io::Result<()> {
     let (tx, rx) = crossbeam_channel::bounded(1);
+    let gone = tx.clone();
     runtime::on_stop_signals(move |n| {
         if n > 1 {
             eprintln!("kvnode: second signal, exiting now");
@@ -405,7 +459,14 @@ fn serve(nodes: Vec<NodeHandle>) -> io::Result<()> {
         }
         let _ = tx.try_send(());
     })?;
-    let _ = rx.recv();
+    // Whoever read stdout went away (`kvnode cluster | head -2`): stop as
+    // for SIGTERM, gracefully, and exit 0.
+    runtime::on_stdout_gone(move || {
+        let _ = gone.try_send(());
+    });
+    if !runtime::stdout_gone() {
+        let _ = rx.recv();
+    }
     for node in nodes {
         node.shutdown();
         node.join();
@@ -415,12 +476,17 @@ fn serve(nodes: Vec<NodeHandle>) -> io::Result<()> {
 
 fn replica(a: ReplicaArgs) -> Result<(), Failure> {
     let id = ReplicaId(a.n);
-    let keys = node_keys(&a.security, None)?;
     let store = open_store(&a.storage, a.n)?;
+    let keys = node_keys(&a.security, None)?;
     let cli = match a.peers {
         Some(peers) => Some(
-            ReplicaCluster::new(id, peers, a.sync_acks.unwrap_or(1), a.unsafe_failover)
-                .map_err(Failure::Refused)?,
+            ReplicaCluster::new(
+                id,
+                peers.clone(),
+                a.sync_acks.unwrap_or(default_sync_acks(peers.len())),
+                a.unsafe_failover,
+            )
+            .map_err(Failure::Refused)?,
         ),
         None => None,
     };
@@ -439,7 +505,7 @@ fn replica(a: ReplicaArgs) -> Result<(), Failure> {
         insecure_open: a.security.insecure_open,
     };
     let node = runtime::start_replica(opts, Clock::new())?;
-    println!("kvnode replica {} listening at {}", a.n, node.addr);
+    runtime::say(&format!("kvnode replica {} listening at {}", a.n, node.addr));
     Ok(serve(vec![node])?)
 }
 
@@ -451,10 +517,11 @@ fn balancer_options(
     s: &SecurityArgs,
     clients: &ClientAuthArgs,
 ) -> BalancerOptions {
+    let sync_acks = c.sync_acks.unwrap_or(default_sync_acks(replicas.len()));
     BalancerOptions {
         listen,
         replicas,
-        sync_acks: c.sync_acks,
+        sync_acks,
         unsafe_failover: c.unsafe_failover,
         keys,
         insecure_open: s.insecure_open,
@@ -464,17 +531,21 @@ fn balancer_options(
 }
 
 fn balancer(a: BalancerArgs) -> Result<(), Failure> {
+    let sync_acks = a.cluster.sync_acks.unwrap_or(default_sync_acks(a.replicas.len()));
+    kvstore::config::check_cluster(a.replicas.len(), sync_acks).map_err(Failure::Refused)?;
     let keys = node_keys(&a.security, Some(&a.clients))?;
     let mut opts = balancer_options(a.listen, a.replicas, &a.cluster, keys.clone(), &a.security, &a.clients);
     opts.resp = a.resp.resp;
     let node = runtime::start_balancer(opts, Clock::new())?;
     warn_if_clients_open(node.addr, &keys);
-    println!("kvnode balancer listening at {}", node.addr);
+    runtime::say(&format!("kvnode balancer listening at {}", node.addr));
     print_resp(&node);
     Ok(serve(vec![node])?)
 }
 
 fn cluster(a: ClusterArgs) -> Result<(), Failure> {
+    let sync_acks = a.cluster.sync_acks.unwrap_or(default_sync_acks(a.replicas as usize));
+    kvstore::config::check_cluster(a.replicas as usize, sync_acks).map_err(Failure::Refused)?;
     let clock = Clock::new();
     let keys = node_keys(&a.security, Some(&a.clients))?;
     let port = |i: u16| {
@@ -498,7 +569,7 @@ fn cluster(a: ClusterArgs) -> Result<(), Failure> {
         let n = i as u8 + 1;
         let id = ReplicaId(n);
         let store = open_store(&a.storage, n)?;
-        let cli = ReplicaCluster::new(id, addrs.clone(), a.cluster.sync_acks, a.cluster.unsafe_failover)
+        let cli = ReplicaCluster::new(id, addrs.clone(), sync_acks, a.cluster.unsafe_failover)
             .map_err(Failure::Refused)?;
         let cluster = cluster_file::settle(a.storage.data_dir.as_deref(), id, Some(cli), a.reconfigure)
             .map_err(Failure::Refused)?;
@@ -512,7 +583,7 @@ fn cluster(a: ClusterArgs) -> Result<(), Failure> {
             insecure_open: a.security.insecure_open,
         };
         let node = runtime::start_replica_on(listener, opts, clock)?;
-        println!("kvnode replica {n} listening at {}", node.addr);
+        runtime::say(&format!("kvnode replica {n} listening at {}", node.addr));
         replicas.push(node);
     }
     let listen = format!("{}:{}", a.host, port(0));
@@ -520,7 +591,7 @@ fn cluster(a: ClusterArgs) -> Result<(), Failure> {
     opts.resp = a.resp.resp;
     let lb = runtime::start_balancer(opts, clock)?;
     warn_if_clients_open(lb.addr, &keys);
-    println!("kvnode balancer listening at {}", lb.addr);
+    runtime::say(&format!("kvnode balancer listening at {}", lb.addr));
     print_resp(&lb);
     let mut nodes = vec![lb];
     nodes.extend(replicas);
@@ -530,7 +601,7 @@ fn cluster(a: ClusterArgs) -> Result<(), Failure> {
 /// The RESP port's line, for scripts and tests to find it.
 fn print_resp(node: &NodeHandle) {
     if let Some(a) = node.resp_addr {
-        println!("kvnode balancer serving RESP at {a}");
+        runtime::say(&format!("kvnode balancer serving RESP at {a}"));
     }
 }
 
@@ -555,38 +626,49 @@ fn client(a: ClientArgs) -> ExitCode {
     if !a.command.is_empty() {
         // One-shot: the words form one command line, so values keep spaces.
         let line = a.command.join(" ");
-        if matches!(repl::parse(&line), Ok(Some(repl::Command::Op(_)))) {
+        let parsed = repl::parse(&line);
+        if matches!(parsed, Ok(Some(repl::Command::Op(_) | repl::Command::Status))) {
             if let Err(e) = client.connect() {
-                println!("error: {e}");
+                let _ = writeln!(out, "error: {e}");
                 return ExitCode::FAILURE;
             }
         }
         return match repl::run_line(&mut client, &line, &mut out) {
+            // A line that is not a command is a usage error.
+            Ok(Outcome::Failed) if parsed.is_err() => ExitCode::from(2),
             Ok(Outcome::Ok | Outcome::Blank | Outcome::Quit) => ExitCode::SUCCESS,
             Ok(Outcome::Failed) => ExitCode::FAILURE,
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
             }
         };
     }
-    // Ctrl-C ends an idle REPL at once, or gives up on the command in
-    // flight (printing its error) and then ends.
+    let prompt = io::stdin().is_terminal() && io::stdout().is_terminal();
+    // Ctrl-C gives up on the command in flight (printing its error) and the
+    // REPL goes on; at the prompt it ends the REPL (as Ctrl-D does), on a
+    // line of its own. A second Ctrl-C while a command will not give up
+    // exits at once.
     let interrupt = client.interrupt_flag();
     let busy = client.busy_flag();
-    let _ = runtime::on_stop_signals(move |n| {
-        interrupt.store(true, Ordering::SeqCst);
-        if n > 1 || !busy.load(Ordering::SeqCst) {
-            std::process::exit(if n > 1 { 130 } else { 0 });
+    let _ = runtime::on_stop_signals(move |_| {
+        let again = interrupt.swap(true, Ordering::SeqCst);
+        if !busy.load(Ordering::SeqCst) {
+            if prompt {
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), b"\n");
+            }
+            std::process::exit(0);
+        }
+        if again {
+            std::process::exit(130);
         }
     });
     if let Err(e) = client.connect() {
         eprintln!("warning: {e} (each command will try again)");
     }
-    let prompt = io::stdin().is_terminal() && io::stdout().is_terminal();
-    let interrupt = client.interrupt_flag();
     let stdin = io::stdin().lock();
-    let result = repl::run(&mut client, stdin, &mut out, prompt, &interrupt);
+    let result = repl::run(&mut client, stdin, &mut out, prompt);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
@@ -610,22 +692,42 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
     let opts = BenchOptions {
         password,
         resp: a.resp.is_some(),
-        wait: a.wait,
         connect: a.resp.unwrap_or(a.connect),
-        clients: a.clients,
+        clients: a.clients as usize,
+        wait: a.wait,
         duration: a.duration,
         ops: a.ops,
         mix: a.mix,
-        value_size: a.value_size,
+        value_size: a.value_size as usize,
         keys: a.keys,
         read: a.read,
         progress: !a.quiet,
     };
     let report = bench::run(opts, stop)?;
-    if a.json {
-        println!("{}", report.json());
-    } else {
-        print!("{}", report.text());
+    let text = if a.json { format!("{}\n", report.json()) } else { report.text() };
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => return Err(Failure::Io(e)),
+        _ => {}
+    }
+    if report.ok == 0 {
+        return Err(Failure::Io(io::Error::other(match &report.first_error {
+            Some(e) => format!("no operation succeeded (first error: {e})"),
+            None => "no operation succeeded".to_string(),
+        })));
     }
     Ok(())
+}
+
+fn status(a: StatusArgs) -> Result<(), Failure> {
+    let password = client_password(a.password.password_file.as_deref())?;
+    let mut client =
+        SyncClient::new(&a.connect, ClientId(runtime::random_u64()), ReadMode::Any).with_password(password);
+    let view = client.status(repl::STATUS_TIMEOUT).map_err(Failure::Io)?;
+    let text = if a.json { format!("{}\n", status::json(&view)) } else { status::table(&view) };
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(Failure::Io(e)),
+        _ => Ok(()),
+    }
 }

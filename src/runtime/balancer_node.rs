@@ -13,7 +13,8 @@ use super::node::{self, Net, Role};
 use super::{Clock, NodeHandle};
 use crate::balancer::Balancer;
 use crate::config::ClusterConfig;
-use crate::machine::Outbox;
+use crate::machine::{Event, Outbox};
+use crate::msg::{ClusterView, Msg};
 use crate::types::{NodeId, ReplicaId, Time};
 use crate::wire::Frame;
 use std::io;
@@ -23,10 +24,47 @@ use std::time::Duration;
 
 pub struct BalancerNode {
     machine: Balancer,
-    /// Replica `i + 1`'s address, for INFO.
-    addrs: Vec<String>,
     drain: Duration,
+    /// Replica `i + 1`'s address, for status answers and INFO.
+    addrs: Vec<String>,
+    /// The last notice said promotions stall: the next stall is not news.
+    stalled: bool,
     _dialers: Vec<Dialer>,
+}
+
+impl BalancerNode {
+    /// The machine's view with every replica's address.
+    fn view(&self, now: Time) -> ClusterView {
+        let mut view = self.machine.view(now);
+        for r in &mut view.replicas {
+            if let Some(a) = self.addrs.get(usize::from(r.id.0).wrapping_sub(1)) {
+                r.addr = a.clone();
+            }
+        }
+        view
+    }
+}
+
+/// One line about a leadership change, as `kvnode balancer` prints it.
+pub fn leadership_notice(e: &Event, replicas: usize) -> Option<String> {
+    let text = match e {
+        Event::Promoted { leader, epoch, last, heard } => format!(
+            "r{} is the leader of {epoch} (promoted; its log ends at {last}; promises from {heard} of {replicas} replicas)",
+            leader.0
+        ),
+        Event::Adopted { leader, epoch } => {
+            format!("r{} is the leader of {epoch} (found it leading)", leader.0)
+        }
+        Event::LeaderLost { leader, epoch } => {
+            format!("lost the leader r{} of {epoch}; promoting another replica", leader.0)
+        }
+        Event::PromotionStalled { epoch, heard, needed } => format!(
+            "no leader: promoting for {epoch} needs promises from {needed} replicas, heard from {heard}; \
+             writes are unavailable until enough replicas answer (trying again)"
+        ),
+        _ => return None,
+    };
+    Some(format!("kvnode balancer: {text}"))
 }
 
 impl Role for BalancerNode {
@@ -36,7 +74,26 @@ impl Role for BalancerNode {
 
     fn on_frame(&mut self, now: Time, from: NodeId, frame: Frame, out: &mut Outbox, _net: &mut Net) {
         let Frame::Msg(msg) = frame else { return };
+        if let Msg::StatusQuery { tag } = msg {
+            // Answered here, not by the machine: only the node knows the
+            // addresses. Reading the view changes nothing in the machine.
+            out.send(from, Msg::StatusAnswer { tag, view: self.view(now) });
+            return;
+        }
         self.machine.on_message(now, from, msg, out);
+    }
+
+    fn notice(&mut self, e: &Event) -> Option<String> {
+        let stall = matches!(e, Event::PromotionStalled { .. });
+        match e {
+            Event::PromotionStalled { .. } if self.stalled => return None,
+            Event::Promoted { .. }
+            | Event::Adopted { .. }
+            | Event::LeaderLost { .. }
+            | Event::PromotionStalled { .. } => self.stalled = stall,
+            _ => return None,
+        }
+        leadership_notice(e, self.addrs.len())
     }
 
     fn on_tick(&mut self, now: Time, out: &mut Outbox) {
@@ -104,10 +161,16 @@ pub struct BalancerOptions {
 impl BalancerOptions {
     pub fn config(&self) -> io::Result<ClusterConfig> {
         let n = self.replicas.len();
-        if n == 0 || n > u8::MAX as usize {
+        crate::config::check_cluster(n, self.sync_acks)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if let Some(a) = self.replicas.iter().find(|a| a.len() > crate::wire::MAX_STATUS_ADDR_BYTES) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("need 1 to 255 replicas, got {n}"),
+                format!(
+                    "a replica address of {} bytes (at most {})",
+                    a.len(),
+                    crate::wire::MAX_STATUS_ADDR_BYTES
+                ),
             ));
         }
         let mut config = ClusterConfig::new(n as u8, self.sync_acks);
@@ -149,6 +212,7 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
             keys: opts.keys.clone(),
             config: Some(config.clone()),
             inbox: inbox.clone(),
+            loud: true,
         })?);
     }
     let timing = &config.timing;
@@ -167,9 +231,10 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
         None => None,
     };
     let role = BalancerNode {
-        addrs: opts.replicas.clone(),
         machine: Balancer::new(config.clone(), clock.now(), incarnation()),
         drain,
+        addrs: opts.replicas.clone(),
+        stalled: false,
         _dialers: dialers,
     };
     let thread = std::thread::Builder::new().name(me.to_string()).spawn(move || {

@@ -78,18 +78,24 @@ impl FromStr for Mix {
             let (kind, weight) =
                 part.split_once(':').ok_or_else(|| format!("'{part}' is not KIND:WEIGHT"))?;
             let weight: u32 = weight.trim().parse().map_err(|_| format!("bad weight in '{part}'"))?;
-            match kind.trim() {
-                "set" => mix.set += weight,
-                "get" => mix.get += weight,
-                "del" => mix.del += weight,
+            let slot = match kind.trim() {
+                "set" => &mut mix.set,
+                "get" => &mut mix.get,
+                "del" => &mut mix.del,
                 k => return Err(format!("unknown operation '{k}' (expected set, get or del)")),
-            }
+            };
+            *slot = slot.checked_add(weight).ok_or_else(|| too_heavy(s))?;
         }
+        mix.set.checked_add(mix.get).and_then(|t| t.checked_add(mix.del)).ok_or_else(|| too_heavy(s))?;
         if mix.total() == 0 {
             return Err("the mix has no operations".into());
         }
         Ok(mix)
     }
+}
+
+fn too_heavy(s: &str) -> String {
+    format!("the weights in '{s}' add up to more than {} (try percentages, e.g. set:50,get:50)", u32::MAX)
 }
 
 impl std::fmt::Display for Mix {
@@ -454,6 +460,13 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mix_weights_never_overflow() {
+        assert!(Mix::from_str("set:4294967295,get:1").unwrap_err().contains("add up to more than"));
+        assert!(Mix::from_str("set:4294967295,set:1").unwrap_err().contains("add up to more than"));
+        assert_eq!(Mix::from_str("set:4294967295").unwrap().set, u32::MAX);
+    }
 
     #[test]
     fn parses_durations() {

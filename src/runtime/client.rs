@@ -17,7 +17,7 @@ use super::net::{self, is_timeout, ConnEnd};
 use super::Clock;
 use crate::client::{Client, ClientConfig};
 use crate::machine::{Completion, Effect, Outbox};
-use crate::msg::Msg;
+use crate::msg::{ClusterView, Msg};
 use crate::types::{ClientId, NodeId, Op, OpError, ReadMode, Time};
 use crate::wire::{self, Frame, FrameDecoder};
 use std::io::{self, Write};
@@ -38,6 +38,8 @@ pub struct SyncClient {
     /// True while `call` runs.
     busy: Arc<AtomicBool>,
     keys: Keys,
+    /// Numbers status requests.
+    status_tag: u64,
 }
 
 struct Conn {
@@ -68,6 +70,7 @@ impl SyncClient {
             interrupt: Arc::new(AtomicBool::new(false)),
             busy: Arc::new(AtomicBool::new(false)),
             keys: Keys::default(),
+            status_tag: 0,
         }
     }
 
@@ -85,6 +88,12 @@ impl SyncClient {
     /// finish at once with an error.
     pub fn interrupt_flag(&self) -> Arc<AtomicBool> {
         self.interrupt.clone()
+    }
+
+    /// Whether the interrupt flag was set, clearing it: the REPL gives up on
+    /// one command per Ctrl-C and goes on.
+    pub fn take_interrupt(&self) -> bool {
+        self.interrupt.swap(false, Ordering::SeqCst)
     }
 
     /// A flag that is true while a call is in flight (so a signal handler
@@ -140,6 +149,41 @@ impl SyncClient {
             }
         };
         closed || c.stream.set_nonblocking(false).is_err()
+    }
+
+    /// Asks the balancer for its view of the cluster; waits at most
+    /// `timeout` for the answer. Changes nothing anywhere.
+    pub fn status(&mut self, timeout: Duration) -> io::Result<ClusterView> {
+        self.connect()?;
+        self.status_tag = self.status_tag.wrapping_add(1);
+        let tag = self.status_tag;
+        let c = self.conn.as_mut().expect("just connected");
+        c.wbuf.clear();
+        wire::encode_frame(&Frame::Msg(Msg::StatusQuery { tag }), wire::MAX_CLIENT_FRAME_BYTES, &mut c.wbuf)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        if let Err(e) = (&c.stream).write_all(&c.wbuf) {
+            self.conn = None;
+            return Err(io::Error::new(e.kind(), format!("status request to {} failed: {e}", self.addr)));
+        }
+        c.active = Instant::now();
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.recv_until(deadline) {
+                Ok(Some(Msg::StatusAnswer { tag: t, view })) if t == tag => return Ok(view),
+                // A late answer to an earlier request: not ours now.
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no status from the balancer at {} within {timeout:?}", self.addr),
+                    ))
+                }
+                Err(e) => {
+                    self.conn = None;
+                    return Err(io::Error::other(format!("connection to {} lost: {e}", self.addr)));
+                }
+            }
+        }
     }
 
     /// Runs one operation to its outcome: the reply, or an error (a `Timeout`

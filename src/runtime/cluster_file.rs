@@ -47,9 +47,7 @@ impl ReplicaCluster {
         unsafe_failover: bool,
     ) -> Result<ReplicaCluster, String> {
         let n = peers.len();
-        if n == 0 || n > u8::MAX as usize {
-            return Err(format!("need 1 to 255 replica addresses, got {n}"));
-        }
+        crate::config::check_cluster(n, sync_acks).map_err(|e| format!("--peers: {e}"))?;
         if replica.0 == 0 || replica.0 as usize > n {
             return Err(format!("replica {} is not among the {n} replicas of --peers", replica.0));
         }

@@ -33,11 +33,15 @@ pub mod node;
 pub mod repl;
 pub mod replica_node;
 pub mod resp;
+pub mod status;
 pub mod store;
 
 use crate::types::{NodeId, Time};
 use net::{Inbox, Input};
+use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -111,6 +115,42 @@ impl NodeHandle {
             None => true,
         }
     }
+}
+
+/// Set once a line to stdout failed: nothing more is written there.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+/// What to do when stdout's reader has gone away (`kvnode cluster | head -2`).
+static ON_STDOUT_GONE: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
+
+/// Prints one line on stdout (start-up lines, leadership changes). A closed
+/// pipe is no error: nothing more is printed, and the process is asked to
+/// stop as it would be by SIGTERM (see [`on_stdout_gone`]), so it exits 0
+/// instead of panicking the way `println!` does.
+pub fn say(line: &str) {
+    if STDOUT_GONE.load(Ordering::SeqCst) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        STDOUT_GONE.store(true, Ordering::SeqCst);
+        drop(out);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            tracing::warn!("cannot write to stdout: {e}");
+        }
+        if let Some(f) = ON_STDOUT_GONE.get() {
+            f();
+        }
+    }
+}
+
+/// Whether a line to stdout has failed.
+pub fn stdout_gone() -> bool {
+    STDOUT_GONE.load(Ordering::SeqCst)
+}
+
+/// Calls `f` once stdout cannot be written any more (the first time only).
+pub fn on_stdout_gone(f: impl Fn() + Send + Sync + 'static) {
+    let _ = ON_STDOUT_GONE.set(Box::new(f));
 }
 
 /// Calls `on_signal(n)` on the n-th SIGINT or SIGTERM, from a thread of its own.

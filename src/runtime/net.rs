@@ -992,6 +992,10 @@ pub struct DialSpec {
     /// Presented in the handshake (the acceptor refuses one unlike its own).
     pub config: Option<ClusterConfig>,
     pub inbox: Inbox,
+    /// Report at warn level (seen at the default log level) that the peer
+    /// cannot be reached, once, and when it can again: the balancer's links
+    /// to replicas, where a wrong address must not go unnoticed.
+    pub loud: bool,
 }
 
 /// Dropping the handle stops the dialer at its next reconnection attempt; the
@@ -1019,7 +1023,11 @@ fn dial_loop(spec: DialSpec, stop: Receiver<()>) {
     loop {
         match dial_once(&spec, &tx) {
             Ok((stream, mut dec, conn)) => {
-                info!(node = %spec.me, "connected to {} at {}", spec.peer, spec.addr);
+                if spec.loud && last_failure.is_some() {
+                    warn!(node = %spec.me, "connected to {} at {} (reachable again)", spec.peer, spec.addr);
+                } else {
+                    info!(node = %spec.me, "connected to {} at {}", spec.peer, spec.addr);
+                }
                 last_failure = None;
                 backoff = REDIAL_MIN;
                 let r = Reader {
@@ -1048,6 +1056,8 @@ fn dial_loop(spec: DialSpec, stop: Receiver<()>) {
                 if last_failure.as_deref() != Some(text.as_str()) {
                     if e.is_violation() {
                         warn!(node = %spec.me, "cannot use {} at {}: {e}", spec.peer, spec.addr);
+                    } else if spec.loud {
+                        warn!(node = %spec.me, "cannot reach {} at {}: {e} (trying again)", spec.peer, spec.addr);
                     } else {
                         info!(node = %spec.me, "cannot reach {} at {}: {e}", spec.peer, spec.addr);
                     }

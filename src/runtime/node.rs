@@ -69,6 +69,12 @@ pub trait Role {
     /// After a batch was synced and its sends flushed: housekeeping that may
     /// block for a while (a replica's periodic snapshot).
     fn maintain(&mut self) {}
+    /// A line for stdout about `event`, for the few a user watching the
+    /// terminal should see without `--log info` (leadership changes).
+    fn notice(&mut self, event: &crate::machine::Event) -> Option<String> {
+        let _ = event;
+        None
+    }
     /// Shutdown began: new work is refused from now on.
     fn on_shutdown(&mut self, now: Time, out: &mut Outbox) {
         let _ = (now, out);
@@ -553,7 +559,12 @@ fn apply<R: Role>(role: &mut R, net: &mut Net, out: &mut Outbox, reply: Option<(
                 _ => net.send(to, Frame::Msg(msg)),
             },
             Effect::Persist { id, op } => role.persist(id, op),
-            Effect::Event(e) => info!(node = %me, "{e}"),
+            Effect::Event(e) => {
+                if let Some(line) = role.notice(&e) {
+                    super::say(&line);
+                }
+                info!(node = %me, "{e}")
+            }
             Effect::Done(c) => {
                 debug!(node = %me, "completion #{} with no application to take it", c.seq)
             }

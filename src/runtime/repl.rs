@@ -6,13 +6,17 @@ use super::client::{describe_error, SyncClient};
 use crate::msg::Reply;
 use crate::types::{Op, OpError};
 use std::io::{self, BufRead, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
 
-pub const HELP: &str = "commands: set KEY=VALUE | get KEY | del KEY | help | quit";
+pub const HELP: &str = "commands: set KEY=VALUE | get KEY | del KEY | status | help | quit";
+
+/// How much of an unknown command is shown back.
+const ECHO_CHARS: usize = 40;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     Op(Op),
+    /// The balancer's view of the cluster, as a table.
+    Status,
     Help,
     Quit,
 }
@@ -44,20 +48,32 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         }
         "get" => Command::Op(Op::Get { key: single_key("get KEY")? }),
         "del" | "delete" => Command::Op(Op::Del { key: single_key("del KEY")? }),
+        "status" if rest.is_empty() => Command::Status,
+        "status" => return Err("usage: status".into()),
         "help" | "?" => Command::Help,
         "quit" | "exit" => Command::Quit,
-        other => return Err(format!("unknown command '{other}' ({HELP})")),
+        _ => return Err(format!("unknown command '{}' ({HELP})", echo(word))),
     };
     Ok(Some(cmd))
+}
+
+/// A piece of what the user typed, as shown back: at most [`ECHO_CHARS`]
+/// characters, control characters escaped (never rung or interpreted).
+fn echo(s: &str) -> String {
+    let shown: String = s.chars().take(ECHO_CHARS).collect();
+    let more = if shown.len() < s.len() { format!("... ({} bytes)", s.len()) } else { String::new() };
+    format!("{}{more}", super::status::printable(&shown))
 }
 
 /// The line printed for an operation's outcome.
 pub fn render(op: &Op, result: &Result<Reply, OpError>) -> String {
     match (op, result) {
         (Op::Set { key, value }, Ok(_)) => {
-            format!("Successfully set key '{key}' with value '{value}'")
+            format!("Successfully set key '{key}' with value '{}'", super::status::printable(value))
         }
-        (Op::Del { key }, Ok(_)) => format!("Successfully deleted key '{key}'"),
+        // The store does not say whether the key was there: deleting a
+        // missing key is not an error, and nothing claims it existed.
+        (Op::Del { key }, Ok(_)) => format!("Deleted key '{key}' (if it was there)"),
         (Op::Get { .. }, Ok(Reply { value: Some(v), .. })) => v.clone(),
         (Op::Get { .. }, Ok(Reply { value: None, .. })) => "(nil)".to_string(),
         (op, Err(e)) => format!("error: {}", describe_error(op, e)),
@@ -85,33 +101,61 @@ pub fn run_line(client: &mut SyncClient, line: &str, out: &mut impl Write) -> io
             Ok(Outcome::Ok)
         }
         Ok(Some(Command::Quit)) => Ok(Outcome::Quit),
+        Ok(Some(Command::Status)) => match client.status(STATUS_TIMEOUT) {
+            Ok(view) => {
+                write!(out, "{}", super::status::table(&view))?;
+                Ok(Outcome::Ok)
+            }
+            Err(e) => {
+                writeln!(out, "error: {e}")?;
+                Ok(Outcome::Failed)
+            }
+        },
         Ok(Some(Command::Op(op))) => {
             let done = client.call(op);
+            if client.take_interrupt() && done.result.is_err() {
+                let what =
+                    if done.op.is_write() { " (the write may or may not have been applied)" } else { "" };
+                writeln!(out, "error: interrupted{what}")?;
+                return Ok(Outcome::Failed);
+            }
             writeln!(out, "{}", render(&done.op, &done.result))?;
             Ok(if done.result.is_ok() { Outcome::Ok } else { Outcome::Failed })
         }
     }
 }
 
-/// Reads commands until end of input, `quit`, or `interrupt` (a signal).
-/// With `prompt`, shows `> ` before each (only for a terminal: piped output
-/// stays one line per command).
+/// How long `status` waits for the balancer's answer.
+pub const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads commands until end of input or `quit`. With `prompt`, shows `> `
+/// before each (only for a terminal: piped output stays one line per
+/// command), and ends the prompt's line at end of input, so the shell's
+/// prompt starts on a line of its own. An interrupt (Ctrl-C) during a
+/// command gives up on that command only.
 pub fn run(
     client: &mut SyncClient,
     input: impl BufRead,
     out: &mut impl Write,
     prompt: bool,
-    interrupt: &AtomicBool,
 ) -> io::Result<()> {
     let mut input = input;
     let mut raw = Vec::new();
-    while !interrupt.load(Ordering::SeqCst) {
+    loop {
         if prompt {
             write!(out, "> ")?;
         }
         out.flush()?;
         raw.clear();
-        if input.read_until(b'\n', &mut raw)? == 0 {
+        let read = match input.read_until(b'\n', &mut raw) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if read == 0 {
+            if prompt {
+                writeln!(out)?;
+            }
             break;
         }
         while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
@@ -169,6 +213,19 @@ mod tests {
         assert!(parse("get").unwrap_err().starts_with("usage"));
         assert!(parse("get a b").unwrap_err().starts_with("usage"));
         assert!(parse("frobnicate x").unwrap_err().starts_with("unknown command 'frobnicate'"));
+        assert_eq!(parse("status"), Ok(Some(Command::Status)));
+        assert!(parse("status now").unwrap_err().starts_with("usage: status"));
+    }
+
+    #[test]
+    fn an_unknown_command_is_shown_back_short_and_harmless() {
+        let huge = format!("x{}", "y".repeat(100_000));
+        let e = parse(&huge).unwrap_err();
+        assert!(e.len() < 200, "{} bytes", e.len());
+        assert!(e.starts_with(&format!("unknown command '{}... (100001 bytes)'", &huge[..40])), "{e}");
+        let e = parse("ding\u{7}\u{1b}[2J").unwrap_err();
+        assert!(e.starts_with("unknown command 'ding\\u{7}\\u{1b}[2J'"), "{e}");
+        assert!(!e.contains('\u{7}') && !e.contains('\u{1b}'), "{e:?}");
     }
 
     #[test]

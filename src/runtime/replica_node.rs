@@ -13,7 +13,7 @@ use super::node::{self, Net, Role};
 use super::store::{Start, Store};
 use super::{Clock, NodeHandle};
 use crate::config::ClusterConfig;
-use crate::machine::{Outbox, PersistOp};
+use crate::machine::{Event, Outbox, PersistOp};
 use crate::replica::Replica;
 use crate::types::{NodeId, ReplicaId, Time};
 use crate::wire::Frame;
@@ -115,6 +115,15 @@ impl Role for ReplicaNode {
 
     fn on_tick(&mut self, now: Time, out: &mut Outbox) {
         self.machine.on_tick(now, out);
+    }
+
+    fn notice(&mut self, e: &Event) -> Option<String> {
+        let text = match e {
+            Event::BecameLeader { epoch, last } => format!("leader of {epoch} (its log ends at {last})"),
+            Event::SteppedDown { epoch, newer } => format!("no longer the leader of {epoch} (saw {newer})"),
+            _ => return None,
+        };
+        Some(format!("kvnode replica {}: {text}", self.id.0))
     }
 
     fn next_wakeup(&self) -> Option<Time> {
@@ -232,6 +241,7 @@ pub fn start_replica_on(listener: TcpListener, opts: ReplicaOptions, clock: Cloc
             keys: opts.keys.clone(),
             config: Some(opts.config.clone()),
             inbox: inbox.clone(),
+            loud: false,
         })?);
     }
     let role = ReplicaNode { id: opts.id, machine, store, written: 0, synced: 0, _dialers: dialers };

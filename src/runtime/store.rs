@@ -637,11 +637,11 @@ fn log_recovery(node: NodeId, dir: &Path, r: &RecoveryReport, began: Instant) {
     };
     info!(
         node = %node,
-        "recovered {} in {:?}: {snapshot}, {} records replayed from {} segments",
+        "recovered {} in {:?}: {snapshot}, {} replayed from {}",
         dir.display(),
         began.elapsed(),
-        r.records_replayed,
-        r.segments_replayed
+        plural(r.records_replayed, "record"),
+        plural(r.segments_replayed as u64, "segment")
     );
     for (path, why) in &r.snapshots_skipped {
         warn!(node = %node, "snapshot {} unreadable ({why}); recovered from an older one and the log", path.display());
@@ -693,6 +693,15 @@ fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(|source| WalError::Io { path: dir.to_path_buf(), source })
+}
+
+/// `1 segment`, `2 segments`.
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 /// Creates `DIR` (and its parents) if missing, with its entry made durable.

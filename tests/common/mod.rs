@@ -451,25 +451,58 @@ impl Probe {
 /// Reads every (key, value) back linearizably through the balancer, 8
 /// clients at once; returns those that do not match.
 pub fn missing_through_leader(c: &TestCluster, acked: impl Iterator<Item = (String, String)>) -> Vec<String> {
+    // A leader read that fails (timed out: the leader's confirmation round
+    // did not finish within the balancer's request timeout, as happens on a
+    // loaded machine right after a restart) says nothing about the write:
+    // it is asked again, and only a read that answers with another value
+    // (or none) counts as missing. Reads that never answer are a different
+    // failure, reported as such.
+    const READ_DEADLINE: Duration = Duration::from_secs(30);
     let acked: Vec<(String, String)> = acked.collect();
+    let end = Instant::now() + READ_DEADLINE;
     let readers: Vec<_> = acked
         .chunks(acked.len().div_ceil(8).max(1))
         .map(|chunk| {
             let chunk = chunk.to_vec();
             let mut client = c.client(ReadMode::Leader);
             std::thread::spawn(move || {
-                let mut missing = Vec::new();
+                let (mut missing, mut unreadable) = (Vec::new(), Vec::new());
                 for (key, value) in chunk {
-                    match client.call(get(&key)).result {
-                        Ok(reply) if reply.value.as_deref() == Some(value.as_str()) => {}
-                        other => missing.push(format!("{key}: {other:?}")),
+                    loop {
+                        match client.call(get(&key)).result {
+                            Ok(reply) if reply.value.as_deref() == Some(value.as_str()) => break,
+                            Ok(reply) => {
+                                missing
+                                    .push(format!("{key}: read {:?}, acknowledged {value:?}", reply.value));
+                                break;
+                            }
+                            Err(e) if Instant::now() >= end => {
+                                unreadable.push(format!("{key}: {e}"));
+                                break;
+                            }
+                            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                        }
                     }
                 }
-                missing
+                (missing, unreadable)
             })
         })
         .collect();
-    readers.into_iter().flat_map(|t| t.join().unwrap()).collect()
+    let (mut missing, mut unreadable) = (Vec::new(), Vec::new());
+    for t in readers {
+        let (m, u) = t.join().unwrap();
+        missing.extend(m);
+        unreadable.extend(u);
+    }
+    assert!(
+        unreadable.is_empty(),
+        "{} acknowledged keys could not be read from the leader within {READ_DEADLINE:?} (reads failing, \
+         not writes missing), e.g. {:?}; balancer log tail:\n{}",
+        unreadable.len(),
+        &unreadable[..unreadable.len().min(5)],
+        c.lb.stderr_lines().iter().rev().take(20).rev().cloned().collect::<Vec<_>>().join("\n")
+    );
+    missing
 }
 
 /// Waits until replica `i` has applied `top`, then checks it serves every
