@@ -282,10 +282,16 @@ mod tests {
                 let op = PersistOp::Append(rows);
                 let (mut real, mut fast) = (vec![7u8], vec![7u8]);
                 let real_len = encode_record(&op, &mut real).expect("encodes");
-                assert_eq!(encode_append(match &op {
-                    PersistOp::Append(r) => r,
-                    _ => unreachable!(),
-                }, &mut fast), real_len);
+                assert_eq!(
+                    encode_append(
+                        match &op {
+                            PersistOp::Append(r) => r,
+                            _ => unreachable!(),
+                        },
+                        &mut fast
+                    ),
+                    real_len
+                );
                 assert_eq!(fast, real);
             }
         }

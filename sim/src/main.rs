@@ -769,6 +769,37 @@ fn brief(text: &str) -> String {
     indent(&fuzz::shorten(text))
 }
 
+fn model(preset: &str, depth: Option<usize>, max_states: Option<u64>, bugs: &[String]) -> ExitCode {
+    let Some(mut b) = kvsim::model::Bounds::preset(preset) else {
+        let names: Vec<&str> = kvsim::model::Bounds::presets().iter().map(|(n, _)| *n).collect();
+        eprintln!("error: unknown preset `{preset}` (known: {})", names.join(", "));
+        return ExitCode::from(EXIT_USAGE);
+    };
+    if let Some(d) = depth {
+        b.depth = d;
+    }
+    if let Some(m) = max_states {
+        b.max_states = m;
+    }
+    for name in bugs {
+        if let Err(e) = kvsim::scenario::plant_bug(&mut b.cfg.bugs, name) {
+            eprintln!("error: --bug: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    b.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    println!("bounds: {b}");
+    let r = kvsim::model::check(&b);
+    print!("{r}");
+    if r.violation.is_some() {
+        ExitCode::from(EXIT_VIOLATION)
+    } else if r.truncated {
+        ExitCode::from(EXIT_INCONCLUSIVE)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -816,36 +847,5 @@ mod tests {
         assert_eq!(all(SeedResult::Passed).exit_code(), ExitCode::SUCCESS);
         assert_eq!(all(SeedResult::Inconclusive("x".into())).exit_code(), ExitCode::from(EXIT_INCONCLUSIVE));
         assert_eq!(all(SeedResult::Failed("x".into())).exit_code(), ExitCode::from(EXIT_VIOLATION));
-    }
-}
-
-fn model(preset: &str, depth: Option<usize>, max_states: Option<u64>, bugs: &[String]) -> ExitCode {
-    let Some(mut b) = kvsim::model::Bounds::preset(preset) else {
-        let names: Vec<&str> = kvsim::model::Bounds::presets().iter().map(|(n, _)| *n).collect();
-        eprintln!("error: unknown preset `{preset}` (known: {})", names.join(", "));
-        return ExitCode::from(EXIT_USAGE);
-    };
-    if let Some(d) = depth {
-        b.depth = d;
-    }
-    if let Some(m) = max_states {
-        b.max_states = m;
-    }
-    for name in bugs {
-        if let Err(e) = kvsim::scenario::plant_bug(&mut b.cfg.bugs, name) {
-            eprintln!("error: --bug: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    }
-    b.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    println!("bounds: {b}");
-    let r = kvsim::model::check(&b);
-    print!("{r}");
-    if r.violation.is_some() {
-        ExitCode::from(EXIT_VIOLATION)
-    } else if r.truncated {
-        ExitCode::from(EXIT_INCONCLUSIVE)
-    } else {
-        ExitCode::SUCCESS
     }
 }
