@@ -425,16 +425,21 @@ impl Writers {
     }
 }
 
+/// A map only ever looked up, never iterated, so its order cannot reach an
+/// output; hashed with the memo's cheap fixed hasher (keys and values here
+/// are the checker's own data, not an adversary's).
+type Lookup<K, V> = HashMap<K, V, BuildHasherDefault<WordHasher>>;
+
 /// Where each (key, value) was written, for the value checks: `known(key,
 /// value)` is the (lowest, highest) LSN that wrote it, when every write of
 /// it has a known LSN and there is at least one.
 struct WriteIndex<'a> {
-    by_value: BTreeMap<(&'a str, Option<&'a str>), Writers>,
+    by_value: Lookup<(&'a str, Option<&'a str>), Writers>,
 }
 
 impl<'a> WriteIndex<'a> {
     fn new(writes: &'a [WrittenAt]) -> WriteIndex<'a> {
-        let mut by_value: BTreeMap<(&str, Option<&str>), Writers> = BTreeMap::new();
+        let mut by_value: Lookup<(&str, Option<&str>), Writers> = Lookup::default();
         for w in writes {
             // Every key starts missing, as if deleted at LSN 0.
             let initial = Writers { min: 0, max: 0, unknown: false };
@@ -522,12 +527,12 @@ pub fn check_session(history: &[SessionOp], writes: &[WrittenAt]) -> Vec<String>
 
         // Highest acknowledged write LSN per key, and highest read LSN seen,
         // each with the operation that set it (for the message).
-        let mut writes_seen: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
+        let mut writes_seen: Lookup<&str, (u64, usize)> = Lookup::default();
         let mut read_seen: Option<(u64, usize)> = None;
         // Per key, the lowest LSN a value read from now on may have been
         // written at, and the operation that set it: the client's own write,
         // or a read whose value was written at that LSN or later.
-        let mut value_floor: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
+        let mut value_floor: Lookup<&str, (u64, usize)> = Lookup::default();
         for (_, event, index) in events {
             let op = &history[index];
             match (event, &op.kind) {
@@ -1505,13 +1510,17 @@ struct WordHasher(u64);
 
 impl Hasher for WordHasher {
     fn write(&mut self, bytes: &[u8]) {
-        // Keys are `[u64]`, which std hashes as one byte slice.
+        // Memo keys are `[u64]`, which std hashes as one byte slice; the
+        // session check's keys are strings.
         let mut words = bytes.chunks_exact(8);
         for word in &mut words {
             self.write_u64(u64::from_le_bytes(word.try_into().expect("8 bytes")));
         }
-        for &byte in words.remainder() {
-            self.write_u64(u64::from(byte));
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.write_u64(u64::from_le_bytes(last) ^ ((rest.len() as u64) << 56));
         }
     }
 

@@ -15,7 +15,6 @@ use kvstore::{ClientId, Effect, Epoch, Event, Msg, NodeId, Op, Outbox, ReplicaId
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt::Write as _;
 
@@ -97,29 +96,29 @@ enum Ev {
     ClientOp(usize),
 }
 
-/// A queued event: the heap orders these small keys; the event itself waits
-/// in a slab, so heap moves stay cheap.
-struct Entry {
-    at: Time,
-    seq: u64,
-    slot: u32,
-}
+/// A queued event, packed into one integer so the heap compares and moves
+/// a single word pair: the time in the top 64 bits, then the insertion
+/// sequence (`SEQ_BITS`), then the slab slot the event waits in. Distinct
+/// sequences make keys distinct, so ordering by the key is ordering by
+/// (time, sequence), as before; the slot never decides. Stored inverted
+/// (`!key`), since `BinaryHeap` pops its largest.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Entry(u128);
 
-impl PartialEq for Entry {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
+const SLOT_BITS: u32 = 24;
+const SEQ_BITS: u32 = 64 - SLOT_BITS;
+
+impl Entry {
+    fn new(at: Time, seq: u64, slot: u32) -> Entry {
+        assert!(seq < 1 << SEQ_BITS, "at most 2^{SEQ_BITS} events per run");
+        assert!(slot < 1 << SLOT_BITS, "at most 2^{SLOT_BITS} events queued at once");
+        Entry(!((u128::from(at.0) << 64) | u128::from(seq << SLOT_BITS) | u128::from(slot)))
     }
-}
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
+    fn at(self) -> Time {
+        Time(((!self.0) >> 64) as u64)
     }
-}
-impl Ord for Entry {
-    /// Reversed: `BinaryHeap` pops the earliest (time, sequence) first.
-    fn cmp(&self, o: &Self) -> Ordering {
-        (o.at, o.seq).cmp(&(self.at, self.seq))
+    fn slot(self) -> u32 {
+        (!self.0) as u32 & ((1 << SLOT_BITS) - 1)
     }
 }
 
@@ -167,7 +166,8 @@ pub struct Sim<'a> {
     balancer: Option<Balancer>,
     clients: Vec<ClientSlot>,
     /// Earliest tick already queued for each node.
-    ticks: BTreeMap<NodeId, Time>,
+    /// (indexed by `tick_index`)
+    ticks: Vec<Option<Time>>,
     /// Directed links that lose everything.
     blocked: BTreeSet<(NodeId, NodeId)>,
     history: Vec<Record>,
@@ -234,6 +234,7 @@ impl<'a> Sim<'a> {
                 });
             }
         }
+        let clients_len = clients.len() as u64;
         Sim {
             sc,
             now: Time::ZERO,
@@ -257,7 +258,7 @@ impl<'a> Sim<'a> {
             disks: (0..n).map(|_| SimDisk::default()).collect(),
             balancer: None,
             clients,
-            ticks: BTreeMap::new(),
+            ticks: vec![None; tick_index(NodeId::Client(ClientId(clients_len))) + 1],
             blocked: BTreeSet::new(),
             history: Vec::new(),
             written: BTreeSet::new(),
@@ -323,7 +324,7 @@ impl<'a> Sim<'a> {
         let cap = end + 10_000_000;
         let settle = 10 * sc.cluster.timing.heartbeat_us;
         while let Some(e) = self.queue.pop() {
-            if e.at > end {
+            if e.at() > end {
                 let idle = self.clients.iter().all(|c| c.machine.is_idle());
                 // A run whose convergence is checked also waits for the
                 // cluster to be at rest (a failover that began in the last
@@ -335,16 +336,16 @@ impl<'a> Sim<'a> {
                     break;
                 }
                 end = if idle && at_rest { self.last_done + settle } else { end + settle }.min(cap);
-                if e.at > end {
+                if e.at() > end {
                     self.queue.push(e);
                     continue;
                 }
             }
-            debug_assert!(e.at >= self.now, "time never goes backwards");
-            self.now = e.at;
+            debug_assert!(e.at() >= self.now, "time never goes backwards");
+            self.now = e.at();
             self.events += 1;
-            let ev = self.slab[e.slot as usize].take().expect("queued event is in the slab");
-            self.free.push(e.slot);
+            let ev = self.slab[e.slot() as usize].take().expect("queued event is in the slab");
+            self.free.push(e.slot());
             self.step(ev);
             if self.violations.len() > 100 {
                 break;
@@ -374,8 +375,8 @@ impl<'a> Sim<'a> {
                 self.slab.len() as u32 - 1
             }
         };
-        let seq = if self.reverse_ties { u64::MAX - self.seq } else { self.seq };
-        self.queue.push(Entry { at, seq, slot });
+        let seq = if self.reverse_ties { (1 << SEQ_BITS) - 1 - self.seq } else { self.seq };
+        self.queue.push(Entry::new(at, seq, slot));
     }
 
     fn step(&mut self, ev: Ev) {
@@ -389,7 +390,7 @@ impl<'a> Sim<'a> {
             if until > self.now {
                 // Paused: it handles this when it resumes, in arrival order.
                 if let (Ev::Tick(n), true) = (&ev, true) {
-                    self.ticks.insert(*n, until);
+                    self.ticks[tick_index(*n)] = Some(until);
                 }
                 self.push(until, ev);
                 return;
@@ -588,17 +589,18 @@ impl<'a> Sim<'a> {
     fn reschedule(&mut self, n: NodeId) {
         let Some(w) = self.next_wakeup(n) else { return };
         let w = self.sim_time(n, w);
-        if self.ticks.get(&n).is_some_and(|t| *t <= w && *t >= self.now) {
+        let slot = &mut self.ticks[tick_index(n)];
+        if slot.is_some_and(|t| t <= w && t >= self.now) {
             return;
         }
         let at = w;
-        self.ticks.insert(n, at);
+        *slot = Some(at);
         self.push(at, Ev::Tick(n));
     }
 
     fn tick(&mut self, n: NodeId) {
-        if self.ticks.get(&n) == Some(&self.now) {
-            self.ticks.remove(&n);
+        if self.ticks[tick_index(n)] == Some(self.now) {
+            self.ticks[tick_index(n)] = None;
         }
         let now = self.clock(n);
         if self.next_wakeup(n).is_none_or(|w| w > now) {
@@ -803,7 +805,7 @@ impl<'a> Sim<'a> {
                         format_args!("** power lost mid-write: {kept} bytes of it reached the disk"),
                     );
                 }
-                self.ticks.remove(&NodeId::Replica(ReplicaId(*r)));
+                self.ticks[tick_index(NodeId::Replica(ReplicaId(*r)))] = None;
             }
             Action::Restart(Node::Balancer) => {
                 if self.balancer.is_none() {
@@ -813,7 +815,7 @@ impl<'a> Sim<'a> {
                     let now = self.clock(NodeId::Balancer);
                     self.balancer = Some(Balancer::new(self.sc.cluster.clone(), now, incarnation));
                     self.paused_until.remove(&NodeId::Balancer);
-                    self.ticks.remove(&NodeId::Balancer);
+                    self.ticks[tick_index(NodeId::Balancer)] = None;
                     self.reschedule(NodeId::Balancer);
                 }
             }
@@ -973,11 +975,19 @@ impl<'a> Sim<'a> {
             Some(s) => sample_zipf(r, w.keys, s),
             None => r.random_range(0..w.keys),
         };
-        let key = format!("k{k}");
+        // `format!("k{k}")`, without the formatting machinery.
+        let mut key = String::with_capacity(11);
+        key.push('k');
+        push_decimal(&mut key, u64::from(k));
         if pick < w.mix.set {
-            // Unique values, so a read can be traced to the write it saw.
+            // Unique values, so a read can be traced to the write it saw:
+            // `c{client}.{n}`, then random letters up to the drawn length.
             let len = r.random_range(w.value_bytes_min..=w.value_bytes_max);
-            let mut value = format!("c{}.{}", i + 1, slot.issued + 1);
+            let mut value = String::with_capacity(len.max(42));
+            value.push('c');
+            push_decimal(&mut value, i as u64 + 1);
+            value.push('.');
+            push_decimal(&mut value, slot.issued + 1);
             while value.len() < len {
                 value.push(char::from(b'a' + r.random_range(0..26u8)));
             }
@@ -1134,6 +1144,31 @@ impl<'a> Sim<'a> {
             check_wall_ms,
         }
     }
+}
+
+/// Where a node's queued tick is kept: the balancer, replicas 1-9, then
+/// clients.
+fn tick_index(n: NodeId) -> usize {
+    match n {
+        NodeId::Balancer => 0,
+        NodeId::Replica(r) => r.0 as usize,
+        NodeId::Client(c) => 10 + c.0 as usize,
+    }
+}
+
+/// Appends `n` in decimal, as `{n}` formats it.
+fn push_decimal(s: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    s.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 fn sample_exp(r: &mut ChaCha8Rng, mean: u64) -> u64 {
