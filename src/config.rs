@@ -92,6 +92,9 @@ pub struct Bugs {
     /// Classic: a follower takes appends from a leader of an epoch older
     /// than the one it promised (a deposed leader keeps replicating).
     pub accepts_older_epochs: bool,
+    /// Found by the machine fuzzer: a replica catching up that is promoted
+    /// calls itself whole at once, before the rows it took are durable.
+    pub resynced_at_promotion: bool,
 }
 
 /// Timeouts, all in microseconds.

@@ -545,6 +545,10 @@ impl Replica {
             // written would be lost again by a crash now, and a restart
             // that forgot it was missing would promise as if it held them.
             self.resync = Some(Some(last.lsn));
+            if self.cfg.bugs.resynced_at_promotion {
+                self.resync = None;
+                out.event(Event::Resynced { applied: last.lsn });
+            }
             self.check_resynced(out);
         }
         // A row of our own epoch: once it commits, everything before it has.
