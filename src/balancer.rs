@@ -188,23 +188,6 @@ impl Balancer {
     pub fn config(&self) -> &ClusterConfig {
         &self.cfg
     }
-    /// The newest epoch seen anywhere.
-    pub fn highest_epoch(&self) -> Epoch {
-        self.highest_epoch
-    }
-    /// `discovering`, `promoting` or `leading`.
-    pub fn phase(&self) -> &'static str {
-        match self.state {
-            State::Discovering { .. } => "discovering",
-            State::Preparing { .. } => "promoting",
-            State::Leading { .. } => "leading",
-        }
-    }
-    /// Each replica as its latest pong showed it: whether it counts as
-    /// alive at `now`, when that pong came, and its status.
-    pub fn replica_views(&self, now: Time) -> Vec<(ReplicaId, bool, Option<Time>, Status)> {
-        self.views.iter().map(|(r, v)| (*r, self.alive(*r, now), v.last_pong, v.status)).collect()
-    }
     pub fn next_wakeup(&self) -> Option<Time> {
         Some(self.next_tick.min(self.next_ping))
     }

@@ -120,24 +120,24 @@ impl Role for BalancerNode {
     }
 
     fn resp_info(&self, now: Time) -> Option<super::resp::ClusterInfo> {
-        let m = &self.machine;
-        let replicas = m
-            .replica_views(now)
+        let view = self.view(now);
+        let replicas = view
+            .replicas
             .into_iter()
-            .map(|(id, alive, pong, status)| super::resp::ReplicaInfo {
-                id,
-                addr: self.addrs.get(usize::from(id.0).wrapping_sub(1)).cloned().unwrap_or_default(),
-                alive,
-                since_pong_ms: pong.map(|t| now.saturating_sub(t) / 1000),
-                status,
+            .map(|r| super::resp::ReplicaInfo {
+                id: r.id,
+                addr: r.addr,
+                alive: r.alive,
+                since_pong_ms: r.heard_us_ago.map(|us| us / 1000),
+                status: r.status,
             })
             .collect();
         Some(super::resp::ClusterInfo {
-            phase: m.phase(),
-            leader: m.leader(),
-            highest_epoch: m.highest_epoch(),
-            sync_acks: m.config().sync_acks,
-            pending_requests: m.pending_requests(),
+            phase: view.phase,
+            leader: self.machine.leader(),
+            epoch: view.epoch,
+            sync_acks: self.machine.config().sync_acks,
+            pending_requests: self.machine.pending_requests(),
             replicas,
         })
     }

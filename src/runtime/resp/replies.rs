@@ -51,10 +51,11 @@ impl Shape {
 /// What the balancer machine knows of the cluster, for INFO and WAIT.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterInfo {
-    /// `discovering`, `promoting` or `leading`.
-    pub phase: &'static str,
+    pub phase: crate::msg::Phase,
     pub leader: Option<(ReplicaId, Epoch)>,
-    pub highest_epoch: Epoch,
+    /// The leader's epoch; while promoting, the one being promoted; while
+    /// discovering, the newest seen.
+    pub epoch: Epoch,
     pub sync_acks: usize,
     pub pending_requests: usize,
     pub replicas: Vec<ReplicaInfo>,
@@ -101,7 +102,7 @@ impl ClusterInfo {
             let leader = self.leader.map(|(r, _)| r);
             t.push_str("# Replication\r\nrole:master\r\n");
             let _ = write!(t, "kvstore_phase:{}\r\n", self.phase);
-            let epoch = self.leader.map_or(self.highest_epoch, |(_, e)| e);
+            let epoch = self.leader.map_or(self.epoch, |(_, e)| e);
             let _ = write!(t, "epoch:{}\r\n", epoch.0);
             match self.leader.and_then(|(l, _)| self.replicas.iter().find(|r| r.id == l)) {
                 Some(l) => {
