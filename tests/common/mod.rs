@@ -337,6 +337,41 @@ impl TestCluster {
     pub fn all_alive(&mut self) -> bool {
         self.lb.alive() && self.replicas.iter_mut().all(Proc::alive)
     }
+
+    /// For a failure message: the last log lines of every node and this
+    /// process's limits (a test that fails on one machine only usually
+    /// fails on its limits).
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        let tail = |name: &str, p: &Proc, out: &mut String| {
+            let lines = p.stderr_lines();
+            out.push_str(&format!("--- {name}: last of {} stderr lines\n", lines.len()));
+            for l in &lines[lines.len().saturating_sub(8)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        };
+        tail("balancer", &self.lb, &mut out);
+        for (i, r) in self.replicas.iter().enumerate() {
+            tail(&format!("replica {}", i + 1), r, &mut out);
+        }
+        out.push_str(&process_limits());
+        out
+    }
+}
+
+/// This process's open-file and process limits, and the cgroup's pid limit.
+pub fn process_limits() -> String {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let mut out: String = limits
+        .lines()
+        .filter(|l| l.starts_with("Max open files") || l.starts_with("Max processes"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if let Ok(p) = std::fs::read_to_string("/sys/fs/cgroup/pids.max") {
+        out.push_str(&format!("cgroup pids.max: {}", p));
+    }
+    out
 }
 
 fn start_replica(
