@@ -57,6 +57,17 @@ pub struct Report {
     /// Checks that could not decide within their budget, one line each:
     /// neither a pass nor a violation.
     pub inconclusive: Vec<String>,
+    /// The linearizability violation's operation, for the HTML view.
+    pub lin_culprit: Option<LinCulprit>,
+}
+
+/// Where a linearizability violation is: its key, and the operation that
+/// could not be placed, as an index into `Input::history` (`None`: an
+/// unfinished write).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinCulprit {
+    pub key: String,
+    pub record: Option<usize>,
 }
 
 /// At most this many lines per kind of violation; the count says the rest.
@@ -97,7 +108,9 @@ fn leader_reads_linearizable(input: &Input<'_>, report: &mut Report) {
             completed_us: completed.map(|t| t.0),
         })
     };
-    for r in input.history {
+    // Which record each checked operation came from (`None`: unfinished).
+    let mut origin = Vec::new();
+    for (i, r) in input.history.iter().enumerate() {
         match (&r.c.op, &r.c.result) {
             (Op::Get { key }, Ok(reply)) if r.read == ReadMode::Leader => ops.push(HistOp {
                 client: r.client as u64,
@@ -113,6 +126,7 @@ fn leader_reads_linearizable(input: &Input<'_>, report: &mut Report) {
             // Certainly not applied (refused, unavailable everywhere).
             (_, Err(_)) => {}
         }
+        origin.resize(ops.len(), Some(i));
     }
     for (client, op, at) in input.unfinished_writes {
         ops.extend(write(*client, op, *at, None));
@@ -120,7 +134,11 @@ fn leader_reads_linearizable(input: &Input<'_>, report: &mut Report) {
     report.lin_ops = ops.len() as u64;
     match check_linearizable(&ops) {
         LinVerdict::Linearizable(_) => {}
-        LinVerdict::Violation(v) => report.violations.push(format!("linearizability: {v}")),
+        LinVerdict::Violation(v) => {
+            let record = origin.get(v.op_index).copied().flatten();
+            report.lin_culprit = Some(LinCulprit { key: v.key.clone(), record });
+            report.violations.push(format!("linearizability: {v}"));
+        }
         LinVerdict::Inconclusive(keys) => {
             report.inconclusive.extend(keys.iter().map(|k| format!("linearizability: {k}")));
         }

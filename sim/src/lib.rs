@@ -11,10 +11,12 @@ pub mod check;
 pub mod check_lin;
 pub mod disk;
 pub mod fuzz;
+pub mod html;
 pub mod model;
 pub mod scenario;
 pub mod shrink;
 pub mod sim;
+pub mod timeline;
 
 pub use scenario::{load, parse, Scenario, ScenarioError};
 pub use sim::{Outcome, Sim, Summary, TraceLevel};
@@ -23,7 +25,22 @@ pub use sim::{Outcome, Sim, Summary, TraceLevel};
 /// A trace opens with what the scenario is about (its file's leading
 /// comment, each line marked `#`).
 pub fn run(sc: &Scenario, seed: u64, level: TraceLevel) -> Outcome {
-    let mut out = Sim::new(sc, seed, level).run(seed);
+    let out = Sim::new(sc, seed, level).run(seed);
+    with_about(sc, level, out)
+}
+
+/// [`run`], also recording the run for the HTML view
+/// (`Outcome::timeline`, see [`html::page`]); `path` names the scenario
+/// file in the page's summary, as in `kvsim run`'s. The trace is the same.
+pub fn run_with_timeline(sc: &Scenario, seed: u64, level: TraceLevel, path: &str) -> Outcome {
+    let mut out = with_about(sc, level, Sim::new(sc, seed, level).with_timeline().run(seed));
+    if let Some(t) = &mut out.timeline {
+        t.summary = summary_text(&out.summary, path);
+    }
+    out
+}
+
+fn with_about(sc: &Scenario, level: TraceLevel, mut out: Outcome) -> Outcome {
     if level > TraceLevel::None && !sc.about.is_empty() {
         let about: String = sc
             .about

@@ -54,6 +54,10 @@ enum Cmd {
         /// How much of the run to show.
         #[arg(long, value_enum, default_value_t = Trace::Messages)]
         trace: Trace,
+        /// Also write the run as one self-contained HTML page: a lane per
+        /// node, messages as arrows, faults, roles and client operations.
+        #[arg(long, value_name = "OUT.html")]
+        html: Option<PathBuf>,
     },
     /// Run scenarios over a range of seeds; print each seed that fails (or
     /// panics, or is inconclusive) as it happens, with the command that
@@ -130,6 +134,10 @@ enum Cmd {
         /// Runs, at most.
         #[arg(long, default_value_t = 400)]
         max_runs: usize,
+        /// Also write the shrunk scenario's run as an HTML page (see `run
+        /// --html`).
+        #[arg(long, value_name = "OUT.html")]
+        html: Option<PathBuf>,
     },
     /// Run a scenario twice with one seed and compare the traces event by
     /// event; then once with the event queue's ties reversed, which may
@@ -206,9 +214,13 @@ fn write_stdout(args: std::fmt::Arguments<'_>) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { file, seed, json, trace } => {
+        Cmd::Run { file, seed, json, trace, html } => {
             let sc = match load(&file) {
                 Ok(s) => s,
+                Err(code) => return code,
+            };
+            let page = match html.as_deref().map(HtmlOut::create).transpose() {
+                Ok(p) => p,
                 Err(code) => return code,
             };
             let level = if json {
@@ -221,7 +233,15 @@ fn main() -> ExitCode {
                     Trace::All => TraceLevel::All,
                 }
             };
-            let out = run(&sc, seed, level);
+            let out = match &page {
+                Some(_) => kvsim::run_with_timeline(&sc, seed, level, &file.display().to_string()),
+                None => run(&sc, seed, level),
+            };
+            if let (Some(page), Some(t)) = (page, &out.timeline) {
+                if let Err(code) = page.write(t) {
+                    return code;
+                }
+            }
             if json {
                 outln!("{}", serde_json::to_string_pretty(&out.summary).expect("summary serializes"));
             } else {
@@ -287,7 +307,11 @@ fn main() -> ExitCode {
             let opts = FuzzOpts { jobs, json, shrink, write_all, max_runs };
             fuzz_cmd(seeds, &profile, &profile_args, &out, opts)
         }
-        Cmd::Shrink { file, seed, profile, bug, out, max_runs } => {
+        Cmd::Shrink { file, seed, profile, bug, out, max_runs, html } => {
+            let page = match html.as_deref().map(HtmlOut::create).transpose() {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
             let (sc, origin, default_out) = match &file {
                 Some(f) => match load(f) {
                     Ok(mut sc) => {
@@ -341,6 +365,15 @@ fn main() -> ExitCode {
                         out.display(),
                         out.display()
                     );
+                    if let Some(page) = page {
+                        let path = out.display().to_string();
+                        let run = kvsim::run_with_timeline(&shrunk.scenario, seed, TraceLevel::None, &path);
+                        if let Some(t) = &run.timeline {
+                            if let Err(code) = page.write(t) {
+                                return code;
+                            }
+                        }
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -660,6 +693,36 @@ fn write_failure(out: &Path, r: &SeedReport, profile_args: &str) -> std::io::Res
     text.push_str(&r.scenario.to_toml());
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// Where `--html` goes: opened before the run, so a path that cannot be
+/// written fails at once (exit 2), not after a long run or shrink.
+struct HtmlOut {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl HtmlOut {
+    fn create(path: &Path) -> Result<HtmlOut, ExitCode> {
+        match std::fs::File::create(path) {
+            Ok(file) => Ok(HtmlOut { path: path.to_path_buf(), file }),
+            Err(e) => {
+                eprintln!("error: --html {}: cannot write: {e}", path.display());
+                Err(ExitCode::from(EXIT_USAGE))
+            }
+        }
+    }
+
+    fn write(mut self, t: &kvsim::timeline::Timeline) -> Result<(), ExitCode> {
+        use std::io::Write;
+        let page = kvsim::html::page(t);
+        self.file.write_all(page.as_bytes()).and_then(|()| self.file.flush()).map_err(|e| {
+            eprintln!("error: --html {}: cannot write: {e}", self.path.display());
+            ExitCode::from(EXIT_USAGE)
+        })?;
+        eprintln!("wrote {} ({} KiB)", self.path.display(), page.len().div_ceil(1024));
+        Ok(())
+    }
 }
 
 fn load(file: &std::path::Path) -> Result<Scenario, ExitCode> {

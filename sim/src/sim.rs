@@ -8,6 +8,7 @@
 use crate::check::{self, Record};
 use crate::disk::{Recovery, SimDisk};
 use crate::scenario::{Action, Distribution, Fault, Node, Scenario};
+use crate::timeline::{Recorder, Role, Timeline};
 use kvstore::balancer::Balancer;
 use kvstore::client::{Client, ClientConfig};
 use kvstore::replica::Replica;
@@ -66,6 +67,9 @@ pub struct Summary {
 pub struct Outcome {
     pub summary: Summary,
     pub trace: String,
+    /// The run as data for the HTML view, when asked for
+    /// (`Sim::with_timeline`); its `summary` is left for the caller.
+    pub timeline: Option<Timeline>,
 }
 
 enum Ev {
@@ -77,6 +81,8 @@ enum Ev {
         /// client talks to the balancer over a connection (as in kvnode),
         /// so what was in flight when the balancer restarted is lost.
         link: u64,
+        /// The message's number in the timeline (`NO_ID` when not recording).
+        mid: u32,
     },
     Tick(NodeId),
     DiskDone {
@@ -196,7 +202,14 @@ pub struct Sim<'a> {
     reverse_ties: bool,
     /// The run stopped at `[run] max_events`.
     out_of_events: bool,
+    /// Records the run for the HTML view; `None` (the usual) costs nothing
+    /// but the test.
+    rec: Option<Box<Recorder>>,
+    timeline: Option<Timeline>,
 }
+
+/// A message not recorded.
+const NO_ID: u32 = u32::MAX;
 
 impl<'a> Sim<'a> {
     pub fn new(sc: &'a Scenario, seed: u64, level: TraceLevel) -> Sim<'a> {
@@ -280,7 +293,18 @@ impl<'a> Sim<'a> {
             out: Outbox::new(),
             reverse_ties: false,
             out_of_events: false,
+            rec: None,
+            timeline: None,
         }
+    }
+
+    /// Also records the run as a [`Timeline`] (`Outcome::timeline`), for
+    /// `kvsim run --html`. The run and its trace are unchanged.
+    pub fn with_timeline(mut self) -> Self {
+        let sc = self.sc;
+        let modes: Vec<kvstore::ReadMode> = self.clients.iter().map(|c| c.machine.read_mode()).collect();
+        self.rec = Some(Box::new(Recorder::new(&sc.name, 0, &sc.about, &sc.cluster.replicas, &modes)));
+        self
     }
 
     /// Events due at the same time are handled in the reverse of the order
@@ -360,7 +384,11 @@ impl<'a> Sim<'a> {
         }
         let mut summary = self.finish(seed);
         summary.wall_ms = wall.elapsed().as_secs_f64() * 1000.0;
-        Outcome { summary, trace: self.trace }
+        let timeline = self.timeline.take().map(|mut t| {
+            t.seed = seed;
+            t
+        });
+        Outcome { summary, trace: self.trace, timeline }
     }
 
     fn push(&mut self, at: Time, ev: Ev) {
@@ -397,10 +425,13 @@ impl<'a> Sim<'a> {
             }
         }
         match ev {
-            Ev::Deliver { from, to, msg, link } => {
+            Ev::Deliver { from, to, msg, link, mid } => {
                 let broken = matches!((from, to), (NodeId::Client(_), NodeId::Balancer))
                     && link != self.balancer_incarnation;
                 if broken {
+                    if let Some(rec) = &mut self.rec {
+                        rec.fate(mid, self.now, "stale");
+                    }
                     if self.level >= TraceLevel::Messages {
                         self.line(
                             from,
@@ -409,7 +440,7 @@ impl<'a> Sim<'a> {
                     }
                     return;
                 }
-                self.deliver(from, to, msg)
+                self.deliver(from, to, msg, mid)
             }
             Ev::Tick(node) => self.tick(node),
             Ev::DiskDone { replica, incarnation, id } => {
@@ -627,7 +658,13 @@ impl<'a> Sim<'a> {
         self.handle(n, out);
     }
 
-    fn deliver(&mut self, from: NodeId, to: NodeId, msg: Msg) {
+    fn deliver(&mut self, from: NodeId, to: NodeId, msg: Msg, mid: u32) {
+        if self.rec.is_some() {
+            let fate = if self.is_up(to) { "delivered" } else { "down" };
+            if let Some(rec) = &mut self.rec {
+                rec.fate(mid, self.now, fate);
+            }
+        }
         if !self.is_up(to) {
             if self.level >= TraceLevel::Messages && (self.level == TraceLevel::All || !msg.is_chatter()) {
                 self.line(from, format_args!("-x {to} {msg} (lost: {to} is down)"));
@@ -680,11 +717,46 @@ impl<'a> Sim<'a> {
         }
         self.out = out;
         self.reschedule(n);
+        if self.rec.is_some() && !matches!(n, NodeId::Client(_)) {
+            self.record_role(n);
+        }
+    }
+
+    /// `n`'s role and epoch now, into the timeline's bands.
+    fn record_role(&mut self, n: NodeId) {
+        let role = match n {
+            NodeId::Replica(r) => match &self.replicas[r.0 as usize - 1] {
+                None => Role { state: "down", epoch: None, missing: false, leader: None },
+                Some(m) => {
+                    let s = m.status();
+                    match s.leading {
+                        Some(e) => Role { state: "leader", epoch: Some(e.0), missing: s.missing, leader: None },
+                        None => {
+                            Role { state: "follower", epoch: Some(s.promised.0), missing: s.missing, leader: None }
+                        }
+                    }
+                }
+            },
+            NodeId::Balancer => match self.balancer.as_ref().map(Balancer::leader) {
+                None => Role { state: "down", epoch: None, missing: false, leader: None },
+                Some(None) => Role { state: "searching", epoch: None, missing: false, leader: None },
+                Some(Some((r, e))) => Role { state: "routing", epoch: Some(e.0), missing: false, leader: Some(r.0) },
+            },
+            NodeId::Client(_) => return,
+        };
+        let now = self.now;
+        if let Some(rec) = &mut self.rec {
+            rec.role(now, n, role);
+        }
     }
 
     fn event(&mut self, n: NodeId, ev: Event) {
         if self.level >= TraceLevel::Ops {
             self.line(n, format_args!("{ev}"));
+        }
+        if let Some(rec) = &mut self.rec {
+            let line = crate::timeline::line(self.now, &n.to_string(), format_args!("{ev}"));
+            rec.mark(self.now, Some(n), "event", line);
         }
         match ev {
             Event::BecameLeader { epoch, .. } => {
@@ -710,7 +782,12 @@ impl<'a> Sim<'a> {
     fn send(&mut self, from: NodeId, to: NodeId, msg: Msg) {
         self.messages_sent += 1;
         let show = self.level == TraceLevel::All || (self.level == TraceLevel::Messages && !msg.is_chatter());
+        let now = self.now;
+        let mid = self.rec.as_mut().map_or(NO_ID, |rec| rec.send(now, from, to, &msg, false));
         if self.blocked.contains(&(from, to)) {
+            if let Some(rec) = &mut self.rec {
+                rec.fate(mid, now, "partitioned");
+            }
             self.messages_dropped += 1;
             if show {
                 self.line(from, format_args!("-x {to} {msg} (partitioned)"));
@@ -721,6 +798,9 @@ impl<'a> Sim<'a> {
         // Random loss and duplication end at `faults_until_us`.
         let faulty = net.faults_until_us.is_none_or(|t| self.now.0 < t);
         if faulty && net.drop_probability > 0.0 && self.rng_net.random_bool(net.drop_probability) {
+            if let Some(rec) = &mut self.rec {
+                rec.fate(mid, now, "dropped");
+            }
             self.messages_dropped += 1;
             if show {
                 self.line(from, format_args!("-x {to} {msg} (dropped)"));
@@ -730,11 +810,12 @@ impl<'a> Sim<'a> {
         if faulty && net.duplicate_probability > 0.0 && self.rng_net.random_bool(net.duplicate_probability) {
             let delay = self.delay();
             let link = self.balancer_incarnation;
-            self.push(self.now + delay, Ev::Deliver { from, to, msg: msg.clone(), link });
+            let mid = self.rec.as_mut().map_or(NO_ID, |rec| rec.send(now, from, to, &msg, true));
+            self.push(self.now + delay, Ev::Deliver { from, to, msg: msg.clone(), link, mid });
         }
         let delay = self.delay();
         let link = self.balancer_incarnation;
-        self.push(self.now + delay, Ev::Deliver { from, to, msg, link });
+        self.push(self.now + delay, Ev::Deliver { from, to, msg, link, mid });
     }
 
     /// One message's delay; reordering follows from independent delays.
@@ -782,8 +863,19 @@ impl<'a> Sim<'a> {
         };
         let Some(action) = action else {
             self.line_raw("fault", format_args!("(no such replica now: nothing happens)"));
+            if let Some(rec) = &mut self.rec {
+                let line = crate::timeline::line(
+                    self.now,
+                    "fault",
+                    format_args!("{} (no such replica now: nothing happens)", f.action),
+                );
+                rec.mark(self.now, None, "fault", line);
+            }
             return;
         };
+        if self.rec.is_some() {
+            self.record_fault(&f.action, &action);
+        }
         if action != f.action {
             self.line_raw("fault", format_args!("(that is {action})"));
         }
@@ -882,6 +974,16 @@ impl<'a> Sim<'a> {
             }
             Action::Crash(_) | Action::Restart(_) => {}
         }
+        if self.rec.is_some() {
+            let all = (1..=self.replicas.len()).map(|r| NodeId::Replica(ReplicaId(r as u8)));
+            for n in all.chain([NodeId::Balancer]) {
+                self.record_role(n);
+            }
+            let now = self.now;
+            if let Some(rec) = &mut self.rec {
+                rec.blocked(now, &self.blocked);
+            }
+        }
         // The leader failed if it is down or cut off from the balancer.
         if let Some((leader, epoch)) = leader_before {
             let n = NodeId::Replica(leader);
@@ -889,6 +991,38 @@ impl<'a> Sim<'a> {
                 || self.blocked.contains(&(NodeId::Balancer, n));
             if (!self.is_up(n) || cut) && self.leader_failed_at.is_none() {
                 self.leader_failed_at = Some((self.now, epoch));
+            }
+        }
+    }
+
+    /// A fault, as a mark on the lane it touches (`action` is `asked`
+    /// with `leader` resolved).
+    fn record_fault(&mut self, asked: &Action, action: &Action) {
+        let node = |n: &Node| match n {
+            Node::Balancer => Some(NodeId::Balancer),
+            Node::Replica(r) => Some(NodeId::Replica(ReplicaId(*r))),
+            Node::Client(c) => Some(NodeId::Client(ClientId(u64::from(*c)))),
+            Node::Clients | Node::Leader => None,
+        };
+        let (kind, lane) = match action {
+            Action::Crash(n) => ("crash", node(n)),
+            Action::Restart(n) => ("restart", node(n)),
+            Action::Pause { node: n, .. } => ("pause", node(n)),
+            Action::Partition(_) | Action::PartitionOneWay { .. } => ("partition", None),
+            Action::Heal => ("heal", None),
+            Action::Corrupt(r) | Action::CorruptLast(r) => ("corrupt", Some(NodeId::Replica(ReplicaId(*r)))),
+        };
+        let what = if action == asked { format!("{action}") } else { format!("{asked} (that is {action})") };
+        let line = crate::timeline::line(self.now, "fault", format_args!("{what}"));
+        let now = self.now;
+        let pause = match (action, lane) {
+            (Action::Pause { for_us, .. }, Some(n)) => Some((n, now + *for_us)),
+            _ => None,
+        };
+        if let Some(rec) = &mut self.rec {
+            rec.mark(now, lane, kind, line.clone());
+            if let Some((n, until)) = pause {
+                rec.pause(n, now, until, line);
             }
         }
     }
@@ -1004,7 +1138,7 @@ impl<'a> Sim<'a> {
         let slot = &self.clients[i];
         let id = NodeId::Client(slot.machine.id());
         let mode = slot.machine.read_mode();
-        if self.level >= TraceLevel::Ops {
+        if self.level >= TraceLevel::Ops || self.rec.is_some() {
             let took = c.completed.saturating_sub(c.invoked);
             let what = match &c.result {
                 Ok(r) if c.op.is_write() => format!("ok lsn={}", r.lsn),
@@ -1013,7 +1147,14 @@ impl<'a> Sim<'a> {
                 // A read that timed out changed nothing: no "a write may...".
                 Err(e) => format!("error: {}", kvstore::runtime::client::describe_error(&c.op, e)),
             };
-            self.line(id, format_args!("done {} -> {what} ({}.{:03}ms)", c.op, took / 1000, took % 1000));
+            let done = format!("done {} -> {what} ({}.{:03}ms)", c.op, took / 1000, took % 1000);
+            if let Some(rec) = &mut self.rec {
+                let line = crate::timeline::line(self.now, &id.to_string(), format_args!("{done}"));
+                rec.completed(i as u32 + 1, id, &c, line);
+            }
+            if self.level >= TraceLevel::Ops {
+                self.line(id, format_args!("{done}"));
+            }
         }
         if let (Ok(reply), false, kvstore::ReadMode::Any) = (&c.result, c.op.is_write(), mode) {
             // How far behind the newest applied row anywhere, in rows and in
@@ -1050,9 +1191,21 @@ impl<'a> Sim<'a> {
         if self.level >= TraceLevel::Ops {
             let _ = writeln!(self.trace, "{:>12} {:<4} {}", self.now, who, what);
         }
+        // A replica's disk and recovery notes (faults are marked with
+        // their lane in `record_fault`).
+        let replica = who.strip_prefix('r').and_then(|r| r.parse::<u8>().ok());
+        if let (Some(rec), Some(r)) = (&mut self.rec, replica) {
+            let text = what.to_string();
+            let kind = if text.starts_with("** recovery") { "recovery" } else { "disk" };
+            let line = crate::timeline::line(self.now, who, format_args!("{text}"));
+            rec.mark(self.now, Some(NodeId::Replica(ReplicaId(r))), kind, line);
+        }
     }
 
     fn violation(&mut self, v: String) {
+        if let Some(rec) = &mut self.rec {
+            rec.violation(self.now, &v);
+        }
         if self.level >= TraceLevel::Ops {
             let _ = writeln!(self.trace, "{:>12} !!!  {}", self.now, v);
         }
@@ -1108,6 +1261,15 @@ impl<'a> Sim<'a> {
             applied_rows: &self.applied_rows,
         });
         let check_wall_ms = check_wall.elapsed().as_secs_f64() * 1000.0;
+        if let Some(mut rec) = self.rec.take() {
+            for (i, c) in self.clients.iter().enumerate() {
+                let id = NodeId::Client(c.machine.id());
+                for (op, at) in c.machine.unfinished_ops() {
+                    rec.unfinished(i as u32 + 1, id, op, at);
+                }
+            }
+            self.timeline = Some(rec.finish(self.now, &report.violations, report.lin_culprit.as_ref()));
+        }
         self.violations.extend(report.violations);
         let mut inconclusive = report.inconclusive;
         if cut {
