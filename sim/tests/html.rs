@@ -166,13 +166,19 @@ struct Rendered {
 /// Opens `page` (with `#fragment`) in headless Chromium and dumps the DOM;
 /// killed, and the test failed, if it takes over 30 s.
 fn render(browser: &Path, page: &Path, fragment: &str) -> Rendered {
+    render_with(browser, page, fragment, &[])
+}
+
+fn render_with(browser: &Path, page: &Path, fragment: &str, extra: &[&str]) -> Rendered {
     let dir = tempfile::tempdir().unwrap();
     let (dom_path, log_path) = (dir.path().join("dom.html"), dir.path().join("log.txt"));
     let url = format!("file://{}{fragment}", page.display());
     let mut cmd = Command::new(browser);
     cmd.args(["--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", "--enable-logging=stderr", "--v=0"])
         .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
-        .args(["--window-size=1400,800", "--dump-dom", &url])
+        .args(["--window-size=1400,800"])
+        .args(extra)
+        .args(["--dump-dom", &url])
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&dom_path).unwrap())
         .stderr(std::fs::File::create(&log_path).unwrap());
@@ -321,4 +327,75 @@ fn chromium_reports_a_script_error() {
         .unwrap();
     let r = render(&browser, &page, "");
     assert!(r.log.contains("Uncaught ReferenceError: nope is not defined"), "log:\n{}", r.log);
+}
+
+/// Wheel, drag, a click on an arrow and the chatter box, as a person would
+/// use them (events dispatched by a script appended to the page).
+#[test]
+fn chromium_zooms_pans_selects_and_filters() {
+    let Some(browser) = browser() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let html = kvsim::html::page(&timeline("failover.toml", 42));
+    let script = r#"<script>
+(function () {
+  var view = document.getElementById('view');
+  var log = [];
+  function note(what) { log.push(what + '=' + view.getAttribute('data-window') + '/' + view.getAttribute('data-rendered-visible-messages')); }
+  note('start');
+  var r = view.getBoundingClientRect();
+  view.dispatchEvent(new WheelEvent('wheel', { deltaY: -100, clientX: r.left + 500, clientY: r.top + 100, bubbles: true, cancelable: true }));
+  setTimeout(function () {
+    note('wheel');
+    view.dispatchEvent(new MouseEvent('mousedown', { button: 0, clientX: 700, clientY: 150, bubbles: true }));
+    window.dispatchEvent(new MouseEvent('mousemove', { clientX: 600, clientY: 150, bubbles: true }));
+    window.dispatchEvent(new MouseEvent('mouseup', { clientX: 600, clientY: 150, bubbles: true }));
+    setTimeout(function () {
+      note('drag');
+      var arrow = document.querySelector('line.arrow');
+      arrow.dispatchEvent(new MouseEvent('mousedown', { button: 0, clientX: 10, clientY: 10, bubbles: true }));
+      arrow.dispatchEvent(new MouseEvent('mouseup', { clientX: 10, clientY: 10, bubbles: true }));
+      document.getElementById('hide-chatter').click();
+      setTimeout(function () {
+        note('chatter');
+        document.getElementById('reset').click();
+        setTimeout(function () {
+          note('reset');
+          document.body.setAttribute('data-test-log', log.join(' '));
+        }, 200);
+      }, 200);
+    }, 200);
+  }, 200);
+})();
+</script>
+</body>"#;
+    let page = dir.path().join("interact.html");
+    std::fs::write(&page, html.replace("</body>", script)).unwrap();
+    let r = render_with(&browser, &page, "", &["--virtual-time-budget=5000"]);
+    no_script_errors(&r, "interaction");
+    let body = &r.dom[r.dom.find("<body").unwrap()..];
+    let body = &body[..body.find('>').unwrap()];
+    let log = body
+        .split_once("data-test-log=\"")
+        .map(|(_, rest)| rest[..rest.find('"').unwrap()].to_string())
+        .unwrap_or_default();
+    let steps: BTreeMap<&str, (f64, f64, u64)> = log
+        .split(' ')
+        .filter_map(|s| {
+            let (name, rest) = s.split_once('=')?;
+            let (w, n) = rest.split_once('/')?;
+            let (a, b) = w.split_once(',')?;
+            Some((name, (a.parse().ok()?, b.parse().ok()?, n.parse().ok()?)))
+        })
+        .collect();
+    assert_eq!(steps.len(), 5, "every step ran: {log:?}\n{}", r.log);
+    let (start, wheel, drag, chatter, reset) =
+        (steps["start"], steps["wheel"], steps["drag"], steps["chatter"], steps["reset"]);
+    assert_eq!((start.0, start.1), (0.0, 4_500_000.0));
+    assert!(wheel.1 - wheel.0 < start.1 - start.0, "the wheel zoomed in: {log}");
+    assert!(wheel.2 < start.2, "fewer messages in view: {log}");
+    assert!((drag.1 - drag.0 - (wheel.1 - wheel.0)).abs() < 1.0 && drag.0 > wheel.0, "dragging left moved later: {log}");
+    assert!(chatter.2 > drag.2, "showing chatter shows more messages: {log}");
+    assert_eq!((reset.0, reset.1), (0.0, 4_500_000.0), "{log}");
+    let detail = r.dom.find("<div id=\"detail\">").map(|i| &r.dom[i..]).unwrap();
+    assert!(detail[..detail.find("</div>").unwrap()].contains("ms "), "a click shows the trace line: {detail:.300}");
 }

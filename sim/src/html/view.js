@@ -35,6 +35,7 @@
   var opRow = [], opRows = [], opEnd = [];
   var involved = {}, culprits = {};
   var selected = null;
+  var notices = [];
   var renders = 0;
 
   function el(name, attrs, parent) {
@@ -78,7 +79,7 @@
       laneMid[i] = D.lanes[i].kind === 'client' ? y + h / 2 : y + BAND_H + 4 + (h - BAND_H - 4) / 2;
       y += h;
     });
-    H = y + 8;
+    H = y + 22;
     // A lost message is drawn as long as a typical delivered one.
     var flights = [];
     D.messages.forEach(function (m) {
@@ -212,15 +213,9 @@
     });
     counts.visibleOps = vis.length;
     if (vis.length > MAX_ITEMS) {
+      var rank = { ok: 0, unfinished: 0, failed: 1, ambiguous: 2 };
       aggregate(g, vis, function (i) { return D.ops[i].lane; }, function (i) { return D.ops[i].invoked; },
-        function (list) {
-          var worst = 'ok';
-          list.forEach(function (i) {
-            var o = D.ops[i].outcome;
-            if (o === 'ambiguous' || (o === 'failed' && worst === 'ok')) worst = o;
-          });
-          return 'agg-op ' + worst;
-        }, 'operations invoked', counts);
+        function (i) { return rank[D.ops[i].outcome] || 0; }, 'operations invoked', counts);
       return;
     }
     vis.forEach(function (i) {
@@ -248,7 +243,7 @@
     counts.visibleMessages = vis.length;
     if (vis.length > MAX_ITEMS) {
       aggregate(g, vis, function (i) { return ms_[i].from; }, function (i) { return ms_[i].sent; },
-        function () { return 'agg'; }, 'messages sent', counts);
+        null, 'messages sent', counts);
       return;
     }
     vis.forEach(function (i) {
@@ -270,27 +265,38 @@
     });
   }
 
-  // Counts per pixel column: `laneOf(i)` and `timeOf(i)` place item i.
-  function aggregate(g, list, laneOf, timeOf, clsOf, what, counts) {
-    var cols = {};
-    list.forEach(function (i) {
-      var c = Math.floor((rawX(timeOf(i)) - LABEL_W) / COL);
+  // Counts per pixel column: `laneOf(i)` and `timeOf(i)` place item i;
+  // `rankOf(i)` (0 ok, 1 failed, 2 ambiguous) colours a column by its worst.
+  function aggregate(g, list, laneOf, timeOf, rankOf, what, counts) {
+    var ncol = Math.ceil(plotW / COL) + 1, nlane = D.lanes.length;
+    var n = new Int32Array(ncol * nlane), worst = new Int8Array(ncol * nlane);
+    var scale = plotW / (t1 - t0) / COL;
+    for (var j = 0; j < list.length; j++) {
+      var i = list[j];
+      var c = Math.floor((timeOf(i) - t0) * scale);
       if (c < 0) c = 0;
-      var key = laneOf(i) + ':' + c;
-      (cols[key] = cols[key] || []).push(i);
-    });
+      if (c >= ncol) c = ncol - 1;
+      var at = laneOf(i) * ncol + c;
+      n[at] += 1;
+      if (rankOf) worst[at] = Math.max(worst[at], rankOf(i));
+    }
     var max = 1;
-    Object.keys(cols).forEach(function (k) { max = Math.max(max, cols[k].length); });
-    Object.keys(cols).forEach(function (k) {
-      var parts = k.split(':'), lane = +parts[0], c = +parts[1], n = cols[k].length;
-      if (laneTop[lane] === undefined) return;
-      var h = Math.max(2, (laneH[lane] - 6) * Math.log(1 + n) / Math.log(1 + max));
-      var a = tAt(LABEL_W + c * COL), b = tAt(LABEL_W + (c + 1) * COL);
-      el('rect', { x: LABEL_W + c * COL, y: laneTop[lane] + laneH[lane] - 3 - h, width: COL - 0.5, height: h, 'class': clsOf(cols[k]),
-        'data-k': 'agg', 'data-count': n, 'data-tip': n + ' ' + what + ' by ' + D.lanes[lane].name + ' in ' + ms(a) + ' .. ' + ms(b) + ' (zoom in to see them one by one)' }, g);
-      counts.agg += 1;
-    });
-    text(g, LABEL_W + 6, H - 2, 'notice', list.length + ' ' + what.split(' ')[0] + ' in view: counted per ' + COL + '-pixel column; zoom in for arrows and bars');
+    for (var k = 0; k < n.length; k++) if (n[k] > max) max = n[k];
+    var names = ['', ' failed', ' ambiguous'];
+    for (var lane = 0; lane < nlane; lane++) {
+      if (laneTop[lane] === undefined) continue;
+      for (var col = 0; col < ncol; col++) {
+        var cnt = n[lane * ncol + col];
+        if (!cnt) continue;
+        var h = Math.max(2, (laneH[lane] - 6) * Math.log(1 + cnt) / Math.log(1 + max));
+        var a = tAt(LABEL_W + col * COL), b = tAt(LABEL_W + (col + 1) * COL);
+        var cls = rankOf ? 'agg-op' + names[worst[lane * ncol + col]] : 'agg';
+        el('rect', { x: LABEL_W + col * COL, y: laneTop[lane] + laneH[lane] - 3 - h, width: COL - 0.5, height: h, 'class': cls,
+          'data-k': 'agg', 'data-count': cnt, 'data-tip': cnt + ' ' + what + ' by ' + D.lanes[lane].name + ' in ' + ms(a) + ' .. ' + ms(b) + ' (zoom in to see them one by one)' }, g);
+        counts.agg += 1;
+      }
+    }
+    notices.push(list.length + ' ' + what.split(' ')[0] + ' in view: counted per ' + COL + '-pixel column (zoom in to see them one by one)');
   }
 
   function glyph(g, m, i) {
@@ -298,7 +304,7 @@
     var px = x(m.t);
     var attrs = { 'class': 'mark kind-' + m.kind, 'data-k': 'mk', 'data-i': i };
     if (lane === null || lane === undefined || laneTop[lane] === undefined) {
-      attrs.x1 = px; attrs.x2 = px; attrs.y1 = AXIS_H; attrs.y2 = H - 8;
+      attrs.x1 = px; attrs.x2 = px; attrs.y1 = AXIS_H; attrs.y2 = H - 20;
       el('line', attrs, g);
       text(g, px + 3, AXIS_H + 10, 'mark-label', m.kind);
       return;
@@ -344,7 +350,7 @@
     D.violations.forEach(function (v, i) {
       if (v.t < t0 || v.t > t1) return;
       var px = x(v.t);
-      el('line', { x1: px, x2: px, y1: AXIS_H - 12, y2: H - 8, 'class': 'violation', 'data-k': 'v', 'data-i': i }, g);
+      el('line', { x1: px, x2: px, y1: AXIS_H - 12, y2: H - 20, 'class': 'violation', 'data-k': 'v', 'data-i': i }, g);
       text(g, px + 3, AXIS_H - 14, 'violation-label', '!! ' + v.checker);
       counts.violations += 1;
     });
@@ -373,6 +379,8 @@
     ops(opsLayer, counts);
     marks(el('g', { 'class': 'marks' }, plot), counts);
     violations(el('g', { 'class': 'violations' }, frag), counts);
+    if (notices.length) text(base, LABEL_W + 6, H - 6, 'notice', notices.join('; '));
+    notices = [];
     svg.appendChild(frag);
     if (selected) {
       var s = svg.querySelector('[data-k="' + selected.k + '"][data-i="' + selected.i + '"]');
@@ -390,14 +398,19 @@
       counts.visibleMessages + ' messages, ' + counts.visibleOps + ' operations';
   }
 
+  // One render per frame however many wheel or mouse events came; the
+  // timer stands in where frames are not drawn (a hidden tab, headless).
   var pending = false;
   function schedule() {
     if (pending) return;
     pending = true;
-    window.requestAnimationFrame(function () {
+    var run = function () {
+      if (!pending) return;
       pending = false;
       try { render(); } catch (e) { report('JavaScript error: ' + (e && e.stack ? e.stack : e)); }
-    });
+    };
+    window.requestAnimationFrame(run);
+    window.setTimeout(run, 50);
   }
 
   function setWindow(a, b) {
@@ -522,11 +535,18 @@
     return out;
   }
 
+  function now() {
+    return window.performance && performance.now ? performance.now() : 0;
+  }
+
   function main() {
+    var started = now();
     D = JSON.parse(document.getElementById('kvsim-data').textContent);
+    var parsed = now();
     view = document.getElementById('view');
     svg = document.getElementById('svg');
     prepare();
+    var prepared = now();
     var bad = D.violations.length;
     document.getElementById('title').textContent = 'kvsim: ' + D.scenario + ', seed ' + D.seed + ' \u2014 ' +
       (bad ? bad + ' violation' + (bad === 1 ? '' : 's') : 'invariants hold') + ' \u2014 ' + ms(D.end_us) + ' simulated, ' +
@@ -588,6 +608,12 @@
     });
     window.addEventListener('resize', schedule);
     render();
+    var done = now();
+    // How long opening took, in milliseconds (see README, "Watching a run").
+    view.setAttribute('data-ms-parse', (parsed - started).toFixed(1));
+    view.setAttribute('data-ms-prepare', (prepared - parsed).toFixed(1));
+    view.setAttribute('data-ms-render', (done - prepared).toFixed(1));
+    view.setAttribute('data-ms-since-navigation', done.toFixed(1));
     view.setAttribute('data-ready', '1');
   }
 
