@@ -730,17 +730,24 @@ impl<'a> Sim<'a> {
                 Some(m) => {
                     let s = m.status();
                     match s.leading {
-                        Some(e) => Role { state: "leader", epoch: Some(e.0), missing: s.missing, leader: None },
-                        None => {
-                            Role { state: "follower", epoch: Some(s.promised.0), missing: s.missing, leader: None }
+                        Some(e) => {
+                            Role { state: "leader", epoch: Some(e.0), missing: s.missing, leader: None }
                         }
+                        None => Role {
+                            state: "follower",
+                            epoch: Some(s.promised.0),
+                            missing: s.missing,
+                            leader: None,
+                        },
                     }
                 }
             },
             NodeId::Balancer => match self.balancer.as_ref().map(Balancer::leader) {
                 None => Role { state: "down", epoch: None, missing: false, leader: None },
                 Some(None) => Role { state: "searching", epoch: None, missing: false, leader: None },
-                Some(Some((r, e))) => Role { state: "routing", epoch: Some(e.0), missing: false, leader: Some(r.0) },
+                Some(Some((r, e))) => {
+                    Role { state: "routing", epoch: Some(e.0), missing: false, leader: Some(r.0) }
+                }
             },
             NodeId::Client(_) => return,
         };

@@ -333,7 +333,8 @@ impl Recorder {
 
     /// The links blocked now (after a fault).
     pub fn blocked(&mut self, t: Time, links: &BTreeSet<(NodeId, NodeId)>) {
-        let now: BTreeSet<(usize, usize)> = links.iter().map(|(a, b)| (self.lane(*a), self.lane(*b))).collect();
+        let now: BTreeSet<(usize, usize)> =
+            links.iter().map(|(a, b)| (self.lane(*a), self.lane(*b))).collect();
         if now == self.blocked.1 {
             return;
         }
@@ -362,7 +363,8 @@ impl Recorder {
             Err(_) if c.is_ambiguous() => (written(&c.op), "ambiguous"),
             Err(_) => (written(&c.op), "failed"),
         };
-        let bar = self.bar(client, lane, &c.op, c.seq, value, (c.invoked, c.sent, Some(c.completed)), outcome);
+        let bar =
+            self.bar(client, lane, &c.op, c.seq, value, (c.invoked, c.sent, Some(c.completed)), outcome);
         self.op_of_record.push(self.t.ops.len());
         self.t.ops.push(OpBar { line, attempts: c.attempts, ..bar });
     }
@@ -371,7 +373,9 @@ impl Recorder {
     pub fn unfinished(&mut self, client: u32, lane: NodeId, op: &Op, invoked: Time) {
         let bar = self.bar(client, lane, op, 0, written(op), (invoked, invoked, None), "unfinished");
         let who = lane.to_string();
-        self.t.ops.push(OpBar { line: line(invoked, &who, format_args!("invoke {op} (never finished)")), ..bar });
+        self.t
+            .ops
+            .push(OpBar { line: line(invoked, &who, format_args!("invoke {op} (never finished)")), ..bar });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -421,7 +425,12 @@ impl Recorder {
 
     /// Closes everything open at `end` and hands over the timeline; the
     /// end-of-run checks' violations come with `report`.
-    pub fn finish(mut self, end: Time, report: &[String], lin: Option<&crate::check::LinCulprit>) -> Timeline {
+    pub fn finish(
+        mut self,
+        end: Time,
+        report: &[String],
+        lin: Option<&crate::check::LinCulprit>,
+    ) -> Timeline {
         let lanes: Vec<usize> = self.roles.keys().copied().collect();
         for lane in lanes {
             self.close_role(lane, end);
@@ -431,11 +440,13 @@ impl Recorder {
         for (m, text) in self.t.messages.iter_mut().zip(&self.texts) {
             if m.fate == "inflight" {
                 let (from, to) = (&self.t.lanes[m.from].name, &self.t.lanes[m.to].name);
-                m.line = line(Time(m.sent), from, format_args!("-> {to} {text} (still in flight at the end)"));
+                m.line =
+                    line(Time(m.sent), from, format_args!("-> {to} {text} (still in flight at the end)"));
             }
         }
         for v in report {
-            let checker = v.split_once(':').map(|(c, _)| c).filter(|c| !c.contains(' ')).unwrap_or("end of run");
+            let checker =
+                v.split_once(':').map(|(c, _)| c).filter(|c| !c.contains(' ')).unwrap_or("end of run");
             let mut row = Violation {
                 t: end.0,
                 checker: checker.to_string(),

@@ -83,7 +83,10 @@ fn recording_changes_nothing() {
         assert_eq!(summary_text(&plain.summary, name), summary_text(&rec.summary, name), "{name}");
         let t = rec.timeline.unwrap();
         let s = &rec.summary;
-        assert_eq!(t.messages.len() as u64, s.messages_sent + t.messages.iter().filter(|m| m.dup).count() as u64);
+        assert_eq!(
+            t.messages.len() as u64,
+            s.messages_sent + t.messages.iter().filter(|m| m.dup).count() as u64
+        );
         let dropped = t.messages.iter().filter(|m| matches!(m.fate, "partitioned" | "dropped")).count();
         assert_eq!(dropped as u64, s.messages_dropped, "{name}");
         let ok = t.ops.iter().filter(|o| o.outcome == "ok").count() as u64;
@@ -108,7 +111,8 @@ fn a_linearizability_violation_names_its_operations() {
     let sc = parse(&format!("{text}\n[bugs]\nleader_reads_anywhere = true\n"), "bad.toml", "bad").unwrap();
     let out = run_with_timeline(&sc, 1, TraceLevel::None, "bad.toml");
     let t = out.timeline.unwrap();
-    let v = t.violations.iter().find(|v| v.checker == "linearizability").expect("a linearizability violation");
+    let v =
+        t.violations.iter().find(|v| v.checker == "linearizability").expect("a linearizability violation");
     let culprit = v.culprit.expect("the operation that could not be placed");
     let key = v.key.as_deref().unwrap();
     assert_eq!(t.ops[culprit].key, key);
@@ -174,14 +178,21 @@ fn render_with(browser: &Path, page: &Path, fragment: &str, extra: &[&str]) -> R
     let (dom_path, log_path) = (dir.path().join("dom.html"), dir.path().join("log.txt"));
     let url = format!("file://{}{fragment}", page.display());
     let mut cmd = Command::new(browser);
-    cmd.args(["--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", "--enable-logging=stderr", "--v=0"])
-        .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
-        .args(["--window-size=1400,800"])
-        .args(extra)
-        .args(["--dump-dom", &url])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&dom_path).unwrap())
-        .stderr(std::fs::File::create(&log_path).unwrap());
+    cmd.args([
+        "--headless",
+        "--disable-gpu",
+        "--no-sandbox",
+        "--no-first-run",
+        "--enable-logging=stderr",
+        "--v=0",
+    ])
+    .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+    .args(["--window-size=1400,800"])
+    .args(extra)
+    .args(["--dump-dom", &url])
+    .stdin(Stdio::null())
+    .stdout(std::fs::File::create(&dom_path).unwrap())
+    .stderr(std::fs::File::create(&log_path).unwrap());
     // Its own process group, so a hung browser goes with all its children.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", browser.display()));
@@ -312,7 +323,10 @@ script = ["set </script><!--k=<b id=\"injected\">v</b> & \"'", "get </script><!-
     std::fs::write(&page, html).unwrap();
     let r = render(&browser, &page, "");
     no_script_errors(&r, "markup in keys and values");
-    assert!(!r.dom.contains("<b id=\"injected\"") && !r.dom.contains("<i id="), "markup from the run became elements");
+    assert!(
+        !r.dom.contains("<b id=\"injected\"") && !r.dom.contains("<i id="),
+        "markup from the run became elements"
+    );
     assert_eq!(number(&r.dom, "data-rendered-ops"), 2);
     assert!(r.dom.contains("&lt;i id=\"name\"&gt;nasty&lt;/i&gt;"), "the name shows as text");
 }
@@ -323,8 +337,11 @@ fn chromium_reports_a_script_error() {
     let Some(browser) = browser() else { return };
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("broken.html");
-    std::fs::write(&page, "<!DOCTYPE html><html><body><pre id=\"errors\"></pre><script>nope();</script></body></html>")
-        .unwrap();
+    std::fs::write(
+        &page,
+        "<!DOCTYPE html><html><body><pre id=\"errors\"></pre><script>nope();</script></body></html>",
+    )
+    .unwrap();
     let r = render(&browser, &page, "");
     assert!(r.log.contains("Uncaught ReferenceError: nope is not defined"), "log:\n{}", r.log);
 }
@@ -393,9 +410,15 @@ fn chromium_zooms_pans_selects_and_filters() {
     assert_eq!((start.0, start.1), (0.0, 4_500_000.0));
     assert!(wheel.1 - wheel.0 < start.1 - start.0, "the wheel zoomed in: {log}");
     assert!(wheel.2 < start.2, "fewer messages in view: {log}");
-    assert!((drag.1 - drag.0 - (wheel.1 - wheel.0)).abs() < 1.0 && drag.0 > wheel.0, "dragging left moved later: {log}");
+    assert!(
+        (drag.1 - drag.0 - (wheel.1 - wheel.0)).abs() < 1.0 && drag.0 > wheel.0,
+        "dragging left moved later: {log}"
+    );
     assert!(chatter.2 > drag.2, "showing chatter shows more messages: {log}");
     assert_eq!((reset.0, reset.1), (0.0, 4_500_000.0), "{log}");
     let detail = r.dom.find("<div id=\"detail\">").map(|i| &r.dom[i..]).unwrap();
-    assert!(detail[..detail.find("</div>").unwrap()].contains("ms "), "a click shows the trace line: {detail:.300}");
+    assert!(
+        detail[..detail.find("</div>").unwrap()].contains("ms "),
+        "a click shows the trace line: {detail:.300}"
+    );
 }
