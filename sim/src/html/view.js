@@ -25,7 +25,7 @@
   var NS = 'http://www.w3.org/2000/svg';
   var MAX_ITEMS = 3000;
   var COL = 3;
-  var LABEL_W = 104, AXIS_H = 28, RIGHT = 14, BAND_H = 9;
+  var LABEL_W = 116, AXIS_H = 28, RIGHT = 14, BAND_H = 9;
 
   var D, view, svg, plotW = 800, H = 0;
   var t0 = 0, t1 = 1;
@@ -148,7 +148,7 @@
     for (var t = first; t <= t1; t += step) {
       var px = rawX(t);
       el('line', { x1: px, x2: px, y1: AXIS_H - 6, y2: H, 'class': 'grid' }, a);
-      text(a, px + 2, AXIS_H - 9, '', (t / 1000).toFixed(digits) + 'ms');
+      if (px < LABEL_W + plotW - 44) text(a, px + 2, AXIS_H - 9, '', (t / 1000).toFixed(digits) + 'ms');
     }
     el('line', { x1: LABEL_W, x2: LABEL_W + plotW, y1: AXIS_H, y2: AXIS_H }, a);
   }
@@ -183,9 +183,12 @@
     });
   }
 
-  function spans(g, counts, epochs) {
+  // Pauses (below the arrows) when `pauses`, else role bands (above them,
+  // so their labels stay readable).
+  function spans(g, counts, epochs, pauses) {
     D.spans.forEach(function (s, i) {
       if (!visible(s.from, s.to) || laneTop[s.lane] === undefined) return;
+      if ((s.kind === 'pause') !== pauses) return;
       var x0 = x(s.from), x1 = x(s.to), w = Math.max(1, x1 - x0);
       if (s.kind === 'pause') {
         el('rect', { x: x0, y: laneTop[s.lane] + 1, width: w, height: laneH[s.lane] - 2, 'class': 'pause', 'data-k': 's', 'data-i': i }, g);
@@ -371,9 +374,10 @@
     axis(base);
     var plot = el('g', { 'class': 'plot', 'clip-path': 'url(#plot-clip)' }, frag);
     partitions(el('g', { 'class': 'partitions' }, plot), counts);
-    spans(el('g', { 'class': 'spans' }, plot), counts, epochs);
+    spans(el('g', { 'class': 'pauses' }, plot), counts, epochs, true);
     var opsLayer = el('g', { 'class': 'ops' }, plot);
     messages(el('g', { 'class': 'messages' }, plot), counts);
+    spans(el('g', { 'class': 'bands' }, plot), counts, epochs, false);
     // Bars above arrows: an operation's colour is what matters on its lane.
     plot.appendChild(opsLayer);
     ops(opsLayer, counts);
