@@ -354,7 +354,11 @@
       if (v.t < t0 || v.t > t1) return;
       var px = x(v.t);
       el('line', { x1: px, x2: px, y1: AXIS_H - 12, y2: H - 20, 'class': 'violation', 'data-k': 'v', 'data-i': i }, g);
-      text(g, px + 3, AXIS_H - 14, 'violation-label', '!! ' + v.checker);
+      var label = text(g, px + 3, AXIS_H - 14, 'violation-label', '!! ' + v.checker);
+      if (px > LABEL_W + plotW - 120) {
+        label.setAttribute('x', px - 3);
+        label.setAttribute('text-anchor', 'end');
+      }
       counts.violations += 1;
     });
   }
