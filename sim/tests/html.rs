@@ -378,6 +378,8 @@ fn chromium_zooms_pans_selects_and_filters() {
         setTimeout(function () {
           note('reset');
           document.body.setAttribute('data-test-log', log.join(' '));
+          document.body.setAttribute('data-test-mode', view.getAttribute('data-mode') + '/' +
+            view.getAttribute('data-rendered-agg') + '/' + view.getAttribute('data-rendered-arrows'));
         }, 200);
       }, 200);
     }, 200);
@@ -416,9 +418,40 @@ fn chromium_zooms_pans_selects_and_filters() {
     );
     assert!(chatter.2 > drag.2, "showing chatter shows more messages: {log}");
     assert_eq!((reset.0, reset.1), (0.0, 4_500_000.0), "{log}");
+    // The whole run with chatter: 3,623 messages, over the 3,000 drawn one
+    // by one, so they are counted per column instead.
+    assert_eq!(reset.2, 3623, "{log}");
+    let mode = body
+        .split_once("data-test-mode=\"")
+        .map(|(_, rest)| rest[..rest.find('"').unwrap()].to_string())
+        .unwrap_or_default();
+    let mode: Vec<&str> = mode.split('/').collect();
+    assert_eq!(mode[0], "aggregate", "{mode:?}");
+    assert!(mode[1].parse::<u64>().unwrap() > 0 && mode[2] == "0", "columns, not arrows: {mode:?}");
     let detail = r.dom.find("<div id=\"detail\">").map(|i| &r.dom[i..]).unwrap();
     assert!(
         detail[..detail.find("</div>").unwrap()].contains("ms "),
         "a click shows the trace line: {detail:.300}"
     );
+}
+
+/// Partitions become periods with the links they cut; disk faults and
+/// recoveries become marks on the replica's lane.
+#[test]
+fn partitions_and_disk_faults_are_recorded() {
+    let t = timeline("partition-leader.toml", 42);
+    assert_eq!(t.partitions.len(), 1, "{:?}", t.partitions);
+    let p = &t.partitions[0];
+    assert_eq!((p.from, p.to), (1_000_000, 2_200_000));
+    let r1 = t.lanes.iter().position(|l| l.name == "r1").unwrap();
+    assert!(p.links.iter().any(|l| l.0 == r1) && p.links.iter().any(|l| l.1 == r1));
+    assert!(t.marks.iter().any(|m| m.kind == "partition" && m.t == 1_000_000 && m.lane.is_none()));
+    assert!(t.marks.iter().any(|m| m.kind == "heal" && m.t == 2_200_000));
+    assert!(t.messages.iter().any(|m| m.fate == "partitioned" && (m.from == r1 || m.to == r1)));
+
+    let t = timeline("corrupt-follower.toml", 42);
+    let lane = |i: Option<usize>| i.map(|i| t.lanes[i].name.as_str());
+    let corrupt = t.marks.iter().find(|m| m.kind == "corrupt").expect("the flipped byte");
+    assert!(lane(corrupt.lane).is_some_and(|n| n.starts_with('r')));
+    assert!(t.marks.iter().any(|m| m.kind == "recovery" && m.lane == corrupt.lane), "{:?}", t.marks);
 }
