@@ -30,6 +30,8 @@ pub struct BalancerNode {
     /// The last notice said promotions stall: the next stall is not news.
     stalled: bool,
     _dialers: Vec<Dialer>,
+    /// `--record`: the machine's inputs and effects.
+    rec: super::record::Recorder,
 }
 
 impl BalancerNode {
@@ -80,7 +82,8 @@ impl Role for BalancerNode {
             out.send(from, Msg::StatusAnswer { tag, view: self.view(now) });
             return;
         }
-        self.machine.on_message(now, from, msg, out);
+        let machine = &mut self.machine;
+        self.rec.message(now, from, msg, out, |msg, out| machine.on_message(now, from, msg, out));
     }
 
     fn notice(&mut self, e: &Event) -> Option<String> {
@@ -97,16 +100,20 @@ impl Role for BalancerNode {
     }
 
     fn on_tick(&mut self, now: Time, out: &mut Outbox) {
-        self.machine.on_tick(now, out);
+        self.rec.tick(now, out, |out| self.machine.on_tick(now, out));
+    }
+
+    fn sync(&mut self, _now: Time, _out: &mut Outbox) {
+        self.rec.flush();
     }
 
     fn next_wakeup(&self) -> Option<Time> {
         self.machine.next_wakeup()
     }
 
-    fn on_shutdown(&mut self, _now: Time, _out: &mut Outbox) {
+    fn on_shutdown(&mut self, now: Time, out: &mut Outbox) {
         // New requests are answered at once (`unavailable` where certain).
-        self.machine.stop_accepting();
+        self.rec.stop_accepting(now, out, || self.machine.stop_accepting());
     }
 
     /// Every request taken has been answered (the machine times out what
@@ -156,6 +163,8 @@ pub struct BalancerOptions {
     pub client_idle: Duration,
     /// Where to serve the Redis protocol (RESP2) too, if anywhere.
     pub resp: Option<String>,
+    /// `--record DIR`: write DIR/lb (see [`super::record`]).
+    pub record: Option<std::path::PathBuf>,
 }
 
 impl BalancerOptions {
@@ -230,8 +239,11 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
         }
         None => None,
     };
+    let (now, incarnation) = (clock.now(), incarnation());
+    let rec = super::record::Recorder::balancer(opts.record.as_deref(), &config, now, incarnation)?;
     let role = BalancerNode {
-        machine: Balancer::new(config.clone(), clock.now(), incarnation()),
+        rec,
+        machine: Balancer::new(config.clone(), now, incarnation),
         drain,
         addrs: opts.replicas.clone(),
         stalled: false,

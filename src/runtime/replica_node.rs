@@ -10,6 +10,7 @@
 use super::auth::Keys;
 use super::net::{self, Accepting, DialSpec, Dialer};
 use super::node::{self, Net, Role};
+use super::record::Recorder;
 use super::store::{Start, Store};
 use super::{Clock, NodeHandle};
 use crate::config::ClusterConfig;
@@ -32,6 +33,8 @@ pub struct ReplicaNode {
     written: u64,
     synced: u64,
     _dialers: Vec<Dialer>,
+    /// `--record`: the machine's inputs and effects.
+    rec: super::record::Recorder,
 }
 
 impl ReplicaNode {
@@ -41,12 +44,21 @@ impl ReplicaNode {
 }
 
 /// The replica machine, from what the store recovered.
-fn start_machine(id: ReplicaId, config: &ClusterConfig, store: &mut dyn Store) -> Replica {
+/// With `record`, its recording starts too (from what the store recovered).
+fn start_machine(
+    id: ReplicaId,
+    config: &ClusterConfig,
+    store: &mut dyn Store,
+    record: Option<&std::path::Path>,
+    now: Time,
+) -> io::Result<(Replica, Recorder)> {
     let me = NodeId::Replica(id);
     let start = match store.recover() {
         Ok(s) => s,
         Err(e) => fail_stop(id, "recover", &e),
     };
+    let incarnation = super::random_u64();
+    let rec = Recorder::replica(record, id, config, &start, incarnation, now)?;
     let (replicas, sync_acks) = (config.replicas.len(), config.sync_acks);
     let machine = match start {
         Start::Recovered(stored) => {
@@ -77,7 +89,7 @@ fn start_machine(id: ReplicaId, config: &ClusterConfig, store: &mut dyn Store) -
     };
     // A new life: acknowledgements name it, so catching up is judged
     // against appends sent to this process, not to the one before.
-    machine.with_incarnation(super::random_u64())
+    Ok((machine.with_incarnation(incarnation), rec))
 }
 
 fn describe_stored(stored: &crate::machine::Stored) -> String {
@@ -109,12 +121,15 @@ impl Role for ReplicaNode {
             // Refused by the readers (`wire::accepts`): the configuration
             // belongs to the handshake.
             Frame::Cluster(_) => warn!(node = %self.me_node(), "ignoring a Cluster frame from {from}"),
-            Frame::Msg(msg) => self.machine.on_message(now, from, msg, out),
+            Frame::Msg(msg) => {
+                let machine = &mut self.machine;
+                self.rec.message(now, from, msg, out, |msg, out| machine.on_message(now, from, msg, out))
+            }
         }
     }
 
     fn on_tick(&mut self, now: Time, out: &mut Outbox) {
-        self.machine.on_tick(now, out);
+        self.rec.tick(now, out, |out| self.machine.on_tick(now, out));
     }
 
     fn notice(&mut self, e: &Event) -> Option<String> {
@@ -140,13 +155,15 @@ impl Role for ReplicaNode {
 
     fn sync(&mut self, now: Time, out: &mut Outbox) {
         if self.written == self.synced {
-            return;
+            return self.rec.flush();
         }
         if let Err(e) = self.store.sync() {
             fail_stop(self.id, "sync", &e);
         }
         self.synced = self.written;
-        self.machine.on_persisted(now, self.synced, out);
+        let (machine, id) = (&mut self.machine, self.synced);
+        self.rec.persisted(now, id, out, |out| machine.on_persisted(now, id, out));
+        self.rec.flush();
     }
 
     fn maintain(&mut self) {
@@ -183,6 +200,8 @@ pub struct ReplicaOptions {
     pub keys: Keys,
     /// Listen beyond loopback without a cluster secret.
     pub insecure_open: bool,
+    /// `--record DIR`: write DIR/rN (see [`super::record`]).
+    pub record: Option<std::path::PathBuf>,
 }
 
 /// Binds, recovers the store, starts the acceptor, the dialers and the node
@@ -206,7 +225,8 @@ pub fn start_replica_on(listener: TcpListener, opts: ReplicaOptions, clock: Cloc
         ));
     }
     let mut store = opts.store;
-    let machine = start_machine(opts.id, &opts.config, store.as_mut());
+    let (machine, rec) =
+        start_machine(opts.id, &opts.config, store.as_mut(), opts.record.as_deref(), clock.now())?;
     let (inbox, inputs) = net::inbox();
     let stopping = Arc::new(AtomicBool::new(false));
     let members = opts.config.replicas.clone();
@@ -244,7 +264,7 @@ pub fn start_replica_on(listener: TcpListener, opts: ReplicaOptions, clock: Cloc
             loud: false,
         })?);
     }
-    let role = ReplicaNode { id: opts.id, machine, store, written: 0, synced: 0, _dialers: dialers };
+    let role = ReplicaNode { id: opts.id, machine, store, written: 0, synced: 0, _dialers: dialers, rec };
     let thread = std::thread::Builder::new().name(me.to_string()).spawn(move || {
         node::run(role, inputs, clock, move || {
             stopping.store(true, Ordering::SeqCst);
