@@ -12,6 +12,7 @@ pub mod check_lin;
 pub mod disk;
 pub mod fuzz;
 pub mod model;
+pub mod replay;
 pub mod scenario;
 pub mod shrink;
 pub mod sim;

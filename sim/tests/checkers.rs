@@ -325,7 +325,7 @@ fn a_compaction_point_the_other_replica_disagrees_with_is_reported() {
 
 /// A finished operation of `client`, sent (and first queued) when given.
 fn done(
-    client: u32,
+    client: u64,
     read: ReadMode,
     op: Op,
     times: (u64, u64, u64),
