@@ -562,8 +562,8 @@ impl Replay {
             let lives: Vec<&LifeReport> = self.lives.iter().filter(|l| l.node == *n).collect();
             let inputs: u64 = lives.iter().map(|l| l.inputs).sum();
             let effects: u64 = lives.iter().map(|l| l.effects).sum();
-            let s = if lives.len() == 1 { "" } else { "s" };
-            let _ = writeln!(t, "{n}: {} life{s}, {inputs} inputs, {effects} effects", lives.len());
+            let s = if lives.len() == 1 { "life" } else { "lives" };
+            let _ = writeln!(t, "{n}: {} {s}, {inputs} inputs, {effects} effects", lives.len());
             for (i, l) in lives.iter().enumerate() {
                 let ending = match &l.ending {
                     Ending::Stopped => "stopped cleanly".to_string(),

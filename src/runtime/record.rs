@@ -53,6 +53,8 @@ pub const FILES_DEFAULT: usize = 4;
 /// The largest file the reader takes (a start state with a big snapshot
 /// may exceed the rotation size; nothing sane is this large).
 pub const FILE_BYTES_READ_MAX: u64 = 4 << 30;
+/// A pass's entries are framed early once they reach this much.
+const BATCH_BYTES_MAX: usize = 1 << 20;
 const FILE_PREFIX: &str = "rec-";
 const FILE_SUFFIX: &str = ".kvrec";
 
@@ -407,10 +409,12 @@ impl Recorder {
         self.end(out, mark);
     }
 
-    /// Hands what is buffered to the OS (no fsync); once per loop pass.
+    /// Frames the pass's steps into one record and hands it to the OS (no
+    /// fsync); once per loop pass.
     pub fn flush(&mut self) {
         if let Some(inner) = &mut self.inner {
-            if let Err(e) = inner.file.flush() {
+            let done = if inner.payload.is_empty() { Ok(()) } else { inner.write_record() };
+            if let Err(e) = done.and_then(|()| inner.file.flush()) {
                 self.fail(&e);
             }
         }
@@ -418,7 +422,6 @@ impl Recorder {
 
     fn begin(&mut self, input: InRef<'_>, out: &Outbox) -> usize {
         if let Some(inner) = &mut self.inner {
-            inner.payload.clear();
             inner.payload.push(TAG_STEP);
             if let Err(e) = postcard::to_io(&input, &mut inner.payload) {
                 self.fail(&io::Error::other(e.to_string()));
@@ -435,7 +438,10 @@ impl Recorder {
             inner.fx.push(fx);
         }
         let encoded = postcard::to_io(&inner.fx, &mut inner.payload).map(|_| ());
-        let result = encoded.map_err(|e| io::Error::other(e.to_string())).and_then(|()| inner.write_record());
+        let mut result = encoded.map_err(|e| io::Error::other(e.to_string()));
+        if result.is_ok() && inner.payload.len() >= BATCH_BYTES_MAX {
+            result = inner.write_record();
+        }
         if let Err(e) = result {
             self.fail(&e);
         }
@@ -451,7 +457,6 @@ impl Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         if let Some(inner) = &mut self.inner {
-            inner.payload.clear();
             inner.payload.push(TAG_END);
             let _ = inner.write_record().and_then(|()| inner.file.flush());
         }
@@ -459,8 +464,8 @@ impl Drop for Recorder {
 }
 
 impl Inner {
-    /// Frames `payload` into the current file, opening the next file first
-    /// if this one is full.
+    /// Frames `payload` (the entries since the last record) into the
+    /// current file, opening the next file first if this one is full.
     fn write_record(&mut self) -> io::Result<()> {
         let len = u32::try_from(self.payload.len())
             .map_err(|_| io::Error::other(format!("a record of {} bytes", self.payload.len())))?;
@@ -473,6 +478,7 @@ impl Inner {
         self.file.write_all(&crc.to_le_bytes())?;
         self.file.write_all(&self.payload)?;
         self.written = self.written.saturating_add(framed);
+        self.payload.clear();
         Ok(())
     }
 
@@ -674,16 +680,25 @@ pub fn decode_file(path: &Path, bytes: &[u8]) -> Result<FileRead, RecordError> {
             }
             return Err(err(path, Some(at as u64), "record checksum mismatch, with more records after it"));
         }
-        match postcard::from_bytes::<Entry>(payload) {
-            Ok(e) => entries.push((at as u64, e)),
-            Err(e) => {
-                return Err(err(
-                    path,
-                    Some(at as u64),
-                    format!(
-                        "a record whose checksum matches does not decode ({e}): a newer or damaged format"
-                    ),
-                ))
+        // One record holds the entries of one pass of the node loop.
+        let mut rest = payload;
+        while !rest.is_empty() {
+            match postcard::take_from_bytes::<Entry>(rest) {
+                Ok((e, more)) => {
+                    entries.push((at as u64, e));
+                    rest = more;
+                }
+                Err(e) => {
+                    let within = payload.len() - rest.len();
+                    return Err(err(
+                        path,
+                        Some(at as u64),
+                        format!(
+                            "a record whose checksum matches does not decode at its byte {within} ({e}): \
+                             a newer or damaged format"
+                        ),
+                    ));
+                }
             }
         }
         at = stop;
@@ -899,6 +914,7 @@ mod tests {
                 min_lsn: crate::types::Lsn(0),
             };
             rec.message(Time(i), NodeId::Client(ClientId(1)), m, &mut out, |_, _| {});
+            rec.flush();
         }
         drop(rec);
         let files = list_files(&dir.path().join("lb")).unwrap();
@@ -921,12 +937,14 @@ mod tests {
             let mut out = Outbox::new();
             for t in 0..10 {
                 rec.tick(Time(t), &mut out, |_| {});
+                // One record per pass of the node loop.
+                rec.flush();
             }
         }
         let node_dir = dir.path().join("r1");
         let (_, path) = list_files(&node_dir).unwrap().pop().unwrap();
         let bytes = fs::read(&path).unwrap();
-        // Cut into the End record: torn, 9 ticks... all 10 remain.
+        // Cut into the End record: torn, and all 10 ticks remain.
         fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let node = read_node(&node_dir).unwrap();
         assert!(matches!(node.lives[0].ending, Ending::Torn { .. }), "{:?}", node.lives[0].ending);
