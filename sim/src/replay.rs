@@ -94,6 +94,7 @@ pub struct ClientSeen {
     pub thinks: u64,
 }
 
+#[derive(Debug)]
 pub struct Replay {
     pub dir: PathBuf,
     pub nodes: Vec<NodeId>,
