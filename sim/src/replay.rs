@@ -157,7 +157,7 @@ fn build(start: &MachineStart) -> Machine {
 }
 
 /// Feeds one input; `Err` when the input cannot go to this machine.
-fn feed(m: &mut Machine, input: In, out: &mut Outbox) -> Result<(), &'static str> {
+fn feed(m: &mut Machine, input: In, out: &mut Outbox) -> Result<(), String> {
     match (m, input) {
         (Machine::Replica(r), In::Message { now, from, msg }) => r.on_message(now, from, msg, out),
         (Machine::Balancer(b), In::Message { now, from, msg }) => b.on_message(now, from, msg, out),
@@ -166,9 +166,11 @@ fn feed(m: &mut Machine, input: In, out: &mut Outbox) -> Result<(), &'static str
         (Machine::Replica(r), In::Persisted { now, id }) => r.on_persisted(now, id, out),
         (Machine::Balancer(b), In::StopAccepting { .. }) => b.stop_accepting(),
         (Machine::Balancer(_), In::Persisted { .. }) => {
-            return Err("a persist completion given to the balancer")
+            return Err("a persist completion recorded for the balancer".into())
         }
-        (Machine::Replica(_), In::StopAccepting { .. }) => return Err("stop-accepting given to a replica"),
+        (Machine::Replica(_), In::StopAccepting { .. }) => {
+            return Err("stop-accepting recorded for a replica".into())
+        }
     }
     Ok(())
 }
@@ -282,7 +284,20 @@ pub fn replay(dir: &Path) -> Result<Replay, RecordError> {
                     see_request(&mut rep, &mut pending, &mut written, life_no, c.0, msg, t);
                 }
                 let what = input.to_string();
-                if let Err(why) = feed(&mut m, input.clone(), &mut out) {
+                // A machine that panics on its recorded input diverged too
+                // (it did not panic for real).
+                let fed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    feed(&mut m, input.clone(), &mut out)
+                }))
+                .unwrap_or_else(|p| {
+                    let why = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(format!("the machine panicked: {why}"))
+                });
+                if let Err(why) = fed {
                     rep.divergences.push(Divergence {
                         node,
                         life: li + 1,
@@ -293,7 +308,7 @@ pub fn replay(dir: &Path) -> Result<Replay, RecordError> {
                         what,
                         effect: 0,
                         expected: None,
-                        got: Some(why.to_string()),
+                        got: Some(why),
                     });
                     diverged = true;
                     continue;

@@ -831,7 +831,11 @@ fn file_seq(path: &Path) -> Option<u64> {
 }
 
 /// Every node directory under a recording directory (`DIR/lb`, `DIR/r1`...).
+/// `dir` itself when it is one node's directory.
 pub fn node_dirs(dir: &Path) -> Result<Vec<PathBuf>, RecordError> {
+    if list_files(dir).is_ok_and(|f| !f.is_empty()) {
+        return Ok(vec![dir.to_path_buf()]);
+    }
     let entries = fs::read_dir(dir).map_err(|e| err(dir, None, format!("cannot read the recording: {e}")))?;
     let mut dirs = Vec::new();
     for entry in entries {
