@@ -23,15 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct BalancerNode {
-    machine: Balancer,
+    machine: super::record::Recorded<Balancer>,
     drain: Duration,
     /// Replica `i + 1`'s address, for status answers and INFO.
     addrs: Vec<String>,
     /// The last notice said promotions stall: the next stall is not news.
     stalled: bool,
     _dialers: Vec<Dialer>,
-    /// `--record`: the machine's inputs and effects.
-    rec: super::record::Recorder,
 }
 
 impl BalancerNode {
@@ -82,8 +80,7 @@ impl Role for BalancerNode {
             out.send(from, Msg::StatusAnswer { tag, view: self.view(now) });
             return;
         }
-        let machine = &mut self.machine;
-        self.rec.message(now, from, msg, out, |msg, out| machine.on_message(now, from, msg, out));
+        self.machine.on_message(now, from, msg, out);
     }
 
     fn notice(&mut self, e: &Event) -> Option<String> {
@@ -100,20 +97,20 @@ impl Role for BalancerNode {
     }
 
     fn on_tick(&mut self, now: Time, out: &mut Outbox) {
-        self.rec.tick(now, out, |out| self.machine.on_tick(now, out));
-    }
-
-    fn sync(&mut self, _now: Time, _out: &mut Outbox) {
-        self.rec.flush();
+        self.machine.on_tick(now, out);
     }
 
     fn next_wakeup(&self) -> Option<Time> {
         self.machine.next_wakeup()
     }
 
-    fn on_shutdown(&mut self, now: Time, out: &mut Outbox) {
+    fn sync(&mut self, _now: Time, _out: &mut Outbox) {
+        self.machine.flush_record();
+    }
+
+    fn on_shutdown(&mut self, _now: Time, _out: &mut Outbox) {
         // New requests are answered at once (`unavailable` where certain).
-        self.rec.stop_accepting(now, out, || self.machine.stop_accepting());
+        self.machine.stop_accepting();
     }
 
     /// Every request taken has been answered (the machine times out what
@@ -225,6 +222,8 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
         })?);
     }
     let timing = &config.timing;
+    let (now, incarnation) = (clock.now(), incarnation());
+    let rec = super::record::Recorder::balancer(opts.record.as_deref(), &config, now, incarnation)?;
     // Long enough for the machine to answer or time out every request.
     let drain = Duration::from_micros(timing.request_timeout_us + 2 * crate::balancer::TICK_US);
     let resp_addr = match &opts.resp {
@@ -239,11 +238,8 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
         }
         None => None,
     };
-    let (now, incarnation) = (clock.now(), incarnation());
-    let rec = super::record::Recorder::balancer(opts.record.as_deref(), &config, now, incarnation)?;
     let role = BalancerNode {
-        rec,
-        machine: Balancer::new(config.clone(), now, incarnation),
+        machine: super::record::Recorded::new(Balancer::new(config.clone(), now, incarnation), rec),
         drain,
         addrs: opts.replicas.clone(),
         stalled: false,

@@ -28,9 +28,11 @@
 //! torn last record. A failure to write only stops the recording (logged
 //! once); the node goes on.
 
+use crate::balancer::Balancer;
 use crate::config::ClusterConfig;
 use crate::machine::{Effect, Outbox, PersistOp};
 use crate::msg::Msg;
+use crate::replica::Replica;
 use crate::runtime::store::Start;
 use crate::types::{NodeId, ReplicaId, Time};
 use serde::{Deserialize, Serialize};
@@ -144,7 +146,8 @@ pub enum In {
         now: Time,
         id: u64,
     },
-    /// `Balancer::stop_accepting()` (the node began to stop).
+    /// `Balancer::stop_accepting()` (the node began to stop); `now`: the
+    /// latest time an input carried before (the machine is given none).
     StopAccepting {
         now: Time,
     },
@@ -266,6 +269,75 @@ pub enum Entry {
 const TAG_START: u8 = 0;
 const TAG_STEP: u8 = 1;
 const TAG_END: u8 = 2;
+
+/// A machine and its recording, as a node holds it: reading goes straight
+/// to the machine (`Deref`); every input goes through the methods below,
+/// named as the machine's own, which record it with its effects. There is
+/// no `DerefMut`: an input that bypassed the recording would not compile.
+pub struct Recorded<M> {
+    machine: M,
+    rec: Recorder,
+    /// The latest `now` an input carried (`stop_accepting` has none).
+    last_now: Time,
+}
+
+impl<M> std::ops::Deref for Recorded<M> {
+    type Target = M;
+    fn deref(&self) -> &M {
+        &self.machine
+    }
+}
+
+impl<M> Recorded<M> {
+    pub fn new(machine: M, rec: Recorder) -> Recorded<M> {
+        Recorded { machine, rec, last_now: Time::ZERO }
+    }
+
+    /// Hands this pass's records to the OS (no fsync): once per loop pass.
+    pub fn flush_record(&mut self) {
+        self.rec.flush();
+    }
+}
+
+impl Recorded<Replica> {
+    pub fn on_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Outbox) {
+        self.last_now = now;
+        let m = &mut self.machine;
+        self.rec.message(now, from, msg, out, |msg, out| m.on_message(now, from, msg, out));
+    }
+
+    pub fn on_tick(&mut self, now: Time, out: &mut Outbox) {
+        self.last_now = now;
+        let m = &mut self.machine;
+        self.rec.tick(now, out, |out| m.on_tick(now, out));
+    }
+
+    pub fn on_persisted(&mut self, now: Time, id: u64, out: &mut Outbox) {
+        self.last_now = now;
+        let m = &mut self.machine;
+        self.rec.persisted(now, id, out, |out| m.on_persisted(now, id, out));
+    }
+}
+
+impl Recorded<Balancer> {
+    pub fn on_message(&mut self, now: Time, from: NodeId, msg: Msg, out: &mut Outbox) {
+        self.last_now = now;
+        let m = &mut self.machine;
+        self.rec.message(now, from, msg, out, |msg, out| m.on_message(now, from, msg, out));
+    }
+
+    pub fn on_tick(&mut self, now: Time, out: &mut Outbox) {
+        self.last_now = now;
+        let m = &mut self.machine;
+        self.rec.tick(now, out, |out| m.on_tick(now, out));
+    }
+
+    /// Recorded with the latest time seen (the machine is given none).
+    pub fn stop_accepting(&mut self) {
+        let m = &mut self.machine;
+        self.rec.stop_accepting(self.last_now, &mut Outbox::new(), || m.stop_accepting());
+    }
+}
 
 /// Writes a node's recording; does nothing when recording is off.
 pub struct Recorder {

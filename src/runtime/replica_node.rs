@@ -10,7 +10,6 @@
 use super::auth::Keys;
 use super::net::{self, Accepting, DialSpec, Dialer};
 use super::node::{self, Net, Role};
-use super::record::Recorder;
 use super::store::{Start, Store};
 use super::{Clock, NodeHandle};
 use crate::config::ClusterConfig;
@@ -27,14 +26,12 @@ use tracing::{error, info, warn};
 
 pub struct ReplicaNode {
     id: ReplicaId,
-    machine: Replica,
+    machine: super::record::Recorded<Replica>,
     store: Box<dyn Store>,
     /// The last persist id handed to the store, and the last made durable.
     written: u64,
     synced: u64,
     _dialers: Vec<Dialer>,
-    /// `--record`: the machine's inputs and effects.
-    rec: super::record::Recorder,
 }
 
 impl ReplicaNode {
@@ -43,22 +40,22 @@ impl ReplicaNode {
     }
 }
 
-/// The replica machine, from what the store recovered.
-/// With `record`, its recording starts too (from what the store recovered).
+/// The replica machine, from what the store recovered; with `record`, its
+/// recording starts there.
 fn start_machine(
     id: ReplicaId,
     config: &ClusterConfig,
     store: &mut dyn Store,
     record: Option<&std::path::Path>,
     now: Time,
-) -> io::Result<(Replica, Recorder)> {
+) -> io::Result<super::record::Recorded<Replica>> {
     let me = NodeId::Replica(id);
     let start = match store.recover() {
         Ok(s) => s,
         Err(e) => fail_stop(id, "recover", &e),
     };
     let incarnation = super::random_u64();
-    let rec = Recorder::replica(record, id, config, &start, incarnation, now)?;
+    let rec = super::record::Recorder::replica(record, id, config, &start, incarnation, now)?;
     let (replicas, sync_acks) = (config.replicas.len(), config.sync_acks);
     let machine = match start {
         Start::Recovered(stored) => {
@@ -89,7 +86,7 @@ fn start_machine(
     };
     // A new life: acknowledgements name it, so catching up is judged
     // against appends sent to this process, not to the one before.
-    Ok((machine.with_incarnation(incarnation), rec))
+    Ok(super::record::Recorded::new(machine.with_incarnation(incarnation), rec))
 }
 
 fn describe_stored(stored: &crate::machine::Stored) -> String {
@@ -121,15 +118,12 @@ impl Role for ReplicaNode {
             // Refused by the readers (`wire::accepts`): the configuration
             // belongs to the handshake.
             Frame::Cluster(_) => warn!(node = %self.me_node(), "ignoring a Cluster frame from {from}"),
-            Frame::Msg(msg) => {
-                let machine = &mut self.machine;
-                self.rec.message(now, from, msg, out, |msg, out| machine.on_message(now, from, msg, out))
-            }
+            Frame::Msg(msg) => self.machine.on_message(now, from, msg, out),
         }
     }
 
     fn on_tick(&mut self, now: Time, out: &mut Outbox) {
-        self.rec.tick(now, out, |out| self.machine.on_tick(now, out));
+        self.machine.on_tick(now, out);
     }
 
     fn notice(&mut self, e: &Event) -> Option<String> {
@@ -155,15 +149,14 @@ impl Role for ReplicaNode {
 
     fn sync(&mut self, now: Time, out: &mut Outbox) {
         if self.written == self.synced {
-            return self.rec.flush();
+            return self.machine.flush_record();
         }
         if let Err(e) = self.store.sync() {
             fail_stop(self.id, "sync", &e);
         }
         self.synced = self.written;
-        let (machine, id) = (&mut self.machine, self.synced);
-        self.rec.persisted(now, id, out, |out| machine.on_persisted(now, id, out));
-        self.rec.flush();
+        self.machine.on_persisted(now, self.synced, out);
+        self.machine.flush_record();
     }
 
     fn maintain(&mut self) {
@@ -225,8 +218,7 @@ pub fn start_replica_on(listener: TcpListener, opts: ReplicaOptions, clock: Cloc
         ));
     }
     let mut store = opts.store;
-    let (machine, rec) =
-        start_machine(opts.id, &opts.config, store.as_mut(), opts.record.as_deref(), clock.now())?;
+    let machine = start_machine(opts.id, &opts.config, store.as_mut(), opts.record.as_deref(), clock.now())?;
     let (inbox, inputs) = net::inbox();
     let stopping = Arc::new(AtomicBool::new(false));
     let members = opts.config.replicas.clone();
@@ -264,7 +256,7 @@ pub fn start_replica_on(listener: TcpListener, opts: ReplicaOptions, clock: Cloc
             loud: false,
         })?);
     }
-    let role = ReplicaNode { id: opts.id, machine, store, written: 0, synced: 0, _dialers: dialers, rec };
+    let role = ReplicaNode { id: opts.id, machine, store, written: 0, synced: 0, _dialers: dialers };
     let thread = std::thread::Builder::new().name(me.to_string()).spawn(move || {
         node::run(role, inputs, clock, move || {
             stopping.store(true, Ordering::SeqCst);
