@@ -17,7 +17,7 @@
 use crate::check::{self, Record};
 use kvstore::balancer::Balancer;
 use kvstore::replica::Replica;
-use kvstore::runtime::record::{self, Ending, Fx, In, Life, MachineStart, NodeRecording, RecordError};
+use kvstore::runtime::record::{self, Ending, Fx, In, Life, MachineStart, RecordError};
 use kvstore::runtime::store::Start;
 use kvstore::{
     Completion, Effect, Epoch, Event, Msg, NodeId, Op, OpError, Outbox, ReadMode, ReplicaId, RequestId, Time,
@@ -186,29 +186,19 @@ fn describe(e: &Effect) -> String {
 
 /// Reads and replays the recording in `dir`.
 pub fn replay(dir: &Path) -> Result<Replay, RecordError> {
-    let mut recs: Vec<(NodeId, NodeRecording)> = Vec::new();
-    for d in record::node_dirs(dir)? {
-        let rec = record::read_node(&d)?;
-        let Some(first) = rec.lives.first() else {
-            let mut notes = rec.notes.clone();
-            notes.insert(0, format!("{}: nothing to replay", d.display()));
-            recs.push((NodeId::Balancer, NodeRecording { lives: Vec::new(), notes, dir: d }));
-            continue;
-        };
-        let node = first.start.node;
-        let name = d.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        if name != node.to_string() {
-            return Err(RecordError {
-                path: rec.first_file(),
-                offset: None,
-                msg: format!("recorded by {node}, in a directory named {name}"),
-            });
-        }
-        recs.push((node, rec));
-    }
+    let dirs = record::node_dirs(dir)?;
+    let several = dirs.len() > 1;
     // Lines up the nodes' clocks: each life's times are its process's
-    // clock; its start's wall-clock time places it among the others.
-    let base = recs.iter().flat_map(|(_, r)| &r.lives).map(|l| l.start.wall_us).min().unwrap_or(0);
+    // clock; its start's wall-clock time places it among the others. (Only
+    // the starts are read here: the nodes are then read one at a time.)
+    let mut base = u64::MAX;
+    for d in &dirs {
+        for (_, path) in record::list_files(d)? {
+            if let Some(start) = record::life_start(&path)? {
+                base = base.min(start.wall_us);
+            }
+        }
+    }
     let global = |l: &Life, t: Time| -> u64 {
         l.start.wall_us.saturating_sub(base).saturating_add(t.0.saturating_sub(l.start.now.0))
     };
@@ -243,10 +233,21 @@ pub fn replay(dir: &Path) -> Result<Replay, RecordError> {
     let mut scratch = Vec::new();
     let mut life_no = 0usize;
 
-    for (node, rec) in recs {
+    for d in dirs {
+        let rec = record::read_node(&d)?;
         rep.notes.extend(rec.notes.iter().cloned());
-        if rec.lives.is_empty() {
+        let Some(first) = rec.lives.first() else {
+            rep.notes.push(format!("{}: nothing to replay", d.display()));
             continue;
+        };
+        let node = first.start.node;
+        let name = d.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if several && name != node.to_string() {
+            return Err(RecordError {
+                path: first.first_file.clone(),
+                offset: None,
+                msg: format!("recorded by {node}, in a directory named {name}"),
+            });
         }
         rep.nodes.push(node);
         for (li, life) in rec.lives.iter().enumerate() {
@@ -797,14 +798,4 @@ impl Replay {
         sc.about = about.join("\n") + "\n";
         sc
     }
-}
-
-impl NodeRecordingExt for NodeRecording {
-    fn first_file(&self) -> PathBuf {
-        self.lives.first().map(|l| l.first_file.clone()).unwrap_or_else(|| self.dir.clone())
-    }
-}
-
-trait NodeRecordingExt {
-    fn first_file(&self) -> PathBuf;
 }

@@ -674,11 +674,27 @@ pub fn read_file(path: &Path) -> Result<FileRead, RecordError> {
         return Err(err(path, None, format!("{} bytes: larger than any recording file", meta.len())));
     }
     let bytes = fs::read(path).map_err(|e| err(path, None, format!("cannot read: {e}")))?;
-    decode_file(path, &bytes)
+    decode(path, &bytes, false)
+}
+
+/// The start of the life that begins in file `path`, if one does (its
+/// first record; the rest of the file is not decoded).
+pub fn life_start(path: &Path) -> Result<Option<StartInfo>, RecordError> {
+    let bytes = fs::read(path).map_err(|e| err(path, None, format!("cannot read: {e}")))?;
+    let f = decode(path, &bytes, true)?;
+    Ok(match f.entries.into_iter().next() {
+        Some((_, Entry::Start(s))) if f.seq == f.life => Some(*s),
+        _ => None,
+    })
 }
 
 /// [`read_file`] on bytes already read; `path` names them in errors.
 pub fn decode_file(path: &Path, bytes: &[u8]) -> Result<FileRead, RecordError> {
+    decode(path, bytes, false)
+}
+
+/// `first_only`: stop after the first record.
+fn decode(path: &Path, bytes: &[u8], first_only: bool) -> Result<FileRead, RecordError> {
     let magic_len = bytes.len().min(MAGIC.len());
     if bytes[..magic_len] != MAGIC[..magic_len] {
         return Err(err(path, Some(0), "not a kvstore recording (bad magic)"));
@@ -774,6 +790,9 @@ pub fn decode_file(path: &Path, bytes: &[u8]) -> Result<FileRead, RecordError> {
             }
         }
         at = stop;
+        if first_only {
+            break FileEnd::Clean;
+        }
     };
     Ok(FileRead { path: path.to_path_buf(), seq, life, entries, end })
 }
