@@ -395,8 +395,6 @@ impl Recorder {
         Recorder::open(dir, NodeId::Balancer, now, MachineStartRef::Balancer { config, now, incarnation })
     }
 
-    /// Like [`Recorder::replica`] and [`Recorder::balancer`], with the file
-    /// size and count given (tests).
     fn open(
         dir: Option<&Path>,
         node: NodeId,
@@ -406,6 +404,9 @@ impl Recorder {
         Recorder::open_with(dir, node, now, machine, FILE_BYTES_DEFAULT, FILES_DEFAULT)
     }
 
+    /// Opens a new file in `dir/<node>/` (numbered after the newest there),
+    /// writes the start record and hands it to the OS; `file_bytes` and
+    /// `files` bound the recording (smaller in tests).
     fn open_with(
         dir: Option<&Path>,
         node: NodeId,
