@@ -20,7 +20,8 @@ use std::collections::BTreeSet;
 /// One finished client operation.
 #[derive(Clone, Debug)]
 pub struct Record {
-    pub client: u32,
+    /// The client's id (`ClientId.0`): rows name their writer by it.
+    pub client: u64,
     pub read: ReadMode,
     pub c: Completion,
 }
@@ -41,7 +42,7 @@ pub struct Input<'a> {
     pub end: Time,
     /// Writes still unfinished at the end: (client, op, submitted). They may
     /// or may not have taken effect.
-    pub unfinished_writes: &'a [(u32, Op, Time)],
+    pub unfinished_writes: &'a [(u64, Op, Time)],
     /// The (client, seq) of the row applied at each LSN (index LSN - 1; a
     /// no-op is (0, 0)), where the simulator saw it applied.
     pub applied_rows: &'a [Option<(u64, u64)>],
@@ -94,14 +95,14 @@ fn leader_reads_linearizable(input: &Input<'_>, report: &mut Report) {
         return;
     }
     let mut ops = Vec::new();
-    let write = |client: u32, op: &Op, sent: Time, completed: Option<Time>| {
+    let write = |client: u64, op: &Op, sent: Time, completed: Option<Time>| {
         let (key, value) = match op {
             Op::Set { key, value } => (key, Some(value.clone())),
             Op::Del { key } => (key, None),
             Op::Get { .. } => return None,
         };
         Some(HistOp {
-            client: client as u64,
+            client,
             key: key.clone(),
             kind: Kind::Write { value },
             invoked_us: sent.0,
@@ -113,7 +114,7 @@ fn leader_reads_linearizable(input: &Input<'_>, report: &mut Report) {
     for (i, r) in input.history.iter().enumerate() {
         match (&r.c.op, &r.c.result) {
             (Op::Get { key }, Ok(reply)) if r.read == ReadMode::Leader => ops.push(HistOp {
-                client: r.client as u64,
+                client: r.client,
                 key: key.clone(),
                 kind: Kind::Read { value: reply.value.clone() },
                 invoked_us: r.c.sent.0,
@@ -163,7 +164,7 @@ fn session_guarantees(input: &Input<'_>, report: &mut Report) {
                 Op::Del { .. } => Kind::Write { value: None },
             };
             Some(SessionOp {
-                client: r.client as u64,
+                client: r.client,
                 key: r.c.op.key().to_string(),
                 kind,
                 invoked_us: r.c.sent.0,
@@ -230,7 +231,7 @@ fn acked_writes_survive(input: &Input<'_>, report: &mut Report) {
     for r in input.history {
         let (Ok(reply), true) = (&r.c.result, r.c.op.is_write()) else { continue };
         report.acked_writes += 1;
-        if !holds(reply.lsn, r.client as u64, r.c.seq) {
+        if !holds(reply.lsn, r.client, r.c.seq) {
             lost.push(format!(
                 "acknowledged write lost: c{} #{} `{}` acked at {} with lsn {}",
                 r.client, r.c.seq, r.c.op, r.c.completed, reply.lsn

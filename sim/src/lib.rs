@@ -13,6 +13,7 @@ pub mod disk;
 pub mod fuzz;
 pub mod html;
 pub mod model;
+pub mod replay;
 pub mod scenario;
 pub mod shrink;
 pub mod sim;

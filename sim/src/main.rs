@@ -147,6 +147,18 @@ enum Cmd {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Replay a real cluster's recording (`kvnode ... --record DIR`): feed
+    /// each node's recorded inputs to the same machine and check it does
+    /// what it did for real; then check the client operations the balancer
+    /// saw. Exit 1 on a divergence or a violation, 2 on a bad recording.
+    Replay {
+        /// The recording directory (holding lb, r1, r2, ...).
+        dir: PathBuf,
+        /// Also write the recording as a scenario file (its faults and
+        /// workload, inferred), for `kvsim run OUT --seed N`.
+        #[arg(long, value_name = "OUT.toml")]
+        as_scenario: Option<PathBuf>,
+    },
     /// Model-check the real machines: every interleaving of a small
     /// cluster's inputs within bounds, breadth first (a violation's path is
     /// a shortest one). Exit 1 on a violation, 3 if stopped at --max-states.
@@ -383,6 +395,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Model { preset, depth, max_states, bug } => model(&preset, depth, max_states, &bug),
+        Cmd::Replay { dir, as_scenario } => replay_cmd(&dir, as_scenario.as_deref()),
         Cmd::CheckDeterminism { file, seed } => {
             let sc = match load(&file) {
                 Ok(s) => s,
@@ -854,6 +867,41 @@ fn indent(text: &str) -> String {
 /// A failure line, shortened: a violation may quote whole 64 KiB values.
 fn brief(text: &str) -> String {
     indent(&fuzz::shorten(text))
+}
+
+fn replay_cmd(dir: &Path, as_scenario: Option<&Path>) -> ExitCode {
+    if !dir.is_dir() {
+        eprintln!("error: {}: not a recording directory (kvnode ... --record DIR makes one)", dir.display());
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let r = match kvsim::replay::replay(dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    out!("{}", r.text());
+    if let Some(path) = as_scenario {
+        let sc = r.to_scenario();
+        let text = sc.to_toml();
+        // What is written must read back as the same scenario.
+        if let Err(e) = kvsim::parse(&text, &path.display().to_string(), &sc.name) {
+            eprintln!("error: the inferred scenario does not parse back: {e}");
+            return ExitCode::from(EXIT_VIOLATION);
+        }
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("error: {}: {e}", path.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+        outln!(
+            "wrote {} ({} faults); run it: kvsim run {} --seed 1",
+            path.display(),
+            sc.faults.len(),
+            path.display()
+        );
+    }
+    ExitCode::from(r.exit_status())
 }
 
 fn model(preset: &str, depth: Option<usize>, max_states: Option<u64>, bugs: &[String]) -> ExitCode {

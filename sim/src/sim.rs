@@ -1179,7 +1179,7 @@ impl<'a> Sim<'a> {
                 self.leader_failed_at = None;
             }
         }
-        self.history.push(Record { client: i as u32 + 1, read: mode, c });
+        self.history.push(Record { client: i as u64 + 1, read: mode, c });
         // Closed loop: the next operation follows this one.
         let g = &self.sc.workload.groups[self.clients[i].group];
         if g.rate_per_s.is_none() {
@@ -1236,7 +1236,7 @@ impl<'a> Sim<'a> {
             .filter_map(|(i, c)| c.machine.oldest_unfinished().map(|t| (i as u32 + 1, t)))
             .collect();
         let ops_unfinished = self.clients.iter().map(|c| c.machine.unfinished() as u64).sum();
-        let unfinished_writes: Vec<(u32, Op, Time)> = self
+        let unfinished_writes: Vec<(u64, Op, Time)> = self
             .clients
             .iter()
             .enumerate()
@@ -1245,7 +1245,7 @@ impl<'a> Sim<'a> {
                     .unfinished_ops()
                     .into_iter()
                     .filter(|(op, _)| op.is_write())
-                    .map(move |(op, t)| (i as u32 + 1, op.clone(), t))
+                    .map(move |(op, t)| (i as u64 + 1, op.clone(), t))
             })
             .collect();
         // Measured only, for the summary (never fed to the run).

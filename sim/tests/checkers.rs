@@ -325,7 +325,7 @@ fn a_compaction_point_the_other_replica_disagrees_with_is_reported() {
 
 /// A finished operation of `client`, sent (and first queued) when given.
 fn done(
-    client: u32,
+    client: u64,
     read: ReadMode,
     op: Op,
     times: (u64, u64, u64),
@@ -412,7 +412,7 @@ fn a_linearizability_check_out_of_budget_is_inconclusive_not_a_pass() {
     let mut history = Vec::new();
     for i in 0..48u64 {
         history.push(done(
-            i as u32 + 1,
+            i + 1,
             ReadMode::Leader,
             set("k", &format!("v{i}")),
             (i, i, 10_000 + i),
@@ -422,7 +422,7 @@ fn a_linearizability_check_out_of_budget_is_inconclusive_not_a_pass() {
     }
     for j in 0..24u64 {
         let value = format!("v{}", j % 48);
-        history.push(done(j as u32 + 49, ReadMode::Leader, get("k"), (j, j, 10_000 + j), Some(&value), 48));
+        history.push(done(j + 49, ReadMode::Leader, get("k"), (j, j, 10_000 + j), Some(&value), 48));
     }
     history.push(done(1, ReadMode::Leader, set("k", "last"), (20_000, 20_000, 20_001), None, 49));
     history.push(done(2, ReadMode::Leader, get("k"), (20_002, 20_002, 20_003), Some("v0"), 49));

@@ -104,6 +104,17 @@ struct ReplicaArgs {
     storage: StorageArgs,
     #[command(flatten)]
     security: SecurityArgs,
+    #[command(flatten)]
+    record: RecordArgs,
+}
+
+#[derive(Args)]
+struct RecordArgs {
+    /// Record what each node's machine receives and does in DIR/<node>
+    /// (r1, r2, ..., lb), for `kvsim replay DIR`: at most 4 files of 16 MiB
+    /// per node, the oldest removed.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -181,6 +192,8 @@ struct BalancerArgs {
     clients: ClientAuthArgs,
     #[command(flatten)]
     resp: RespArgs,
+    #[command(flatten)]
+    record: RecordArgs,
 }
 
 #[derive(Args)]
@@ -247,6 +260,8 @@ struct ClusterArgs {
     clients: ClientAuthArgs,
     #[command(flatten)]
     resp: RespArgs,
+    #[command(flatten)]
+    record: RecordArgs,
 }
 
 #[derive(Args)]
@@ -503,6 +518,7 @@ fn replica(a: ReplicaArgs) -> Result<(), Failure> {
         store,
         keys,
         insecure_open: a.security.insecure_open,
+        record: a.record.record,
     };
     let node = runtime::start_replica(opts, Clock::new())?;
     runtime::say(&format!("kvnode replica {} listening at {}", a.n, node.addr));
@@ -527,6 +543,7 @@ fn balancer_options(
         insecure_open: s.insecure_open,
         client_idle: clients.client_idle_timeout,
         resp: None,
+        record: None,
     }
 }
 
@@ -536,6 +553,7 @@ fn balancer(a: BalancerArgs) -> Result<(), Failure> {
     let keys = node_keys(&a.security, Some(&a.clients))?;
     let mut opts = balancer_options(a.listen, a.replicas, &a.cluster, keys.clone(), &a.security, &a.clients);
     opts.resp = a.resp.resp;
+    opts.record = a.record.record;
     let node = runtime::start_balancer(opts, Clock::new())?;
     warn_if_clients_open(node.addr, &keys);
     runtime::say(&format!("kvnode balancer listening at {}", node.addr));
@@ -581,6 +599,7 @@ fn cluster(a: ClusterArgs) -> Result<(), Failure> {
             store,
             keys: keys.clone(),
             insecure_open: a.security.insecure_open,
+            record: a.record.record.clone(),
         };
         let node = runtime::start_replica_on(listener, opts, clock)?;
         runtime::say(&format!("kvnode replica {n} listening at {}", node.addr));
@@ -589,6 +608,7 @@ fn cluster(a: ClusterArgs) -> Result<(), Failure> {
     let listen = format!("{}:{}", a.host, port(0));
     let mut opts = balancer_options(listen, addrs, &a.cluster, keys.clone(), &a.security, &a.clients);
     opts.resp = a.resp.resp;
+    opts.record = a.record.record;
     let lb = runtime::start_balancer(opts, clock)?;
     warn_if_clients_open(lb.addr, &keys);
     runtime::say(&format!("kvnode balancer listening at {}", lb.addr));

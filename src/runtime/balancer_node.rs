@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct BalancerNode {
-    machine: Balancer,
+    machine: super::record::Recorded<Balancer>,
     drain: Duration,
     /// Replica `i + 1`'s address, for status answers and INFO.
     addrs: Vec<String>,
@@ -104,6 +104,10 @@ impl Role for BalancerNode {
         self.machine.next_wakeup()
     }
 
+    fn sync(&mut self, _now: Time, _out: &mut Outbox) {
+        self.machine.flush_record();
+    }
+
     fn on_shutdown(&mut self, _now: Time, _out: &mut Outbox) {
         // New requests are answered at once (`unavailable` where certain).
         self.machine.stop_accepting();
@@ -156,6 +160,8 @@ pub struct BalancerOptions {
     pub client_idle: Duration,
     /// Where to serve the Redis protocol (RESP2) too, if anywhere.
     pub resp: Option<String>,
+    /// `--record DIR`: write DIR/lb (see [`super::record`]).
+    pub record: Option<std::path::PathBuf>,
 }
 
 impl BalancerOptions {
@@ -216,6 +222,8 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
         })?);
     }
     let timing = &config.timing;
+    let (now, incarnation) = (clock.now(), incarnation());
+    let rec = super::record::Recorder::balancer(opts.record.as_deref(), &config, now, incarnation)?;
     // Long enough for the machine to answer or time out every request.
     let drain = Duration::from_micros(timing.request_timeout_us + 2 * crate::balancer::TICK_US);
     let resp_addr = match &opts.resp {
@@ -231,7 +239,7 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
         None => None,
     };
     let role = BalancerNode {
-        machine: Balancer::new(config.clone(), clock.now(), incarnation()),
+        machine: super::record::Recorded::new(Balancer::new(config.clone(), now, incarnation), rec),
         drain,
         addrs: opts.replicas.clone(),
         stalled: false,

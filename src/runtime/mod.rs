@@ -30,6 +30,7 @@ pub mod client;
 pub mod cluster_file;
 pub mod net;
 pub mod node;
+pub mod record;
 pub mod repl;
 pub mod replica_node;
 pub mod resp;

@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 
 pub struct ReplicaNode {
     id: ReplicaId,
-    machine: Replica,
+    machine: super::record::Recorded<Replica>,
     store: Box<dyn Store>,
     /// The last persist id handed to the store, and the last made durable.
     written: u64,
@@ -40,13 +40,22 @@ impl ReplicaNode {
     }
 }
 
-/// The replica machine, from what the store recovered.
-fn start_machine(id: ReplicaId, config: &ClusterConfig, store: &mut dyn Store) -> Replica {
+/// The replica machine, from what the store recovered; with `record`, its
+/// recording starts there.
+fn start_machine(
+    id: ReplicaId,
+    config: &ClusterConfig,
+    store: &mut dyn Store,
+    record: Option<&std::path::Path>,
+    now: Time,
+) -> io::Result<super::record::Recorded<Replica>> {
     let me = NodeId::Replica(id);
     let start = match store.recover() {
         Ok(s) => s,
         Err(e) => fail_stop(id, "recover", &e),
     };
+    let incarnation = super::random_u64();
+    let rec = super::record::Recorder::replica(record, id, config, &start, incarnation, now)?;
     let (replicas, sync_acks) = (config.replicas.len(), config.sync_acks);
     let machine = match start {
         Start::Recovered(stored) => {
@@ -77,7 +86,7 @@ fn start_machine(id: ReplicaId, config: &ClusterConfig, store: &mut dyn Store) -
     };
     // A new life: acknowledgements name it, so catching up is judged
     // against appends sent to this process, not to the one before.
-    machine.with_incarnation(super::random_u64())
+    Ok(super::record::Recorded::new(machine.with_incarnation(incarnation), rec))
 }
 
 fn describe_stored(stored: &crate::machine::Stored) -> String {
@@ -140,13 +149,14 @@ impl Role for ReplicaNode {
 
     fn sync(&mut self, now: Time, out: &mut Outbox) {
         if self.written == self.synced {
-            return;
+            return self.machine.flush_record();
         }
         if let Err(e) = self.store.sync() {
             fail_stop(self.id, "sync", &e);
         }
         self.synced = self.written;
         self.machine.on_persisted(now, self.synced, out);
+        self.machine.flush_record();
     }
 
     fn maintain(&mut self) {
@@ -183,6 +193,8 @@ pub struct ReplicaOptions {
     pub keys: Keys,
     /// Listen beyond loopback without a cluster secret.
     pub insecure_open: bool,
+    /// `--record DIR`: write DIR/rN (see [`super::record`]).
+    pub record: Option<std::path::PathBuf>,
 }
 
 /// Binds, recovers the store, starts the acceptor, the dialers and the node
@@ -206,7 +218,7 @@ pub fn start_replica_on(listener: TcpListener, opts: ReplicaOptions, clock: Cloc
         ));
     }
     let mut store = opts.store;
-    let machine = start_machine(opts.id, &opts.config, store.as_mut());
+    let machine = start_machine(opts.id, &opts.config, store.as_mut(), opts.record.as_deref(), clock.now())?;
     let (inbox, inputs) = net::inbox();
     let stopping = Arc::new(AtomicBool::new(false));
     let members = opts.config.replicas.clone();

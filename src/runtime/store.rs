@@ -70,7 +70,7 @@ use std::time::Instant;
 use tracing::{error, info, warn};
 
 /// What a replica machine starts from.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Start {
     /// Everything durable: `Replica::recover`.
     Recovered(Stored),
