@@ -211,7 +211,8 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
         addrs: opts.replicas.clone(),
         stalled: false,
     };
-    let accepting = Accepting { me, allowed, keys: opts.keys.clone(), config: None, client_idle: opts.client_idle };
+    let accepting =
+        Accepting { me, allowed, keys: opts.keys.clone(), config: None, client_idle: opts.client_idle };
     node::start(role, NetOptions { me, listener, resp_listener, accepting, dials }, clock)
 }
 

@@ -102,8 +102,14 @@ struct Conn {
 enum State {
     Accepting(AcceptShake),
     /// Our non-blocking connect is in progress (then `Dialing`).
-    Connecting { peer: NodeId, shake: DialShake },
-    Dialing { peer: NodeId, shake: DialShake },
+    Connecting {
+        peer: NodeId,
+        shake: DialShake,
+    },
+    Dialing {
+        peer: NodeId,
+        shake: DialShake,
+    },
     Open(Open),
     /// A RESP client of the balancer.
     Resp(Box<RespConn>),
@@ -225,7 +231,16 @@ impl Net {
             .dials
             .into_iter()
             .map(|spec| {
-                (spec.peer, Dial { spec, conn: None, next_attempt: now, backoff: net::REDIAL_MIN, last_failure: None })
+                (
+                    spec.peer,
+                    Dial {
+                        spec,
+                        conn: None,
+                        next_attempt: now,
+                        backoff: net::REDIAL_MIN,
+                        last_failure: None,
+                    },
+                )
             })
             .collect();
         let keys = o.accepting.keys.clone();
@@ -299,7 +314,11 @@ impl Net {
                 LISTENER => accept[0] = true,
                 RESP_LISTENER => accept[1] = true,
                 WAKER => self.woken = true,
-                Token(t) => ready.push((t as ConnId, ev.is_readable() || ev.is_read_closed() || ev.is_error(), ev.is_writable())),
+                Token(t) => ready.push((
+                    t as ConnId,
+                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    ev.is_writable(),
+                )),
             }
         }
         if self.accept_retry.is_some_and(|r| Instant::now() >= r) {
@@ -365,7 +384,8 @@ impl Net {
         }
         let _ = stream.set_nodelay(true);
         let conn = net::new_conn_id();
-        if let Err(e) = self.poll.registry().register(&mut stream, token(conn), Interest::READABLE | Interest::WRITABLE)
+        if let Err(e) =
+            self.poll.registry().register(&mut stream, token(conn), Interest::READABLE | Interest::WRITABLE)
         {
             warn!(node = %self.me, "cannot watch a connection from {peer_addr}: {e}");
             net::close_one();
@@ -437,8 +457,12 @@ impl Net {
     // ---- dialing ----
 
     fn dial_due(&mut self, now: Instant) {
-        let due: Vec<NodeId> =
-            self.dials.iter().filter(|(_, d)| d.conn.is_none() && d.next_attempt <= now).map(|(p, _)| *p).collect();
+        let due: Vec<NodeId> = self
+            .dials
+            .iter()
+            .filter(|(_, d)| d.conn.is_none() && d.next_attempt <= now)
+            .map(|(p, _)| *p)
+            .collect();
         for peer in due {
             if let Err(e) = self.dial(peer) {
                 self.dial_failed(peer, &ConnEnd::Io(e));
@@ -450,12 +474,9 @@ impl Net {
         let Some(d) = self.dials.get(&peer) else { return Ok(()) };
         // Name resolution blocks; addresses are names from the command
         // line, resolved again at each attempt (a replica may have moved).
-        let addr = d
-            .spec
-            .addr
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} resolves to nothing", d.spec.addr)))?;
+        let addr = d.spec.addr.to_socket_addrs()?.next().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{} resolves to nothing", d.spec.addr))
+        })?;
         let mut stream = TcpStream::connect(addr)?;
         let _ = stream.set_nodelay(true);
         let conn = net::new_conn_id();
@@ -599,7 +620,14 @@ impl Net {
                     read += n;
                     c.last_read = Instant::now();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // All read: an idle connection keeps no buffer.
+                    match &mut c.state {
+                        State::Resp(r) => r.release_if_empty(),
+                        _ => c.dec.release_if_empty(),
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return self.close(id, Some(ConnEnd::Io(e))),
             }
@@ -615,7 +643,14 @@ impl Net {
         match &mut c.state {
             State::Closing | State::Connecting { .. } => Ok(false),
             State::Accepting(shake) => {
-                let done = shake.step(&self.accepting, &mut self.admission, id, &c.peer_addr, &mut c.dec, &mut c.out);
+                let done = shake.step(
+                    &self.accepting,
+                    &mut self.admission,
+                    id,
+                    &c.peer_addr,
+                    &mut c.dec,
+                    &mut c.out,
+                );
                 self.dirty.insert(id);
                 match done {
                     Ok(None) => Ok(true),
@@ -680,19 +715,26 @@ impl Net {
                         }
                     }
                     let Some(frame) = c.dec.next_frame().map_err(ConnEnd::Wire)? else { return Ok(true) };
-                    let allowed =
-                        if o.observer { wire::observer_accepts(&frame) } else { wire::accepts(me, o.peer, &frame) };
+                    let allowed = if o.observer {
+                        wire::observer_accepts(&frame)
+                    } else {
+                        wire::accepts(me, o.peer, &frame)
+                    };
                     if !allowed {
                         let what = match &frame {
                             Frame::Msg(m) => m.kind(),
                             Frame::Cluster(_) => "Cluster",
                         };
                         let who = if o.observer { "an observer".to_string() } else { o.peer.to_string() };
-                        return Err(ConnEnd::Wire(WireError::Invalid(format!("{who} may not send {what} to {me}"))));
+                        return Err(ConnEnd::Wire(WireError::Invalid(format!(
+                            "{who} may not send {what} to {me}"
+                        ))));
                     }
                     if client {
                         *budget -= 1;
-                        if let (Some(f), Frame::Msg(Msg::Request { id: req, .. })) = (&mut o.in_flight, &frame) {
+                        if let (Some(f), Frame::Msg(Msg::Request { id: req, .. })) =
+                            (&mut o.in_flight, &frame)
+                        {
                             f.insert(req.seq, Instant::now());
                         }
                     }
@@ -1072,7 +1114,8 @@ impl Net {
     /// together hold at most [`MAX_CLIENT_BACKLOG_TOTAL`].
     fn shed_backlog(&mut self) {
         while self.backlog > MAX_CLIENT_BACKLOG_TOTAL {
-            let Some((&id, c)) = self.conns.iter().filter(|(_, c)| c.backlog > 0).max_by_key(|(_, c)| c.backlog)
+            let Some((&id, c)) =
+                self.conns.iter().filter(|(_, c)| c.backlog > 0).max_by_key(|(_, c)| c.backlog)
             else {
                 return;
             };

@@ -234,7 +234,9 @@ impl DialShake {
         let Some((theirs, theirs_body)) = &self.theirs else { return Ok(None) };
         let Some(verdict) = dec.next_auth()? else { return Ok(None) };
         match verdict {
-            Auth::Refused(why) => Err(ConnEnd::Refused(format!("{} refused the connection: {why}", theirs.from))),
+            Auth::Refused(why) => {
+                Err(ConnEnd::Refused(format!("{} refused the connection: {why}", theirs.from)))
+            }
             Auth::Proof(mac) => {
                 let key = self.keys.for_link(self.me, theirs.from);
                 if !wire::verify_proof(key, Side::Acceptor, &self.mine_body, theirs_body, &mac) {
@@ -416,7 +418,6 @@ impl AcceptShake {
         Ok(Some(*theirs))
     }
 }
-
 
 /// One line for a cluster configuration, to compare two in a log line.
 pub fn describe_config(c: &ClusterConfig) -> String {

@@ -82,7 +82,11 @@ pub trait Role {
 }
 
 /// Starts the node's thread: `role`'s machine and every socket of `o`.
-pub(super) fn start<R: Role + Send + 'static>(role: R, o: NetOptions, clock: Clock) -> io::Result<NodeHandle> {
+pub(super) fn start<R: Role + Send + 'static>(
+    role: R,
+    o: NetOptions,
+    clock: Clock,
+) -> io::Result<NodeHandle> {
     let me = role.me();
     let addr = o.listener.local_addr()?;
     let resp_addr = o.resp_listener.as_ref().map(|l| l.local_addr()).transpose()?;

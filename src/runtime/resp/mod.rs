@@ -222,6 +222,15 @@ impl RespConn {
         got
     }
 
+    /// Frees the command buffer when everything in it was parsed.
+    pub fn release_if_empty(&mut self) {
+        let s = &mut self.s;
+        if s.start == s.buf.len() && s.buf.capacity() > 0 {
+            s.buf = Vec::new();
+            s.start = 0;
+        }
+    }
+
     /// Whether [`RespConn::pump`] would make progress now.
     pub fn can_go(&self) -> bool {
         let s = &self.s;
@@ -362,7 +371,11 @@ impl Session {
             *next = next.saturating_add(1);
             self.flight.start(id, ticket, lane);
             let msg = Msg::Request { id, attempt: 1, op, read, min_lsn };
-            self.emit.push(Input::Frame { conn: self.conn, from: NodeId::Client(id.client), frame: Frame::Msg(msg) });
+            self.emit.push(Input::Frame {
+                conn: self.conn,
+                from: NodeId::Client(id.client),
+                frame: Frame::Msg(msg),
+            });
         }
         true
     }
