@@ -65,8 +65,18 @@ pub const MAX_CLIENT_BACKLOG_TOTAL: usize = 32 << 20;
 /// cost its leader unbounded memory. One frame bigger than this (a whole
 /// snapshot) may wait alone.
 pub const MAX_PEER_BACKLOG: usize = 64 << 20;
+/// Bytes waiting for a cluster peer beyond which clients are not read (and
+/// so not forwarded) until it takes them: the node's own messages to that
+/// peer (a balancer's pings, say) must not queue behind megabytes of
+/// forwarded writes. TCP then pushes back on the clients.
+pub const CONGESTED_BYTES: usize = 256 * 1024;
+/// The kernel's send buffer on a balancer's connections to replicas.
+const BALANCER_SEND_BUFFER: usize = 256 * 1024;
 /// How often idle, handshake and in-flight deadlines are looked at.
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
+/// Connections accepted per pass at most, so handshakes in progress are
+/// read between bursts of a connection flood.
+const ACCEPTS_PER_PASS: usize = 64;
 /// After a failed `accept` (out of descriptors, say), wait this long.
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 
@@ -203,8 +213,17 @@ pub struct Net {
     /// RESP connections that stopped taking commands until their requests
     /// in flight are answered or their replies written.
     resp_waiting: BTreeSet<ConnId>,
+    /// Cluster connections with more than [`CONGESTED_BYTES`] waiting.
+    congested: BTreeSet<ConnId>,
     next_sweep: Instant,
     accept_retry: Option<Instant>,
+    /// The handshakes were read during this burst of accepts.
+    progressed: bool,
+    /// Handshakes read again during this burst before an eviction.
+    reread: BTreeSet<ConnId>,
+    /// Inputs read early (a handshake finished while reading them before
+    /// an eviction), handed over by the next [`Net::read`].
+    early: Vec<Input>,
     /// The waker's token fired: the node's control channel has something.
     pub woken: bool,
     keys: Keys,
@@ -263,8 +282,12 @@ impl Net {
             backlog: 0,
             info: None,
             resp_waiting: BTreeSet::new(),
+            congested: BTreeSet::new(),
             next_sweep: now,
             accept_retry: None,
+            progressed: false,
+            reread: BTreeSet::new(),
+            early: Vec::new(),
             woken: false,
             keys,
         };
@@ -275,7 +298,14 @@ impl Net {
     /// due, a deadline to look at, a retried accept; now when a previous
     /// pass left input unread.
     pub fn next_deadline(&self) -> Instant {
-        if !self.readable.is_empty() || !self.resp_waiting.is_empty() && self.resp_can_go() {
+        // Clients left unread wait while a cluster peer is congested (its
+        // writable edge wakes the loop); anything else left unread is now.
+        let unread = if self.congested.is_empty() {
+            !self.readable.is_empty() || !self.resp_waiting.is_empty() && self.resp_can_go()
+        } else {
+            self.readable.iter().any(|id| self.conns.get(id).is_some_and(|c| !c.is_client()))
+        };
+        if unread || !self.early.is_empty() {
             return Instant::now();
         }
         let mut at = self.next_sweep;
@@ -325,6 +355,8 @@ impl Net {
             self.accept_retry = None;
             accept = [true, self.resp_listener.is_some()];
         }
+        self.progressed = false;
+        self.reread.clear();
         if accept[0] {
             self.accept(false);
         }
@@ -349,7 +381,7 @@ impl Net {
     // ---- accepting ----
 
     fn accept(&mut self, resp: bool) {
-        loop {
+        for _ in 0..ACCEPTS_PER_PASS {
             let l = if resp { self.resp_listener.as_ref() } else { self.listener.as_ref() };
             let Some(l) = l else { return };
             let (stream, peer) = match l.accept() {
@@ -367,6 +399,9 @@ impl Net {
             };
             self.accepted(stream, peer, resp);
         }
+        // More may wait: go on after this pass's reads (the listener's
+        // readiness edge will not come again for them).
+        self.accept_retry = Some(Instant::now());
     }
 
     fn accepted(&mut self, mut stream: TcpStream, peer: SocketAddr, resp: bool) {
@@ -414,27 +449,52 @@ impl Net {
             return;
         }
         if self.handshaking.len() >= self.limit / 2 {
-            let staged: Vec<(u8, Instant)> = self
-                .handshaking
-                .iter()
-                .map(|id| match self.conns.get(id) {
-                    Some(Conn { state: State::Accepting(s), since, .. }) => (s.stage(), *since),
-                    _ => (2, now),
-                })
-                .collect();
-            if let Some(i) = net::pick_evictee(&staged, now) {
-                let old = self.handshaking.remove(i);
-                if self.throttle.allow(self.me) {
-                    let from = self.conns.get(&old).map(|c| c.peer_addr.clone()).unwrap_or_default();
-                    warn!(
-                        node = %self.me,
-                        "refusing connection from {from}: {} connections are in their handshake (limit); \
-                         the oldest makes room for one from {}",
-                        self.limit / 2,
-                        c.peer_addr
-                    );
+            if !self.progressed {
+                // Judge each by what it sent, not by what this loop has
+                // read yet: take in what the handshakes have (once per
+                // burst of accepts).
+                self.progressed = true;
+                let mut early = std::mem::take(&mut self.early);
+                for id in self.handshaking.clone() {
+                    let mut budget = 0;
+                    self.read_conn(id, &mut early, &mut budget);
                 }
-                self.close(old, None);
+                self.early = early;
+            }
+            let staged = self.staged(now);
+            if let Some(mut i) = net::pick_evictee(&staged, now) {
+                // One that said hello may have sent its proof since: read
+                // it before pushing it out (once each per burst).
+                let mut staged = staged;
+                for _ in 0..4 {
+                    let id = self.handshaking[i];
+                    if staged[i].0 != 1 || !self.reread.insert(id) {
+                        break;
+                    }
+                    let mut early = std::mem::take(&mut self.early);
+                    let mut budget = 0;
+                    self.read_conn(id, &mut early, &mut budget);
+                    self.early = early;
+                    staged = self.staged(now);
+                    match net::pick_evictee(&staged, now) {
+                        Some(j) => i = j,
+                        None => break,
+                    }
+                }
+                if self.handshaking.len() >= self.limit / 2 {
+                    let old = self.handshaking.remove(i);
+                    if self.throttle.allow(self.me) {
+                        let from = self.conns.get(&old).map(|c| c.peer_addr.clone()).unwrap_or_default();
+                        warn!(
+                            node = %self.me,
+                            "refusing connection from {from}: {} connections are in their handshake (limit); \
+                             the oldest makes room for one from {}",
+                            self.limit / 2,
+                            c.peer_addr
+                        );
+                    }
+                    self.close(old, None);
+                }
             }
         }
         c.state = State::Accepting(AcceptShake::start(self.me, &mut c.out));
@@ -442,6 +502,17 @@ impl Net {
         self.handshaking.push(conn);
         self.dirty.insert(conn);
         self.readable.insert(conn);
+    }
+
+    /// How far each handshake got, and since when (see [`net::pick_evictee`]).
+    fn staged(&self, now: Instant) -> Vec<(u8, Instant)> {
+        self.handshaking
+            .iter()
+            .map(|id| match self.conns.get(id) {
+                Some(Conn { state: State::Accepting(s), since, .. }) => (s.stage(), *since),
+                _ => (2, now),
+            })
+            .collect()
     }
 
     /// Stops accepting: the listeners close (new connections are refused).
@@ -479,6 +550,13 @@ impl Net {
         })?;
         let mut stream = TcpStream::connect(addr)?;
         let _ = stream.set_nodelay(true);
+        if self.me == NodeId::Balancer {
+            // A small kernel buffer toward each replica: what the replica
+            // has not taken then waits here, where it is seen (and stops
+            // client reads, see CONGESTED_BYTES), instead of megabytes of
+            // forwarded writes queueing in the kernel ahead of the pings.
+            let _ = rustix::net::sockopt::set_socket_send_buffer_size(&stream, BALANCER_SEND_BUFFER);
+        }
         let conn = net::new_conn_id();
         self.poll.registry().register(&mut stream, token(conn), Interest::READABLE | Interest::WRITABLE)?;
         let mut out = Vec::new();
@@ -561,6 +639,7 @@ impl Net {
     /// Reads what is ready and turns it into inputs: cluster connections
     /// first, then clients, at most [`MAX_CLIENT_FRAMES_PER_PASS`] of theirs.
     pub fn read(&mut self, inputs: &mut Vec<Input>) {
+        inputs.append(&mut self.early);
         let ids: Vec<ConnId> = self.readable.iter().copied().collect();
         let (clients, cluster): (Vec<ConnId>, Vec<ConnId>) =
             ids.into_iter().partition(|id| self.conns.get(id).is_some_and(Conn::is_client));
@@ -568,6 +647,10 @@ impl Net {
             self.readable.remove(&id);
             let mut budget = usize::MAX;
             self.read_conn(id, inputs, &mut budget);
+        }
+        if !self.congested.is_empty() {
+            // Clients wait until the cluster peers take what is queued.
+            return;
         }
         let mut budget = MAX_CLIENT_FRAMES_PER_PASS;
         for id in clients {
@@ -853,6 +936,7 @@ impl Net {
         self.readable.remove(&id);
         self.dirty.remove(&id);
         self.resp_waiting.remove(&id);
+        self.congested.remove(&id);
         self.handshaking.retain(|h| *h != id);
         let peer = c.peer();
         let me = self.me;
@@ -1076,6 +1160,11 @@ impl Net {
                 info!(node = %self.me, "dropping connection to {}: write failed: {e}", c.peer_addr);
             }
             return self.close(id, Some(ConnEnd::Io(e)));
+        }
+        if c.out.len() < CONGESTED_BYTES {
+            self.congested.remove(&id);
+        } else if !c.is_client() {
+            self.congested.insert(id);
         }
         if c.out.is_empty() {
             self.backlog -= c.backlog;
