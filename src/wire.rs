@@ -376,6 +376,16 @@ impl FrameDecoder {
         Ok(n)
     }
 
+    /// Frees the buffer when it holds nothing (an idle connection then
+    /// costs no buffer; the next read allocates one again).
+    pub fn release_if_empty(&mut self) {
+        if self.start == self.end && !self.buf.is_empty() {
+            self.buf = Vec::new();
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
     /// Appends bytes directly (tests, and data read elsewhere).
     pub fn feed(&mut self, bytes: &[u8]) {
         let mut r = bytes;

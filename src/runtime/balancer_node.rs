@@ -1,5 +1,5 @@
 //! The balancer node: the [`Balancer`] machine, clients' connections, and
-//! one dialer per replica.
+//! a connection it keeps up to each replica, all on one thread.
 //!
 //! Replicas are numbered by their position on the command line (the first
 //! address is replica 1), as in the original where `server 1` listened on
@@ -8,8 +8,8 @@
 //! balancer's configuration (the replica refuses one unlike its own).
 
 use super::auth::Keys;
-use super::net::{self, Accepting, DialSpec, Dialer};
-use super::node::{self, Net, Role};
+use super::net::{self, Accepting, DialSpec};
+use super::node::{self, Net, NetOptions, Role};
 use super::{Clock, NodeHandle};
 use crate::balancer::Balancer;
 use crate::config::ClusterConfig;
@@ -18,7 +18,6 @@ use crate::msg::{ClusterView, Msg};
 use crate::types::{NodeId, ReplicaId, Time};
 use crate::wire::Frame;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +28,6 @@ pub struct BalancerNode {
     addrs: Vec<String>,
     /// The last notice said promotions stall: the next stall is not news.
     stalled: bool,
-    _dialers: Vec<Dialer>,
 }
 
 impl BalancerNode {
@@ -191,72 +189,39 @@ pub fn start_balancer(opts: BalancerOptions, clock: Clock) -> io::Result<NodeHan
     let listener = net::bind(&opts.listen)?;
     let addr = listener.local_addr()?;
     super::auth::check_listen(addr, opts.keys.cluster.is_some(), opts.insecure_open)?;
-    let (inbox, inputs) = net::inbox();
-    let stopping = Arc::new(AtomicBool::new(false));
     let allowed = Arc::new(|h: &crate::wire::Hello| match h.from {
         NodeId::Client(_) => Ok(()),
         other => Err(format!("{other} may not connect to the balancer")),
     });
-    net::spawn_acceptor(
-        listener,
-        Accepting::new(
-            me,
-            inbox.clone(),
-            stopping.clone(),
-            allowed,
-            opts.keys.clone(),
-            None,
-            opts.client_idle,
-        ),
-    )?;
-    let mut dialers = Vec::new();
-    for (i, a) in opts.replicas.iter().enumerate() {
-        dialers.push(net::spawn_dialer(DialSpec {
-            me,
+    let dials = opts
+        .replicas
+        .iter()
+        .enumerate()
+        .map(|(i, a)| DialSpec {
             peer: NodeId::Replica(ReplicaId(i as u8 + 1)),
             addr: a.clone(),
-            keys: opts.keys.clone(),
             config: Some(config.clone()),
-            inbox: inbox.clone(),
             loud: true,
-        })?);
-    }
+        })
+        .collect();
+    let resp_listener = match &opts.resp {
+        Some(at) => Some(super::resp::bind(at, &opts.keys, opts.insecure_open)?),
+        None => None,
+    };
     let timing = &config.timing;
     let (now, incarnation) = (clock.now(), incarnation());
     let rec = super::record::Recorder::balancer(opts.record.as_deref(), &config, now, incarnation)?;
     // Long enough for the machine to answer or time out every request.
     let drain = Duration::from_micros(timing.request_timeout_us + 2 * crate::balancer::TICK_US);
-    let resp_addr = match &opts.resp {
-        Some(at) => {
-            let o = super::resp::RespOptions {
-                inbox: inbox.clone(),
-                stopping: stopping.clone(),
-                keys: opts.keys.clone(),
-                client_idle: opts.client_idle,
-            };
-            Some(super::resp::start(at, o, opts.insecure_open)?)
-        }
-        None => None,
-    };
     let role = BalancerNode {
         machine: super::record::Recorded::new(Balancer::new(config.clone(), now, incarnation), rec),
         drain,
         addrs: opts.replicas.clone(),
         stalled: false,
-        _dialers: dialers,
     };
-    let thread = std::thread::Builder::new().name(me.to_string()).spawn(move || {
-        node::run(role, inputs, clock, move || {
-            stopping.store(true, Ordering::SeqCst);
-            net::wake_acceptor(addr);
-            if let Some(a) = resp_addr {
-                net::wake_acceptor(a);
-            }
-        })
-    })?;
-    let mut handle = NodeHandle::new(me, addr, inbox, thread);
-    handle.resp_addr = resp_addr;
-    Ok(handle)
+    let accepting =
+        Accepting { me, allowed, keys: opts.keys.clone(), config: None, client_idle: opts.client_idle };
+    node::start(role, NetOptions { me, listener, resp_listener, accepting, dials }, clock)
 }
 
 /// A number that differs between runs of this balancer process: request tags

@@ -28,6 +28,7 @@ pub mod balancer_node;
 pub mod bench;
 pub mod client;
 pub mod cluster_file;
+pub mod conns;
 pub mod net;
 pub mod node;
 pub mod record;
@@ -38,11 +39,12 @@ pub mod status;
 pub mod store;
 
 use crate::types::{NodeId, Time};
-use net::{Inbox, Input};
+use crossbeam_channel::Sender;
+use node::Control;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -89,18 +91,26 @@ pub struct NodeHandle {
     pub addr: SocketAddr,
     /// Where a balancer serves the Redis protocol, if it does.
     pub resp_addr: Option<SocketAddr>,
-    inbox: Inbox,
+    control: Sender<Control>,
+    waker: Arc<mio::Waker>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl NodeHandle {
-    fn new(id: NodeId, addr: SocketAddr, inbox: Inbox, thread: JoinHandle<()>) -> NodeHandle {
-        NodeHandle { id, addr, resp_addr: None, inbox, thread: Some(thread) }
+    fn new(
+        id: NodeId,
+        addr: SocketAddr,
+        control: Sender<Control>,
+        waker: Arc<mio::Waker>,
+        thread: JoinHandle<()>,
+    ) -> NodeHandle {
+        NodeHandle { id, addr, resp_addr: None, control, waker, thread: Some(thread) }
     }
 
     /// Asks the node to stop: it stops accepting, drains, flushes.
     pub fn shutdown(&self) {
-        let _ = self.inbox.cluster.send(Input::Shutdown);
+        let _ = self.control.send(Control::Shutdown);
+        let _ = self.waker.wake();
     }
 
     /// Waits for the node thread to finish.

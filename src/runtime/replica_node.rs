@@ -8,8 +8,8 @@
 //! when it differs, and peers are dialed only at the addresses given here.
 
 use super::auth::Keys;
-use super::net::{self, Accepting, DialSpec, Dialer};
-use super::node::{self, Net, Role};
+use super::net::{self, Accepting, DialSpec};
+use super::node::{self, Net, NetOptions, Role};
 use super::store::{Start, Store};
 use super::{Clock, NodeHandle};
 use crate::config::ClusterConfig;
@@ -19,7 +19,6 @@ use crate::types::{NodeId, ReplicaId, Time};
 use crate::wire::Frame;
 use std::io;
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{error, info, warn};
@@ -31,7 +30,6 @@ pub struct ReplicaNode {
     /// The last persist id handed to the store, and the last made durable.
     written: u64,
     synced: u64,
-    _dialers: Vec<Dialer>,
 }
 
 impl ReplicaNode {
@@ -219,8 +217,6 @@ pub fn start_replica_on(listener: TcpListener, opts: ReplicaOptions, clock: Cloc
     }
     let mut store = opts.store;
     let machine = start_machine(opts.id, &opts.config, store.as_mut(), opts.record.as_deref(), clock.now())?;
-    let (inbox, inputs) = net::inbox();
-    let stopping = Arc::new(AtomicBool::new(false));
     let members = opts.config.replicas.clone();
     let id = opts.id;
     let allowed = Arc::new(move |h: &crate::wire::Hello| match h.from {
@@ -228,40 +224,25 @@ pub fn start_replica_on(listener: TcpListener, opts: ReplicaOptions, clock: Cloc
         NodeId::Replica(r) if r != id && members.contains(&r) => Ok(()),
         other => Err(format!("{other} may not connect to {}", NodeId::Replica(id))),
     });
-    net::spawn_acceptor(
-        listener,
-        Accepting::new(
-            me,
-            inbox.clone(),
-            stopping.clone(),
-            allowed,
-            opts.keys.clone(),
-            Some(opts.config.clone()),
-            net::CLIENT_IDLE_TIMEOUT,
-        ),
-    )?;
-    let mut dialers = Vec::new();
-    for (i, peer_addr) in opts.peers.iter().enumerate() {
-        let r = ReplicaId(i as u8 + 1);
-        if r == opts.id {
-            continue;
-        }
-        dialers.push(net::spawn_dialer(DialSpec {
-            me,
-            peer: NodeId::Replica(r),
+    let dials = opts
+        .peers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ReplicaId(*i as u8 + 1) != opts.id)
+        .map(|(i, peer_addr)| DialSpec {
+            peer: NodeId::Replica(ReplicaId(i as u8 + 1)),
             addr: peer_addr.clone(),
-            keys: opts.keys.clone(),
             config: Some(opts.config.clone()),
-            inbox: inbox.clone(),
             loud: false,
-        })?);
-    }
-    let role = ReplicaNode { id: opts.id, machine, store, written: 0, synced: 0, _dialers: dialers };
-    let thread = std::thread::Builder::new().name(me.to_string()).spawn(move || {
-        node::run(role, inputs, clock, move || {
-            stopping.store(true, Ordering::SeqCst);
-            net::wake_acceptor(addr);
         })
-    })?;
-    Ok(NodeHandle::new(me, addr, inbox, thread))
+        .collect();
+    let accepting = Accepting {
+        me,
+        allowed,
+        keys: opts.keys.clone(),
+        config: Some(opts.config.clone()),
+        client_idle: net::CLIENT_IDLE_TIMEOUT,
+    };
+    let role = ReplicaNode { id: opts.id, machine, store, written: 0, synced: 0 };
+    node::start(role, NetOptions { me, listener, resp_listener: None, accepting, dials }, clock)
 }

@@ -31,11 +31,31 @@ pub fn random_secret() -> String {
     format!("{:016x}{:016x}", kvstore::runtime::random_u64(), kvstore::runtime::random_u64())
 }
 
-/// `n` loopback ports free a moment ago (bound to port 0, then released):
+/// `n` loopback ports free a moment ago (bound, then released):
 /// replicas must know each other's addresses before they start.
+///
+/// They are taken below the kernel's ephemeral range: a port from that
+/// range, once released, can be handed to some test's outgoing connection
+/// before the node that is to listen on it binds it ("Address already in
+/// use", seen with the connection floods of `kvnode_attack`).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(32768);
+    let (from, to) = (10_000u16, low.max(10_001));
+    let mut held: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut next = from + (kvstore::runtime::random_u64() % u64::from(to - from)) as u16;
+    for _ in 0..u32::from(to - from) {
+        if held.len() == n {
+            break;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", next)) {
+            held.push(l);
+        }
+        next = if next + 1 >= to { from } else { next + 1 };
+    }
+    while held.len() < n {
+        held.push(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    }
     held.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
@@ -245,14 +265,34 @@ impl TestCluster {
                 _ => {}
             }
         }
-        let replica_addrs: Vec<String> =
-            free_ports(n as usize).into_iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let mut replicas = Vec::new();
-        for i in 1..=n {
-            let p = start_replica(&dir, i, &replica_addrs, data, &replica_args, &secret_args);
-            p.wait_line(&format!("kvnode replica {i} listening at "), Duration::from_secs(10));
-            replicas.push(p);
-        }
+        // Ports free when picked may be taken before a replica binds them
+        // (another test restarting a node on its old port): then all of
+        // them again, on new ports, a few times.
+        let mut attempt = 0;
+        let (replica_addrs, replicas) = loop {
+            attempt += 1;
+            let addrs: Vec<String> =
+                free_ports(n as usize).into_iter().map(|p| format!("127.0.0.1:{p}")).collect();
+            let mut started = Vec::new();
+            let mut taken = false;
+            for i in 1..=n {
+                let p = start_replica(&dir, i, &addrs, data, &replica_args, &secret_args);
+                let listening = format!("kvnode replica {i} listening at ");
+                wait_until(Duration::from_secs(10), || {
+                    p.out.lock().unwrap().iter().any(|l| l.starts_with(&listening))
+                        || p.err.lock().unwrap().iter().any(|l| l.contains("Address already in use"))
+                });
+                if attempt < 4 && p.err.lock().unwrap().iter().any(|l| l.contains("Address already in use")) {
+                    taken = true;
+                    break;
+                }
+                p.wait_line(&listening, Duration::from_secs(10));
+                started.push(p);
+            }
+            if !taken {
+                break (addrs, started);
+            }
+        };
         let lb = start_balancer("127.0.0.1:0", &replica_addrs, &lb_args, &secret_args);
         let lb_addr = lb.wait_line("kvnode balancer listening at ", Duration::from_secs(10));
         TestCluster {

@@ -1,12 +1,12 @@
 //! The balancer's Redis (RESP2) port: `kvnode balancer --resp ADDR`.
 //!
 //! A RESP connection is a client of the balancer machine like a native
-//! one, with no extra hop: its reader thread parses commands ([`codec`]),
-//! turns each into requests of a client id of its own (the same
-//! `Msg::Request` a native client sends) on the node's clients' channel,
-//! and tells the node first how the command's reply is made from their
-//! answers ([`Item`]). The node thread writes replies in command order
-//! ([`Replies`]), so a pipeline is forwarded as fast as it is read.
+//! one, with no extra hop: the node's loop reads its bytes, this module
+//! parses commands ([`codec`]) and turns each into requests of a client id
+//! of its own (the same `Msg::Request` a native client sends), after an
+//! [`Item`] saying how the command's reply is made from their answers. The
+//! node writes replies in command order ([`Replies`]), so a pipeline is
+//! forwarded as fast as it is read.
 //!
 //! Lanes: a connection's requests go out under several client ids, each
 //! with one request in flight at a time, exactly as native clients do
@@ -21,46 +21,46 @@
 //! applies them in order), reads too; a command of the other kind waits
 //! until the connection's requests in flight are answered, so a read sees
 //! the connection's earlier writes (its session LSN includes them) and a
-//! write never overtakes an earlier read.
+//! write never overtakes an earlier read. A connection that must wait (for
+//! a lane, for its requests to drain, for room for replies) is not read
+//! meanwhile, so TCP pushes back.
 
 pub mod client;
 pub mod codec;
 pub mod replies;
 
 use super::auth::{self, Keys};
-use super::net::{self, Inbox, Input};
+use super::conns::Input;
+use super::net::{self, ConnId};
 use crate::msg::Msg;
 use crate::types::{ClientId, Lsn, NodeId, Op, ReadMode, RequestId};
 use crate::wire::Frame;
 pub use replies::{ClusterInfo, Item, ReplicaInfo, Replies, Shape};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
-use std::time::Duration;
-use tracing::{debug, info, warn};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use tracing::info;
 
 /// Requests one RESP connection may have in flight (its pipeline depth at
-/// the balancer, and its number of lanes); the reader stops reading beyond
-/// that, so TCP pushes back.
+/// the balancer, and its number of lanes); the connection is not read
+/// beyond that, so TCP pushes back.
 pub const MAX_IN_FLIGHT: usize = 128;
 /// Replies one RESP connection may owe at most (answered or not, not yet
-/// written); the reader stops reading beyond that.
+/// written); the connection is not read beyond that.
 pub const MAX_QUEUED_REPLIES: usize = 4096;
 /// Bytes of ready replies (PING, ECHO, errors...) one RESP connection may
-/// have queued behind replies still waiting, at most.
+/// have queued behind replies still waiting, at most (one command's reply
+/// may go past it).
 pub const MAX_QUEUED_REPLY_BYTES: usize = 1 << 20;
 /// Bytes read from a RESP socket at a time.
-const READ_CHUNK: usize = 64 * 1024;
-const READER_STACK_BYTES: usize = 256 * 1024;
+pub const READ_CHUNK: usize = 64 * 1024;
 
-/// What a RESP connection's reader and the node thread share: the
-/// requests in flight, the replies owed, the newest LSN answered.
+/// What a RESP connection's session and its replies share: the requests
+/// in flight, the replies owed, the newest LSN answered. (Both live on the
+/// node's thread; the lock is never contended.)
 pub struct Flight {
     state: Mutex<FlightState>,
-    changed: Condvar,
 }
 
 #[derive(Default)]
@@ -70,56 +70,41 @@ struct FlightState {
     /// Lanes with nothing in flight, and how many lanes there are.
     free: Vec<usize>,
     lanes: usize,
-    lane_of: BTreeMap<ClientId, usize>,
     replies: usize,
     reply_bytes: usize,
     max_lsn: Lsn,
-    closed: bool,
-    waiting: bool,
 }
 
 impl Flight {
     fn new() -> Flight {
-        Flight { state: Mutex::new(FlightState::default()), changed: Condvar::new() }
+        Flight { state: Mutex::new(FlightState::default()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FlightState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits until `ready` holds; false once the connection closed.
-    fn wait_until(
-        &self,
-        ready: impl Fn(&FlightState) -> bool,
-    ) -> Option<std::sync::MutexGuard<'_, FlightState>> {
-        let mut s = self.lock();
-        loop {
-            if s.closed {
-                return None;
-            }
-            if ready(&s) {
-                return Some(s);
-            }
-            s.waiting = true;
-            s = self.changed.wait_timeout(s, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
-            s.waiting = false;
-        }
-    }
-
     /// A lane with nothing in flight (a new one while fewer than
-    /// [`MAX_IN_FLIGHT`] exist: `Err` with its index, to be named with
-    /// [`Flight::name_lane`]). None once the connection closed.
+    /// [`MAX_IN_FLIGHT`] exist: `Err` with its index), if any.
     fn acquire_lane(&self) -> Option<Result<usize, usize>> {
-        let mut s = self.wait_until(|s| !s.free.is_empty() || s.lanes < MAX_IN_FLIGHT)?;
+        let mut s = self.lock();
         if let Some(l) = s.free.pop() {
             return Some(Ok(l));
         }
-        s.lanes += 1;
-        Some(Err(s.lanes - 1))
+        if s.lanes < MAX_IN_FLIGHT {
+            s.lanes += 1;
+            return Some(Err(s.lanes - 1));
+        }
+        None
     }
 
-    fn name_lane(&self, lane: usize, client: ClientId) {
-        self.lock().lane_of.insert(client, lane);
+    fn lane_free(&self) -> bool {
+        let s = self.lock();
+        !s.free.is_empty() || s.lanes < MAX_IN_FLIGHT
+    }
+
+    fn drained(&self) -> bool {
+        self.lock().in_flight.is_empty()
     }
 
     /// Request `id` (on `lane`) goes out, feeding reply `ticket`.
@@ -127,35 +112,20 @@ impl Flight {
         self.lock().in_flight.insert(id, (ticket, lane));
     }
 
-    /// Room for one more reply of `bytes` ready bytes (0 for one to be made).
-    fn acquire_reply(&self, bytes: usize) -> bool {
-        let fits = |s: &FlightState| {
-            s.replies < MAX_QUEUED_REPLIES
-                && (s.reply_bytes == 0 || s.reply_bytes.saturating_add(bytes) <= MAX_QUEUED_REPLY_BYTES)
-        };
-        match self.wait_until(fits) {
-            Some(mut s) => {
-                s.replies += 1;
-                s.reply_bytes = s.reply_bytes.saturating_add(bytes);
-                true
-            }
-            None => false,
-        }
+    /// Room for the replies of one more command.
+    fn reply_room(&self) -> bool {
+        let s = self.lock();
+        s.replies + 2 <= MAX_QUEUED_REPLIES && s.reply_bytes <= MAX_QUEUED_REPLY_BYTES
     }
 
-    /// Waits until nothing is in flight; the newest LSN answered.
-    fn drained(&self) -> Option<Lsn> {
-        self.wait_until(|s| s.in_flight.is_empty()).map(|s| s.max_lsn)
+    fn add_reply(&self, bytes: usize) {
+        let mut s = self.lock();
+        s.replies += 1;
+        s.reply_bytes = s.reply_bytes.saturating_add(bytes);
     }
 
     fn max_lsn(&self) -> Lsn {
         self.lock().max_lsn
-    }
-
-    fn notify(&self, s: &FlightState) {
-        if s.waiting {
-            self.changed.notify_all();
-        }
     }
 
     /// Request `id` was answered: the ticket it fed, if it was ours.
@@ -164,7 +134,6 @@ impl Flight {
         let (ticket, lane) = s.in_flight.remove(&id)?;
         s.free.push(lane);
         s.max_lsn = s.max_lsn.max(lsn);
-        self.notify(&s);
         Some(ticket)
     }
 
@@ -172,121 +141,121 @@ impl Flight {
         let mut s = self.lock();
         s.replies = s.replies.saturating_sub(n);
         s.reply_bytes = s.reply_bytes.saturating_sub(bytes);
-        self.notify(&s);
     }
 
-    pub(crate) fn close(&self) {
-        let mut s = self.lock();
-        s.closed = true;
-        self.changed.notify_all();
-    }
+    pub(crate) fn close(&self) {}
 }
 
-/// How the RESP port is set up.
-#[derive(Clone)]
-pub struct RespOptions {
-    pub inbox: Inbox,
-    pub stopping: Arc<AtomicBool>,
-    pub keys: Keys,
-    pub client_idle: Duration,
-}
-
-/// Opens the RESP listener at `addr` and accepts on a thread of its own.
-pub fn start(addr: &str, opts: RespOptions, insecure_open: bool) -> io::Result<SocketAddr> {
+/// Binds the RESP listener at `addr` (the balancer's loop accepts on it).
+pub fn bind(addr: &str, keys: &Keys, insecure_open: bool) -> io::Result<TcpListener> {
     let listener = net::bind(addr)?;
-    let local = listener.local_addr()?;
-    auth::check_listen(local, opts.keys.cluster.is_some(), insecure_open)?;
-    thread::Builder::new().name("lb-resp-accept".into()).spawn(move || accept_loop(listener, opts))?;
-    Ok(local)
+    let local: SocketAddr = listener.local_addr()?;
+    auth::check_listen(local, keys.cluster.is_some(), insecure_open)?;
+    Ok(listener)
 }
 
-fn accept_loop(listener: TcpListener, opts: RespOptions) {
-    let limit = auth::connection_limit();
-    for stream in listener.incoming() {
-        if opts.stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                debug!("resp accept failed: {e}");
-                thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        if !net::open_one(limit) {
-            debug!("refusing a RESP connection: {limit} connections open");
-            continue;
-        }
-        let o = opts.clone();
-        let spawned =
-            thread::Builder::new().name("lb-resp".into()).stack_size(READER_STACK_BYTES).spawn(move || {
-                serve(stream, &o);
-                net::close_one();
-            });
-        if let Err(e) = spawned {
-            warn!("cannot start a RESP reader thread: {e}");
-            net::close_one();
-        }
-    }
-    debug!("stopped accepting RESP connections");
+/// One RESP connection on the balancer's loop: its command session and the
+/// replies it owes.
+pub struct RespConn {
+    pub replies: Replies,
+    s: Session,
 }
 
-fn serve(stream: TcpStream, opts: &RespOptions) {
-    let peer_addr = stream.peer_addr().map(|p| p.to_string()).unwrap_or_default();
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(opts.client_idle));
-    let stream = Arc::new(stream);
-    let conn = net::new_conn_id();
-    let client = ClientId(super::random_u64());
-    let flight = Arc::new(Flight::new());
-    let connected = Input::RespConnected {
-        conn,
-        peer: NodeId::Client(client),
-        stream: stream.clone(),
-        replies: Box::new(Replies::new(flight.clone())),
-    };
-    if opts.inbox.clients.send(connected).is_err() {
-        return;
-    }
-    debug!("RESP connection {conn} from {peer_addr} as {}", NodeId::Client(client));
-    let mut s = Session {
-        conn,
-        client,
-        next_ticket: 1,
-        lanes: Vec::new(),
-        mode: ReadMode::Session,
-        authed: opts.keys.client.is_none(),
-        last_kind: None,
-        flight,
-        opts,
-    };
-    let end = s.run(&stream);
-    match end {
-        End::Quit => {}
-        End::Gone(why) => {
-            debug!("RESP connection from {peer_addr} ended: {why}");
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-            let _ = opts.inbox.clients.send(Input::Closed { conn });
+/// What [`RespConn::pump`] came to.
+pub enum Pumped {
+    /// Every complete command taken: read more bytes.
+    NeedBytes,
+    /// The pass's budget is spent: go on in the next pass.
+    Budget,
+    /// Waiting for answers (a lane, the other kind's requests) or for room
+    /// for replies: go on when [`RespConn::can_go`].
+    Blocked,
+    /// QUIT, an error, or the end of the stream: no more commands.
+    Done,
+}
+
+impl RespConn {
+    pub fn new(conn: ConnId, client: ClientId, keys: &Keys) -> RespConn {
+        let flight = Arc::new(Flight::new());
+        RespConn {
+            replies: Replies::new(flight.clone()),
+            s: Session {
+                conn,
+                client,
+                next_ticket: 1,
+                lanes: Vec::new(),
+                mode: ReadMode::Session,
+                authed: keys.client.is_none(),
+                password: keys.client.clone(),
+                last_kind: None,
+                flight,
+                buf: Vec::new(),
+                start: 0,
+                pending: VecDeque::new(),
+                quit: false,
+                emit: Vec::new(),
+            },
         }
     }
+
+    /// The connection's own client id (its first lane's is another).
+    pub fn peer(&self) -> NodeId {
+        NodeId::Client(self.s.client)
+    }
+
+    /// Whether a `Close` reached the head of the replies.
+    pub fn closing(&self) -> bool {
+        self.replies.closing
+    }
+
+    /// Reads once from `r` into the command buffer.
+    pub fn fill(&mut self, r: &mut impl Read) -> io::Result<usize> {
+        let s = &mut self.s;
+        if s.start > 0 {
+            s.buf.drain(..s.start);
+            s.start = 0;
+        }
+        let have = s.buf.len();
+        s.buf.resize(have + READ_CHUNK, 0);
+        let got = r.read(&mut s.buf[have..]);
+        s.buf.truncate(have + *got.as_ref().unwrap_or(&0));
+        got
+    }
+
+    /// Frees the command buffer when everything in it was parsed.
+    pub fn release_if_empty(&mut self) {
+        let s = &mut self.s;
+        if s.start == s.buf.len() && s.buf.capacity() > 0 {
+            s.buf = Vec::new();
+            s.start = 0;
+        }
+    }
+
+    /// Whether [`RespConn::pump`] would make progress now.
+    pub fn can_go(&self) -> bool {
+        let s = &self.s;
+        if s.quit {
+            return !s.pending.is_empty() && s.can_issue();
+        }
+        match s.pending.front() {
+            Some(_) => s.can_issue(),
+            None => s.flight.reply_room(),
+        }
+    }
+
+    /// Issues the requests it can and takes the commands it has, at most
+    /// `budget` of them; what they make goes to `inputs`. `eof`: nothing
+    /// more comes (what is complete is answered, then the connection closes).
+    pub fn pump(&mut self, inputs: &mut Vec<Input>, budget: &mut usize, eof: bool) -> Pumped {
+        let flow = self.s.pump(budget, eof);
+        inputs.append(&mut self.s.emit);
+        flow
+    }
 }
 
-enum End {
-    /// The node closes the connection once its replies are written.
-    Quit,
-    /// Close now.
-    Gone(String),
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Read,
-    Write,
-}
-
-struct Session<'a> {
-    conn: net::ConnId,
+/// One connection's commands.
+struct Session {
+    conn: ConnId,
     /// The connection's own id (CLIENT ID, HELLO).
     client: ClientId,
     /// Replies made from requests are numbered by tickets.
@@ -295,144 +264,160 @@ struct Session<'a> {
     lanes: Vec<(ClientId, u64)>,
     mode: ReadMode,
     authed: bool,
+    password: Option<auth::Secret>,
     last_kind: Option<Kind>,
     flight: Arc<Flight>,
-    opts: &'a RespOptions,
+    /// Bytes read and not yet parsed (from `start`).
+    buf: Vec<u8>,
+    start: usize,
+    /// Requests of the commands taken, not yet sent: (ticket, op, mode).
+    pending: VecDeque<(u64, Op, ReadMode)>,
+    /// No more commands are taken.
+    quit: bool,
+    /// What the commands made, for the node.
+    emit: Vec<Input>,
 }
 
-/// A command's outcome for the reader loop.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+}
+
+/// A command's outcome.
 enum Flow {
     Go,
-    Stop(End),
+    /// Take no more commands (QUIT, or a command that cannot be served).
+    Stop,
 }
 
-impl Session<'_> {
-    fn run(&mut self, stream: &TcpStream) -> End {
-        let mut buf: Vec<u8> = Vec::new();
-        let mut start = 0;
-        let mut chunk = vec![0u8; READ_CHUNK];
+impl Session {
+    fn pump(&mut self, budget: &mut usize, eof: bool) -> Pumped {
         loop {
-            loop {
-                match codec::parse(&buf[start..]) {
-                    Ok(Some((args, used))) => {
-                        start += used;
-                        if args.is_empty() {
-                            continue;
-                        }
-                        if let Flow::Stop(end) = self.command(&args) {
-                            return end;
-                        }
+            if !self.issue() {
+                return Pumped::Blocked;
+            }
+            if self.quit {
+                return Pumped::Done;
+            }
+            if *budget == 0 {
+                return Pumped::Budget;
+            }
+            if !self.flight.reply_room() {
+                return Pumped::Blocked;
+            }
+            match codec::parse(&self.buf[self.start..]) {
+                Ok(Some((args, used))) => {
+                    self.start += used;
+                    if args.is_empty() {
+                        continue;
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let mut out = Vec::new();
-                        codec::error(&mut out, &format!("ERR {e}"));
-                        self.item(Item::Ready(out));
+                    *budget -= 1;
+                    if let Flow::Stop = self.command(&args) {
+                        self.quit = true;
+                    }
+                }
+                Ok(None) => {
+                    if eof {
+                        // Half-closed (`redis-cli --pipe`, `nc`): answer
+                        // what came, then close.
                         self.item(Item::Close);
-                        info!("closing a RESP connection: {e}");
-                        return End::Quit;
+                        self.quit = true;
+                        continue;
                     }
+                    return Pumped::NeedBytes;
                 }
-            }
-            if start > 0 {
-                buf.drain(..start);
-                start = 0;
-            }
-            match (&*stream).read(&mut chunk) {
-                Ok(0) => {
-                    // Half-closed (`redis-cli --pipe`, `nc`): answer what came.
+                Err(e) => {
+                    let mut out = Vec::new();
+                    codec::error(&mut out, &format!("ERR {e}"));
+                    self.item(Item::Ready(out));
                     self.item(Item::Close);
-                    return End::Quit;
+                    info!("closing a RESP connection: {e}");
+                    self.quit = true;
                 }
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if net::is_timeout(&e) => {
-                    return End::Gone(format!("idle for {:?}", self.opts.client_idle))
-                }
-                Err(e) => return End::Gone(e.to_string()),
             }
         }
     }
 
-    /// Queues `item` for the node; false when the node or connection is gone.
-    fn item(&self, item: Item) -> bool {
+    /// Whether the first pending request can go out now.
+    fn can_issue(&self) -> bool {
+        let Some((_, op, _)) = self.pending.front() else { return true };
+        let kind = if op.is_write() { Kind::Write } else { Kind::Read };
+        if self.last_kind.is_some_and(|k| k != kind) && !self.flight.drained() {
+            return false;
+        }
+        self.flight.lane_free()
+    }
+
+    /// Sends pending requests while it can; false if some must wait.
+    fn issue(&mut self) -> bool {
+        while !self.pending.is_empty() {
+            if !self.can_issue() {
+                return false;
+            }
+            let Some((ticket, op, read)) = self.pending.pop_front() else { break };
+            self.last_kind = Some(if op.is_write() { Kind::Write } else { Kind::Read });
+            let min_lsn = self.flight.max_lsn();
+            let lane = match self.flight.acquire_lane() {
+                None => return false,
+                Some(Ok(lane)) => lane,
+                Some(Err(new)) => {
+                    self.lanes.push((ClientId(super::random_u64()), 1));
+                    new
+                }
+            };
+            let Some((client, next)) = self.lanes.get_mut(lane) else { return false };
+            let id = RequestId { client: *client, seq: *next };
+            *next = next.saturating_add(1);
+            self.flight.start(id, ticket, lane);
+            let msg = Msg::Request { id, attempt: 1, op, read, min_lsn };
+            self.emit.push(Input::Frame {
+                conn: self.conn,
+                from: NodeId::Client(id.client),
+                frame: Frame::Msg(msg),
+            });
+        }
+        true
+    }
+
+    /// Queues `item` for the node.
+    fn item(&mut self, item: Item) {
         let bytes = match &item {
             Item::Ready(b) => b.len(),
             _ => 0,
         };
-        if !self.flight.acquire_reply(bytes) {
-            return false;
-        }
-        self.opts.inbox.clients.send(Input::Resp { conn: self.conn, item }).is_ok()
+        self.flight.add_reply(bytes);
+        self.emit.push(Input::Resp { conn: self.conn, item });
     }
 
-    fn ready(&self, f: impl FnOnce(&mut Vec<u8>)) -> Flow {
+    fn ready(&mut self, f: impl FnOnce(&mut Vec<u8>)) -> Flow {
         let mut out = Vec::new();
         f(&mut out);
-        if self.item(Item::Ready(out)) {
-            Flow::Go
-        } else {
-            Flow::Stop(End::Gone("node gone".into()))
-        }
+        self.item(Item::Ready(out));
+        Flow::Go
     }
 
-    fn error(&self, msg: &str) -> Flow {
+    fn error(&mut self, msg: &str) -> Flow {
         self.ready(|o| codec::error(o, msg))
     }
 
-    fn ok(&self) -> Flow {
+    fn ok(&mut self) -> Flow {
         self.ready(|o| codec::simple(o, "OK"))
     }
 
-    /// Sends `ops` as requests whose answers make one reply of `shape`.
+    /// Queues `ops` as requests whose answers make one reply of `shape`.
     fn requests(&mut self, shape: Shape, ops: Vec<(Op, ReadMode)>) -> Flow {
         let first = self.next_ticket;
         let n = ops.len() as u64;
         let Some(end) = first.checked_add(n) else {
-            return Flow::Stop(End::Gone("tickets used up".into()));
+            self.error("ERR tickets used up");
+            self.item(Item::Close);
+            return Flow::Stop;
         };
         self.next_ticket = end;
-        if !self.item(Item::Await { shape, seqs: (first..end).collect() }) {
-            return Flow::Stop(End::Gone("node gone".into()));
-        }
+        self.item(Item::Await { shape, seqs: (first..end).collect() });
         for (i, (op, read)) in ops.into_iter().enumerate() {
-            let ticket = first + i as u64;
-            let kind = if op.is_write() { Kind::Write } else { Kind::Read };
-            if self.last_kind.is_some_and(|k| k != kind) && self.flight.drained().is_none() {
-                return Flow::Stop(End::Gone("connection closed".into()));
-            }
-            self.last_kind = Some(kind);
-            let min_lsn = self.flight.max_lsn();
-            let lane = match self.flight.acquire_lane() {
-                None => return Flow::Stop(End::Gone("connection closed".into())),
-                Some(Ok(lane)) => lane,
-                Some(Err(new)) => {
-                    let client = ClientId(super::random_u64());
-                    self.flight.name_lane(new, client);
-                    self.lanes.push((client, 1));
-                    new
-                }
-            };
-            let Some((client, next)) = self.lanes.get_mut(lane) else {
-                return Flow::Stop(End::Gone("no such lane".into()));
-            };
-            let id = RequestId { client: *client, seq: *next };
-            *next = next.saturating_add(1);
-            self.flight.start(id, ticket, lane);
-            let bytes = 64 + op_bytes(&op);
-            if !self.opts.inbox.reserve_client_bytes(bytes, Duration::from_secs(10)) {
-                return Flow::Stop(End::Gone("the node is overloaded: its client queue stayed full".into()));
-            }
-            let msg = Msg::Request { id, attempt: 1, op, read, min_lsn };
-            let input = Input::Frame {
-                conn: self.conn,
-                from: NodeId::Client(id.client),
-                frame: Frame::Msg(msg),
-                bytes,
-            };
-            if self.opts.inbox.clients.send(input).is_err() {
-                return Flow::Stop(End::Gone("node gone".into()));
-            }
+            self.pending.push_back((first + i as u64, op, read));
         }
         Flow::Go
     }
@@ -470,11 +455,9 @@ impl Session<'_> {
             },
             "ECHO" => self.ready(|o| codec::bulk(o, &rest[0])),
             "QUIT" => {
-                if let Flow::Stop(e) = self.ok() {
-                    return Flow::Stop(e);
-                }
+                self.ok();
                 self.item(Item::Close);
-                Flow::Stop(End::Quit)
+                Flow::Stop
             }
             "AUTH" => self.auth(
                 rest.last().map(Vec::as_slice).unwrap_or_default(),
@@ -497,11 +480,8 @@ impl Session<'_> {
             }
             "WAIT" => match (parse_int(&rest[0]), parse_int(&rest[1])) {
                 (Some(n), Some(t)) if n >= 0 && t >= 0 => {
-                    if self.item(Item::Wait(n)) {
-                        Flow::Go
-                    } else {
-                        Flow::Stop(End::Gone("node gone".into()))
-                    }
+                    self.item(Item::Wait(n));
+                    Flow::Go
                 }
                 (Some(_), Some(_)) => self.error("ERR timeout is negative"),
                 _ => self.error("ERR value is not an integer or out of range"),
@@ -573,7 +553,7 @@ impl Session<'_> {
     }
 
     fn auth(&mut self, password: &[u8], user: Option<&Vec<u8>>) -> Flow {
-        let Some(expected) = &self.opts.keys.client else {
+        let Some(expected) = self.password.clone() else {
             return self.error(
                 "ERR AUTH <password> called without any password configured for the default user. \
                  Are you sure your configuration is correct?",
@@ -601,7 +581,7 @@ impl Session<'_> {
             let opt = rest[i].to_ascii_uppercase();
             if opt == b"AUTH" && i + 2 < rest.len() {
                 let (user, pass) = (rest[i + 1].clone(), rest[i + 2].clone());
-                let Some(expected) = &self.opts.keys.client else {
+                let Some(expected) = self.password.clone() else {
                     return self.error("ERR AUTH called without any password configured");
                 };
                 if user != b"default" || !constant_time_eq(&pass, expected.bytes()) {
@@ -678,11 +658,8 @@ impl Session<'_> {
 
     fn info(&mut self, section: Option<String>) -> Flow {
         // The node renders it: it holds the balancer machine.
-        if self.item(Item::Info(section)) {
-            Flow::Go
-        } else {
-            Flow::Stop(End::Gone("node gone".into()))
-        }
+        self.item(Item::Info(section));
+        Flow::Go
     }
 }
 
@@ -742,11 +719,4 @@ fn parse_int(b: &[u8]) -> Option<i64> {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn op_bytes(op: &Op) -> usize {
-    match op {
-        Op::Get { key } | Op::Del { key } => key.len(),
-        Op::Set { key, value } => key.len() + value.len(),
-    }
 }
