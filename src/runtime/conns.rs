@@ -52,6 +52,13 @@ const READ_BYTES_PER_PASS: usize = 1 << 20;
 /// Frames (or RESP commands) taken from clients per pass at most, all
 /// clients together.
 pub const MAX_CLIENT_FRAMES_PER_PASS: usize = 512;
+/// Client frames a client may have handled per pass at least (its share of
+/// [`MAX_CLIENT_FRAMES_PER_PASS`] when few are busy is larger).
+const MIN_CLIENT_SHARE: usize = 16;
+/// A cluster peer that takes none of the bytes waiting for it for this long
+/// is dropped (and re-dialed): a stopped or partitioned peer must not hold
+/// its bytes, and through them every client (see [`CONGESTED_BYTES`]).
+pub const PEER_STALL: Duration = Duration::from_millis(500);
 /// Bytes buffered for one connection before it is written out mid-pass.
 const FLUSH_BYTES: usize = 256 * 1024;
 /// Replies a client has not taken, buffered at most before it is dropped.
@@ -107,6 +114,9 @@ struct Conn {
     /// The largest frame queued since `out` was last empty (a snapshot may
     /// exceed [`MAX_PEER_BACKLOG`] alone).
     big: usize,
+    /// While bytes wait: when the peer last took some (or they began to
+    /// wait). See [`PEER_STALL`].
+    progress: Option<Instant>,
 }
 
 enum State {
@@ -167,6 +177,8 @@ struct Dial {
     /// failover) or keeps refusing us is reported once, and again when the
     /// reason changes.
     last_failure: Option<String>,
+    /// Attempts so far (which of the peer's addresses is next).
+    tries: usize,
 }
 
 /// How a node's sockets are set up.
@@ -215,6 +227,8 @@ pub struct Net {
     resp_waiting: BTreeSet<ConnId>,
     /// Cluster connections with more than [`CONGESTED_BYTES`] waiting.
     congested: BTreeSet<ConnId>,
+    /// The client read last (round robin, see [`Net::read`]).
+    client_cursor: ConnId,
     next_sweep: Instant,
     accept_retry: Option<Instant>,
     /// The handshakes were read during this burst of accepts.
@@ -258,6 +272,7 @@ impl Net {
                         next_attempt: now,
                         backoff: net::REDIAL_MIN,
                         last_failure: None,
+                        tries: 0,
                     },
                 )
             })
@@ -283,6 +298,7 @@ impl Net {
             info: None,
             resp_waiting: BTreeSet::new(),
             congested: BTreeSet::new(),
+            client_cursor: 0,
             next_sweep: now,
             accept_retry: None,
             progressed: false,
@@ -439,6 +455,7 @@ impl Net {
             eof: false,
             backlog: 0,
             big: 0,
+            progress: None,
         };
         if resp {
             let client = crate::types::ClientId(super::random_u64());
@@ -545,9 +562,16 @@ impl Net {
         let Some(d) = self.dials.get(&peer) else { return Ok(()) };
         // Name resolution blocks; addresses are names from the command
         // line, resolved again at each attempt (a replica may have moved).
-        let addr = d.spec.addr.to_socket_addrs()?.next().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("{} resolves to nothing", d.spec.addr))
-        })?;
+        // Every address a name resolves to, in turn (IPv4 first, as nodes
+        // listen there when a name resolves to both: see `net::bind`).
+        let mut addrs: Vec<SocketAddr> = d.spec.addr.to_socket_addrs()?.collect();
+        addrs.sort_by_key(|a| !a.is_ipv4());
+        let Some(&addr) = addrs.get(d.tries % addrs.len().max(1)) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} resolves to nothing", d.spec.addr),
+            ));
+        };
         let mut stream = TcpStream::connect(addr)?;
         let _ = stream.set_nodelay(true);
         if self.me == NodeId::Balancer {
@@ -583,10 +607,12 @@ impl Net {
                 eof: false,
                 backlog: 0,
                 big: 0,
+                progress: None,
             },
         );
         if let Some(d) = self.dials.get_mut(&peer) {
             d.conn = Some(conn);
+            d.tries = d.tries.wrapping_add(1);
         }
         Ok(())
     }
@@ -652,13 +678,21 @@ impl Net {
             // Clients wait until the cluster peers take what is queued.
             return;
         }
-        let mut budget = MAX_CLIENT_FRAMES_PER_PASS;
-        for id in clients {
-            if budget == 0 {
+        // Round robin from where the last pass stopped, each client at most
+        // its share, so one that always has more cannot starve the others.
+        let share = (MAX_CLIENT_FRAMES_PER_PASS / clients.len().max(1)).max(MIN_CLIENT_SHARE);
+        let start = clients.partition_point(|id| *id <= self.client_cursor);
+        let mut total = MAX_CLIENT_FRAMES_PER_PASS;
+        for &id in clients[start..].iter().chain(&clients[..start]) {
+            if total == 0 {
                 break;
             }
             self.readable.remove(&id);
+            let mut budget = share.min(total);
+            let given = budget;
             self.read_conn(id, inputs, &mut budget);
+            total -= given - budget;
+            self.client_cursor = id;
         }
         self.resume_resp(inputs);
     }
@@ -876,7 +910,7 @@ impl Net {
             let go = matches!(self.conns.get(&id).map(|c| &c.state), Some(State::Resp(r)) if r.can_go());
             if go {
                 self.resp_waiting.remove(&id);
-                let mut budget = usize::MAX;
+                let mut budget = MIN_CLIENT_SHARE;
                 self.read_conn(id, inputs, &mut budget);
             } else if !self.conns.contains_key(&id) {
                 self.resp_waiting.remove(&id);
@@ -901,10 +935,29 @@ impl Net {
                 State::Connecting { .. } if now.duration_since(c.since) >= net::CONNECT_TIMEOUT => {
                     Some(ConnEnd::Io(io::Error::new(io::ErrorKind::TimedOut, "connection timed out")))
                 }
-                State::Open(Open { idle: Some(idle), .. }) if now.duration_since(c.last_read) >= *idle => {
+                State::Open(o)
+                    if !matches!(o.peer, NodeId::Client(_))
+                        && c.progress.is_some_and(|p| now.duration_since(p) >= PEER_STALL) =>
+                {
+                    Some(ConnEnd::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("took none of {} bytes for {PEER_STALL:?}", c.out.len()),
+                    )))
+                }
+                // Idle: nothing received, nothing held back unread, nothing
+                // in flight.
+                State::Open(Open { idle: Some(idle), in_flight, .. })
+                    if now.duration_since(c.last_read) >= *idle
+                        && !self.readable.contains(id)
+                        && in_flight.as_ref().is_none_or(BTreeMap::is_empty) =>
+                {
                     Some(ConnEnd::Idle(*idle))
                 }
-                State::Resp(_) if now.duration_since(c.last_read) >= self.accepting.client_idle => {
+                State::Resp(_)
+                    if now.duration_since(c.last_read) >= self.accepting.client_idle
+                        && !self.readable.contains(id)
+                        && !self.resp_waiting.contains(id) =>
+                {
                     Some(ConnEnd::Idle(self.accepting.client_idle))
                 }
                 _ => None,
@@ -1155,6 +1208,12 @@ impl Net {
             }
         }
         c.out.drain(..sent);
+        c.progress = match (c.out.is_empty(), c.progress) {
+            (true, _) => None,
+            (false, None) => Some(Instant::now()),
+            (false, Some(_)) if sent > 0 => Some(Instant::now()),
+            (false, p) => p,
+        };
         if let Some(e) = failed {
             if !matches!(c.state, State::Closing) {
                 info!(node = %self.me, "dropping connection to {}: write failed: {e}", c.peer_addr);
