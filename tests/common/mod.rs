@@ -162,10 +162,25 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends `sig`; for `STOP`, returns once every thread of the process is
+    /// stopped: `kill` returns when the signal is queued, and a loaded
+    /// machine may let the process run on for a while (a SIGSTOPped
+    /// follower was seen acknowledging a write sent after `kill` returned).
     pub fn signal(&self, sig: &str) {
         let status =
             Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
         assert!(status.success(), "kill -{sig} {}", self.pid());
+        if sig == "STOP" {
+            let pid = self.pid();
+            let stopped = wait_until(Duration::from_secs(5), || {
+                let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+                tasks.flatten().all(|t| {
+                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    matches!(stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()), Some('T' | 't'))
+                })
+            });
+            assert!(stopped, "{} (pid {pid}) did not stop within 5 s of SIGSTOP", self.name);
+        }
     }
 
     /// Waits at most `timeout` for the process to exit.
