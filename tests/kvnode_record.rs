@@ -164,8 +164,22 @@ fn a_recorded_failover_replays_without_divergence() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(ok >= 40, "few operations in the history:\n{out}");
-    check_page(&page, old);
-    draw_page(&page);
+    let crash_ms = check_page(&page, old);
+    // The whole run (counted per column), then around the crash (one by
+    // one, chatter too): messages to the dead replica end in a cross.
+    if let Some(view) = draw_page(&page, "") {
+        assert!(view.contains("data-leader-epochs=\""), "{view}");
+    }
+    let around = format!("#t={},{}&chatter=1", crash_ms.saturating_sub(20), crash_ms + 200);
+    if let Some(view) = draw_page(&page, &around) {
+        let number = |name: &str| -> u64 {
+            let at = view.find(&format!(" {name}=\"")).unwrap_or_else(|| panic!("no {name}: {view}"));
+            let rest = &view[at + name.len() + 3..];
+            rest[..rest.find('"').unwrap()].parse().unwrap()
+        };
+        assert!(number("data-rendered-arrows") > 0, "arrows around the crash: {view}");
+        assert!(number("data-rendered-crosses") > 0, "lost messages around the crash: {view}");
+    }
 
     // The inferred scenario parses and runs.
     let text = std::fs::read_to_string(&scenario).unwrap();
@@ -181,7 +195,8 @@ fn a_recorded_failover_replays_without_divergence() {
 
 /// The replay's page: self-contained, and its data shows the cluster, the
 /// traffic, the operations and the failover.
-fn check_page(page: &Path, old: u8) {
+/// Returns the crash's time, in ms.
+fn check_page(page: &Path, old: u8) -> u64 {
     let html = std::fs::read_to_string(page).unwrap_or_else(|e| panic!("{}: {e}", page.display()));
     let lower = html.to_ascii_lowercase();
     for attr in ["src=", "href="] {
@@ -226,6 +241,7 @@ fn check_page(page: &Path, old: u8) {
         "balancer to replica traffic"
     );
     assert!(messages.windows(2).all(|w| w[0]["sent"].as_u64() <= w[1]["sent"].as_u64()), "sorted by send");
+    assert!(messages.iter().all(|m| m["at"].as_u64() >= m["sent"].as_u64()), "none arrives before it leaves");
     assert!(ops.len() > 10, "{summary}");
     assert!(ops.iter().any(|o| o["outcome"] == "ok"), "{summary}");
     // The failover: two leaders, of different epochs.
@@ -246,16 +262,18 @@ fn check_page(page: &Path, old: u8) {
         marks.iter().any(|m| m["kind"] == "restart" && m["lane"].as_u64() == Some(lane as u64)),
         "its restart"
     );
+    crash["t"].as_u64().unwrap() / 1000
 }
 
 /// Headless Chromium draws the page without a script error (as
 /// `sim/tests/html.rs` checks `kvsim run --html` pages). Chromium is
 /// needed: `apt-get install -y chromium`, or `KVSTORE_CHROMIUM` names it;
-/// `KVSTORE_SKIP_BROWSER=1` skips this.
-fn draw_page(page: &Path) {
+/// `KVSTORE_SKIP_BROWSER=1` skips this (`None`). `fragment`: the page's
+/// `#t=FROM,TO` (ms) window. Returns the drawn `#view` element's tag.
+fn draw_page(page: &Path, fragment: &str) -> Option<String> {
     if std::env::var("KVSTORE_SKIP_BROWSER").is_ok_and(|v| v == "1") {
         eprintln!("KVSTORE_SKIP_BROWSER=1: the page is not drawn");
-        return;
+        return None;
     }
     let browser = std::env::var_os("KVSTORE_CHROMIUM").map(PathBuf::from).or_else(|| {
         let path = std::env::var_os("PATH").unwrap_or_default();
@@ -284,7 +302,7 @@ fn draw_page(page: &Path) {
     ])
     .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
     .args(["--window-size=1400,800", "--dump-dom"])
-    .arg(format!("file://{}", page.display()))
+    .arg(format!("file://{}{fragment}", page.display()))
     .stdin(std::process::Stdio::null())
     .stdout(std::fs::File::create(&dom_path).unwrap())
     .stderr(std::fs::File::create(&log_path).unwrap());
@@ -312,6 +330,6 @@ fn draw_page(page: &Path) {
     assert!(!dom.contains("data-js-errors=\""), "the page caught script errors");
     let uncaught: Vec<&str> = log.lines().filter(|l| l.contains("Uncaught")).collect();
     assert!(uncaught.is_empty(), "script errors in Chromium's log:\n{}", uncaught.join("\n"));
-    assert!(view.contains("data-leader-epochs=\""), "{view}");
-    eprintln!("chromium drew the page: {}", &view[..view.len().min(600)]);
+    eprintln!("chromium drew the page{fragment}: {}", &view[..view.len().min(600)]);
+    Some(view.to_string())
 }

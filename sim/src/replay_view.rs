@@ -13,7 +13,10 @@
 //!   yet taken on its link with the same digest (kind, length and checksum
 //!   of the encoded message, as the recording keeps for effects), looking
 //!   from [`LOOKBACK`] before the furthest send taken so far to
-//!   [`LOOKAHEAD`] after it; the sends never taken were lost. A lost send is `down` when the receiver was not
+//!   [`LOOKAHEAD`] after it; the sends never taken were lost. A receive
+//!   recorded before its send (the lives' clocks are lined up by their
+//!   wall-clock starts, so only to within a fraction of a millisecond) is
+//!   drawn at the send's time. A lost send is `down` when the receiver was not
 //!   running then, or its life got nothing later on that link and ended
 //!   within [`DOWN_WINDOW_US`] of the send; else `dropped`. A receive with
 //!   no send (its sender's life diverged, or was not recorded) is drawn
@@ -445,7 +448,10 @@ impl View {
                 let w = &sends[si];
                 if let Some(at) = taken[j] {
                     let line = timeline::line(Time(at), &tname, format_args!("<- {fname} {}", w.text));
-                    out.push(msg(w, w.t, at, "delivered", line));
+                    // Received "before" it was sent: the two lives' clocks
+                    // are lined up only so well. Drawn arriving as sent (the
+                    // line keeps the recorded time).
+                    out.push(msg(w, w.t, at.max(w.t), "delivered", line));
                     continue;
                 }
                 let life =
@@ -473,7 +479,8 @@ fn about(rep: &Replay, notes: &[String]) -> String {
     let mut lines = vec![
         format!("kvsim replay {} --html: a real cluster's recording, replayed.", rep.dir.display()),
         "Times are microseconds from the recording's first start; each life's clock is placed by its".into(),
-        "start's wall-clock time (to within some 0.1 ms here: a short arrow may point back a little).".into(),
+        "start's wall-clock time, to within some 0.1 ms: a message received \"before\" it was sent is".into(),
+        "drawn arriving as it is sent (its line keeps the time recorded).".into(),
         "Messages: each send a replayed machine made, matched in order to a receive on its link (by".into(),
         "kind and content digest); one never received is lost: `down` if the receiver's life ended".into(),
         "first (or it was not running), else `dropped`. Clients are not recorded: a request shows at".into(),
