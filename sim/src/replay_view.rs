@@ -46,6 +46,9 @@ use kvstore::runtime::record::{self, Ending, Fx};
 use kvstore::{ClientId, Effect, Event, Msg, NodeId, Op, ReplicaId, Time};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Client ids below this name their lanes (`c77`); longer ones are
+/// numbered by first request (`c#3`).
+const SHORT_ID: u64 = 100_000;
 /// Clients with a lane of their own; later ones share one.
 pub const CLIENT_LANES: usize = 32;
 /// Most messages on the page: beyond, only the earliest sent are kept.
@@ -256,11 +259,22 @@ impl View {
         }
         let mut by_first: Vec<(u64, u64)> = self.clients.iter().map(|(c, t)| (*t, *c)).collect();
         by_first.sort_unstable();
-        let mut own: Vec<u64> = by_first.iter().take(CLIENT_LANES).map(|(_, c)| *c).collect();
-        own.sort_unstable();
-        for c in &own {
+        // A real client's id is random (64 bits): too long for a lane's
+        // label, so a client with a long one is named by when it was
+        // first heard from (`c#3`), in the lanes and the lines alike.
+        let mut names: BTreeMap<NodeId, String> = BTreeMap::new();
+        let mut renamed = Vec::new();
+        for (i, (_, c)) in by_first.iter().take(CLIENT_LANES).enumerate() {
+            let name = if *c < SHORT_ID { format!("c{c}") } else { format!("c#{}", i + 1) };
+            if *c >= SHORT_ID {
+                renamed.push(format!("{name} = c{c}"));
+            }
+            names.insert(NodeId::Client(ClientId(*c)), name.clone());
             let read = rep.clients.get(c).map(|s| s.read.to_string());
-            add(NodeId::Client(ClientId(*c)), Lane { name: format!("c{c}"), kind: "client", read });
+            add(NodeId::Client(ClientId(*c)), Lane { name, kind: "client", read });
+        }
+        if !renamed.is_empty() {
+            notes.push(format!("client lanes (by first request): {}.", renamed.join(", ")));
         }
         let rest = by_first.len().saturating_sub(CLIENT_LANES);
         if rest > 0 {
@@ -275,7 +289,7 @@ impl View {
             ));
         }
 
-        let mut messages = self.messages(rep, &lane_of);
+        let mut messages = self.messages(rep, &lane_of, &names);
         messages.sort_by_key(|m| (m.sent, m.from, m.to));
         if messages.len() > MESSAGES_MAX {
             let cut = messages[MESSAGES_MAX].sent;
@@ -311,9 +325,18 @@ impl View {
         for (t, n, kind, line) in self.marks {
             rec.mark(Time(t), Some(n), kind, line);
         }
+        // An operation's client, as a number: its id, or its lane's (`c#3`).
+        let number = |c: u64| -> u32 {
+            let name = names.get(&NodeId::Client(ClientId(c)));
+            match name.and_then(|n| n.strip_prefix("c#")).and_then(|n| n.parse().ok()) {
+                Some(k) => k,
+                None => u32::try_from(c).unwrap_or(u32::MAX),
+            }
+        };
         for r in &j.history {
             let c = &r.c;
-            let who = format!("c{}", r.client);
+            let id = NodeId::Client(ClientId(r.client));
+            let who = names.get(&id).cloned().unwrap_or_else(|| id.to_string());
             let took = c.completed.saturating_sub(c.sent);
             let what = match &c.result {
                 Ok(x) if c.op.is_write() => format!("ok lsn={}", x.lsn),
@@ -331,12 +354,10 @@ impl View {
                     took % 1000
                 ),
             );
-            let client = u32::try_from(r.client).unwrap_or(u32::MAX);
-            rec.completed(client, NodeId::Client(ClientId(r.client)), c, line);
+            rec.completed(number(r.client), id, c, line);
         }
         for (client, op, t) in &j.unfinished {
-            let id = u32::try_from(*client).unwrap_or(u32::MAX);
-            rec.unfinished(id, NodeId::Client(ClientId(*client)), op, Time(*t));
+            rec.unfinished(number(*client), NodeId::Client(ClientId(*client)), op, Time(*t));
         }
         let mut t = rec.finish(Time(rep.end_us), &rep.violations, j.lin.as_ref());
         for (at, text) in self.divergences {
@@ -355,7 +376,12 @@ impl View {
     }
 
     /// Every message, matched (see the module's comment).
-    fn messages(&mut self, rep: &Replay, lane_of: &BTreeMap<NodeId, usize>) -> Vec<Message> {
+    fn messages(
+        &mut self,
+        rep: &Replay,
+        lane_of: &BTreeMap<NodeId, usize>,
+        names: &BTreeMap<NodeId, String>,
+    ) -> Vec<Message> {
         let lane = |n: NodeId| lane_of.get(&n).copied().unwrap_or(0);
         let recorded: BTreeSet<NodeId> = rep.nodes.iter().copied().collect();
         let mut lives: BTreeMap<NodeId, Vec<(u64, u64)>> = BTreeMap::new();
@@ -384,7 +410,8 @@ impl View {
             line,
         };
         for ((from, to), (s, r)) in links {
-            let (fname, tname) = (from.to_string(), to.to_string());
+            let name = |n: NodeId| names.get(&n).cloned().unwrap_or_else(|| n.to_string());
+            let (fname, tname) = (name(from), name(to));
             if !recorded.contains(&from) || !recorded.contains(&to) {
                 // A client (or a node not recorded): one side only.
                 for &i in &s {
