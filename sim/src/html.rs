@@ -40,7 +40,11 @@ pub fn escape(s: &str) -> String {
 
 /// The whole page.
 pub fn page(t: &Timeline) -> String {
-    let title = escape(&format!("kvsim: {} seed {}", t.scenario, t.seed));
+    let title = if t.recorded {
+        escape(&format!("kvsim replay: {}", t.scenario))
+    } else {
+        escape(&format!("kvsim: {} seed {}", t.scenario, t.seed))
+    };
     let data = data_json(t);
     let mut s = String::with_capacity(data.len() + CSS.len() + JS.len() + 4096);
     s.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");

@@ -14,6 +14,7 @@ pub mod fuzz;
 pub mod html;
 pub mod model;
 pub mod replay;
+pub mod replay_view;
 pub mod scenario;
 pub mod shrink;
 pub mod sim;

@@ -158,6 +158,11 @@ enum Cmd {
         /// workload, inferred), for `kvsim run OUT --seed N`.
         #[arg(long, value_name = "OUT.toml")]
         as_scenario: Option<PathBuf>,
+        /// Also write the replay as a self-contained space-time page (as
+        /// `kvsim run --html`): messages matched send to receive, lives,
+        /// role bands, the operations as the balancer saw them.
+        #[arg(long, value_name = "OUT.html")]
+        html: Option<PathBuf>,
     },
     /// Model-check the real machines: every interleaving of a small
     /// cluster's inputs within bounds, breadth first (a violation's path is
@@ -395,7 +400,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Model { preset, depth, max_states, bug } => model(&preset, depth, max_states, &bug),
-        Cmd::Replay { dir, as_scenario } => replay_cmd(&dir, as_scenario.as_deref()),
+        Cmd::Replay { dir, as_scenario, html } => replay_cmd(&dir, as_scenario.as_deref(), html.as_deref()),
         Cmd::CheckDeterminism { file, seed } => {
             let sc = match load(&file) {
                 Ok(s) => s,
@@ -869,12 +874,20 @@ fn brief(text: &str) -> String {
     indent(&fuzz::shorten(text))
 }
 
-fn replay_cmd(dir: &Path, as_scenario: Option<&Path>) -> ExitCode {
+fn replay_cmd(dir: &Path, as_scenario: Option<&Path>, html: Option<&Path>) -> ExitCode {
     if !dir.is_dir() {
         eprintln!("error: {}: not a recording directory (kvnode ... --record DIR makes one)", dir.display());
         return ExitCode::from(EXIT_USAGE);
     }
-    let r = match kvsim::replay::replay(dir) {
+    let page = match html.map(HtmlOut::create).transpose() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let replayed = match &page {
+        Some(_) => kvsim::replay::replay_with_timeline(dir).map(|(r, t)| (r, Some(t))),
+        None => kvsim::replay::replay(dir).map(|r| (r, None)),
+    };
+    let (r, timeline) = match replayed {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -882,6 +895,11 @@ fn replay_cmd(dir: &Path, as_scenario: Option<&Path>) -> ExitCode {
         }
     };
     out!("{}", r.text());
+    if let (Some(page), Some(t)) = (page, &timeline) {
+        if let Err(code) = page.write(t) {
+            return code;
+        }
+    }
     if let Some(path) = as_scenario {
         let sc = r.to_scenario();
         let text = sc.to_toml();

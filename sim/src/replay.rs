@@ -15,6 +15,7 @@
 //! newest leader, one leader per epoch, one row per log position.
 
 use crate::check::{self, Record};
+use crate::replay_view::{self, Judged, View};
 use kvstore::balancer::Balancer;
 use kvstore::replica::Replica;
 use kvstore::runtime::record::{self, Ending, Fx, In, Life, MachineStart, RecordError};
@@ -186,6 +187,27 @@ fn describe(e: &Effect) -> String {
 
 /// Reads and replays the recording in `dir`.
 pub fn replay(dir: &Path) -> Result<Replay, RecordError> {
+    run(dir, None).map(|(rep, _)| rep)
+}
+
+/// [`replay`], also drawing it for the HTML page (`kvsim replay --html`;
+/// see [`crate::replay_view`]).
+pub fn replay_with_timeline(dir: &Path) -> Result<(Replay, crate::timeline::Timeline), RecordError> {
+    let mut view = View::default();
+    let (rep, judged) = run(dir, Some(&mut view))?;
+    let t = view.finish(&rep, &judged);
+    Ok((rep, t))
+}
+
+/// The role band a machine is in now.
+fn role_of(m: &Machine) -> crate::timeline::Role {
+    match m {
+        Machine::Replica(r) => replay_view::replica_role(&r.status()),
+        Machine::Balancer(b) => replay_view::balancer_role(b.leader()),
+    }
+}
+
+fn run(dir: &Path, mut view: Option<&mut View>) -> Result<(Replay, Judged), RecordError> {
     let dirs = record::node_dirs(dir)?;
     let several = dirs.len() > 1;
     // Lines up the nodes' clocks: each life's times are its process's
@@ -267,6 +289,10 @@ pub fn replay(dir: &Path) -> Result<Replay, RecordError> {
                 leading_at_end: None,
                 pid: life.start.pid,
             };
+            if let Some(v) = view.as_deref_mut() {
+                v.life_start(node, li, report.start_us, life.start.pid);
+                v.role(node, report.start_us, role_of(&m));
+            }
             let mut applied_seen = match &m {
                 Machine::Replica(r) => r.applied().0,
                 Machine::Balancer(_) => 0,
@@ -284,6 +310,9 @@ pub fn replay(dir: &Path) -> Result<Replay, RecordError> {
                 {
                     see_request(&mut rep, &mut pending, &mut written, life_no, c.0, msg, t);
                 }
+                if let (Some(v), In::Message { from, msg, .. }) = (view.as_deref_mut(), input) {
+                    v.received(node, *from, msg, t);
+                }
                 let what = input.to_string();
                 // A machine that panics on its recorded input diverged too
                 // (it did not panic for real).
@@ -299,7 +328,7 @@ pub fn replay(dir: &Path) -> Result<Replay, RecordError> {
                     Err(format!("the machine panicked: {why}"))
                 });
                 if let Err(why) = fed {
-                    rep.divergences.push(Divergence {
+                    let d = Divergence {
                         node,
                         life: li + 1,
                         input: si + 1,
@@ -310,14 +339,18 @@ pub fn replay(dir: &Path) -> Result<Replay, RecordError> {
                         effect: 0,
                         expected: None,
                         got: Some(why),
-                    });
+                    };
+                    if let Some(v) = view.as_deref_mut() {
+                        v.divergence(t, &d);
+                    }
+                    rep.divergences.push(d);
                     diverged = true;
                     continue;
                 }
                 let got: Vec<Fx> = out.effects.iter().map(|e| record::digest(e, &mut scratch)).collect();
                 if got != *want {
                     let i = got.iter().zip(want).take_while(|(a, b)| a == b).count();
-                    rep.divergences.push(Divergence {
+                    let d = Divergence {
                         node,
                         life: li + 1,
                         input: si + 1,
@@ -328,12 +361,19 @@ pub fn replay(dir: &Path) -> Result<Replay, RecordError> {
                         effect: i + 1,
                         expected: want.get(i).map(Fx::to_string),
                         got: out.effects.get(i).map(|e| format!("{} = {}", got[i], describe(e))),
-                    });
+                    };
+                    if let Some(v) = view.as_deref_mut() {
+                        v.divergence(t, &d);
+                    }
+                    rep.divergences.push(d);
                     diverged = true;
                 }
                 report.replayed += 1;
                 report.effects += want.len() as u64;
-                for e in out.drain() {
+                for (e, fx) in out.drain().zip(&got) {
+                    if let Some(v) = view.as_deref_mut() {
+                        v.effect(node, &e, fx, t);
+                    }
                     match (e, &m) {
                         (Effect::Send { to: NodeId::Client(c), msg }, Machine::Balancer(_)) => {
                             see_response(&mut pending, &mut rep.clients, c.0, msg, t)
@@ -355,17 +395,23 @@ pub fn replay(dir: &Path) -> Result<Replay, RecordError> {
                 if let Machine::Replica(r) = &m {
                     watch_applied(r, &mut applied_seen, &mut applied_rows, &mut rep.violations);
                 }
+                if let Some(v) = view.as_deref_mut() {
+                    v.role(node, t, role_of(&m));
+                }
             }
             if let Machine::Replica(r) = m {
                 report.leading_at_end = r.status().leading;
                 finals.insert(r.id(), *r);
             }
             rep.end_us = rep.end_us.max(report.end_us);
+            if let Some(v) = view.as_deref_mut() {
+                v.life_end(&report, li, li + 1 == rec.lives.len());
+            }
             rep.lives.push(report);
         }
     }
-    judge(&mut rep, pending, &written, &finals, &applied_rows);
-    Ok(rep)
+    let judged = judge(&mut rep, pending, &written, &finals, &applied_rows);
+    Ok((rep, judged))
 }
 
 /// Online check, as the simulator's: every replica applies the same row at
@@ -502,15 +548,17 @@ fn judge(
     written: &BTreeSet<u64>,
     finals: &BTreeMap<ReplicaId, Replica>,
     applied_rows: &[Option<(u64, u64)>],
-) {
+) -> Judged {
     let mut history = Vec::new();
     let mut unfinished_writes = Vec::new();
+    let mut unfinished = Vec::new();
     for (id, p) in pending {
         let sent = Time(p.first_us);
         let (completed, result, attempts) = match p.result {
             Some(r) => r,
             None if p.errors.is_empty() => {
                 rep.ops_unfinished += 1;
+                unfinished.push((p.client, p.op.clone(), p.first_us));
                 if p.op.is_write() {
                     unfinished_writes.push((p.client, p.op, sent));
                 }
@@ -564,6 +612,7 @@ fn judge(
     rep.lin_ops = report.lin_ops;
     rep.violations.extend(report.violations);
     rep.inconclusive.extend(report.inconclusive);
+    Judged { history, unfinished, lin: report.lin_culprit }
 }
 
 fn ms(us: u64) -> String {

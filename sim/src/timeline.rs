@@ -25,6 +25,10 @@ pub struct Timeline {
     pub seed: u64,
     /// The scenario file's leading comment.
     pub about: String,
+    /// A real cluster's recording replayed (`kvsim replay --html`), not a
+    /// simulated run: `scenario` names the recording, `seed` is 0.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recorded: bool,
     /// Simulated time at the end of the run, microseconds.
     pub end_us: u64,
     /// The closing summary, as `kvsim run` prints it.
@@ -234,6 +238,30 @@ impl Recorder {
             add(&mut r, NodeId::Client(kvstore::ClientId(i as u64 + 1)), "client", Some(mode.to_string()));
         }
         r
+    }
+
+    /// Lanes given whole (`kvsim replay`): `lane_of` may send several
+    /// nodes to one lane; a node it lacks is drawn on lane 0.
+    pub fn with_lanes(
+        scenario: &str,
+        about: &str,
+        lanes: Vec<Lane>,
+        lane_of: BTreeMap<NodeId, usize>,
+    ) -> Recorder {
+        let mut r = Recorder::default();
+        r.t.version = 1;
+        r.t.scenario = scenario.to_string();
+        r.t.about = about.to_string();
+        r.t.lanes = lanes;
+        r.lane_of = lane_of;
+        r
+    }
+
+    /// A message whose fate and trace line are already known; messages
+    /// must come in order of their send times.
+    pub fn message(&mut self, m: Message) {
+        self.t.messages.push(m);
+        self.texts.push(String::new());
     }
 
     pub fn lane(&self, n: NodeId) -> usize {

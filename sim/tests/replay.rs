@@ -3,7 +3,7 @@
 //! changed is reported as a divergence at that input; a cut-short tail is
 //! tolerated; garbage is an error naming the file and offset.
 
-use kvsim::replay::replay;
+use kvsim::replay::{replay, replay_with_timeline};
 use kvstore::balancer::Balancer;
 use kvstore::runtime::record::{self, Entry, Fx, Recorder};
 use kvstore::types::{ClientId, Lsn, Op, ReadMode, RequestId};
@@ -98,6 +98,10 @@ fn a_changed_effect_is_reported_as_a_divergence() {
     assert!(d.expected.as_deref().is_some_and(|e| e.starts_with("send Ping to r")), "{text}");
     assert!(d.got.as_deref().is_some_and(|g| g.contains("Ping")), "{text}");
     assert_eq!(d.file, path, "{text}");
+    // On the page, a violation where it happened.
+    let (_, t) = replay_with_timeline(dir.path()).unwrap();
+    let v = t.violations.iter().find(|v| v.checker == "divergence").expect("the divergence");
+    assert!(v.text.starts_with("DIVERGENCE at lb life 1") && v.t < t.end_us, "{v:?}");
 }
 
 #[test]
@@ -133,4 +137,46 @@ fn garbage_and_missing_recordings_are_errors() {
     std::fs::write(&path, &bytes).unwrap();
     let e = replay(dir.path()).unwrap_err();
     assert!(e.to_string().contains("newer than this kvsim reads"), "{e}");
+}
+
+/// `kvsim replay --html`'s data: the balancer's lane, the replicas its
+/// configuration names (not recorded: its pings to them reach no one
+/// recorded, drawn as such), the client it heard from with its operation,
+/// and the end of its life; a divergence is a violation on the page.
+#[test]
+fn the_replay_becomes_a_timeline() {
+    let dir = tempfile::tempdir().unwrap();
+    record_balancer(dir.path());
+    let (r, t) = replay_with_timeline(dir.path()).unwrap();
+    assert!(t.recorded && t.summary == r.text());
+    let lanes: Vec<(&str, &str)> = t.lanes.iter().map(|l| (l.name.as_str(), l.kind)).collect();
+    assert_eq!(
+        lanes,
+        [("lb", "balancer"), ("r1", "replica"), ("r2", "replica"), ("r3", "replica"), ("c77", "client")]
+    );
+    assert_eq!(t.lanes[4].read.as_deref(), Some("session"));
+    assert!(t.messages.iter().any(|m| m.kind == "Ping" && m.from == 0 && m.line.contains("is not recorded")));
+    let request = t.messages.iter().find(|m| m.kind == "Request").expect("the client's request");
+    assert_eq!((request.from, request.to, request.fate), (4, 0, "delivered"));
+    assert!(t.messages.iter().any(|m| m.kind == "Response" && m.from == 0 && m.to == 4));
+    assert!(t.messages.windows(2).all(|w| w[0].sent <= w[1].sent));
+    assert_eq!(t.ops.len(), 1);
+    assert_eq!((t.ops[0].lane, t.ops[0].client, t.ops[0].outcome), (4, 77, "failed"));
+    assert!(t.spans.iter().any(|s| s.lane == 0 && s.state == Some("searching")));
+    assert!(t.marks.iter().any(|m| m.lane == Some(0) && m.line.contains("stopped cleanly")));
+    assert!(t.violations.is_empty());
+    assert!(t.about.contains("first 32 clients"), "{}", t.about);
+    let page = kvsim::html::page(&t);
+    assert!(page.contains("<title>kvsim replay: "), "{page:.300}");
+
+    // Killed mid-write: a crash mark where its life ends.
+    let path = only_file(dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 12]).unwrap();
+    let (_, t) = replay_with_timeline(dir.path()).unwrap();
+    assert!(
+        t.marks.iter().any(|m| m.kind == "crash" && m.line.contains("killed mid-write")),
+        "{:?}",
+        t.marks
+    );
 }

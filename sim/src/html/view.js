@@ -556,8 +556,10 @@
     prepare();
     var prepared = now();
     var bad = D.violations.length;
-    document.getElementById('title').textContent = 'kvsim: ' + D.scenario + ', seed ' + D.seed + ' \u2014 ' +
-      (bad ? bad + ' violation' + (bad === 1 ? '' : 's') : 'invariants hold') + ' \u2014 ' + ms(D.end_us) + ' simulated, ' +
+    document.getElementById('title').textContent =
+      (D.recorded ? 'kvsim replay: ' + D.scenario : 'kvsim: ' + D.scenario + ', seed ' + D.seed) + ' \u2014 ' +
+      (bad ? bad + ' violation' + (bad === 1 ? '' : 's') : 'invariants hold') + ' \u2014 ' + ms(D.end_us) +
+      (D.recorded ? ' recorded, ' : ' simulated, ') +
       D.messages.length + ' messages, ' + D.ops.length + ' operations';
     document.getElementById('about-text').textContent = D.about;
     document.getElementById('summary-text').textContent = D.summary;
