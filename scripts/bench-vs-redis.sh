@@ -8,6 +8,7 @@
 #   redis-benchmark -t set,get -c 50 -n N -P 16
 #   kvnode bench --resp ADDR --mix set:100 --wait 1   (SET, then WAIT 1 0)
 #   kvnode bench --resp ADDR --mix get:100            (50 clients, and 1)
+#   kvnode bench --resp ADDR --mix set:100 --wait 1   (1 client: durable SET p50)
 # and prints a table of kvstore/Redis ratios.
 # Usage: scripts/bench-vs-redis.sh [-n N] [DURATION]   (default 200000, 10s)
 set -euo pipefail
@@ -110,6 +111,7 @@ for target in redis kvstore; do
   kb "$target" "$port" setwait -- --clients 50 --mix set:100 --wait 1
   kb "$target" "$port" get50 -- --clients 50 --mix get:100
   kb "$target" "$port" get1 -- --clients 1 --mix get:100
+  kb "$target" "$port" setwait1 -- --clients 1 --mix set:100 --wait 1
 done
 
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
@@ -128,5 +130,7 @@ row "kvnode bench --resp GET (ops/s)" "${fig[redis.get50]}" "${fig[kvstore.get50
 row "kvnode bench --resp GET, 1 client (ops/s)" "${fig[redis.get1]}" "${fig[kvstore.get1]}" "report"
 printf '| %s | %s | %s | %s | %s |\n' "GET p50, 1 client (us; Redis/kvstore)" "${fig[redis.get1.p50]}" \
   "${fig[kvstore.get1.p50]}" "$(ratio "${fig[redis.get1.p50]}" "${fig[kvstore.get1.p50]}")" "report"
+printf '| %s | %s | %s | %s | %s |\n' "durable SET p50, 1 client (us; Redis SET + WAIT 1 0)" "${fig[redis.setwait1.p50]}" \
+  "${fig[kvstore.setwait1.p50]}" "$(ratio "${fig[redis.setwait1.p50]}" "${fig[kvstore.setwait1.p50]}")" "report"
 echo
 echo "(kvstore: durable, fsync per group commit, semi-sync; Redis: no persistence. $(nproc) cores, shared by servers and clients.)"
