@@ -176,7 +176,10 @@ impl Proc {
                 let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
                 tasks.flatten().all(|t| {
                     let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-                    matches!(stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()), Some('T' | 't'))
+                    matches!(
+                        stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()),
+                        Some('T' | 't')
+                    )
                 })
             });
             assert!(stopped, "{} (pid {pid}) did not stop within 5 s of SIGSTOP", self.name);
