@@ -170,15 +170,22 @@ fn a_recorded_failover_replays_without_divergence() {
     if let Some(view) = draw_page(&page, "") {
         assert!(view.contains("data-leader-epochs=\""), "{view}");
     }
-    let around = format!("#t={},{}&chatter=1", crash_ms.saturating_sub(20), crash_ms + 200);
+    // A window narrow enough to draw messages one by one (above 3,000 in
+    // view the page draws counts per column instead; a fast machine fits
+    // that many into 200 ms): the crash, and the messages lost to it.
+    let around = format!("#t={},{}&chatter=1", crash_ms.saturating_sub(5), crash_ms + 60);
     if let Some(view) = draw_page(&page, &around) {
         let number = |name: &str| -> u64 {
             let at = view.find(&format!(" {name}=\"")).unwrap_or_else(|| panic!("no {name}: {view}"));
             let rest = &view[at + name.len() + 3..];
             rest[..rest.find('"').unwrap()].parse().unwrap()
         };
-        assert!(number("data-rendered-arrows") > 0, "arrows around the crash: {view}");
-        assert!(number("data-rendered-crosses") > 0, "lost messages around the crash: {view}");
+        if view.contains("data-mode=\"aggregate\"") {
+            assert!(number("data-rendered-agg") > 0, "nothing drawn around the crash: {view}");
+        } else {
+            assert!(number("data-rendered-arrows") > 0, "arrows around the crash: {view}");
+            assert!(number("data-rendered-crosses") > 0, "lost messages around the crash: {view}");
+        }
     }
 
     // The inferred scenario parses and runs.
