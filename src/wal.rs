@@ -126,7 +126,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Default size at which a segment is sealed and a new one started.
@@ -371,6 +371,9 @@ pub struct Wal {
     promised: Epoch,
     index: RowIndex,
     snapshot_last: LogPos,
+    /// Snapshots installed since open: a job begun before the latest one is
+    /// stale.
+    snapshots_installed: u64,
     snapshot_files: Vec<PathBuf>,
     /// Reused encode buffer and record boundaries in it.
     scratch: Vec<u8>,
@@ -546,17 +549,36 @@ impl Wal {
     // ---- snapshots ----
 
     /// Writes a snapshot of the applied state up to `snap.last`, then deletes
-    /// the segments and older snapshots it makes unnecessary.
+    /// the segments and older snapshots it makes unnecessary: the three steps
+    /// of [`Wal::begin_snapshot`], [`SnapshotJob::write`] and
+    /// [`Wal::finish_snapshot`] in a row.
     ///
     /// Every row up to `snap.last` must be committed (so never truncated),
     /// and `snap.last` must not go backwards between snapshots. The rows
     /// themselves need not be in the log yet (a follower applies rows whose
     /// persist is still in flight); replaying them later is harmless.
     ///
-    /// This blocks while the map is written (0.6 s for 1,000,000 keys of
-    /// 64-byte values on the 2-core dev machine); call it from the thread
-    /// that owns the `Wal`, at a quiet moment or every N rows.
+    /// This blocks while the map is encoded and written (0.2-0.6 s for
+    /// 1,000,000 keys of 64-byte values on the 2-core dev machine, most of it
+    /// the write). A caller that must keep serving runs
+    /// [`SnapshotJob::write`] on another thread instead.
     pub fn snapshot(&mut self, snap: SnapshotRef<'_>) -> Result<SnapshotReport, WalError> {
+        let job = self.begin_snapshot(snap)?;
+        let written = job.write()?;
+        match self.finish_snapshot(written)? {
+            Some(report) => Ok(report),
+            None => unreachable!("nothing can overtake a snapshot taken in one call"),
+        }
+    }
+
+    /// The part of a snapshot that must see the machine's state: makes the
+    /// log durable, starts a fresh segment if the snapshot covers every
+    /// record, and encodes `snap` into memory (60-100 ms per million keys;
+    /// the encoded copy costs the snapshot's size in memory until the job
+    /// is finished). The job touches only its own
+    /// temporary file: write it anywhere, then hand it to
+    /// [`Wal::finish_snapshot`]. Appends and syncs may go on meanwhile.
+    pub fn begin_snapshot(&mut self, snap: SnapshotRef<'_>) -> Result<SnapshotJob, WalError> {
         if self.poisoned {
             return Err(WalError::Poisoned);
         }
@@ -580,28 +602,55 @@ impl Wal {
                 return Err(WalError::Io { path: self.current.path.clone(), source: e });
             }
         }
+        // Records appended after this point hold rows after `snap.last` (or
+        // rewrite uncommitted ones), so they land in this segment or later:
+        // replaying from here stays enough however long the job takes.
         let replay_from_seq = index.first_needed_segment().unwrap_or(self.next_seq);
         debug_assert!(replay_from_seq <= self.next_seq);
         let promised = snap.promised.max(self.promised);
         let to_write = SnapshotRef { promised, ..snap };
-
         let file = self.dir.join(snapshot_name(replay_from_seq));
         let tmp = self.dir.join(format!("{}.tmp", snapshot_name(replay_from_seq)));
-        let written = write_snapshot_file(&tmp, replay_from_seq, &to_write);
-        let file_bytes = match written {
-            Ok(b) => b,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        fs::rename(&tmp, &file).map_err(io_err(&tmp))?;
+        let bytes = encode_snapshot(&to_write)
+            .map_err(|e| WalError::Io { path: tmp.clone(), source: io::Error::other(e) })?;
+        Ok(SnapshotJob {
+            tmp,
+            file,
+            bytes,
+            replay_from_seq,
+            last: snap.last,
+            promised,
+            keys: snap.kv.len(),
+            dir: self.dir.clone(),
+            generation: self.snapshots_installed,
+            written: false,
+        })
+    }
+
+    /// Installs a written job: renames its file into place (durably), then
+    /// deletes what it makes unnecessary. A job overtaken by a newer
+    /// snapshot (an `InstallSnapshot` written meanwhile), or begun on
+    /// another directory, is dropped with its file: `Ok(None)`.
+    pub fn finish_snapshot(&mut self, job: SnapshotJob) -> Result<Option<SnapshotReport>, WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        if !job.written {
+            return Err(WalError::InvalidSnapshot("the snapshot job was never written".into()));
+        }
+        if job.dir != self.dir || job.generation != self.snapshots_installed {
+            return Ok(None); // `job` removes its file when dropped
+        }
+        self.snapshots_installed += 1;
+        let file_bytes = job.bytes.len() as u64;
+        fs::rename(&job.tmp, &job.file).map_err(io_err(&job.tmp))?;
         self.dir_file.sync_all().map_err(io_err(&self.dir))?;
+        let (file, replay_from_seq, last, promised) = job.installed();
 
         // The snapshot is durable: from here on it is the truth.
-        self.index = index;
-        self.snapshot_last = snap.last;
-        self.promised = promised;
+        self.index.rebase(last.lsn);
+        self.snapshot_last = last;
+        self.promised = self.promised.max(promised);
         let mut removed = Vec::new();
         let old: Vec<PathBuf> = self.snapshot_files.drain(..).filter(|p| *p != file).collect();
         self.snapshot_files.push(file.clone());
@@ -624,7 +673,81 @@ impl Wal {
         if !removed.is_empty() {
             self.dir_file.sync_all().map_err(io_err(&self.dir))?;
         }
-        Ok(SnapshotReport { file, file_bytes, replay_from_seq, removed })
+        Ok(Some(SnapshotReport { file, file_bytes, replay_from_seq, removed }))
+    }
+}
+
+/// A snapshot encoded by [`Wal::begin_snapshot`], to be written (on any
+/// thread) and then installed by [`Wal::finish_snapshot`]. Dropped before
+/// it is installed, it removes its temporary file; a crash leaves that file
+/// to the next open, which removes it.
+#[derive(Debug)]
+pub struct SnapshotJob {
+    tmp: PathBuf,
+    file: PathBuf,
+    bytes: Vec<u8>,
+    replay_from_seq: u64,
+    last: LogPos,
+    promised: Epoch,
+    keys: usize,
+    dir: PathBuf,
+    /// [`Wal::snapshots_installed`] when the job began.
+    generation: u64,
+    written: bool,
+}
+
+impl SnapshotJob {
+    /// Checksums the payload, then writes the temporary file and fsyncs it.
+    /// Touches nothing else.
+    pub fn write(mut self) -> Result<SnapshotJob, WalError> {
+        let payload = &self.bytes[SNAPSHOT_HEADER_BYTES..];
+        let header = SnapshotHeader {
+            replay_from_seq: self.replay_from_seq,
+            payload_bytes: payload.len() as u64,
+            payload_crc32c: crc32c::crc32c(payload),
+        };
+        self.bytes[..SNAPSHOT_HEADER_BYTES].copy_from_slice(&encode_snapshot_header(&header));
+        let tmp = self.tmp.clone();
+        let result = (|| {
+            let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+            file.write_all(&self.bytes)?;
+            file.sync_all()
+        })();
+        result.map_err(io_err(&tmp))?;
+        self.written = true;
+        Ok(self)
+    }
+
+    /// The position the snapshot covers up to.
+    pub fn last(&self) -> LogPos {
+        self.last
+    }
+
+    /// Keys in the snapshot.
+    pub fn keys(&self) -> usize {
+        self.keys
+    }
+
+    /// The snapshot file's size once written.
+    pub fn file_bytes(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Hands over what the WAL keeps; the file is no longer the job's.
+    fn installed(mut self) -> (PathBuf, u64, LogPos, Epoch) {
+        self.written = false;
+        self.bytes = Vec::new();
+        let file = std::mem::take(&mut self.file);
+        self.tmp = PathBuf::new();
+        (file, self.replay_from_seq, self.last, self.promised)
+    }
+}
+
+impl Drop for SnapshotJob {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -642,40 +765,11 @@ fn create_segment(dir: &Path, dir_file: &File, first_seq: u64) -> io::Result<Seg
 
 /// Streams the snapshot into `tmp` (header placeholder, payload, then the
 /// real header) and fsyncs it. Returns the file size.
-fn write_snapshot_file(tmp: &Path, replay_from_seq: u64, snap: &SnapshotRef<'_>) -> Result<u64, WalError> {
-    let file = OpenOptions::new().write(true).create(true).truncate(true).open(tmp).map_err(io_err(tmp))?;
-    let mut w = CrcWriter { inner: BufWriter::with_capacity(1 << 20, file), crc: 0, bytes: 0 };
-    w.inner.write_all(&[0; SNAPSHOT_HEADER_BYTES]).map_err(io_err(tmp))?;
-    let w = postcard::to_io(snap, w).map_err(|e| WalError::Io {
-        path: tmp.to_path_buf(),
-        source: io::Error::other(format!("cannot encode snapshot: {e}")),
-    })?;
-    let header = SnapshotHeader { replay_from_seq, payload_bytes: w.bytes, payload_crc32c: w.crc };
-    let mut file =
-        w.inner.into_inner().map_err(|e| WalError::Io { path: tmp.to_path_buf(), source: e.into_error() })?;
-    file.seek(SeekFrom::Start(0)).map_err(io_err(tmp))?;
-    file.write_all(&encode_snapshot_header(&header)).map_err(io_err(tmp))?;
-    file.sync_all().map_err(io_err(tmp))?;
-    Ok(SNAPSHOT_HEADER_BYTES as u64 + header.payload_bytes)
-}
-
-/// Checksums and counts what passes through it.
-struct CrcWriter<W> {
-    inner: W,
-    crc: u32,
-    bytes: u64,
-}
-
-impl<W: Write> Write for CrcWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
+/// The snapshot's postcard payload behind room for its header, which
+/// [`SnapshotJob::write`] fills in (checksumming off the node thread).
+fn encode_snapshot(snap: &SnapshotRef<'_>) -> Result<Vec<u8>, String> {
+    postcard::to_extend(snap, vec![0; SNAPSHOT_HEADER_BYTES])
+        .map_err(|e| format!("cannot encode snapshot: {e}"))
 }
 
 fn segment_name(first_seq: u64) -> String {

@@ -60,13 +60,14 @@ use crate::machine::{PersistOp, Snapshot, Stored};
 use crate::replica::Replica;
 use crate::types::{Epoch, NodeId, ReplicaId, RowBody};
 use crate::wal::{
-    PromiseFile, RecoveryReport, TornTail, Wal, WalConfig, WalError, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,
+    PromiseFile, RecoveryReport, SnapshotJob, TornTail, Wal, WalConfig, WalError, SEGMENT_BYTES_DEFAULT,
+    SEGMENT_BYTES_MIN,
 };
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 /// What a replica machine starts from.
@@ -93,7 +94,9 @@ pub trait Store: Send {
     fn write(&mut self, op: PersistOp) -> io::Result<()>;
     fn sync(&mut self) -> io::Result<()>;
     /// Housekeeping after a batch, with everything written durable: a store
-    /// may snapshot the machine's applied state here. May block.
+    /// may snapshot the machine's applied state here, or install a snapshot
+    /// written meanwhile. Should not block for long: the node thread calls
+    /// it every pass.
     fn maintain(&mut self, replica: &Replica) -> io::Result<()> {
         let _ = replica;
         Ok(())
@@ -189,6 +192,8 @@ pub struct WalStore {
     log_bytes: u64,
     /// The last snapshot's size, for the snapshot threshold.
     snapshot_bytes: u64,
+    /// A periodic snapshot being written off the node thread.
+    snapshot: Option<SnapshotInFlight>,
     stats: WalStats,
 }
 
@@ -200,7 +205,10 @@ pub struct WalStats {
     pub fsyncs: u64,
     pub promise_writes: u64,
     pub snapshots: u64,
+    /// Longest snapshot, begin to installed.
     pub snapshot_ms_max: u64,
+    /// Longest time a snapshot held the node thread (encoding it).
+    pub snapshot_held_ms_max: u64,
 }
 
 impl WalStore {
@@ -243,6 +251,7 @@ impl WalStore {
             pending: Vec::new(),
             log_bytes: 0,
             snapshot_bytes: 0,
+            snapshot: None,
             stats: WalStats::default(),
         };
         if let Err(e) = store.open_wal() {
@@ -456,14 +465,13 @@ impl WalStore {
 
     /// Log bytes since the last snapshot at which the next one is taken.
     ///
-    /// A snapshot blocks the node thread (about 0.6 s per million keys on
-    /// an idle 2-core machine, over 1.5 s for 600,000 keys while three
-    /// replicas share it). A leader that stalls that long stops answering
-    /// pings and is failed over, so a leader waits for
-    /// [`LEADER_SNAPSHOT_DEFER`] times the log (its followers snapshot
-    /// meanwhile, and one of them will lead after the failover if it comes
-    /// to that). Replica N's threshold is also scaled by `1 + ((N - 1) % 4) / 4`
-    /// so replicas fed the same log do not all stall at the same moment.
+    /// A snapshot pauses the node thread while it is encoded (about 0.1 s
+    /// per million keys; the file is written by a thread of its own) and
+    /// holds the encoded copy in memory until it is installed. A leader
+    /// waits for [`LEADER_SNAPSHOT_DEFER`] times the log (its followers
+    /// snapshot meanwhile), and replica N's threshold is scaled by
+    /// `1 + ((N - 1) % 4) / 4`, so replicas fed the same log do not pause,
+    /// or double their memory, at the same moment.
     pub fn snapshot_threshold(&self, leading: bool) -> u64 {
         let base = self.opts.snapshot_log_bytes.max(self.snapshot_bytes);
         let stagger = base / 4 * ((u64::from(self.id.0) + 3) % 4);
@@ -492,6 +500,7 @@ impl Store for WalStore {
         }
         // A rebuild: read the directory again, as a restart would.
         self.sync()?;
+        self.settle_snapshot(true)?;
         self.wal = None; // releases the directory lock
         self.open_wal().map_err(wal_io)?;
         Ok(self.start.take().expect("open_wal sets it"))
@@ -507,8 +516,10 @@ impl Store for WalStore {
         }
         match op {
             PersistOp::InstallSnapshot(snap) => {
-                // Everything before it goes first (Wal::snapshot syncs it).
+                // Everything before it goes first (Wal::snapshot syncs it),
+                // and a periodic snapshot in flight is installed (or dropped).
                 self.append_pending()?;
+                self.settle_snapshot(true)?;
                 let began = Instant::now();
                 let report = self.wal().snapshot(Snapshot::as_ref(&snap)).map_err(wal_io)?;
                 self.stats.snapshots += 1;
@@ -571,6 +582,9 @@ impl Store for WalStore {
                 if removed.is_empty() { "no marker".to_string() } else { removed.join(", ") }
             );
         }
+        if self.snapshot.is_some() {
+            return self.settle_snapshot(false);
+        }
         if self.log_bytes < self.snapshot_threshold(replica.is_leader()) || !self.pending.is_empty() {
             return Ok(());
         }
@@ -578,24 +592,98 @@ impl Store for WalStore {
         if snap.last.lsn <= self.wal().snapshot_last().lsn {
             return Ok(()); // nothing applied since: the log is not ours to drop yet
         }
-        // Blocks the node thread: about 0.6 s per million keys.
+        // Only the encoding holds the node thread (about a sixth of the
+        // whole); the file is written and fsynced by a thread of its own, and
+        // a later pass installs it (`settle_snapshot`).
         let began = Instant::now();
-        let log_bytes = self.log_bytes;
-        let report = self.wal().snapshot(snap).map_err(wal_io)?;
-        let took = began.elapsed();
+        let job = self.wal().begin_snapshot(snap).map_err(wal_io)?;
+        let held = began.elapsed();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let delay = test_snapshot_delay();
+        let name = format!("{}-snapshot", self.node());
+        // The writer owns only the job (its temporary file), never the WAL.
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            if let Some(d) = delay {
+                std::thread::sleep(d);
+            }
+            let _ = tx.send(job.write());
+        });
+        if let Err(e) = spawned {
+            return Err(io::Error::new(e.kind(), format!("cannot start the snapshot writer thread: {e}")));
+        }
+        self.snapshot = Some(SnapshotInFlight { done: rx, began, held, log_bytes: self.log_bytes });
+        self.log_bytes = 0;
+        if std::env::var_os(ENV_BUG_SNAPSHOT_ON_LOOP).is_some() {
+            // The planted bug: wait here, as the node thread used to.
+            return self.settle_snapshot(true);
+        }
+        Ok(())
+    }
+}
+
+/// A snapshot being written by its thread.
+struct SnapshotInFlight {
+    done: crossbeam_channel::Receiver<Result<SnapshotJob, WalError>>,
+    began: Instant,
+    /// How long encoding it held the node thread.
+    held: Duration,
+    /// Log bytes written since the previous snapshot, when it began.
+    log_bytes: u64,
+}
+
+/// `KVSTORE_TEST_SNAPSHOT_DELAY_MS`: the snapshot writer waits this long
+/// before writing (tests use it to hold a snapshot in flight).
+pub const ENV_TEST_SNAPSHOT_DELAY: &str = "KVSTORE_TEST_SNAPSHOT_DELAY_MS";
+
+/// `KVSTORE_BUG_SNAPSHOT_ON_LOOP`: re-plants the old behaviour, the node
+/// thread waiting while the snapshot is written, so a test can show that it
+/// notices (tests/kvnode_snapshot.rs).
+pub const ENV_BUG_SNAPSHOT_ON_LOOP: &str = "KVSTORE_BUG_SNAPSHOT_ON_LOOP";
+
+fn test_snapshot_delay() -> Option<Duration> {
+    let ms: u64 = std::env::var(ENV_TEST_SNAPSHOT_DELAY).ok()?.parse().ok()?;
+    Some(Duration::from_millis(ms))
+}
+
+impl WalStore {
+    /// Installs the snapshot in flight once its thread has written it; with
+    /// `wait`, waits for that first (before an `InstallSnapshot`, a reopen,
+    /// or a stop, none of which may overlap it).
+    fn settle_snapshot(&mut self, wait: bool) -> io::Result<()> {
+        let Some(flight) = &self.snapshot else { return Ok(()) };
+        let result = if wait {
+            flight.done.recv().map_err(|_| ())
+        } else {
+            match flight.done.try_recv() {
+                Ok(r) => Ok(r),
+                Err(crossbeam_channel::TryRecvError::Empty) => return Ok(()),
+                Err(crossbeam_channel::TryRecvError::Disconnected) => Err(()),
+            }
+        };
+        let flight = self.snapshot.take().expect("checked");
+        let Ok(written) = result else {
+            return Err(io::Error::other("the snapshot writer thread ended without an answer"));
+        };
+        let job = written.map_err(wal_io)?;
+        let (last, keys) = (job.last(), job.keys());
+        let Some(wal) = self.wal.as_mut() else { return Ok(()) }; // closed meanwhile: the job removes its file
+        let Some(report) = wal.finish_snapshot(job).map_err(wal_io)? else {
+            info!(node = %self.node(), "snapshot up to {last} dropped: a newer one was installed while it was written");
+            return Ok(());
+        };
+        let took = flight.began.elapsed();
         self.stats.snapshots += 1;
         self.stats.fsyncs += 1;
         self.stats.snapshot_ms_max = self.stats.snapshot_ms_max.max(took.as_millis() as u64);
+        self.stats.snapshot_held_ms_max = self.stats.snapshot_held_ms_max.max(flight.held.as_millis() as u64);
         self.snapshot_bytes = report.file_bytes;
-        self.log_bytes = 0;
         info!(
             node = %self.node(),
-            "snapshot up to {} ({} keys, {} bytes) after ~{} bytes of log, in {:?}; removed {} old files",
-            snap.last,
-            snap.kv.len(),
+            "snapshot up to {last} ({keys} keys, {} bytes) after ~{} bytes of log, in {:?} (the node thread held for {:?} of it); removed {} old files",
             report.file_bytes,
-            log_bytes,
+            flight.log_bytes,
             took,
+            flight.held,
             report.removed.len()
         );
         Ok(())
@@ -604,6 +692,11 @@ impl Store for WalStore {
 
 impl Drop for WalStore {
     fn drop(&mut self) {
+        // A stop waits for the snapshot in flight, so it does not leave a
+        // temporary file behind (a crash does; the next open removes it).
+        if let Err(e) = self.settle_snapshot(true) {
+            warn!(node = %self.node(), "snapshot in flight at stop not installed: {e}");
+        }
         let s = self.stats;
         if s.ops > 0 {
             let fsyncs = match self.opts.sync {
@@ -616,10 +709,11 @@ impl Drop for WalStore {
             };
             info!(
                 node = %self.node(),
-                "WAL: {} ops in {fsyncs}, {} snapshots (longest {} ms), {} promise file writes",
+                "WAL: {} ops in {fsyncs}, {} snapshots (longest {} ms, holding the node thread at most {} ms), {} promise file writes",
                 s.ops,
                 s.snapshots,
                 s.snapshot_ms_max,
+                s.snapshot_held_ms_max,
                 s.promise_writes
             );
         }

@@ -250,6 +250,7 @@ pub(super) fn open(
         promised: replay.promised,
         index,
         snapshot_last,
+        snapshots_installed: 0,
         snapshot_files,
         scratch: Vec::new(),
         scratch_ends: Vec::new(),

@@ -893,3 +893,78 @@ fn salvage_reads_promises_past_damage() {
     assert_eq!(Wal::salvage_promised(tmp.path()), Epoch(0));
     assert_eq!(Wal::salvage_promised(tmp.path().join("absent")), Epoch(0));
 }
+
+#[test]
+fn a_snapshot_written_while_the_log_grows_recovers_both() {
+    // The node thread begins the snapshot, goes on appending (rolling
+    // segments) while another thread writes it, then installs it.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut w = Workload::new(23);
+    let (mut wal, _, _) = open_small(tmp.path());
+    for _ in 0..300 {
+        let op = w.next_op();
+        wal.append(&[op]).expect("append");
+    }
+    wal.sync().expect("sync");
+    let snap = w.snapshot_at(w.commit.saturating_sub(40));
+    let job = wal.begin_snapshot(snap.as_ref()).expect("begin");
+    let tmp_file = tmp.path().join(format!("{}.tmp", snapshot_name(job.replay_from_seq)));
+    let segments_at_begin = wal.segment_count();
+    let writer = std::thread::Builder::new().spawn(move || job.write()).expect("thread");
+    for _ in 0..300 {
+        let op = w.next_op();
+        wal.append(&[op]).expect("append");
+    }
+    wal.sync().expect("sync");
+    assert!(wal.segment_count() > segments_at_begin, "the log rolled while the job was out");
+    let job = writer.join().expect("writer").expect("write");
+    assert!(tmp_file.exists(), "written to its temporary file only");
+    let report = wal.finish_snapshot(job).expect("finish").expect("installed");
+    assert!(!tmp_file.exists());
+    assert!(report.removed.iter().any(|p| p.extension().is_some_and(|x| x == "kvlog")), "{report:?}");
+    assert_eq!(wal.snapshot_last(), snap.last);
+    drop(wal);
+
+    let (_, rec, _) = open_small(tmp.path());
+    assert_eq!(rec.snapshot.as_ref(), Some(&snap));
+    assert_eq!(
+        rec.rows,
+        w.model.rows[snap.last.lsn.0 as usize..],
+        "every row after it, old segments and new"
+    );
+    assert_eq!(rec.last(), w.model.last());
+}
+
+#[test]
+fn a_snapshot_job_overtaken_by_another_is_dropped_with_its_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut w = Workload::new(29);
+    let (mut wal, _, _) = open_small(tmp.path());
+    for _ in 0..200 {
+        let op = w.next_op();
+        wal.append(&[op]).expect("append");
+    }
+    wal.sync().expect("sync");
+    let older = w.snapshot_at(w.commit / 2);
+    let job = wal.begin_snapshot(older.as_ref()).expect("begin").write().expect("write");
+    let stale_tmp = tmp.path().join(format!("{}.tmp", snapshot_name(job.replay_from_seq)));
+    assert!(stale_tmp.exists());
+    // An InstallSnapshot (or another job) lands first.
+    let newer = w.snapshot();
+    wal.snapshot(newer.as_ref()).expect("snapshot");
+    assert_eq!(
+        wal.finish_snapshot(job).expect("finish"),
+        None,
+        "the older job must not replace the newer snapshot"
+    );
+    assert!(!stale_tmp.exists(), "its file is removed");
+    assert_eq!(wal.snapshot_last(), newer.last);
+    // A job never written is refused, and an abandoned one cleans up too.
+    let unwritten = wal.begin_snapshot(newer.as_ref()).expect("begin");
+    assert!(matches!(wal.finish_snapshot(unwritten), Err(WalError::InvalidSnapshot(_))));
+    drop(wal);
+    let names: Vec<String> = dir_contents(tmp.path()).into_keys().collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    let (_, rec, _) = open_small(tmp.path());
+    assert_eq!(rec.snapshot.as_ref(), Some(&newer));
+}

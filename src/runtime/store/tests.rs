@@ -134,6 +134,8 @@ fn installed_snapshot_is_a_snapshot_file_and_drops_the_stale_tail() {
 }
 
 #[test]
+// Waits, boundedly, for the snapshot writer thread.
+#[allow(clippy::disallowed_methods)]
 fn periodic_snapshot_deletes_old_segments_and_recovers_the_same_state() {
     let tmp = tempfile::tempdir().unwrap();
     let opts = WalOptions { snapshot_log_bytes: 16 * 1024, ..WalOptions::default() };
@@ -154,6 +156,14 @@ fn periodic_snapshot_deletes_old_segments_and_recovers_the_same_state() {
         let replica = Replica::recover(R1, cfg.clone(), stored);
         assert_eq!(replica.applied(), Lsn(500));
         s.maintain(&replica).unwrap();
+        assert!(s.snapshot.is_some(), "the snapshot is written by its own thread");
+        assert_eq!(s.stats().snapshots, 0, "installed only once written");
+        // The next passes install it once the writer is done.
+        let waited = std::time::Instant::now();
+        while s.snapshot.is_some() && waited.elapsed() < std::time::Duration::from_secs(20) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            s.maintain(&replica).unwrap();
+        }
         assert_eq!(s.stats().snapshots, 1);
         let after = names(&wal_dir);
         assert!(after.len() < segments_before, "{after:?}");
