@@ -376,6 +376,29 @@ impl FrameDecoder {
         Ok(n)
     }
 
+    /// Appends bytes read elsewhere (the event loop's shared read buffer),
+    /// growing by what arrives: the buffer holds at most twice the bytes
+    /// buffered, and what [`FrameDecoder::buffered`] reports is bounded
+    /// by one frame past the limit plus one read, as with `fill`.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.start > 0 && self.end + bytes.len() > self.buf.capacity() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let end = self.end + bytes.len();
+        if end <= self.buf.len() {
+            self.buf[self.end..end].copy_from_slice(bytes);
+        } else {
+            self.buf.truncate(self.end);
+            self.buf.extend_from_slice(bytes);
+        }
+        self.end = end;
+    }
+
     /// Frees the buffer when it holds nothing (an idle connection then
     /// costs no buffer; the next read allocates one again).
     pub fn release_if_empty(&mut self) {

@@ -25,14 +25,14 @@ use super::auth::{self, Keys};
 use super::net::{
     self, AcceptShake, Accepting, Admission, ConnEnd, ConnId, DialHello, DialShake, DialSpec, Throttle,
 };
-use super::resp::{ClusterInfo, Item, Pumped, RespConn};
+use super::resp::{ClusterInfo, Item, Pumped, RespConn, READ_CHUNK};
 use crate::msg::Msg;
 use crate::types::NodeId;
 use crate::wire::{self, Frame, FrameDecoder, WireError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,6 +108,9 @@ struct Conn {
     last_read: Instant,
     /// The last read met the end of the stream: nothing more comes.
     eof: bool,
+    /// epoll said the peer closed its side (or the socket failed): read to
+    /// the end, a short read does not mean drained then.
+    read_closed: bool,
     /// The buffer's size counted in `Net::backlog` (a client's replies it
     /// did not take yet).
     backlog: usize,
@@ -149,6 +152,31 @@ struct Open {
 }
 
 impl Conn {
+    fn new(
+        stream: TcpStream,
+        peer_addr: String,
+        out: Vec<u8>,
+        state: State,
+        accepted: bool,
+        now: Instant,
+    ) -> Conn {
+        Conn {
+            stream,
+            peer_addr,
+            dec: FrameDecoder::new(),
+            out,
+            state,
+            accepted,
+            since: now,
+            last_read: now,
+            eof: false,
+            read_closed: false,
+            backlog: 0,
+            big: 0,
+            progress: None,
+        }
+    }
+
     fn peer(&self) -> Option<NodeId> {
         match &self.state {
             State::Open(o) => Some(o.peer),
@@ -241,6 +269,10 @@ pub struct Net {
     /// The waker's token fired: the node's control channel has something.
     pub woken: bool,
     keys: Keys,
+    /// Every socket read lands here first (zeroed once, [`READ_CHUNK`]
+    /// bytes); a connection's own buffer then takes only the bytes that
+    /// came, so an idle one keeps none and a busy one is never re-zeroed.
+    scratch: Box<[u8]>,
 }
 
 impl Net {
@@ -302,6 +334,7 @@ impl Net {
             next_sweep: now,
             accept_retry: None,
             progressed: false,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             reread: BTreeSet::new(),
             early: Vec::new(),
             woken: false,
@@ -354,7 +387,7 @@ impl Net {
             return;
         }
         let mut accept = [false; 2];
-        let mut ready: Vec<(ConnId, bool, bool)> = Vec::new();
+        let mut ready: Vec<(ConnId, bool, bool, bool)> = Vec::new();
         for ev in self.events.iter() {
             match ev.token() {
                 LISTENER => accept[0] = true,
@@ -363,6 +396,7 @@ impl Net {
                 Token(t) => ready.push((
                     t as ConnId,
                     ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    ev.is_read_closed() || ev.is_error(),
                     ev.is_writable(),
                 )),
             }
@@ -379,12 +413,15 @@ impl Net {
         if accept[1] {
             self.accept(true);
         }
-        for (id, readable, writable) in ready {
+        for (id, readable, closed, writable) in ready {
             if writable {
                 self.on_writable(id);
             }
-            if readable && self.conns.contains_key(&id) {
-                self.readable.insert(id);
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.read_closed |= closed;
+                if readable {
+                    self.readable.insert(id);
+                }
             }
         }
         let now = Instant::now();
@@ -443,20 +480,7 @@ impl Net {
             return;
         }
         let now = Instant::now();
-        let mut c = Conn {
-            stream,
-            peer_addr,
-            dec: FrameDecoder::new(),
-            out: Vec::new(),
-            state: State::Closing,
-            accepted: true,
-            since: now,
-            last_read: now,
-            eof: false,
-            backlog: 0,
-            big: 0,
-            progress: None,
-        };
+        let mut c = Conn::new(stream, peer_addr, Vec::new(), State::Closing, true, now);
         if resp {
             let client = crate::types::ClientId(super::random_u64());
             debug!(node = %self.me, "RESP connection {conn} from {} as {}", c.peer_addr, NodeId::Client(client));
@@ -595,20 +619,7 @@ impl Net {
         let now = Instant::now();
         self.conns.insert(
             conn,
-            Conn {
-                stream,
-                peer_addr: d.spec.addr.clone(),
-                dec: FrameDecoder::new(),
-                out,
-                state: State::Connecting { peer, shake },
-                accepted: false,
-                since: now,
-                last_read: now,
-                eof: false,
-                backlog: 0,
-                big: 0,
-                progress: None,
-            },
+            Conn::new(stream, d.spec.addr.clone(), out, State::Connecting { peer, shake }, false, now),
         );
         if let Some(d) = self.dials.get_mut(&peer) {
             d.conn = Some(conn);
@@ -701,6 +712,7 @@ impl Net {
     /// connection may take more (its budget, its requests in flight).
     fn read_conn(&mut self, id: ConnId, inputs: &mut Vec<Input>, budget: &mut usize) {
         let mut read = 0;
+        let mut drained = false;
         loop {
             match self.decode(id, inputs, budget) {
                 Ok(true) => {}
@@ -715,10 +727,24 @@ impl Net {
                 self.readable.insert(id);
                 return;
             }
-            let got = match &mut c.state {
-                State::Resp(r) => r.fill(&mut c.stream),
-                _ => c.dec.fill(&mut c.stream),
-            };
+            if drained {
+                // A short read emptied the socket: epoll reports the next
+                // bytes as a new edge, so no read is owed to WouldBlock.
+                match &mut c.state {
+                    State::Resp(r) => r.release_if_empty(),
+                    _ => c.dec.release_if_empty(),
+                }
+                return;
+            }
+            let got = c.stream.read(&mut self.scratch);
+            if let Ok(n @ 1..) = got {
+                let bytes = &self.scratch[..n];
+                match &mut c.state {
+                    State::Resp(r) => r.push(bytes),
+                    _ => c.dec.push(bytes),
+                }
+                drained = n < self.scratch.len() && !c.read_closed;
+            }
             match got {
                 Ok(0) => {
                     c.eof = true;

@@ -37,7 +37,7 @@ use crate::types::{ClientId, Lsn, NodeId, Op, ReadMode, RequestId};
 use crate::wire::Frame;
 pub use replies::{ClusterInfo, Item, ReplicaInfo, Replies, Shape};
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, Read};
+use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use tracing::info;
@@ -53,7 +53,7 @@ pub const MAX_QUEUED_REPLIES: usize = 4096;
 /// have queued behind replies still waiting, at most (one command's reply
 /// may go past it).
 pub const MAX_QUEUED_REPLY_BYTES: usize = 1 << 20;
-/// Bytes read from a RESP socket at a time.
+/// Bytes read from a socket at a time (the event loop's shared read buffer).
 pub const READ_CHUNK: usize = 64 * 1024;
 
 /// What a RESP connection's session and its replies share: the requests
@@ -208,18 +208,14 @@ impl RespConn {
         self.replies.closing
     }
 
-    /// Reads once from `r` into the command buffer.
-    pub fn fill(&mut self, r: &mut impl Read) -> io::Result<usize> {
+    /// Appends bytes read elsewhere (the node's shared read buffer).
+    pub fn push(&mut self, bytes: &[u8]) {
         let s = &mut self.s;
         if s.start > 0 {
             s.buf.drain(..s.start);
             s.start = 0;
         }
-        let have = s.buf.len();
-        s.buf.resize(have + READ_CHUNK, 0);
-        let got = r.read(&mut s.buf[have..]);
-        s.buf.truncate(have + *got.as_ref().unwrap_or(&0));
-        got
+        s.buf.extend_from_slice(bytes);
     }
 
     /// Frees the command buffer when everything in it was parsed.
