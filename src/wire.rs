@@ -934,6 +934,40 @@ mod tests {
     }
 
     #[test]
+    fn pushed_pieces_decode_as_fed_and_cost_about_their_bytes() {
+        // The event loop pushes whatever one read brought, mixed with frames
+        // taken in between: the same frames come out, and a trickled frame
+        // costs at most about twice its bytes.
+        let frames: Vec<Frame> = samples();
+        let mut bytes = Vec::new();
+        for f in &frames {
+            encode_frame(f, MAX_REPLICA_FRAME_BYTES, &mut bytes).unwrap();
+        }
+        for piece in [1, 3, 7, 64, 4096, bytes.len()] {
+            let mut dec = FrameDecoder::with_limit(MAX_REPLICA_FRAME_BYTES);
+            let mut got = Vec::new();
+            for chunk in bytes.chunks(piece) {
+                dec.push(chunk);
+                while let Some(f) = dec.next_frame().unwrap() {
+                    got.push(f);
+                }
+            }
+            assert_eq!(got, frames, "pieces of {piece}");
+            assert_eq!(dec.buffered(), 0);
+        }
+        let body = 300_000usize;
+        let mut big = (body as u32).to_be_bytes().to_vec();
+        big.extend((0..body).map(|i| i as u8));
+        let mut dec = FrameDecoder::with_limit(MAX_REPLICA_FRAME_BYTES);
+        for (i, b) in big.iter().enumerate() {
+            dec.push(&[*b]);
+            let received = i + 1;
+            assert!(dec.buf.capacity() <= 2 * received + 64, "{} after {received}", dec.buf.capacity());
+        }
+        assert_eq!(dec.buffered(), big.len());
+    }
+
+    #[test]
     fn other_versions_are_refused() {
         let mut bytes = Vec::new();
         encode_hello(&hello(NodeId::Balancer), &mut bytes);
