@@ -206,3 +206,44 @@ fn killed_clients_and_garbage_leave_the_cluster_serving() {
     let r1_log = c.replica(1).stderr_lines().join("\n");
     assert!(r1_log.contains("may not connect to r1"), "replica log lacks the refused client:\n{r1_log}");
 }
+
+/// A TCP urgent byte (`MSG_OOB`) makes a read stop at the urgent mark with
+/// more bytes still queued behind it. A loop that takes such a short read
+/// for "socket drained" waits for an edge that never comes, and the
+/// connection's later commands sit unanswered until the peer sends again.
+/// The balancer is stopped while the bytes arrive so that one read meets
+/// them all.
+#[test]
+fn an_urgent_byte_does_not_stall_a_connection() {
+    use std::io::{BufRead, BufReader};
+    let mut c = TestCluster::start_with(3, false, &[], &["--resp", "127.0.0.1:0"]);
+    let at = c.lb.wait_line("kvnode balancer serving RESP at ", Duration::from_secs(10));
+    let port: u16 = at.rsplit(':').next().unwrap().trim().parse().unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "+PONG\r\n");
+    c.lb.signal("STOP");
+    s.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+    rustix::net::send(&s, b"!", rustix::net::SendFlags::OOB).unwrap();
+    s.write_all(b"*2\r\n$4\r\nECHO\r\n$5\r\nafter\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c.lb.signal("CONT");
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(1..) => replies.push(line.trim_end().to_string()),
+            _ => break,
+        }
+        if line.starts_with("after") {
+            break;
+        }
+    }
+    eprintln!("replies after the urgent byte: {replies:?}");
+    assert_eq!(replies, ["+PONG", "$5", "after"], "the command behind the urgent mark was not answered");
+    assert!(c.lb.alive(), "the balancer died");
+}

@@ -87,6 +87,12 @@ const ACCEPTS_PER_PASS: usize = 64;
 /// After a failed `accept` (out of descriptors, say), wait this long.
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 
+/// What every connection is watched for. Priority is the urgent byte: see
+/// [`Conn::read_to_block`].
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const CONN_INTEREST: Interest = Interest::READABLE.add(Interest::WRITABLE).add(Interest::PRIORITY);
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const CONN_INTEREST: Interest = Interest::READABLE.add(Interest::WRITABLE);
 const LISTENER: Token = Token(0);
 const RESP_LISTENER: Token = Token(1);
 pub const WAKER: Token = Token(2);
@@ -108,9 +114,12 @@ struct Conn {
     last_read: Instant,
     /// The last read met the end of the stream: nothing more comes.
     eof: bool,
-    /// epoll said the peer closed its side (or the socket failed): read to
-    /// the end, a short read does not mean drained then.
-    read_closed: bool,
+    /// A short read does not mean drained: read until `WouldBlock`. Set
+    /// once epoll says the peer closed its side or the socket failed, and
+    /// once the peer sends a TCP urgent byte (`MSG_OOB`), because a read
+    /// stops short at the urgent mark with more bytes queued behind it and
+    /// epoll reports no new edge for them. Never cleared.
+    read_to_block: bool,
     /// The buffer's size counted in `Net::backlog` (a client's replies it
     /// did not take yet).
     backlog: usize,
@@ -170,7 +179,7 @@ impl Conn {
             since: now,
             last_read: now,
             eof: false,
-            read_closed: false,
+            read_to_block: false,
             backlog: 0,
             big: 0,
             progress: None,
@@ -395,8 +404,8 @@ impl Net {
                 WAKER => self.woken = true,
                 Token(t) => ready.push((
                     t as ConnId,
-                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
-                    ev.is_read_closed() || ev.is_error(),
+                    ev.is_readable() || ev.is_read_closed() || ev.is_error() || ev.is_priority(),
+                    ev.is_read_closed() || ev.is_error() || ev.is_priority(),
                     ev.is_writable(),
                 )),
             }
@@ -418,7 +427,7 @@ impl Net {
                 self.on_writable(id);
             }
             if let Some(c) = self.conns.get_mut(&id) {
-                c.read_closed |= closed;
+                c.read_to_block |= closed;
                 if readable {
                     self.readable.insert(id);
                 }
@@ -472,9 +481,7 @@ impl Net {
         }
         let _ = stream.set_nodelay(true);
         let conn = net::new_conn_id();
-        if let Err(e) =
-            self.poll.registry().register(&mut stream, token(conn), Interest::READABLE | Interest::WRITABLE)
-        {
+        if let Err(e) = self.poll.registry().register(&mut stream, token(conn), CONN_INTEREST) {
             warn!(node = %self.me, "cannot watch a connection from {peer_addr}: {e}");
             net::close_one();
             return;
@@ -606,7 +613,7 @@ impl Net {
             let _ = rustix::net::sockopt::set_socket_send_buffer_size(&stream, BALANCER_SEND_BUFFER);
         }
         let conn = net::new_conn_id();
-        self.poll.registry().register(&mut stream, token(conn), Interest::READABLE | Interest::WRITABLE)?;
+        self.poll.registry().register(&mut stream, token(conn), CONN_INTEREST)?;
         let mut out = Vec::new();
         let hello = DialHello {
             me: self.me,
@@ -743,7 +750,7 @@ impl Net {
                     State::Resp(r) => r.push(bytes),
                     _ => c.dec.push(bytes),
                 }
-                drained = n < self.scratch.len() && !c.read_closed;
+                drained = n < self.scratch.len() && !c.read_to_block;
             }
             match got {
                 Ok(0) => {
