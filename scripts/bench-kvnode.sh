@@ -8,7 +8,6 @@
 #   default 10s, in memory, every node proving a fresh random cluster secret
 #   (--open: no secret, to measure what authentication costs)
 set -euo pipefail
-cd "$(dirname "$0")/.."
 duration=10s
 durable=
 open=
@@ -19,42 +18,15 @@ for a in "$@"; do
     *) duration=$a ;;
   esac
 done
-cargo build -q --release -p kvstore --bin kvnode
-bin=${KVNODE_BIN:-target/release/kvnode}
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+# shellcheck source=scripts/lib-cluster.sh
+. "$(dirname "$0")/lib-cluster.sh"
+kv_init
+flags=()
+[ -n "$open" ] && flags+=(--open)
+[ -n "$durable" ] && flags+=(--data-dir "$work/kv")
+kv_start "${flags[@]}"
 
-# Four free loopback ports, chosen by the kernel.
-read -r p0 p1 p2 p3 < <(python3 -c '
-import socket
-ss=[socket.socket() for _ in range(4)]
-[s.bind(("127.0.0.1",0)) for s in ss]
-print(*[s.getsockname()[1] for s in ss])
-[s.close() for s in ss]')
-secret=()
-if [ -z "$open" ]; then
-  head -c 32 /dev/urandom | base64 >"$work/secret"
-  chmod 600 "$work/secret"
-  secret=(--secret-file "$work/secret")
-fi
-peers="127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3"
-for i in 1 2 3; do
-  port_var="p$i"
-  args=(replica "$i" --listen "127.0.0.1:${!port_var}" --peers "$peers" "${secret[@]}")
-  [ -n "$durable" ] && args+=(--data-dir "$work/r$i")
-  "$bin" "${args[@]}" >"$work/r$i.log" 2>&1 &
-  pids+=($!)
-done
-"$bin" balancer "127.0.0.1:$p0" "127.0.0.1:$p1" "127.0.0.1:$p2" "127.0.0.1:$p3" "${secret[@]}" >"$work/lb.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 50); do
-  "$bin" client --connect "127.0.0.1:$p0" set bench-ready=1 >/dev/null 2>&1 && break
-  sleep 0.1
-done
-
-lb="127.0.0.1:$p0"
+lb=$kv_lb
 echo "== semi-synchronous sets, 50 clients"
 "$bin" bench --connect "$lb" --clients 50 --duration "$duration" --mix set:100 --quiet
 echo "== session gets, 50 clients"

@@ -13,7 +13,6 @@
 # and prints a table of kvstore/Redis ratios.
 # Usage: scripts/bench-vs-redis.sh [-n N] [DURATION]   (default 200000, 10s)
 set -euo pipefail
-cd "$(dirname "$0")/.."
 n=200000
 duration=10s
 while [ $# -gt 0 ]; do
@@ -23,23 +22,10 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-for tool in redis-server redis-cli redis-benchmark; do
-  command -v "$tool" >/dev/null || { echo "error: $tool not found (apt-get install -y redis-tools redis-server)" >&2; exit 2; }
-done
-cargo build -q --release -p kvstore --bin kvnode
-bin=${KVNODE_BIN:-target/release/kvnode}
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-# Eight free loopback ports, chosen by the kernel.
-read -r rp rr1 rr2 p0 p1 p2 p3 pr < <(python3 -c '
-import socket
-ss=[socket.socket() for _ in range(8)]
-[s.bind(("127.0.0.1",0)) for s in ss]
-print(*[s.getsockname()[1] for s in ss])
-[s.close() for s in ss]')
+# shellcheck source=scripts/lib-cluster.sh
+. "$(dirname "$0")/lib-cluster.sh"
+kv_init redis-server redis-cli redis-benchmark
+read -r rp rr1 rr2 < <(free_ports 3)
 
 # ---- Redis: a primary and two replicas, no persistence.
 redis_args=(--bind 127.0.0.1 --save "" --appendonly no --protected-mode no --daemonize no --dir "$work")
@@ -61,36 +47,8 @@ done
   { echo "error: Redis replicas did not connect" >&2; exit 1; }
 
 # ---- kvstore: durable, semi-synchronous, with a cluster secret.
-head -c 32 /dev/urandom | base64 >"$work/secret"
-chmod 600 "$work/secret"
-secret=(--secret-file "$work/secret")
-peers="127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3"
-kv_pids=()
-start_kvstore() { # DATA_DIR [extra replica flags...]
-  local data=$1
-  shift
-  kv_pids=()
-  for i in 1 2 3; do
-    port_var="p$i"
-    "$bin" replica "$i" --listen "127.0.0.1:${!port_var}" --peers "$peers" --data-dir "$data" "${secret[@]}" "$@" \
-      >>"$work/r$i.log" 2>&1 &
-    kv_pids+=($!)
-  done
-  "$bin" balancer "127.0.0.1:$p0" "127.0.0.1:$p1" "127.0.0.1:$p2" "127.0.0.1:$p3" --resp "127.0.0.1:$pr" \
-    "${secret[@]}" >>"$work/lb.log" 2>&1 &
-  kv_pids+=($!)
-  pids+=("${kv_pids[@]}")
-  for _ in $(seq 100); do
-    [ "$(redis-cli -p "$pr" set bench-ready 1 2>/dev/null)" = OK ] && break
-    sleep 0.1
-  done
-  [ "$(redis-cli -p "$pr" set bench-ready 1)" = OK ] || { echo "error: kvstore never took a write" >&2; exit 1; }
-}
-stop_kvstore() {
-  kill "${kv_pids[@]}" 2>/dev/null || true
-  for pid in "${kv_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-start_kvstore "$work/kv"
+kv_start --resp --data-dir "$work/kv"
+pr=${kv_resp##*:}
 
 declare -A fig
 # redis-benchmark's "SET: 12345.67 requests per second, p50=..." lines.
@@ -128,8 +86,9 @@ for target in redis kvstore; do
 done
 
 # The same cluster without fsync: what durability costs the durable SET.
-stop_kvstore
-start_kvstore "$work/kv-nofsync" --no-fsync
+kv_stop
+kv_start --resp --data-dir "$work/kv-nofsync" -- --no-fsync
+pr=${kv_resp##*:}
 echo "== kvstore --no-fsync"
 kb kvstore-nofsync "$pr" setwait -- --clients 50 --mix set:100 --wait 1
 kb kvstore-nofsync "$pr" setwait1 -- --clients 1 --mix set:100 --wait 1
