@@ -422,12 +422,12 @@ impl Net {
         if accept[1] {
             self.accept(true);
         }
-        for (id, readable, closed, writable) in ready {
+        for (id, readable, to_block, writable) in ready {
             if writable {
                 self.on_writable(id);
             }
             if let Some(c) = self.conns.get_mut(&id) {
-                c.read_to_block |= closed;
+                c.read_to_block |= to_block;
                 if readable {
                     self.readable.insert(id);
                 }
