@@ -1049,3 +1049,82 @@ fn clients_that_never_read_cannot_exhaust_the_balancers_memory() {
     assert!(peak < before + 112 * 1024, "the balancer grew from {before} KiB to {peak} KiB");
     drop(conns);
 }
+
+/// A balancer with a client password whose open-file limit is low (200:
+/// 72 connections), flooded with more silent RESP connections than that:
+/// unauthenticated RESP connections may hold only a quarter of the limit
+/// (the oldest is closed for each newcomer), so a client that sends AUTH
+/// still gets in, on the RESP port and on the native one. Before, the
+/// silent sockets filled the limit until their 60 s idle timeout, and
+/// every newcomer was refused.
+#[test]
+fn silent_resp_connections_do_not_lock_clients_out() {
+    let _alone = flood_lock();
+    let mut c = TestCluster::start(3, false);
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "resp password 1234").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    c.lb.kill9();
+    let mut cmd = format!(
+        "ulimit -n 200 && exec {} --log info balancer {} {} --resp 127.0.0.1:0 --client-password-file {}",
+        common::BIN,
+        c.lb_addr,
+        c.replica_addrs.join(" "),
+        pw.display()
+    );
+    for a in c.secret_args() {
+        cmd.push(' ');
+        cmd.push_str(a);
+    }
+    let lb = {
+        let mut child = std::process::Command::new("sh");
+        child.args(["-c", &cmd]);
+        ShProc::spawn(child)
+    };
+    let prefix = "kvnode balancer serving RESP at ";
+    assert!(lb.wait_stdout(prefix, Duration::from_secs(10)), "no RESP port: {:?}", lb.stderr());
+    let at = lb.out.lock().unwrap().iter().find_map(|l| l.strip_prefix(prefix).map(str::to_string)).unwrap();
+    let at = at.trim().to_string();
+    // AUTH, then a write: `+OK` twice.
+    let auth_and_set = |at: &str| -> String {
+        let Ok(mut r) = TcpStream::connect(at) else { return "no connection".into() };
+        r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let cmds =
+            b"*2\r\n$4\r\nAUTH\r\n$18\r\nresp password 1234\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n";
+        if r.write_all(cmds).is_err() {
+            return "write failed".into();
+        }
+        let mut got = [0u8; 10];
+        match r.read_exact(&mut got) {
+            Ok(()) => String::from_utf8_lossy(&got).into_owned(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let took = wait_until(Duration::from_secs(20), || auth_and_set(&at) == "+OK\r\n+OK\r\n");
+    assert!(took, "the new balancer never took a write: {:?}", lb.stderr());
+
+    let silent: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(&at).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let got = auth_and_set(&at);
+    eprintln!("the client after 80 silent connections: {got:?}");
+    assert_eq!(got, "+OK\r\n+OK\r\n", "a client with the password was locked out");
+    // The native port is not full either: a connection there gets the
+    // balancer's hello, not a refusal and a close.
+    let mut n = TcpStream::connect(&c.lb_addr).unwrap();
+    n.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut hello = [0u8; 64];
+    let r = n.read(&mut hello);
+    assert!(matches!(r, Ok(1..)) && hello[4..8] == wire::MAGIC, "native port: {r:?} {:?}", &hello[..8]);
+    let closed = silent
+        .iter()
+        .filter(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            (&**s).read(&mut [0u8; 256]).is_ok()
+        })
+        .count();
+    eprintln!("silent connections closed by the balancer: {closed} of 80");
+    assert!(closed >= 80 - 72 / 4, "only {closed} of 80 silent connections were closed");
+    assert!(lb.stderr().iter().any(|l| l.contains("have not sent AUTH")), "no eviction logged");
+}

@@ -413,4 +413,31 @@ fn auth_with_a_client_password() {
     });
     assert!(ok, "no write after AUTH");
     assert_eq!(r.call(&[b"GET", b"k"]).unwrap(), Value::Bulk(Some(b"v".to_vec())));
+    // After AUTH a command may be as large as the value limit allows.
+    let big = vec![b'x'; 60_000];
+    assert_eq!(r.call(&[b"SET", b"big", &big]).unwrap(), Value::Simple("OK".into()));
+
+    // Before AUTH a command is refused as soon as its headers say it takes
+    // more than 4 KiB: a stranger cannot make the balancer hold the
+    // megabytes of a command it would refuse anyway (100 connections each
+    // halfway through a 4 MiB command held 400 MB).
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(at.trim()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$60000\r\nxxxx").unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let got = String::from_utf8_lossy(&got);
+    assert_eq!(got, "-ERR Protocol error: command of more than 4096 bytes before AUTH\r\n", "{got}");
+    // An AUTH at the front of a long pipeline is taken before the rest.
+    let mut s = std::net::TcpStream::connect(at.trim()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut pipeline = b"*2\r\n$4\r\nAUTH\r\n$18\r\nresp password 1234\r\n".to_vec();
+    pipeline.extend_from_slice(format!("*3\r\n$3\r\nSET\r\n$2\r\nk2\r\n${}\r\n", big.len()).as_bytes());
+    pipeline.extend_from_slice(&big);
+    pipeline.extend_from_slice(b"\r\n*1\r\n$4\r\nQUIT\r\n");
+    s.write_all(&pipeline).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert_eq!(String::from_utf8_lossy(&got), "+OK\r\n+OK\r\n+OK\r\n");
 }

@@ -43,6 +43,12 @@ impl Secret {
     pub fn new(what: &str, bytes: &[u8], min: usize) -> Result<Secret, String> {
         let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
         let bytes = &bytes[..end];
+        if bytes.len() > MAX_SECRET_BYTES {
+            return Err(format!(
+                "the {what} is {} bytes; at most {MAX_SECRET_BYTES} are allowed",
+                bytes.len()
+            ));
+        }
         if bytes.len() < min {
             return Err(format!(
                 "the {what} is {} bytes; at least {min} are needed \
@@ -170,6 +176,10 @@ pub fn check_listen(addr: SocketAddr, secured: bool, insecure_open: bool) -> io:
 pub const RESERVED_FDS: usize = 128;
 /// Accepted connections per process at most, whatever the descriptor limit
 /// (a descriptor each, and a little memory: about 1.2 KB when idle).
+/// Bytes of a cluster secret or client password, at most (the RESP port
+/// takes at most [`super::resp::codec::MAX_UNAUTHED_COMMAND_BYTES`] before
+/// AUTH).
+pub const MAX_SECRET_BYTES: usize = 1024;
 pub const MAX_CONNECTIONS_CEILING: usize = 4096;
 /// Accepted connections per process at least.
 pub const MIN_CONNECTIONS: usize = 16;

@@ -31,7 +31,7 @@ use crate::types::NodeId;
 use crate::wire::{self, Frame, FrameDecoder, WireError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -248,6 +248,10 @@ pub struct Net {
     dials: BTreeMap<NodeId, Dial>,
     /// Accepted connections in their handshake, oldest first.
     handshaking: Vec<ConnId>,
+    /// RESP connections accepted while a client password is set, oldest
+    /// first, that may not have sent AUTH yet (pruned at each accept):
+    /// at most [`Net::max_unauthed_resp`], a newcomer pushes out the oldest.
+    resp_unauthed: VecDeque<ConnId>,
     /// Connections to read in this pass: readiness came, or a previous pass
     /// left bytes unread (edge-triggered readiness will not tell again).
     readable: BTreeSet<ConnId>,
@@ -333,6 +337,7 @@ impl Net {
             routes: BTreeMap::new(),
             dials,
             handshaking: Vec::new(),
+            resp_unauthed: VecDeque::new(),
             readable: BTreeSet::new(),
             dirty: BTreeSet::new(),
             backlog: 0,
@@ -494,6 +499,9 @@ impl Net {
             c.state = State::Resp(Box::new(RespConn::new(conn, client, &self.keys)));
             self.conns.insert(conn, c);
             self.readable.insert(conn);
+            if self.keys.client.is_some() {
+                self.admit_unauthed_resp(conn);
+            }
             return;
         }
         if self.handshaking.len() >= self.limit / 2 {
@@ -949,6 +957,41 @@ impl Net {
                 self.resp_waiting.remove(&id);
             }
         }
+    }
+
+    /// Unauthenticated RESP connections may hold a quarter of the
+    /// connection limit: native handshakes may hold half, so clients that
+    /// proved themselves always have a quarter left.
+    fn max_unauthed_resp(&self) -> usize {
+        (self.limit / 4).max(1)
+    }
+
+    /// Counts a new RESP connection among those that have not sent AUTH;
+    /// past [`Net::max_unauthed_resp`] the oldest of them is closed, so a
+    /// flood of silent connections cannot lock clients out (each newcomer
+    /// gets as long as the flood takes to fill the quota to send AUTH).
+    fn admit_unauthed_resp(&mut self, conn: ConnId) {
+        let conns = &self.conns;
+        self.resp_unauthed
+            .retain(|id| matches!(conns.get(id), Some(Conn { state: State::Resp(r), .. }) if !r.authed()));
+        if self.resp_unauthed.len() >= self.max_unauthed_resp() {
+            if let Some(old) = self.resp_unauthed.pop_front() {
+                if self.throttle.allow(self.me) {
+                    let from = self.conns.get(&old).map(|c| c.peer_addr.clone()).unwrap_or_default();
+                    warn!(
+                        node = %self.me,
+                        "closing the RESP connection from {from}: {} RESP connections have not sent AUTH \
+                         (limit); the oldest makes room for a new one",
+                        self.max_unauthed_resp()
+                    );
+                }
+                self.close(
+                    old,
+                    Some(ConnEnd::Refused("no AUTH before newer connections needed the room".into())),
+                );
+            }
+        }
+        self.resp_unauthed.push_back(conn);
     }
 
     // ---- timers ----

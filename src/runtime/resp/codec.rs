@@ -21,6 +21,12 @@ pub const MAX_BULK_BYTES: usize = crate::types::MAX_VALUE_BYTES;
 pub const MAX_COMMAND_BYTES: usize = 4 << 20;
 /// Bytes in one inline command line, at most (as Redis).
 pub const MAX_INLINE_BYTES: usize = 64 * 1024;
+/// Bytes of one command on the wire, at most, before the connection has
+/// sent AUTH (when a client password is set): enough for
+/// `HELLO 3 AUTH user password SETNAME name` with a password of up to
+/// [`crate::runtime::auth::MAX_SECRET_BYTES`], so a stranger cannot make
+/// the balancer hold megabytes of a command it would refuse anyway.
+pub const MAX_UNAUTHED_COMMAND_BYTES: usize = 4096;
 /// Bytes in an array or bulk header line (`*4096\r\n`), at most.
 const MAX_HEADER_BYTES: usize = 32;
 
@@ -47,10 +53,16 @@ fn err<T>(s: impl Into<String>) -> Result<T, ProtoError> {
 /// are needed, else the arguments and how many bytes they took. An empty
 /// argument list (a blank inline line, `*0`) is a command to skip.
 pub fn parse(buf: &[u8]) -> Parsed {
+    parse_within(buf, usize::MAX)
+}
+
+/// [`parse`], refusing a command that takes more than `max_wire` bytes on
+/// the wire as soon as its headers (or an unfinished inline line) say so.
+pub fn parse_within(buf: &[u8], max_wire: usize) -> Parsed {
     match buf.first() {
         None => Ok(None),
-        Some(b'*') => parse_multibulk(buf),
-        Some(_) => parse_inline(buf),
+        Some(b'*') => parse_multibulk(buf, max_wire),
+        Some(_) => parse_inline(buf, max_wire),
     }
 }
 
@@ -75,7 +87,7 @@ fn header(buf: &[u8], at: usize, what: &str) -> Result<Option<(i64, usize)>, Pro
     Ok(Some((n, at + cr + 2)))
 }
 
-fn parse_multibulk(buf: &[u8]) -> Parsed {
+fn parse_multibulk(buf: &[u8], max_wire: usize) -> Parsed {
     let Some((n, mut at)) = header(buf, 0, "multibulk")? else { return Ok(None) };
     if n <= 0 {
         return Ok(Some((Vec::new(), at)));
@@ -103,6 +115,9 @@ fn parse_multibulk(buf: &[u8]) -> Parsed {
         }
         let end = start.checked_add(len).ok_or_else(|| ProtoError("invalid bulk length".into()))?;
         let after = end.checked_add(2).ok_or_else(|| ProtoError("invalid bulk length".into()))?;
+        if after > max_wire {
+            return err(format!("command of more than {max_wire} bytes"));
+        }
         if buf.len() < after {
             return Ok(None);
         }
@@ -115,11 +130,12 @@ fn parse_multibulk(buf: &[u8]) -> Parsed {
     Ok(Some((args, at)))
 }
 
-fn parse_inline(buf: &[u8]) -> Parsed {
-    let window = &buf[..buf.len().min(MAX_INLINE_BYTES + 1)];
+fn parse_inline(buf: &[u8], max_wire: usize) -> Parsed {
+    let max = MAX_INLINE_BYTES.min(max_wire);
+    let window = &buf[..buf.len().min(max + 1)];
     let Some(nl) = window.iter().position(|&b| b == b'\n') else {
-        if buf.len() > MAX_INLINE_BYTES {
-            return err(format!("inline command of more than {MAX_INLINE_BYTES} bytes"));
+        if buf.len() > max {
+            return err(format!("inline command of more than {max} bytes"));
         }
         return Ok(None);
     };

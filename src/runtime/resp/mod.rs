@@ -203,6 +203,12 @@ impl RespConn {
         NodeId::Client(self.s.client)
     }
 
+    /// Whether the connection may send commands (no client password is
+    /// set, or it sent AUTH with it).
+    pub fn authed(&self) -> bool {
+        self.s.authed
+    }
+
     /// Whether a `Close` reached the head of the replies.
     pub fn closing(&self) -> bool {
         self.replies.closing
@@ -302,7 +308,8 @@ impl Session {
             if !self.flight.reply_room() {
                 return Pumped::Blocked;
             }
-            match codec::parse(&self.buf[self.start..]) {
+            let max_wire = if self.authed { usize::MAX } else { codec::MAX_UNAUTHED_COMMAND_BYTES };
+            match codec::parse_within(&self.buf[self.start..], max_wire) {
                 Ok(Some((args, used))) => {
                     self.start += used;
                     if args.is_empty() {
@@ -324,6 +331,7 @@ impl Session {
                     return Pumped::NeedBytes;
                 }
                 Err(e) => {
+                    let e = if self.authed { e.to_string() } else { format!("{e} before AUTH") };
                     let mut out = Vec::new();
                     codec::error(&mut out, &format!("ERR {e}"));
                     self.item(Item::Ready(out));
