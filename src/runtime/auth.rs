@@ -174,12 +174,12 @@ pub fn check_listen(addr: SocketAddr, secured: bool, insecure_open: bool) -> io:
 /// Descriptors kept free for everything but accepted connections (the log,
 /// snapshots, dialed peers, the listener).
 pub const RESERVED_FDS: usize = 128;
-/// Accepted connections per process at most, whatever the descriptor limit
-/// (a descriptor each, and a little memory: about 1.2 KB when idle).
 /// Bytes of a cluster secret or client password, at most (the RESP port
 /// takes at most [`super::resp::codec::MAX_UNAUTHED_COMMAND_BYTES`] before
 /// AUTH).
 pub const MAX_SECRET_BYTES: usize = 1024;
+/// Accepted connections per process at most, whatever the descriptor limit
+/// (a descriptor each, and a little memory: about 1.2 KB when idle).
 pub const MAX_CONNECTIONS_CEILING: usize = 4096;
 /// Accepted connections per process at least.
 pub const MIN_CONNECTIONS: usize = 16;
