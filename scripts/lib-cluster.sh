@@ -7,11 +7,10 @@
 #                       $work (removed on exit); every pid put in `pids` is
 #                       killed on exit
 #   free_ports N        print N free loopback ports, chosen by the kernel
-#   kv_secret           a fresh cluster secret in $work; sets `secret` to
-#                       its --secret-file flags
 #   kv_start [--resp] [--data-dir DIR] [--open] [--] [REPLICA FLAG...]
 #                       3 replica processes and a balancer on free ports
-#                       (with the secret unless --open), logs in
+#                       (with a fresh cluster secret in $work, one per
+#                       run, unless --open), logs in
 #                       $work/{r1,r2,r3,lb}.log; waits until a write is
 #                       taken; sets kv_lb (the balancer's ADDR), kv_resp
 #                       (its RESP ADDR, with --resp) and kv_pids. Nodes log
@@ -51,12 +50,6 @@ for s in ss:
     s.close()' "$1"
 }
 
-kv_secret() {
-  head -c 32 /dev/urandom | base64 >"$work/secret"
-  chmod 600 "$work/secret"
-  secret=(--secret-file "$work/secret")
-}
-
 kv_start() {
   local resp= data= open=
   while [ $# -gt 0 ]; do
@@ -71,7 +64,10 @@ kv_start() {
   done
   local auth=()
   if [ -z "$open" ]; then
-    [ -f "$work/secret" ] || kv_secret
+    if [ ! -f "$work/secret" ]; then
+      head -c 32 /dev/urandom | base64 >"$work/secret"
+      chmod 600 "$work/secret"
+    fi
     auth=(--secret-file "$work/secret")
   fi
   local p0 p1 p2 p3 pr

@@ -1062,10 +1062,7 @@ fn silent_resp_connections_do_not_lock_clients_out() {
     let _alone = flood_lock();
     let mut c = TestCluster::start(3, false);
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, "resp password 1234").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pw = common::private_file(dir.path(), "pw", "resp password 1234");
     c.lb.kill9();
     let mut cmd = format!(
         "ulimit -n 200 && exec {} --log info balancer {} {} --resp 127.0.0.1:0 --client-password-file {}",

@@ -386,10 +386,7 @@ fn redis_crate_client() {
 #[test]
 fn auth_with_a_client_password() {
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, "resp password 1234").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pw = common::private_file(dir.path(), "pw", "resp password 1234");
     let c = TestCluster::start_unready(
         3,
         false,

@@ -38,6 +38,16 @@ pub fn random_secret() -> String {
 /// range, once released, can be handed to some test's outgoing connection
 /// before the node that is to listen on it binds it ("Address already in
 /// use", seen with the connection floods of `kvnode_attack`).
+/// Writes `contents` to DIR/NAME, readable by its owner only (as kvnode
+/// wants a secret or password file).
+pub fn private_file(dir: &std::path::Path, name: &str, contents: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let file = dir.join(name);
+    std::fs::write(&file, contents).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    file
+}
+
 pub fn free_ports(n: usize) -> Vec<u16> {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
     let low: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(32768);
@@ -265,10 +275,7 @@ impl TestCluster {
         let mut secret_args = Vec::new();
         let secret = secured.then(random_secret);
         if let Some(secret) = &secret {
-            let file = dir.path().join("secret");
-            std::fs::write(&file, secret).unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let file = private_file(dir.path(), "secret", secret);
             secret_args = vec!["--secret-file".to_string(), file.to_str().unwrap().to_string()];
         }
         let mut replica_args: Vec<String> = replica_args.iter().map(|a| a.to_string()).collect();
